@@ -1,0 +1,251 @@
+"""The `diffinv` command: fit, apply, analogy.
+
+Errors in the user's input print one line on stderr and exit with status 2; an unexpected
+failure prints one line and exits with 1 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
+
+# (flag, InversionConfig field, type, help). Every flag defaults to None = "keep the config's value".
+CONFIG_FLAGS = [
+    ("--n-tokens", "n_tokens", int, "number of DIFF tokens n (paper: 5)"),
+    ("--alpha", "alpha", float, "slerp ratio: 0 = image delta only, 1 = text delta only (paper: 0.8)"),
+    ("--lambda-tc", "lambda_tc", float, "weight of the token consistency loss (paper: 0.01)"),
+    ("--lambda-clip", "lambda_clip", float, "weight of the CLIP delta loss (paper: 6)"),
+    ("--init", "init", str, "initial DIFF tokens: zeros (paper) or random"),
+    ("--lr", "learning_rate", float, "AdamW learning rate (VISII: 1e-3)"),
+    ("--clip-loss-space", "clip_loss_space", str, "text-tower (encode D̃ with CLIP's text tower) or token-mean"),
+    ("--prompt-source", "prompt_source", str, "prompts of A, A′ and B: pez (paper) or caption (faster)"),
+    ("--pez-steps", "pez_steps", int, "PEZ optimisation steps per image (PEZ: 3000)"),
+    ("--pez-prompt-len", "pez_prompt_len", int, "tokens in a PEZ prompt (PEZ: 16)"),
+    ("--resolution", "resolution", int, "working resolution: images get about this² pixels (default: the model's)"),
+]
+SAMPLING_FLAGS = [
+    ("--mode", "sampling_mode", str, "draw B′ by img2img from B (default) or from noise"),
+    ("--strength", "strength", float, "img2img strength in (0, 1] (default 0.8)"),
+    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale (default 7.5)"),
+    ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′ (default 50)"),
+]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and run")
+    group.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local directory (default: {DEFAULT_MODEL})")
+    group.add_argument("--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)")
+    group.add_argument("--captions-from", metavar="FILE", help="caption by CLIP retrieval among the lines of FILE instead of BLIP-2")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
+    group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model precision (default: bfloat16 on GPU, float32 on CPU)")
+    group.add_argument("--seed", type=int, default=0, help="seed for PEZ, the optimisation and sampling (default 0)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+CHOICES = {
+    "init": ["zeros", "random"],
+    "clip_loss_space": ["text-tower", "token-mean"],
+    "prompt_source": ["pez", "caption"],
+    "sampling_mode": ["img2img", "noise"],
+}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags, title: str) -> None:
+    group = parser.add_argument_group(title)
+    for flag, field, kind, text in flags:
+        metavar = None if field in CHOICES else flag.lstrip("-").upper().replace("-", "_")
+        group.add_argument(flag, dest=field, type=kind, default=None, choices=CHOICES.get(field), metavar=metavar, help=text)
+
+
+def _add_fit_flags(parser: argparse.ArgumentParser) -> None:
+    _add_flags(parser, CONFIG_FLAGS, "Difference Inversion hyperparameters")
+    group = parser.add_argument_group("fitting")
+    group.add_argument("--steps", dest="steps", type=int, default=None, help="optimisation steps N (VISII: 1000)")
+    group.add_argument("--hard-tokens", dest="hard_tokens", action="store_const", const=True, default=None, help="project DIFF tokens onto vocabulary words (PEZ straight-through)")
+    group.add_argument("--no-token-consistency", dest="use_token_consistency", action="store_const", const=False, default=None, help="ablation: drop the token consistency loss")
+    group.add_argument("--no-clip-loss", dest="use_clip_loss", action="store_const", const=False, default=None, help="ablation: drop the CLIP delta loss")
+    group.add_argument("--caption-a", help="caption of A (skips the captioner)")
+    group.add_argument("--caption-a-prime", help="caption of A′ (skips the captioner)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffinv",
+        description="Image analogies A : A′ :: B : B′ by Difference Inversion (CVPR 2025).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="learn DIFF tokens from A and A′", description="Learn DIFF tokens holding the difference A → A′ and save them as safetensors.")
+    fit.add_argument("a", metavar="A", help="the image before the change")
+    fit.add_argument("a_prime", metavar="A_PRIME", help="the image after the change")
+    fit.add_argument("-o", "--output", required=True, help="token file to write (.safetensors)")
+    _add_common(fit)
+    _add_fit_flags(fit)
+
+    apply = commands.add_parser("apply", help="apply saved DIFF tokens to images B", description="Draw B′ for each B from {prompt_B, D̃}; writes DIR/<name of B>.png as each finishes.")
+    apply.add_argument("tokens", metavar="TOKENS", help="token file written by `diffinv fit`")
+    apply.add_argument("b", metavar="B", nargs="+", help="images to change")
+    apply.add_argument("-o", "--output", required=True, help="output directory")
+    apply.add_argument("--prompt", help="prompt_B for every B (default: PEZ or caption, as at fitting)")
+    _add_common(apply)
+    _add_flags(apply, SAMPLING_FLAGS, "drawing B′")
+
+    analogy = commands.add_parser("analogy", help="fit on A, A′ and apply to B in one go", description="Fit DIFF tokens on (A, A′), draw B′, and write B′, the grid A | A′ | B | B′ and the tokens.")
+    analogy.add_argument("a", metavar="A", help="the image before the change")
+    analogy.add_argument("a_prime", metavar="A_PRIME", help="the image after the change")
+    analogy.add_argument("b", metavar="B", help="the image to change")
+    analogy.add_argument("-o", "--output", required=True, help="B′ image to write (.png); also writes <stem>-grid.png and <stem>.safetensors")
+    analogy.add_argument("--prompt", help="prompt_B (default: PEZ or caption)")
+    _add_common(analogy)
+    _add_fit_flags(analogy)
+    _add_flags(analogy, SAMPLING_FLAGS, "drawing B′")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, flags) -> dict:
+    names = [field for _, field, _, _ in flags]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
+
+
+def _load(args: argparse.Namespace):
+    from .captioners import ClipRetrievalCaptioner
+    from .errors import DiffinvError
+    from .pipeline import DifferenceInversion
+
+    di = DifferenceInversion.from_pretrained(args.model, device=args.device, dtype=args.dtype, clip_model=args.clip_model)
+    if args.captions_from:
+        path = Path(args.captions_from)
+        if not path.is_file():
+            raise DiffinvError(f"{path}: no such caption file")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        di.captioner = ClipRetrievalCaptioner(di.clip, lines)
+    return di
+
+
+def _captions(args: argparse.Namespace):
+    from .errors import DiffinvError
+
+    if (args.caption_a is None) != (args.caption_a_prime is None):
+        raise DiffinvError("give both --caption-a and --caption-a-prime, or neither")
+    return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
+
+
+def _fit_config(args: argparse.Namespace):
+    from .config import InversionConfig
+
+    values = _overrides(args, CONFIG_FLAGS + SAMPLING_FLAGS)
+    values.update({name: getattr(args, name) for name in FIT_ONLY if getattr(args, name, None) is not None})
+    return InversionConfig(**values)
+
+
+def _check_images(*paths: str) -> None:
+    """Fail on unreadable images before loading any model (which takes a while)."""
+    from .images import load_image
+
+    for path in paths:
+        load_image(path)
+
+
+def _check_output(path: str | os.PathLike, must_be_dir: bool = False) -> None:
+    from .errors import DiffinvError
+
+    path = Path(path)
+    if must_be_dir:
+        if path.exists() and not path.is_dir():
+            raise DiffinvError(f"{path}: exists and is not a directory")
+    elif path.is_dir():
+        raise DiffinvError(f"{path}: is a directory; give a file name")
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    _check_images(args.a, args.a_prime)
+    _check_output(args.output)
+    config, captions = _fit_config(args), _captions(args)
+    di = _load(args)
+    tokens = di.fit(args.a, args.a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
+    tokens.save(args.output)
+    print(f"wrote {args.output}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
+    if tokens.hard_text:
+        print(f"hard DIFF tokens: {tokens.hard_text!r}")
+
+
+def run_apply(args: argparse.Namespace) -> None:
+    from .tokens import DiffTokens
+
+    tokens = DiffTokens.load(args.tokens)
+    _check_images(*args.b)
+    _check_output(args.output, must_be_dir=True)
+    config = tokens.config.replace(**_overrides(args, SAMPLING_FLAGS))
+    di = _load(args)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used = set()
+    for path in args.b:
+        stem = Path(path).stem
+        name, index = f"{stem}.png", 1
+        while name in used:
+            index += 1
+            name = f"{stem}-{index}.png"
+        used.add(name)
+        b_prime = di.apply(tokens, path, seed=args.seed, prompt=args.prompt, config=config, progress=not args.quiet)
+        b_prime.save(out_dir / name)
+        print(f"wrote {out_dir / name}")
+
+
+def run_analogy(args: argparse.Namespace) -> None:
+    from .grid import image_grid
+    from .pipeline import as_rgb
+
+    _check_images(args.a, args.a_prime, args.b)
+    _check_output(args.output)
+    config, captions = _fit_config(args), _captions(args)
+    di = _load(args)
+    b_prime, tokens = di.analogy(args.a, args.a_prime, args.b, config, seed=args.seed, captions=captions, prompt_b=args.prompt, progress=not args.quiet)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    b_prime.save(output)
+    grid_path = output.with_name(f"{output.stem}-grid.png")
+    image_grid([as_rgb(args.a), as_rgb(args.a_prime), as_rgb(args.b), b_prime], ["A", "A′", "B", "B′"]).save(grid_path)
+    tokens_path = output.with_suffix(".safetensors")
+    tokens.save(tokens_path)
+    print(f"wrote {output}, {grid_path} and {tokens_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Library chatter (deprecations, optional-backend notices) is not for the command's user.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    from .errors import DiffinvError
+
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+    try:
+        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy}[args.command](args)
+    except DiffinvError as error:
+        print(f"diffinv: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffinv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+        if args.debug:
+            raise
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"diffinv: unexpected error: {type(error).__name__}: {first_line} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""CLIP's joint space: image and text embeddings, their deltas, and slerp between deltas.
+
+All deltas of one run must live in one space, so the CLIP used here should be the one whose
+text tower is the backbone's text encoder (SD 1.x: OpenAI ViT-L/14; SD 2.x: OpenCLIP ViT-H/14
+trained on LAION-2B). `default_clip_for` picks it from the token width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPModel, CLIPTokenizer
+
+from .errors import DiffinvError
+from .text_slots import replaced_token_embeddings, slot_token_ids
+
+# The normalisation every OpenAI and OpenCLIP CLIP was trained with.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+DEFAULT_CLIP_BY_TOKEN_WIDTH = {
+    768: "openai/clip-vit-large-patch14",  # SD 1.x text encoder = this model's text tower
+    1024: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # SD 2.x text encoder = its text tower
+}
+
+
+def default_clip_for(token_width: int) -> str:
+    """Hub id of the CLIP that matches a Stable Diffusion text encoder of this width."""
+    try:
+        return DEFAULT_CLIP_BY_TOKEN_WIDTH[token_width]
+    except KeyError:
+        raise DiffinvError(
+            f"no default CLIP for a text encoder of width {token_width}; pass clip_model=… (--clip-model)"
+        ) from None
+
+
+def _pooled(output) -> torch.Tensor:
+    # transformers 5 returns a ModelOutput whose pooler_output is projected; 4.x a tensor.
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+class ClipSpace:
+    """A frozen `CLIPModel` with its tokenizer; all features are L2-normalised, shape (B, D)."""
+
+    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer):
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, name: str, device, dtype: torch.dtype) -> "ClipSpace":
+        model = CLIPModel.from_pretrained(name, torch_dtype=dtype).to(device)
+        return cls(model, CLIPTokenizer.from_pretrained(name))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def text_model(self):
+        return self.model.text_model
+
+    @property
+    def joint_width(self) -> int:
+        return self.model.config.projection_dim
+
+    @property
+    def vocabulary(self) -> torch.Tensor:
+        """(V, d) token-embedding matrix of the text tower."""
+        return self.text_model.get_input_embeddings().weight
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """(B, 3, S, S): shorter side resized to S, centre crop, CLIP normalisation."""
+        side = self.model.config.vision_config.image_size
+        batch = []
+        for image in images:
+            scale = side / min(image.size)
+            resized = image.resize(
+                (max(side, round(image.width * scale)), max(side, round(image.height * scale))),
+                Image.Resampling.BICUBIC,
+            )
+            left, top = (resized.width - side) // 2, (resized.height - side) // 2
+            array = np.asarray(resized.crop((left, top, left + side, top + side)), dtype=np.float32) / 255.0
+            batch.append(torch.from_numpy(array).permute(2, 0, 1))
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        return ((torch.stack(batch) - mean) / std).to(self.device, self.model.dtype)
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        return F.normalize(_pooled(self.model.get_image_features(pixel_values=self.pixels(images))).float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        length = self.text_model.config.max_position_embeddings
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        output = self.model.get_text_features(input_ids=tokens.input_ids.to(self.device))
+        return F.normalize(_pooled(output).float(), dim=-1)
+
+    def slot_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Features of the prompts "<bos> e_1 … e_k <eos>", differentiable in `embeddings`.
+
+        embeddings: (B, k, d) token embeddings of the text tower. Returns (B, D), normalised.
+        Used by PEZ and by the "text-tower" CLIP loss.
+        """
+        rows, k = embeddings.shape[:2]
+        ids, mask = slot_token_ids(self.tokenizer, [""] * rows, k, k + 2)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with replaced_token_embeddings(self.text_model, mask, embeddings):
+            output = self.model.get_text_features(input_ids=ids)
+        return F.normalize(_pooled(output).float(), dim=-1)
+
+
+def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """E(after) − E(before) of normalised features, (D,) from two (D,) or (1, D)."""
+    return (after - before).reshape(-1)
+
+
+def slerp(image_delta: torch.Tensor, text_delta: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
+    """Spherical interpolation of two directions (eq. 5): α = 0 → image delta, α = 1 → text delta.
+
+    Both inputs are normalised first; the result is a unit vector. When the angle θ between
+    them is ≈ 0 (sin θ < eps) slerp is numerically undefined and linear interpolation, which
+    it approaches, is used.
+    """
+    u = F.normalize(image_delta.float().reshape(-1), dim=0)
+    v = F.normalize(text_delta.float().reshape(-1), dim=0)
+    theta = torch.arccos(torch.clamp(torch.dot(u, v), -1.0, 1.0))
+    if torch.sin(theta).item() < eps:
+        mixed = (1 - alpha) * u + alpha * v
+    else:
+        mixed = (torch.sin((1 - alpha) * theta) * u + torch.sin(alpha * theta) * v) / torch.sin(theta)
+    return F.normalize(mixed, dim=0)
+
+
+def angle_between(u: torch.Tensor, v: torch.Tensor) -> float:
+    """Angle in radians between two vectors (for reports)."""
+    cosine = F.cosine_similarity(u.float().reshape(1, -1), v.float().reshape(1, -1)).item()
+    return math.acos(max(-1.0, min(1.0, cosine)))

@@ -1,0 +1,138 @@
+"""Every hyperparameter of Difference Inversion in one place.
+
+Values stated in the paper (Kim, Kim & Kim, CVPR 2025) are marked *paper*. Values the paper
+does not state are marked with where they come from; each of them is an option, not a hidden
+constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import DiffinvError
+
+CLIP_LOSS_SPACES = ("text-tower", "token-mean")
+PROMPT_SOURCES = ("pez", "caption")
+SAMPLING_MODES = ("img2img", "noise")
+
+
+@dataclass
+class InversionConfig:
+    """Hyperparameters of fitting DIFF tokens (Algorithm 1) and of drawing B′ with them.
+
+    Fitting
+        n_tokens: number of DIFF tokens n. *paper* 5 (Fig. 6).
+        alpha: slerp ratio between image delta (α = 0) and text delta (α = 1). *paper* 0.8 (Fig. 7).
+        lambda_tc: weight of the token consistency loss. *paper* 0.01.
+        lambda_clip: weight of the CLIP (delta) loss. *paper* 6.
+        init: "zeros" (*paper*) or "random" (the ablation of Fig. 5; N(0, σ²) with σ the std of
+            the vocabulary embeddings).
+        steps: optimisation steps N. Not stated; VISII's 1000.
+        learning_rate: AdamW learning rate. Not stated; VISII's 1e-3.
+        weight_decay: AdamW weight decay. Not stated; torch's AdamW default 1e-2.
+        clip_loss_space: how the CLIP loss compares D̃ (token embeddings) with the interpolated
+            delta (CLIP joint space), which the paper leaves open.
+            "text-tower": encode "<bos> D̃ <eos>" with the CLIP text tower and its projection
+            (as VISII does for its instruction); works for every backbone.
+            "token-mean": cosine between the mean of the DIFF token embeddings and the delta;
+            only defined where token width equals the joint width (SD 1.x / 2.x with their CLIP).
+        hard_tokens: project D̃ onto the nearest vocabulary embeddings in every forward pass
+            (PEZ's straight-through trick), so that the result is a sequence of real words.
+        use_token_consistency: ablation switch for L_tc (Fig. 5).
+        use_clip_loss: ablation switch for L_clip.
+
+    Prompts
+        prompt_source: "pez" (*paper*: PEZ hard-prompt inversion for prompt_A, prompt_A′ and
+            prompt_B) or "caption" (the captions themselves; faster, a slight drop per the paper).
+        pez_prompt_len, pez_steps, pez_lr, pez_weight_decay: PEZ's published defaults for
+            Stable Diffusion (16 tokens, 3000 steps, AdamW lr 0.1, weight decay 0.1).
+
+    Resolution
+        resolution: side of the square whose area images are resized to (aspect ratio kept,
+            sides rounded to the UNet's multiple). None: the UNet's native size
+            (512 for SD 1.5, 768 for SD 2.1).
+
+    Drawing B′ (not stated in the paper)
+        sampling_mode: "img2img" (SDEdit from B at `strength`) or "noise" (text-to-image from
+            pure noise with the full prompt). Default img2img, since the paper requires B′ to
+            keep as much of B as possible; to be settled by the benchmark (issue 4).
+        strength: img2img strength; 1.0 is equivalent to starting from noise.
+        guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5.
+        sampling_steps: denoising steps of the scheduler; 50.
+    """
+
+    n_tokens: int = 5
+    alpha: float = 0.8
+    lambda_tc: float = 0.01
+    lambda_clip: float = 6.0
+    init: str = "zeros"
+    steps: int = 1000
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    clip_loss_space: str = "text-tower"
+    hard_tokens: bool = False
+    use_token_consistency: bool = True
+    use_clip_loss: bool = True
+
+    prompt_source: str = "pez"
+    pez_prompt_len: int = 16
+    pez_steps: int = 3000
+    pez_lr: float = 0.1
+    pez_weight_decay: float = 0.1
+
+    resolution: int | None = None
+
+    sampling_mode: str = "img2img"
+    strength: float = 0.8
+    guidance_scale: float = 7.5
+    sampling_steps: int = 50
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `DiffinvError` naming the first invalid field."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise DiffinvError(f"invalid configuration: {message}")
+
+        need(isinstance(self.n_tokens, int) and self.n_tokens >= 1, f"n_tokens must be an integer ≥ 1, got {self.n_tokens!r}")
+        need(0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha!r}")
+        need(self.lambda_tc >= 0 and self.lambda_clip >= 0, "lambda_tc and lambda_clip must be ≥ 0")
+        need(self.init in ("zeros", "random"), f"init must be 'zeros' or 'random', got {self.init!r}")
+        need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer ≥ 0, got {self.steps!r}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
+        need(self.clip_loss_space in CLIP_LOSS_SPACES, f"clip_loss_space must be one of {CLIP_LOSS_SPACES}, got {self.clip_loss_space!r}")
+        need(self.use_token_consistency or self.use_clip_loss, "at least one of the two losses must be on")
+        need(self.prompt_source in PROMPT_SOURCES, f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}")
+        need(isinstance(self.pez_prompt_len, int) and self.pez_prompt_len >= 1, "pez_prompt_len must be an integer ≥ 1")
+        need(isinstance(self.pez_steps, int) and self.pez_steps >= 0, "pez_steps must be an integer ≥ 0")
+        need(self.pez_lr > 0 and self.pez_weight_decay >= 0, "pez_lr must be > 0 and pez_weight_decay ≥ 0")
+        need(self.resolution is None or (isinstance(self.resolution, int) and 8 <= self.resolution <= 4096),
+             f"resolution must be None or an integer in [8, 4096], got {self.resolution!r}")
+        need(self.sampling_mode in SAMPLING_MODES, f"sampling_mode must be one of {SAMPLING_MODES}, got {self.sampling_mode!r}")
+        need(0.0 < self.strength <= 1.0, f"strength must lie in (0, 1], got {self.strength!r}")
+        need(self.guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}")
+        need(isinstance(self.sampling_steps, int) and self.sampling_steps >= 1, "sampling_steps must be an integer ≥ 1")
+
+    def replace(self, **changes: Any) -> "InversionConfig":
+        """A copy with `changes` applied (and validated)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise DiffinvError(f"invalid configuration: unknown option(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "InversionConfig":
+        """Inverse of `to_json`; options unknown to this version are ignored."""
+        values = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,8 @@
+"""The one exception type that carries a message meant for the user."""
+
+
+class DiffinvError(Exception):
+    """Bad input or an impossible request, explained in one line.
+
+    The command-line tool prints its message alone on stderr and exits with status 2.
+    """

@@ -1,0 +1,76 @@
+"""Reading user images and choosing the working size.
+
+Policy, documented in the README:
+- Any image Pillow can read is accepted. EXIF orientation is applied; transparency is composited
+  on white; grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB.
+- Working size: the aspect ratio is kept (clamped to 1:4 … 4:1 by a centre crop) and the image is
+  resized so that its area is about `resolution`², each side a multiple of the UNet's stride.
+  Small images are upscaled, large ones downscaled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DiffinvError
+
+MAX_ASPECT = 4.0
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open `path` as an 8-bit RGB image or raise `DiffinvError` saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffinvError(f"{path}: no such file")
+    if path.is_dir():
+        raise DiffinvError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise DiffinvError(f"{path}: the file is empty")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except UnidentifiedImageError:
+        raise DiffinvError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise DiffinvError(f"{path}: image too large ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DiffinvError(f"{path}: the image is damaged or truncated ({error})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB version of any Pillow image (see the module's policy)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def working_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """(width, height) with the aspect ratio of the input (clamped to `MAX_ASPECT`), an area of
+    about `resolution`², and both sides positive multiples of `multiple`."""
+    aspect = min(max(width / height, 1 / MAX_ASPECT), MAX_ASPECT)
+    new_width = resolution * math.sqrt(aspect)
+    new_height = resolution / math.sqrt(aspect)
+    snap = lambda side: max(multiple, int(round(side / multiple)) * multiple)  # noqa: E731
+    return snap(new_width), snap(new_height)
+
+
+def fit_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Centre-crop `image` to the aspect ratio of `size`, then resize it to `size` (bicubic)."""
+    return ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)

@@ -1,0 +1,176 @@
+"""Algorithm 1 of Difference Inversion, one named function per step.
+
+    ① caption_pair           cap_A, cap_A′ from the captioner
+    ② interpolated_delta     D_inter = slerp(E_I(A′) − E_I(A), E_T(cap_A′) − E_T(cap_A); α)
+    ③ prompt_pair            prompt_A, prompt_A′ (PEZ or the captions);  latent_pair: z_A, z_A′
+    ④ init_diff_tokens       D̃ ← 0
+    ⑤ noised_pair            t, ε ~ U{0…T−1}, N(0, I) independently for A and A′; q(z, t, ε)
+    ⑥ token_consistency_loss ε_θ(z_A,t, {prompt_A′, −D̃}) and ε_θ(z_A′,t, {prompt_A, +D̃}), one UNet call
+    ⑦ clip_loss              1 − cos(D̃ in CLIP space, D_inter)
+       fit_diff_tokens       the loop: L = λ_tc L_tc + λ_clip L_clip, AdamW on D̃ only
+
+Everything else (UNet, VAE, text encoders, CLIP) is frozen; D̃ is the only leaf with a gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .backbone import StableDiffusionBackbone
+from .captioners import Captioner
+from .clip_space import ClipSpace, delta, slerp
+from .config import InversionConfig
+from .errors import DiffinvError
+from .pez import invert_prompt, project_straight_through, usable_token_mask
+
+
+@dataclass
+class PreparedPair:
+    """What steps ①–③ compute from (A, A′) before the optimisation."""
+
+    caption_a: str
+    caption_a_prime: str
+    prompt_a: str
+    prompt_a_prime: str
+    target_delta: torch.Tensor  # (D,) unit vector D_inter in CLIP's joint space
+    latents: torch.Tensor  # (2, C, h, w): z_A, z_A′ (scaled VAE latents)
+
+
+# ① ---------------------------------------------------------------------------------------
+def caption_pair(captioner: Captioner, a: Image.Image, a_prime: Image.Image) -> tuple[str, str]:
+    caption_a, caption_a_prime = captioner([a, a_prime])
+    return caption_a, caption_a_prime
+
+
+# ② ---------------------------------------------------------------------------------------
+def interpolated_delta(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, caption_a: str, caption_a_prime: str, alpha: float) -> torch.Tensor:
+    """D_inter (D,): slerp between the image delta (α = 0) and the text delta (α = 1)."""
+    image = clip.image_features([a, a_prime])
+    text = clip.text_features([caption_a, caption_a_prime])
+    return slerp(delta(image[0], image[1]), delta(text[0], text[1]), alpha)
+
+
+# ③ ---------------------------------------------------------------------------------------
+def prompt_pair(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, captions: tuple[str, str], config: InversionConfig, generator: torch.Generator | None = None, progress: bool = True) -> tuple[str, str]:
+    """prompt_A, prompt_A′: PEZ hard prompts (the paper) or the captions (faster)."""
+    if config.prompt_source == "caption":
+        return captions
+    return tuple(
+        invert_prompt(clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, generator, progress)
+        for image in (a, a_prime)
+    )
+
+
+def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Image.Image) -> torch.Tensor:
+    """(2, C, h, w): z_A and z_A′ (the two images must have the same size)."""
+    return backbone.encode_images([a, a_prime])
+
+
+# ④ ---------------------------------------------------------------------------------------
+def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone, generator: torch.Generator | None = None) -> torch.Tensor:
+    """D̃ (n, d), float32, requires grad: zeros (the paper), or random at the vocabulary's scale."""
+    shape = (config.n_tokens, backbone.token_width)
+    if config.init == "zeros":
+        tokens = torch.zeros(shape, device=backbone.device)
+    else:
+        scale = backbone.vocabulary.float().std().item()
+        tokens = torch.randn(shape, generator=generator, device=backbone.device) * scale
+    return tokens.requires_grad_(True)
+
+
+# ⑤ ---------------------------------------------------------------------------------------
+def noised_pair(backbone: StableDiffusionBackbone, latents: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy, timesteps, targets) for latents (2, C, h, w): t_before, t_after ~ U{0…T−1} and
+    ε_before, ε_after ~ N(0, I), drawn independently; targets are what the UNet should output."""
+    timesteps = torch.randint(0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    return backbone.add_noise(latents, noise, timesteps), timesteps, backbone.loss_target(latents, noise, timesteps)
+
+
+# ⑥ ---------------------------------------------------------------------------------------
+def signed_pair(diff: torch.Tensor) -> torch.Tensor:
+    """(2, n, d): −D̃ for the "before" row, +D̃ for the "after" row."""
+    return torch.stack([-diff, diff])
+
+
+def token_consistency_loss(backbone: StableDiffusionBackbone, diff: torch.Tensor, ids: torch.Tensor, slot_mask: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """L_tc (eqs. 7–9), both branches in one text-encoder and one UNet call.
+
+    Row 0 ("before"): z_A,t denoised with {prompt_A′, −D̃}. Row 1 ("after"): z_A′,t with
+    {prompt_A, +D̃}. `ids`/`slot_mask` (2, L) hold prompt_A′ and prompt_A in that order.
+    Returns the sum of the two rows' mean squared errors.
+    """
+    text_states = backbone.encode_prompt(ids, slot_mask, signed_pair(diff))
+    prediction = backbone.predict(noisy, timesteps, text_states)
+    return (prediction.float() - targets.float()).pow(2).mean(dim=(1, 2, 3)).sum()
+
+
+# ⑦ ---------------------------------------------------------------------------------------
+def clip_loss(clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, space: str) -> torch.Tensor:
+    """L_clip (eq. 6): cosine distance between D̃, brought into CLIP's joint space, and D_inter."""
+    if space == "text-tower":
+        features = clip.slot_features(diff.unsqueeze(0)).squeeze(0)
+    else:  # "token-mean"
+        features = diff.mean(dim=0)
+    return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=0)
+
+
+def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
+    """Refuse combinations whose spaces do not match, before any work is done."""
+    if clip.vocabulary.shape[1] != backbone.token_width and config.use_clip_loss and config.clip_loss_space == "text-tower":
+        raise DiffinvError(
+            f"the CLIP text tower has token width {clip.vocabulary.shape[1]} but the model's text encoder "
+            f"{backbone.token_width}; use the CLIP that matches the model (--clip-model)"
+        )
+    if config.use_clip_loss and config.clip_loss_space == "token-mean" and clip.joint_width != backbone.token_width:
+        raise DiffinvError(
+            f"clip_loss_space='token-mean' needs token width = CLIP joint width, got {backbone.token_width} "
+            f"and {clip.joint_width}; use clip_loss_space='text-tower'"
+        )
+
+
+# The loop ------------------------------------------------------------------------------------
+def fit_diff_tokens(
+    backbone: StableDiffusionBackbone,
+    clip: ClipSpace,
+    pair: PreparedPair,
+    config: InversionConfig,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    """Steps ④–⑦ repeated `config.steps` times. Returns the continuous D̃ (n, d) float32 (with
+    `config.hard_tokens` its forward passes used the projection; `harden` finishes it) and the
+    per-step history of the three losses."""
+    check_compatible(backbone, clip, config)
+    diff = init_diff_tokens(config, backbone, generator)
+    optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
+    ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a], config.n_tokens)
+    vocabulary = backbone.vocabulary.detach()
+    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], vocabulary.device)
+    zero = torch.zeros((), device=backbone.device)
+    history = []
+
+    bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
+    for step in bar:
+        used = project_straight_through(diff, vocabulary, usable)[0] if config.hard_tokens else diff
+        loss_tc = token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, pair.latents, generator)) if config.use_token_consistency else zero
+        loss_clip = clip_loss(clip, used, pair.target_delta, config.clip_loss_space) if config.use_clip_loss else zero
+        loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()]))
+        if step % 50 == 0:
+            bar.set_postfix(tc=f"{loss_tc.item():.4f}", clip=f"{loss_clip.item():.4f}")
+
+    trace = torch.stack(history).cpu().tolist() if history else []
+    curves = {name: [row[i] for row in trace] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))}
+    return diff.detach().float(), curves

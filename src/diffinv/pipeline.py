@@ -1,0 +1,198 @@
+"""`DifferenceInversion`: A : A′ :: B : B′ with a Stable Diffusion model — wiring only.
+
+    di = DifferenceInversion.from_pretrained("stabilityai/stable-diffusion-2-1")
+    tokens = di.fit(a, a_prime)            # learn D̃ from the pair (Algorithm 1)
+    b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import torch
+from PIL import Image
+
+from .backbone import StableDiffusionBackbone
+from .captioners import Blip2Captioner, Captioner
+from .clip_space import ClipSpace, default_clip_for
+from .config import InversionConfig
+from .errors import DiffinvError
+from .images import fit_to, load_image, to_rgb, working_size
+from .inversion import PreparedPair, caption_pair, fit_diff_tokens, interpolated_delta, latent_pair, prompt_pair
+from .pez import harden, invert_prompt
+from .tokens import DiffTokens
+
+ImageInput = Union[Image.Image, str, os.PathLike]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def as_rgb(image: ImageInput) -> Image.Image:
+    """A PIL image converted to RGB, or a path loaded as one."""
+    return to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
+
+
+def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """Defaults: CUDA if present, else CPU; bfloat16 on CUDA (fp16's range can underflow the small
+    gradients reaching D̃), float32 on CPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffinvError("device 'cuda' asked for, but PyTorch sees no CUDA GPU")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise DiffinvError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    return device, dtype
+
+
+class DifferenceInversion:
+    """Fits DIFF tokens on (A, A′) and applies them to B.
+
+    Args:
+        backbone: the frozen Stable Diffusion model.
+        clip: the CLIP whose text tower matches the backbone's text encoder.
+        captioner: turns images into captions when captions are not given (None: they must be).
+    """
+
+    def __init__(self, backbone: StableDiffusionBackbone, clip: ClipSpace, captioner: Captioner | None = None):
+        self.backbone = backbone
+        self.clip = clip
+        self.captioner = captioner
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        clip_model: str | None = None,
+        captioner: Captioner | None = None,
+        **pipeline_kwargs,
+    ) -> "DifferenceInversion":
+        """Load a Stable Diffusion 1.x / 2.x model (hub id or local directory) and its CLIP.
+
+        clip_model: hub id or directory of a transformers `CLIPModel`; by default the CLIP
+            matching the text encoder (OpenAI ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x).
+        captioner: default BLIP-2 (loaded on first use).
+        pipeline_kwargs: passed to `StableDiffusionPipeline.from_pretrained` (e.g. `variant`).
+        """
+        device, dtype = resolve_device_dtype(device, dtype)
+        try:
+            backbone = StableDiffusionBackbone.from_pretrained(model, device, dtype, **pipeline_kwargs)
+            clip = ClipSpace.from_pretrained(clip_model or default_clip_for(backbone.token_width), device, dtype)
+        except (OSError, ValueError) as error:
+            raise DiffinvError(f"could not load {model!r}: {str(error).splitlines()[0]}") from None
+        return cls(backbone, clip, captioner or Blip2Captioner(device=device, dtype=dtype))
+
+    # ------------------------------------------------------------------------------------------
+    def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:
+        resolution = config.resolution or self.backbone.native_resolution
+        return working_size(image.width, image.height, resolution, self.backbone.size_multiple)
+
+    def _caption(self, images: list[Image.Image]) -> list[str]:
+        if self.captioner is None:
+            raise DiffinvError("no captioner is set: pass the captions (--caption-a/--caption-a-prime/--prompt)")
+        return self.captioner(images)
+
+    def prepare(self, a: ImageInput, a_prime: ImageInput, config: InversionConfig, captions: tuple[str, str] | None = None, prompts: tuple[str, str] | None = None, seed: int = 0, progress: bool = True) -> PreparedPair:
+        """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch."""
+        a = as_rgb(a)
+        size = self._size_for(a, config)
+        a, a_prime = fit_to(a, size), fit_to(as_rgb(a_prime), size)
+        needs_captions = (config.use_clip_loss and config.alpha > 0) or (prompts is None and config.prompt_source == "caption")
+        if captions is None:
+            captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
+        if prompts is None:
+            prompts = prompt_pair(self.clip, a, a_prime, captions, config, torch.Generator().manual_seed(seed), progress)
+        return PreparedPair(
+            caption_a=captions[0],
+            caption_a_prime=captions[1],
+            prompt_a=prompts[0],
+            prompt_a_prime=prompts[1],
+            target_delta=interpolated_delta(self.clip, a, a_prime, *captions, config.alpha),
+            latents=latent_pair(self.backbone, a, a_prime),
+        )
+
+    def fit(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        config: InversionConfig | None = None,
+        captions: tuple[str, str] | None = None,
+        prompts: tuple[str, str] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> DiffTokens:
+        """Learn DIFF tokens holding the difference A → A′.
+
+        captions: (cap_A, cap_A′) instead of the captioner's. prompts: (prompt_A, prompt_A′)
+        instead of PEZ / the captions. seed: fixes PEZ, the timesteps and the noise.
+        """
+        config = config or InversionConfig()
+        pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress)
+        generator = torch.Generator(device=self.backbone.device).manual_seed(seed)
+        embeddings, history = fit_diff_tokens(self.backbone, self.clip, pair, config, generator, progress)
+        hard_ids, hard_text = None, ""
+        if config.hard_tokens:
+            embeddings, hard_ids, hard_text = harden(embeddings, self.backbone.vocabulary, self.backbone.tokenizer)
+        return DiffTokens(
+            embeddings=embeddings.cpu(),
+            model_id=self.backbone.model_id,
+            vocab_size=self.backbone.vocabulary.shape[0],
+            config=config,
+            prompt_a=pair.prompt_a,
+            prompt_a_prime=pair.prompt_a_prime,
+            caption_a=pair.caption_a,
+            caption_a_prime=pair.caption_a_prime,
+            hard_token_ids=hard_ids,
+            hard_text=hard_text,
+            history=history,
+        )
+
+    def describe(self, image: Image.Image, config: InversionConfig, seed: int = 0, progress: bool = True) -> str:
+        """prompt_B: described the way prompt_A was (PEZ or caption)."""
+        if config.prompt_source == "caption":
+            return self._caption([image])[0]
+        return invert_prompt(self.clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, torch.Generator().manual_seed(seed), progress)
+
+    def apply(
+        self,
+        tokens: DiffTokens,
+        b: ImageInput,
+        seed: int = 0,
+        prompt: str | None = None,
+        config: InversionConfig | None = None,
+        progress: bool = True,
+    ) -> Image.Image:
+        """Draw B′ from {prompt_B, D̃}. B′ has B's aspect ratio at the working resolution.
+
+        prompt: prompt_B; by default PEZ or the captioner, as the tokens were fitted.
+        config: sampling settings (mode, strength, guidance, steps); default the tokens' own.
+        """
+        tokens.check_fits(self.backbone.model_id, self.backbone.token_width, self.backbone.vocabulary.shape[0])
+        config = config or tokens.config
+        b = as_rgb(b)
+        size = self._size_for(b, config)
+        b = fit_to(b, size)
+        prompt = self.describe(b, config, seed, progress) if prompt is None else prompt
+        ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
+        with torch.no_grad():
+            text_states = self.backbone.encode_prompt(ids, slot_mask, tokens.embeddings.to(self.backbone.device))
+        return self.backbone.sample(
+            text_states,
+            size,
+            init_image=b if config.sampling_mode == "img2img" else None,
+            strength=config.strength,
+            guidance_scale=config.guidance_scale,
+            steps=config.sampling_steps,
+            generator=torch.Generator().manual_seed(seed),
+            progress=progress,
+        )
+
+    def analogy(self, a: ImageInput, a_prime: ImageInput, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, captions: tuple[str, str] | None = None, prompt_b: str | None = None, progress: bool = True) -> tuple[Image.Image, DiffTokens]:
+        """fit on (A, A′), then apply to B. Returns (B′, tokens)."""
+        tokens = self.fit(a, a_prime, config, captions=captions, seed=seed, progress=progress)
+        return self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress), tokens

@@ -1,0 +1,123 @@
+"""`DiffTokens`: learned DIFF tokens and everything needed to use them, in one safetensors file.
+
+File layout: one tensor `diff_tokens` (n, d) float32, plus string metadata:
+`format` ("diffinv.diff-tokens/1"), `model_id`, `token_width`, `vocab_size`, `n_tokens`,
+`alpha`, `prompt_a`, `prompt_a_prime`, `caption_a`, `caption_a_prime`, `config` (JSON),
+`hard_token_ids` (JSON list or ""), `hard_text`, `history` (JSON of the loss curves),
+`diffinv_version`. safetensors holds no code, so loading a file cannot run any.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import InversionConfig
+from .errors import DiffinvError
+
+FORMAT = "diffinv.diff-tokens/1"
+
+
+@dataclass
+class DiffTokens:
+    """DIFF tokens D̃ learned from one pair (A, A′).
+
+    embeddings: (n, d) float32 on the CPU, in the text encoder's token-embedding space.
+    hard_token_ids / hard_text: the vocabulary tokens D̃ was projected onto, when fitted with
+    `hard_tokens=True` (usable as plain words with any model sharing the tokenizer).
+    """
+
+    embeddings: torch.Tensor
+    model_id: str
+    vocab_size: int
+    config: InversionConfig
+    prompt_a: str = ""
+    prompt_a_prime: str = ""
+    caption_a: str = ""
+    caption_a_prime: str = ""
+    hard_token_ids: list[int] | None = None
+    hard_text: str = ""
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def token_width(self) -> int:
+        return self.embeddings.shape[1]
+
+    def save(self, path: str | os.PathLike) -> None:
+        from . import __version__
+
+        metadata = {
+            "format": FORMAT,
+            "model_id": self.model_id,
+            "token_width": str(self.token_width),
+            "vocab_size": str(self.vocab_size),
+            "n_tokens": str(self.n_tokens),
+            "alpha": str(self.config.alpha),
+            "prompt_a": self.prompt_a,
+            "prompt_a_prime": self.prompt_a_prime,
+            "caption_a": self.caption_a,
+            "caption_a_prime": self.caption_a_prime,
+            "config": self.config.to_json(),
+            "hard_token_ids": json.dumps(self.hard_token_ids) if self.hard_token_ids is not None else "",
+            "hard_text": self.hard_text,
+            "history": json.dumps(self.history),
+            "diffinv_version": __version__,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"diff_tokens": self.embeddings.detach().float().cpu().contiguous()}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DiffTokens":
+        """Read a file written by `save`; raise `DiffinvError` if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise DiffinvError(f"{path}: no such token file" if not path.exists() else f"{path}: not a file")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise DiffinvError(f"{path}: not a safetensors DIFF-token file ({error})") from None
+        if metadata.get("format") != FORMAT or "diff_tokens" not in tensors:
+            raise DiffinvError(f"{path}: a safetensors file, but not DIFF tokens written by diffinv")
+        try:
+            hard_ids = metadata.get("hard_token_ids", "")
+            return cls(
+                embeddings=tensors["diff_tokens"].float(),
+                model_id=metadata["model_id"],
+                vocab_size=int(metadata["vocab_size"]),
+                config=InversionConfig.from_json(metadata["config"]),
+                prompt_a=metadata.get("prompt_a", ""),
+                prompt_a_prime=metadata.get("prompt_a_prime", ""),
+                caption_a=metadata.get("caption_a", ""),
+                caption_a_prime=metadata.get("caption_a_prime", ""),
+                hard_token_ids=json.loads(hard_ids) if hard_ids else None,
+                hard_text=metadata.get("hard_text", ""),
+                history=json.loads(metadata.get("history") or "{}"),
+            )
+        except (KeyError, ValueError, DiffinvError) as error:
+            raise DiffinvError(f"{path}: damaged DIFF-token metadata ({error})") from None
+
+    def check_fits(self, model_id: str, token_width: int, vocab_size: int) -> None:
+        """Raise `DiffinvError` if these tokens cannot condition that text encoder; warn if they
+        were fitted on another model of the same width (often fine: fine-tunes share SD's encoder)."""
+        if token_width != self.token_width:
+            raise DiffinvError(
+                f"these DIFF tokens are {self.token_width} wide (fitted on {self.model_id!r}) but the text "
+                f"encoder of {model_id!r} takes {token_width}-wide tokens; fit them again on this model"
+            )
+        if vocab_size != self.vocab_size or model_id != self.model_id:
+            warnings.warn(
+                f"DIFF tokens were fitted on {self.model_id!r}, applying them to {model_id!r}", stacklevel=2
+            )
