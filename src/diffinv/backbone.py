@@ -8,6 +8,8 @@ SDXL, with its two text encoders, will be a second implementation of the same in
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import DDPMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
@@ -79,8 +81,9 @@ class StableDiffusionBackbone:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this: VAE factor × UNet downsampling."""
-        return self.pipe.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """Image sides must be multiples of this: VAE factor × UNet downsampling, and of 8, which
+        diffusers' text-to-image pipeline requires whatever the model (64 for SD 1.x / 2.x)."""
+        return math.lcm(self.pipe.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1), 8)
 
     @property
     def native_resolution(self) -> int:
@@ -102,6 +105,11 @@ class StableDiffusionBackbone:
             attention_mask = (ids != self.tokenizer.pad_token_id).long()
         with replaced_token_embeddings(self.text_encoder, slot_mask, diff):
             return self.text_encoder(ids, attention_mask=attention_mask).last_hidden_state
+
+    def encode_plain(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder hidden states (B, L, d) of plain prompts, as the pipeline encodes them."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.sequence_length, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device)).last_hidden_state
 
     # --- latents and the denoiser ------------------------------------------------------------
     def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:

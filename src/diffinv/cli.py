@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
+DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
 
 # (flag, InversionConfig field, type, help). Every flag defaults to None = "keep the config's value".
 CONFIG_FLAGS = [
@@ -37,7 +37,7 @@ SAMPLING_FLAGS = [
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and run")
-    group.add_argument("--model", default=DEFAULT_MODEL, help=f"Stable Diffusion 1.x/2.x hub id or local directory (default: {DEFAULT_MODEL})")
+    group.add_argument("--model", default=DEFAULT_MODEL, help="Stable Diffusion 1.x/2.x hub id or local directory, e.g. stabilityai/stable-diffusion-2-1; 'shapes' (default) is the bundled offline demo world")
     group.add_argument("--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)")
     group.add_argument("--captions-from", metavar="FILE", help="caption by CLIP retrieval among the lines of FILE instead of BLIP-2")
     group.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
@@ -104,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(analogy)
     _add_fit_flags(analogy)
     _add_flags(analogy, SAMPLING_FLAGS, "drawing B′")
+
+    shapes = commands.add_parser("shapes", help="the bundled shapes world: check, evaluate, train", description="The offline shapes world (a demonstration and test world, not a photo model).")
+    shape_commands = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
+    check = shape_commands.add_parser("check", help="print the four quality gates; exit 0 only if all hold")
+    check.add_argument("--model-dir", help="shapes model directory (default: the bundled one)")
+    evaluate = shape_commands.add_parser("eval", help="analogy accuracy on seeded triplets, with the copy-B and oracle-caption references")
+    evaluate.add_argument("--n", type=int, default=50, help="number of triplets (default 50; families in turn)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the triplets (default 0)")
+    evaluate.add_argument("--methods", default="difference-inversion,copy-b,oracle-caption", help="comma-separated methods")
+    evaluate.add_argument("--output", help="also write the results as JSON here")
+    _add_flags(evaluate, CONFIG_FLAGS + SAMPLING_FLAGS, "Difference Inversion settings (default: the shapes world's)")
+    evaluate.add_argument("--steps", dest="steps", type=int, default=None, help="optimisation steps N")
+    train = shape_commands.add_parser("train", help="train the shapes world's models from scratch (resumes an interrupted run)")
+    train.add_argument("--out", required=True, help="output directory (a Stable Diffusion directory with clip/ and classifier/)")
+    for action in (check, evaluate, train):
+        action.add_argument("--quiet", action="store_true", help="no progress bars")
+        action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
 
 
@@ -120,6 +137,12 @@ def _load(args: argparse.Namespace):
     from .errors import DiffinvError
     from .pipeline import DifferenceInversion
 
+    if args.quiet:  # also the loading bars of diffusers and transformers, not only ours
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     di = DifferenceInversion.from_pretrained(args.model, device=args.device, dtype=args.dtype, clip_model=args.clip_model)
     if args.captions_from:
         path = Path(args.captions_from)
@@ -138,12 +161,14 @@ def _captions(args: argparse.Namespace):
     return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
 
 
-def _fit_config(args: argparse.Namespace):
+def _fit_overrides(args: argparse.Namespace) -> dict:
+    """Hyperparameters given on the command line, validated before any model is loaded."""
     from .config import InversionConfig
 
     values = _overrides(args, CONFIG_FLAGS + SAMPLING_FLAGS)
     values.update({name: getattr(args, name) for name in FIT_ONLY if getattr(args, name, None) is not None})
-    return InversionConfig(**values)
+    InversionConfig(**values)
+    return values
 
 
 def _check_images(*paths: str) -> None:
@@ -168,8 +193,9 @@ def _check_output(path: str | os.PathLike, must_be_dir: bool = False) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     _check_images(args.a, args.a_prime)
     _check_output(args.output)
-    config, captions = _fit_config(args), _captions(args)
+    overrides, captions = _fit_overrides(args), _captions(args)
     di = _load(args)
+    config = di.default_config.replace(**overrides)
     tokens = di.fit(args.a, args.a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
     tokens.save(args.output)
     print(f"wrote {args.output}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
@@ -206,8 +232,9 @@ def run_analogy(args: argparse.Namespace) -> None:
 
     _check_images(args.a, args.a_prime, args.b)
     _check_output(args.output)
-    config, captions = _fit_config(args), _captions(args)
+    overrides, captions = _fit_overrides(args), _captions(args)
     di = _load(args)
+    config = di.default_config.replace(**overrides)
     b_prime, tokens = di.analogy(args.a, args.a_prime, args.b, config, seed=args.seed, captions=captions, prompt_b=args.prompt, progress=not args.quiet)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +244,40 @@ def run_analogy(args: argparse.Namespace) -> None:
     tokens_path = output.with_suffix(".safetensors")
     tokens.save(tokens_path)
     print(f"wrote {output}, {grid_path} and {tokens_path}")
+
+
+def run_shapes(args: argparse.Namespace) -> None:
+    from .errors import DiffinvError
+
+    if args.shapes_command == "train":
+        from .shapes.train import train_world
+
+        print(train_world(Path(args.out)))
+        return
+    if args.shapes_command == "check":
+        from .shapes.evaluate import check
+
+        gates = check(Path(args.model_dir) if args.model_dir else None)
+        for gate in gates:
+            print(f"{'PASS' if gate.passed else 'FAIL'}  {gate.name:<11} {gate.value:6.1%}  (need ≥ {gate.threshold:.0%})  {gate.detail}")
+        if not all(gate.passed for gate in gates):
+            raise DiffinvError("some shapes-world gates fail")
+        return
+    import json
+
+    from .shapes import load_shapes
+    from .shapes.evaluate import evaluate_analogies
+    from .shapes.world import triplets
+
+    overrides = _fit_overrides(args)
+    di = load_shapes(device="cpu")
+    config = di.default_config.replace(**overrides)
+    results = evaluate_analogies(di, triplets(args.n, args.seed), tuple(args.methods.split(",")), config, progress=not args.quiet)
+    print(f"{'method':<22} {'edit':>6} {'kept':>6} {'correct':>8} {'s/triplet':>10}   (n = {args.n}, seed {args.seed})")
+    for method, r in results.items():
+        print(f"{method:<22} {r['edit']:6.1%} {r['preserved']:6.1%} {r['correct']:8.1%} {r['seconds_median']:10.2f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"config": json.loads(config.to_json()), "n": args.n, "seed": args.seed, "results": results}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore")
     try:
-        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy}[args.command](args)
+        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "shapes": run_shapes}[args.command](args)
     except DiffinvError as error:
         print(f"diffinv: error: {error}", file=sys.stderr)
         return 2

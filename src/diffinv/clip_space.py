@@ -7,8 +7,6 @@ trained on LAION-2B). `default_clip_for` picks it from the token width.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,21 +120,17 @@ def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 def slerp(image_delta: torch.Tensor, text_delta: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
     """Spherical interpolation of two directions (eq. 5): α = 0 → image delta, α = 1 → text delta.
 
-    Both inputs are normalised first; the result is a unit vector. When the angle θ between
-    them is ≈ 0 (sin θ < eps) slerp is numerically undefined and linear interpolation, which
-    it approaches, is used.
+    Both inputs are normalised first; the result is a unit vector. Where sin θ < eps slerp is
+    numerically undefined: for θ ≈ 0 linear interpolation, which it approaches, is used; for
+    opposite directions (θ ≈ π, no unique arc) the nearer endpoint is returned.
     """
     u = F.normalize(image_delta.float().reshape(-1), dim=0)
     v = F.normalize(text_delta.float().reshape(-1), dim=0)
-    theta = torch.arccos(torch.clamp(torch.dot(u, v), -1.0, 1.0))
+    cosine = torch.dot(u, v)
+    theta = torch.arccos(torch.clamp(cosine, -1.0, 1.0))
     if torch.sin(theta).item() < eps:
-        mixed = (1 - alpha) * u + alpha * v
+        mixed = (1 - alpha) * u + alpha * v if cosine > 0 else (u if alpha < 0.5 else v)
     else:
         mixed = (torch.sin((1 - alpha) * theta) * u + torch.sin(alpha * theta) * v) / torch.sin(theta)
     return F.normalize(mixed, dim=0)
 
-
-def angle_between(u: torch.Tensor, v: torch.Tensor) -> float:
-    """Angle in radians between two vectors (for reports)."""
-    cosine = F.cosine_similarity(u.float().reshape(1, -1), v.float().reshape(1, -1)).item()
-    return math.acos(max(-1.0, min(1.0, cosine)))

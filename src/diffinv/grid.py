@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 def image_grid(images: list[Image.Image], labels: list[str], height: int = 256, label_height: int = 18, gap: int = 4) -> Image.Image:
     """One row, every image scaled to `height` (aspect kept), each with its label above it."""
-    tiles = [image.convert("RGB").resize((max(1, round(image.width * height / image.height)), height), Image.Resampling.BICUBIC) for image in images]
+    tiles = [_scaled(image.convert("RGB"), height) for image in images]
     width = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)
     canvas = Image.new("RGB", (width, height + label_height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -17,3 +17,10 @@ def image_grid(images: list[Image.Image], labels: list[str], height: int = 256, 
         draw.text((x + 4, 3), label, fill="black")
         x += tile.width + gap
     return canvas
+
+
+def _scaled(image: Image.Image, height: int) -> Image.Image:
+    """Scale to `height`; small pictures are enlarged with hard pixels rather than blurred."""
+    width = max(1, round(image.width * height / image.height))
+    method = Image.Resampling.NEAREST if height >= 2 * image.height else Image.Resampling.BICUBIC
+    return image.resize((width, height), method)

@@ -57,10 +57,11 @@ class DifferenceInversion:
         captioner: turns images into captions when captions are not given (None: they must be).
     """
 
-    def __init__(self, backbone: StableDiffusionBackbone, clip: ClipSpace, captioner: Captioner | None = None):
+    def __init__(self, backbone: StableDiffusionBackbone, clip: ClipSpace, captioner: Captioner | None = None, default_config: InversionConfig | None = None):
         self.backbone = backbone
         self.clip = clip
         self.captioner = captioner
+        self.default_config = default_config or InversionConfig()
 
     @classmethod
     def from_pretrained(
@@ -74,12 +75,20 @@ class DifferenceInversion:
     ) -> "DifferenceInversion":
         """Load a Stable Diffusion 1.x / 2.x model (hub id or local directory) and its CLIP.
 
-        clip_model: hub id or directory of a transformers `CLIPModel`; by default the CLIP
-            matching the text encoder (OpenAI ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x).
+        model: a hub id, a local directory, or "shapes" for the bundled offline shapes world.
+        clip_model: hub id or directory of a transformers `CLIPModel`; by default `clip/` inside
+            a local model directory if present, else the CLIP matching the text encoder (OpenAI
+            ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x).
         captioner: default BLIP-2 (loaded on first use).
         pipeline_kwargs: passed to `StableDiffusionPipeline.from_pretrained` (e.g. `variant`).
         """
+        if model == "shapes":
+            from .shapes import load_shapes
+
+            return load_shapes(device=device, dtype=dtype, clip_model=clip_model, captioner=captioner)
         device, dtype = resolve_device_dtype(device, dtype)
+        if clip_model is None and os.path.isdir(os.path.join(model, "clip")):
+            clip_model = os.path.join(model, "clip")
         try:
             backbone = StableDiffusionBackbone.from_pretrained(model, device, dtype, **pipeline_kwargs)
             clip = ClipSpace.from_pretrained(clip_model or default_clip_for(backbone.token_width), device, dtype)
@@ -131,7 +140,7 @@ class DifferenceInversion:
         captions: (cap_A, cap_A′) instead of the captioner's. prompts: (prompt_A, prompt_A′)
         instead of PEZ / the captions. seed: fixes PEZ, the timesteps and the noise.
         """
-        config = config or InversionConfig()
+        config = config or self.default_config
         pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress)
         generator = torch.Generator(device=self.backbone.device).manual_seed(seed)
         embeddings, history = fit_diff_tokens(self.backbone, self.clip, pair, config, generator, progress)
@@ -181,6 +190,19 @@ class DifferenceInversion:
         ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
         with torch.no_grad():
             text_states = self.backbone.encode_prompt(ids, slot_mask, tokens.embeddings.to(self.backbone.device))
+        return self._sample(text_states, b, size, config, seed, progress)
+
+    def draw(self, prompt: str, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, progress: bool = True) -> Image.Image:
+        """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference)."""
+        config = config or self.default_config
+        b = as_rgb(b)
+        size = self._size_for(b, config)
+        b = fit_to(b, size)
+        with torch.no_grad():
+            text_states = self.backbone.encode_plain([prompt])
+        return self._sample(text_states, b, size, config, seed, progress)
+
+    def _sample(self, text_states: torch.Tensor, b: Image.Image, size: tuple[int, int], config: InversionConfig, seed: int, progress: bool) -> Image.Image:
         return self.backbone.sample(
             text_states,
             size,

@@ -1,0 +1,191 @@
+"""The shapes world: scenes, their pictures and captions, and analogy triplets with ground truth.
+
+A scene is one centred shape with five attributes — shape, colour, size, background and an
+optional black dot at the shape's centre — plus a small position jitter that is not an
+attribute. Pictures are drawn at 4× and box-downsampled, so edges are anti-aliased.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RESOLUTION = 32
+SUPERSAMPLE = 4
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 210, 40),
+    "purple": (150, 60, 200),
+}
+SIZES = {"small": 6.5, "large": 10.5}  # radius in pixels at RESOLUTION
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+DOTS = (False, True)
+DOT_RADIUS = 2.5
+JITTER = 1.5  # maximal shift of the centre, pixels
+
+ATTRIBUTES = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "size": tuple(SIZES),
+    "background": tuple(BACKGROUNDS),
+    "dot": DOTS,
+}
+FAMILIES = tuple(ATTRIBUTES)  # one analogy family per attribute
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    colour: str
+    size: str
+    background: str
+    dot: bool
+    dx: float = 0.0
+    dy: float = 0.0
+
+    @property
+    def attributes(self) -> dict:
+        return {name: getattr(self, name) for name in ATTRIBUTES}
+
+    def with_(self, attribute: str, value) -> "Scene":
+        return replace(self, **{attribute: value})
+
+
+def all_scenes() -> list[Scene]:
+    """Every combination of attribute values, centred (240 scenes)."""
+    return [Scene(*values) for values in itertools.product(*ATTRIBUTES.values())]
+
+
+def random_scene(rng: random.Random, jitter: float = JITTER) -> Scene:
+    values = [rng.choice(options) for options in ATTRIBUTES.values()]
+    return Scene(*values, dx=rng.uniform(-jitter, jitter), dy=rng.uniform(-jitter, jitter))
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        h = r * 0.85
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
+    if shape == "cross":
+        a, w = r, r * 0.38
+        return [(cx - w, cy - a), (cx + w, cy - a), (cx + w, cy - w), (cx + a, cy - w), (cx + a, cy + w), (cx + w, cy + w),
+                (cx + w, cy + a), (cx - w, cy + a), (cx - w, cy + w), (cx - a, cy + w), (cx - a, cy - w), (cx - w, cy - w)]
+    raise ValueError(shape)
+
+
+def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    """The scene as an RGB picture of `resolution`² pixels."""
+    s = SUPERSAMPLE * resolution / RESOLUTION
+    big = Image.new("RGB", (resolution * SUPERSAMPLE,) * 2, BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(big)
+    cx, cy = (RESOLUTION / 2 + scene.dx) * s, (RESOLUTION / 2 + scene.dy) * s
+    r = SIZES[scene.size] * s
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(_polygon(scene.shape, cx, cy, r), fill=fill)
+    if scene.dot:
+        d = DOT_RADIUS * s
+        draw.ellipse((cx - d, cy - d, cx + d, cy + d), fill=(0, 0, 0))
+    return big.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+# --- captions ---------------------------------------------------------------------------------
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+DOT_PHRASES = (" with a dot", " with a black dot", ", dotted")
+TEMPLATES = (
+    "a {size} {colour} {shape} on a {background} background{dot}",
+    "a {colour} {shape}{dot}, {size}, on {background}",
+    "{background} background, {size} {colour} {shape}{dot}",
+    "a picture of a {size} {colour} {shape} on {background}{dot}",
+    "{size} {colour} {shape} over a {background} background{dot}",
+)
+
+
+def canonical_caption(scene: Scene) -> str:
+    """The one caption per scene used for retrieval and for describing images."""
+    dot = " with a dot" if scene.dot else ""
+    return f"a {scene.size} {scene.colour} {scene.shape} on a {scene.background} background{dot}"
+
+
+def caption_variants(scene: Scene) -> list[str]:
+    """Every wording of the scene (templates × synonyms × dot phrases); the canonical is first."""
+    variants = [canonical_caption(scene)]
+    for template, size in itertools.product(TEMPLATES, SIZE_WORDS[scene.size]):
+        for dot in DOT_PHRASES if scene.dot else ("",):
+            text = template.format(size=size, colour=scene.colour, shape=scene.shape, background=scene.background, dot=dot)
+            if text not in variants:
+                variants.append(text)
+    return variants
+
+
+def vocabulary_words() -> list[str]:
+    """Every word any caption uses (the tokenizer gives each one token)."""
+    words = set()
+    for scene in all_scenes():
+        for text in caption_variants(scene):
+            words.update(text.replace(",", " ").split())
+    return sorted(words)
+
+
+# --- analogy triplets -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Triplet:
+    """A : A′ :: B : B′ where A′ is A with `family` set to `target`, and B′ is B likewise."""
+
+    family: str
+    a: Scene
+    a_prime: Scene
+    b: Scene
+    b_prime: Scene
+
+    @property
+    def target(self):
+        return getattr(self.a_prime, self.family)
+
+
+def make_triplet(family: str, rng: random.Random, jitter: float = JITTER) -> Triplet:
+    """A random triplet of one family. B shares A's source value of the changed attribute and
+    differs from A in at least one other attribute."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    a = random_scene(rng, jitter)
+    target = rng.choice([v for v in ATTRIBUTES[family] if v != getattr(a, family)])
+    while True:
+        b = random_scene(rng, jitter).with_(family, getattr(a, family))
+        if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k != family):
+            break
+    return Triplet(family, a, a.with_(family, target), b, b.with_(family, target))
+
+
+def triplets(n: int, seed: int = 0, families: tuple[str, ...] = FAMILIES) -> list[Triplet]:
+    """`n` seeded triplets, families taken in turn."""
+    rng = random.Random(seed)
+    return [make_triplet(families[i % len(families)], rng) for i in range(n)]
+
+
+def as_array(images: list[Image.Image]) -> np.ndarray:
+    """(N, H, W, 3) uint8."""
+    return np.stack([np.asarray(image, dtype=np.uint8) for image in images])
+
+
+def export_triplet(triplet: Triplet, directory) -> None:
+    """Write a.png, a_prime.png, b.png, b_prime.png (ground truth) and captions.txt."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("a", "a_prime", "b", "b_prime"):
+        render(getattr(triplet, name)).save(directory / f"{name}.png")
+    lines = [f"family: {triplet.family}"] + [f"{name}: {canonical_caption(getattr(triplet, name))}" for name in ("a", "a_prime", "b", "b_prime")]
+    (directory / "captions.txt").write_text("\n".join(lines) + "\n")

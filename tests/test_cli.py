@@ -1,0 +1,257 @@
+"""The `diffinv` command: invalid input gives one line on stderr and exit status 2 (never a
+traceback), in process and in a real subprocess; `analogy`, `fit` and `apply` end to end on a
+tiny model saved to disk."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B
+from diffinv.cli import main
+from diffinv.images import working_size
+from diffinv.tokens import DiffTokens
+
+SIZE_MULTIPLE, NATIVE = 8, 32  # of the tiny model (see test_backbone.test_sizes)
+
+
+def run(capsys, argv):
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("diffinv: error: ")
+    for fragment in fragments:
+        assert str(fragment) in lines[0]
+
+
+@pytest.fixture
+def model_args(tiny_model_dir):
+    model_dir, clip_dir = tiny_model_dir
+    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+
+
+def truncated_png(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path.with_name("whole.png"))
+    data = path.with_name("whole.png").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def empty_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def text_file(path: Path) -> Path:
+    path.write_text("not an image at all\n")
+    return path
+
+
+def directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+# --- invalid input: one line, status 2 -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda path: path, "no such file"),
+        (empty_file, "the file is empty"),
+        (truncated_png, "damaged or truncated"),
+        (text_file, "not an image Pillow can read"),
+        (directory, "is a directory"),
+    ],
+    ids=["missing", "empty", "truncated", "text-named-png", "directory"],
+)
+@pytest.mark.parametrize("position", [0, 1])
+def test_bad_image_for_fit(capsys, tmp_path, image_files, model_args, make, reason, position):
+    bad = make(tmp_path / "bad.png")
+    images = [image_files["a"], image_files["a_prime"]]
+    images[position] = bad
+    code, out, err = run(capsys, ["fit", *images, "-o", tmp_path / "t.safetensors", *model_args])
+    assert_one_line_error(code, err, bad, reason)
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_bad_b_for_analogy(capsys, tmp_path, image_files, model_args):
+    bad = truncated_png(tmp_path / "b.png")
+    code, _, err = run(capsys, ["analogy", image_files["a"], image_files["a_prime"], bad, "-o", tmp_path / "out.png", *model_args])
+    assert_one_line_error(code, err, bad, "damaged or truncated")
+
+
+def test_bad_b_for_apply(capsys, tmp_path, fitted_tokens, image_files, model_args):
+    fitted_tokens.save(tmp_path / "t.safetensors")
+    code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", image_files["b"], tmp_path / "missing.png", "-o", tmp_path / "out", *model_args])
+    assert_one_line_error(code, err, tmp_path / "missing.png", "no such file")
+    assert not (tmp_path / "out").exists(), "inputs are checked before any output is written"
+
+
+def test_token_file_that_is_not_safetensors(capsys, tmp_path, image_files, model_args):
+    tokens = tmp_path / "tokens.safetensors"
+    tokens.write_text("hello")
+    code, _, err = run(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
+    assert_one_line_error(code, err, tokens, "not a safetensors DIFF-token file")
+
+
+def test_safetensors_that_is_not_diff_tokens(capsys, tmp_path, image_files, model_args):
+    tokens = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(tokens))
+    code, _, err = run(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
+    assert_one_line_error(code, err, tokens, "not DIFF tokens")
+
+
+def test_missing_token_file(capsys, tmp_path, image_files, model_args):
+    code, _, err = run(capsys, ["apply", tmp_path / "nope.safetensors", image_files["b"], "-o", tmp_path / "out", *model_args])
+    assert_one_line_error(code, err, "no such token file")
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--alpha", "2"], "alpha"),
+        (["--n-tokens", "0"], "n_tokens"),
+        (["--steps", "-3"], "steps"),
+        (["--strength", "0"], "strength"),
+        (["--resolution", "3"], "resolution"),
+    ],
+)
+def test_invalid_hyperparameters(capsys, tmp_path, image_files, model_args, flags, fragment):
+    code, _, err = run(capsys, ["analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", tmp_path / "out.png", *flags, *model_args])
+    assert_one_line_error(code, err, "invalid configuration", fragment)
+
+
+def test_half_the_captions(capsys, tmp_path, image_files, model_args):
+    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--caption-a", "a red circle", *model_args])
+    assert_one_line_error(code, err, "--caption-a-prime")
+
+
+def test_output_that_is_a_directory(capsys, tmp_path, image_files, model_args):
+    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path, *model_args])
+    assert_one_line_error(code, err, "is a directory")
+
+
+def test_missing_caption_file(capsys, tmp_path, image_files, model_args):
+    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--captions-from", tmp_path / "captions.txt", *model_args]
+    code, _, err = run(capsys, argv)
+    assert_one_line_error(code, err, "captions.txt", "no such caption file")
+
+
+def test_tokens_of_another_width(capsys, tmp_path, image_files, model_args, fitted_tokens):
+    import dataclasses
+
+    wide = dataclasses.replace(fitted_tokens, embeddings=torch.zeros(5, 48))
+    wide.save(tmp_path / "wide.safetensors")
+    code, _, err = run(capsys, ["apply", tmp_path / "wide.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B, *model_args])
+    assert_one_line_error(code, err, "48 wide", "32-wide")
+
+
+def test_model_directory_that_does_not_exist(capsys, tmp_path, image_files):
+    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--model", tmp_path / "no-model", "--clip-model", tmp_path / "no-clip", "--device", "cpu", "--quiet"]
+    code, _, err = run(capsys, argv)
+    assert_one_line_error(code, err, "could not load")
+
+
+def subprocess_cli(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "diffinv.cli", *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_subprocess_missing_image(tmp_path, image_files):
+    result = subprocess_cli("fit", tmp_path / "missing.png", image_files["a_prime"], "-o", tmp_path / "t.safetensors")
+    assert_one_line_error(result.returncode, result.stderr, tmp_path / "missing.png", "no such file")
+    assert result.stdout == ""
+
+
+def test_subprocess_token_file_that_is_not_safetensors(tmp_path, image_files):
+    tokens = tmp_path / "tokens.safetensors"
+    tokens.write_bytes(b"\x00\x01 not safetensors")
+    result = subprocess_cli("apply", tokens, image_files["b"], "-o", tmp_path / "out")
+    assert_one_line_error(result.returncode, result.stderr, tokens, "not a safetensors DIFF-token file")
+
+
+def test_subprocess_invalid_alpha(tmp_path, image_files):
+    result = subprocess_cli("fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--alpha", "2")
+    assert_one_line_error(result.returncode, result.stderr, "alpha must lie in [0, 1]")
+
+
+# --- end to end on a saved tiny model ---------------------------------------------------------------
+def test_analogy_end_to_end(capsys, tmp_path, image_files, model_args):
+    output = tmp_path / "results" / "b_prime.png"
+    argv = [
+        "analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", output,
+        "--steps", "3", "--prompt-source", "caption", "--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME,
+        "--prompt", PROMPT_B, "--sampling-steps", "2", *model_args,
+    ]
+    code, out, err = run(capsys, argv)
+    assert code == 0, err
+    grid_path, tokens_path = output.with_name("b_prime-grid.png"), output.with_suffix(".safetensors")
+    assert output.is_file() and grid_path.is_file() and tokens_path.is_file()
+    assert str(output) in out
+
+    b_prime = Image.open(output)
+    assert b_prime.size == working_size(60, 30, NATIVE, SIZE_MULTIPLE)
+    assert b_prime.width / b_prime.height == pytest.approx(60 / 30, rel=SIZE_MULTIPLE / b_prime.height)
+
+    # the grid: four tiles A | A′ | B | B′, each scaled to 256 high, 4 px apart, under an 18 px label row
+    tiles = [Image.open(image_files[name]) for name in ("a", "a_prime", "b")] + [b_prime]
+    widths = [round(tile.width * 256 / tile.height) for tile in tiles]
+    grid = Image.open(grid_path).convert("RGB")
+    assert grid.size == (sum(widths) + 3 * 4, 256 + 18)
+    left = sum(widths[:3]) + 3 * 4
+    last = grid.crop((left, 18, left + widths[3], 18 + 256))
+    assert np.array_equal(np.asarray(last), np.asarray(b_prime.convert("RGB").resize((widths[3], 256), Image.Resampling.NEAREST)))
+
+    tokens = DiffTokens.load(tokens_path)
+    assert tokens.embeddings.shape == (5, 32)
+    assert tokens.config.steps == 3 and tokens.config.prompt_source == "caption"
+    assert (tokens.caption_a, tokens.caption_a_prime) == (CAPTION_A, CAPTION_A_PRIME)
+    assert len(tokens.history["loss"]) == 3
+
+
+def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files, model_args):
+    captions = tmp_path / "captions.txt"
+    lines = [CAPTION_A, CAPTION_A_PRIME, PROMPT_B, "a photo of a green tree"]
+    captions.write_text("\n".join([lines[0], "", *lines[1:], "   "]) + "\n", encoding="utf-8")
+    tokens_path = tmp_path / "tokens" / "red-to-blue.safetensors"
+
+    code, out, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tokens_path, "--steps", "3", "--prompt-source", "caption", "--captions-from", captions, *model_args])
+    assert code == 0, err
+    assert tokens_path.is_file() and str(tokens_path) in out
+    tokens = DiffTokens.load(tokens_path)
+    assert tokens.caption_a in lines and tokens.caption_a_prime in lines
+    assert (tokens.prompt_a, tokens.prompt_a_prime) == (tokens.caption_a, tokens.caption_a_prime)
+    assert len(tokens.history["loss"]) == 3
+
+    # two B's with the same name: the second output gets a suffix; B is captioned from the file
+    other = tmp_path / "other" / "b.png"
+    other.parent.mkdir()
+    Image.open(image_files["b"]).transpose(Image.Transpose.ROTATE_90).save(other)  # 30 × 60
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, ["apply", tokens_path, image_files["b"], other, "-o", out_dir, "--captions-from", captions, "--sampling-steps", "2", *model_args])
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["b-2.png", "b.png"]
+    assert Image.open(out_dir / "b.png").size == working_size(60, 30, NATIVE, SIZE_MULTIPLE)
+    assert Image.open(out_dir / "b-2.png").size == working_size(30, 60, NATIVE, SIZE_MULTIPLE)
+
+
+def test_help_answers_without_loading_torch():
+    result = subprocess.run([sys.executable, "-m", "diffinv.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("fit", "apply", "analogy"))
+    probe = "import sys, diffinv.cli; diffinv.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False"
