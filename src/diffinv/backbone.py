@@ -176,7 +176,7 @@ class StableDiffusionBackbone:
             pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
             return pipe(height=height, width=width, **common).images[0]
         if self._img2img is None:
-            self._img2img = StableDiffusionImg2ImgPipeline(**self.pipe.components)
+            self._img2img = StableDiffusionImg2ImgPipeline(**self.pipe.components, requires_safety_checker=self.pipe.config.requires_safety_checker)
         pipe = self._img2img
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
         return pipe(image=init_image, strength=strength, **common).images[0]

@@ -32,7 +32,7 @@ class Blip2Captioner:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         self._processor = Blip2Processor.from_pretrained(self.model_name)
-        self._model = Blip2ForConditionalGeneration.from_pretrained(self.model_name, torch_dtype=self.dtype).to(self.device)
+        self._model = Blip2ForConditionalGeneration.from_pretrained(self.model_name, dtype=self.dtype).to(self.device)
         self._model.requires_grad_(False).eval()
 
     @torch.no_grad()

@@ -50,7 +50,7 @@ class ClipSpace:
 
     @classmethod
     def from_pretrained(cls, name: str, device, dtype: torch.dtype) -> "ClipSpace":
-        model = CLIPModel.from_pretrained(name, torch_dtype=dtype).to(device)
+        model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
         return cls(model, CLIPTokenizer.from_pretrained(name))
 
     @property

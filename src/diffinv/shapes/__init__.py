@@ -15,7 +15,7 @@ MODEL_DIR = Path(__file__).parent / "model"
 
 # Defaults for this world, where steps and sizes are tuned for speed (see docs/shapes.md):
 # captions come from exact CLIP retrieval, so PEZ is not needed.
-SHAPES_CONFIG = dict(prompt_source="caption", steps=150, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8)
+SHAPES_CONFIG = dict(prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8)
 
 
 def shapes_config(**changes) -> InversionConfig:
