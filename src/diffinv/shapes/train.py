@@ -51,7 +51,7 @@ class TrainingPlan:
     clip_steps: int = 1000
     vae_steps: int = 800
     vae_decoder_steps: int = 1500
-    unet_steps: int = 6000
+    unet_steps: int = 4000
     checkpoint_every: int = 500
     batch: int = 64
     clip_batch: int = 128
