@@ -23,13 +23,9 @@ def shapes_config(**changes) -> InversionConfig:
 
 
 def load_shapes(device=None, dtype=None, clip_model=None, captioner=None, model_dir: Path | None = None):
-    """`DifferenceInversion` on the bundled shapes world, fully offline.
-
-    The captioner is CLIP retrieval over the world's canonical captions.
-    """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """`DifferenceInversion` on the bundled shapes world, fully offline (everything loads from
+    the package's own directory; no hub lookup). The captioner is CLIP retrieval over the
+    world's canonical captions."""
     from ..backbone import StableDiffusionBackbone
     from ..captioners import ClipRetrievalCaptioner
     from ..clip_space import ClipSpace
