@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-analogy", action="store_true", help="only the step / floor ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -70,6 +71,8 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"floor (UNet fwd+bwd, batch 2): {floor * 1e3:.2f} ms   step: {step * 1e3:.2f} ms   ratio: {step / floor:.3f}")
 
+    if args.no_analogy:
+        return
     # Phase shares of one analogy with the paper's defaults (PEZ 3000 steps, N = 1000, 50 sampling steps).
     paper = InversionConfig()
     t0 = time.perf_counter()

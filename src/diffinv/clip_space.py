@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
 from .errors import DiffinvError
-from .text_slots import replaced_token_embeddings, slot_token_ids
+from .text_slots import replaced_token_embeddings
 
 # The normalisation every OpenAI and OpenCLIP CLIP was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,8 +105,11 @@ class ClipSpace:
         Used by PEZ and by the "text-tower" CLIP loss.
         """
         rows, k = embeddings.shape[:2]
-        ids, mask = slot_token_ids(self.tokenizer, [""] * rows, k, k + 2)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        # Built directly rather than through the tokenizer: this runs once per optimisation step.
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        ids = torch.tensor([bos] * (k + 1) + [eos], device=self.device).expand(rows, -1)
+        mask = torch.zeros((rows, k + 2), dtype=torch.bool, device=self.device)
+        mask[:, 1 : k + 1] = True
         with replaced_token_embeddings(self.text_model, mask, embeddings):
             output = self.model.get_text_features(input_ids=ids)
         return F.normalize(_pooled(output).float(), dim=-1)
