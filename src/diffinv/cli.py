@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import DiffinvError  # torch-free: `--help` stays instant
+
 DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
 
 # (flag, InversionConfig field, type, help). Every flag defaults to None = "keep the config's value".
@@ -134,7 +136,6 @@ FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
 
 def _load(args: argparse.Namespace):
     from .captioners import ClipRetrievalCaptioner
-    from .errors import DiffinvError
     from .pipeline import DifferenceInversion
 
     if args.quiet:  # also the loading bars of diffusers and transformers, not only ours
@@ -154,8 +155,6 @@ def _load(args: argparse.Namespace):
 
 
 def _captions(args: argparse.Namespace):
-    from .errors import DiffinvError
-
     if (args.caption_a is None) != (args.caption_a_prime is None):
         raise DiffinvError("give both --caption-a and --caption-a-prime, or neither")
     return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
@@ -180,8 +179,6 @@ def _check_images(*paths: str) -> None:
 
 
 def _check_output(path: str | os.PathLike, must_be_dir: bool = False) -> None:
-    from .errors import DiffinvError
-
     path = Path(path)
     if must_be_dir:
         if path.exists() and not path.is_dir():
@@ -248,8 +245,6 @@ def run_analogy(args: argparse.Namespace) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> None:
-    from .errors import DiffinvError
-
     if args.shapes_command == "train":
         from .shapes.train import train_world
 
@@ -287,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     import warnings
-
-    from .errors import DiffinvError
 
     if not args.debug:
         warnings.filterwarnings("ignore")

@@ -60,10 +60,12 @@ def prompt_pair(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, captions:
     """prompt_A, prompt_A′: PEZ hard prompts (the paper) or the captions (faster)."""
     if config.prompt_source == "caption":
         return captions
-    return tuple(
-        invert_prompt(clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, generator, progress)
-        for image in (a, a_prime)
-    )
+    return pez_prompt(clip, a, config, generator, progress), pez_prompt(clip, a_prime, config, generator, progress)
+
+
+def pez_prompt(clip: ClipSpace, image: Image.Image, config: InversionConfig, generator: torch.Generator | None = None, progress: bool = True) -> str:
+    """A PEZ hard prompt for one image with the config's PEZ settings (also used for prompt_B)."""
+    return invert_prompt(clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, generator, progress)
 
 
 def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Image.Image) -> torch.Tensor:

@@ -19,8 +19,8 @@ from .clip_space import ClipSpace, default_clip_for
 from .config import InversionConfig
 from .errors import DiffinvError
 from .images import fit_to, load_image, to_rgb, working_size
-from .inversion import PreparedPair, caption_pair, fit_diff_tokens, interpolated_delta, latent_pair, prompt_pair
-from .pez import harden, invert_prompt
+from .inversion import PreparedPair, caption_pair, fit_diff_tokens, interpolated_delta, latent_pair, pez_prompt, prompt_pair
+from .pez import harden
 from .tokens import DiffTokens
 
 ImageInput = Union[Image.Image, str, os.PathLike]
@@ -101,6 +101,11 @@ class DifferenceInversion:
         resolution = config.resolution or self.backbone.native_resolution
         return working_size(image.width, image.height, resolution, self.backbone.size_multiple)
 
+    def _working_image(self, image: ImageInput, config: InversionConfig) -> Image.Image:
+        """`image` as RGB at its working size (aspect kept, see `images.working_size`)."""
+        image = as_rgb(image)
+        return fit_to(image, self._size_for(image, config))
+
     def _caption(self, images: list[Image.Image]) -> list[str]:
         if self.captioner is None:
             raise DiffinvError("no captioner is set: pass the captions (--caption-a/--caption-a-prime/--prompt)")
@@ -108,9 +113,8 @@ class DifferenceInversion:
 
     def prepare(self, a: ImageInput, a_prime: ImageInput, config: InversionConfig, captions: tuple[str, str] | None = None, prompts: tuple[str, str] | None = None, seed: int = 0, progress: bool = True) -> PreparedPair:
         """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch."""
-        a = as_rgb(a)
-        size = self._size_for(a, config)
-        a, a_prime = fit_to(a, size), fit_to(as_rgb(a_prime), size)
+        a = self._working_image(a, config)
+        a_prime = fit_to(as_rgb(a_prime), a.size)
         needs_captions = (config.use_clip_loss and config.alpha > 0) or (prompts is None and config.prompt_source == "caption")
         if captions is None:
             captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
@@ -165,7 +169,7 @@ class DifferenceInversion:
         """prompt_B: described the way prompt_A was (PEZ or caption)."""
         if config.prompt_source == "caption":
             return self._caption([image])[0]
-        return invert_prompt(self.clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, torch.Generator().manual_seed(seed), progress)
+        return pez_prompt(self.clip, image, config, torch.Generator().manual_seed(seed), progress)
 
     def apply(
         self,
@@ -183,29 +187,26 @@ class DifferenceInversion:
         """
         tokens.check_fits(self.backbone.model_id, self.backbone.token_width, self.backbone.vocabulary.shape[0])
         config = config or tokens.config
-        b = as_rgb(b)
-        size = self._size_for(b, config)
-        b = fit_to(b, size)
+        b = self._working_image(b, config)
         prompt = self.describe(b, config, seed, progress) if prompt is None else prompt
         ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
         with torch.no_grad():
             text_states = self.backbone.encode_prompt(ids, slot_mask, tokens.embeddings.to(self.backbone.device))
-        return self._sample(text_states, b, size, config, seed, progress)
+        return self._sample(text_states, b, config, seed, progress)
 
     def draw(self, prompt: str, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, progress: bool = True) -> Image.Image:
         """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference)."""
         config = config or self.default_config
-        b = as_rgb(b)
-        size = self._size_for(b, config)
-        b = fit_to(b, size)
+        b = self._working_image(b, config)
         with torch.no_grad():
             text_states = self.backbone.encode_plain([prompt])
-        return self._sample(text_states, b, size, config, seed, progress)
+        return self._sample(text_states, b, config, seed, progress)
 
-    def _sample(self, text_states: torch.Tensor, b: Image.Image, size: tuple[int, int], config: InversionConfig, seed: int, progress: bool) -> Image.Image:
+    def _sample(self, text_states: torch.Tensor, b: Image.Image, config: InversionConfig, seed: int, progress: bool) -> Image.Image:
+        """B′ at B's (working) size: img2img from `b`, or from noise, as `config` says."""
         return self.backbone.sample(
             text_states,
-            size,
+            b.size,
             init_image=b if config.sampling_mode == "img2img" else None,
             strength=config.strength,
             guidance_scale=config.guidance_scale,

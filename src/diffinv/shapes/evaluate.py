@@ -43,6 +43,10 @@ def per_attribute(predicted: list[dict], scenes: list[Scene]) -> dict[str, float
     return {k: float(np.mean([p[k] == getattr(s, k) for p, s in zip(predicted, scenes)])) for k in ATTRIBUTES}
 
 
+def _detail(accuracy: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+
+
 def fresh_scenes(n: int, seed: int) -> list[Scene]:
     rng = random.Random(seed)
     return [random_scene(rng) for _ in range(n)]
@@ -52,7 +56,7 @@ def gate_classifier(classifier: AttributeClassifier, n: int = 1000, seed: int = 
     scenes = fresh_scenes(n, seed)
     accuracy = per_attribute(classifier.predict([render(s) for s in scenes]), scenes)
     worst = min(accuracy, key=accuracy.get)
-    return Gate("classifier", accuracy[worst], THRESHOLDS["classifier"], " ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    return Gate("classifier", accuracy[worst], THRESHOLDS["classifier"], _detail(accuracy))
 
 
 @torch.no_grad()
@@ -64,7 +68,7 @@ def gate_vae(pipe, classifier: AttributeClassifier, n: int = 500, seed: int = 10
     decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
     round_trip = processor.postprocess(decoded, output_type="pil")
     predicted = classifier.predict(round_trip)
-    return Gate("vae", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["vae"], " ".join(f"{k} {v:.3f}" for k, v in per_attribute(predicted, scenes).items()))
+    return Gate("vae", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["vae"], _detail(per_attribute(predicted, scenes)))
 
 
 def gate_clip(clip, n: int = 500, seed: int = 103) -> Gate:
@@ -92,7 +96,7 @@ def gate_text2image(pipe, classifier: AttributeClassifier, seed: int = 104, guid
     """One image per scene of the world (240), from its canonical caption."""
     scenes = all_scenes()
     predicted = classifier.predict(text_to_image(pipe, [canonical_caption(s) for s in scenes], seed, guidance_scale=guidance_scale))
-    return Gate("text2image", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["text2image"], " ".join(f"{k} {v:.3f}" for k, v in per_attribute(predicted, scenes).items()))
+    return Gate("text2image", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["text2image"], _detail(per_attribute(predicted, scenes)))
 
 
 def check(model_dir: Path | None = None) -> list[Gate]:
