@@ -76,8 +76,8 @@ def seen_unet_input(monkeypatch, backbone):
 
 # ① … ④ -----------------------------------------------------------------------------------------
 def test_zero_init(backbone):
-    diff = init_diff_tokens(fast_config(n_tokens=4), backbone)
-    assert diff.shape == (4, backbone.token_width)
+    diff = init_diff_tokens(fast_config(n_tokens=4), backbone, count=3)
+    assert diff.shape == (3, 4, backbone.token_width)
     assert diff.dtype == torch.float32
     assert diff.requires_grad and diff.is_leaf
     assert torch.count_nonzero(diff) == 0
@@ -86,7 +86,7 @@ def test_zero_init(backbone):
 def test_random_init_at_the_vocabulary_scale(backbone):
     config = fast_config(init="random", n_tokens=5)
     diff = init_diff_tokens(config, backbone, torch.Generator().manual_seed(0))
-    assert diff.shape == (5, backbone.token_width) and diff.requires_grad
+    assert diff.shape == (1, 5, backbone.token_width) and diff.requires_grad
     assert torch.count_nonzero(diff) == diff.numel()
     vocabulary_std = backbone.vocabulary.float().std().item()
     assert diff.detach().std().item() == pytest.approx(vocabulary_std, rel=0.25)
@@ -94,11 +94,12 @@ def test_random_init_at_the_vocabulary_scale(backbone):
     assert torch.equal(diff, again)
 
 
-def test_signed_pair():
-    diff = torch.randn(3, 4)
-    pair = signed_pair(diff)
-    assert pair.shape == (2, 3, 4)
-    assert torch.equal(pair[0], -diff) and torch.equal(pair[1], diff)
+def test_signed_pair_alternates_minus_and_plus_per_pair():
+    diff = torch.randn(2, 3, 4)
+    rows = signed_pair(diff)
+    assert rows.shape == (4, 3, 4)
+    assert torch.equal(rows[0], -diff[0]) and torch.equal(rows[1], diff[0])
+    assert torch.equal(rows[2], -diff[1]) and torch.equal(rows[3], diff[1])
 
 
 # ⑤ ------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_noised_pair_targets_v_for_a_v_model(images):
 # ⑥ ------------------------------------------------------------------------------------------------
 def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_prompt(backbone, pair, seen_text_input, seen_unet_input):
     n = 3
-    diff = torch.randn(n, backbone.token_width, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    diff = torch.randn(1, n, backbone.token_width, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a], n)
     noisy, timesteps, targets = noised_pair(backbone, pair.latents, torch.Generator().manual_seed(0))
 
@@ -145,8 +146,8 @@ def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_promp
     (text,) = seen_text_input
     embeddings, mask = text["embeddings"], text["mask"]
     assert torch.equal(text["ids"], ids)
-    assert torch.allclose(embeddings[0][mask[0]], -diff.detach())  # before: {prompt_A′, −D̃}
-    assert torch.allclose(embeddings[1][mask[1]], diff.detach())  # after: {prompt_A, +D̃}
+    assert torch.allclose(embeddings[0][mask[0]], -diff.detach()[0])  # before: {prompt_A′, −D̃}
+    assert torch.allclose(embeddings[1][mask[1]], diff.detach()[0])  # after: {prompt_A, +D̃}
     vocabulary = backbone.vocabulary
     for row in range(2):
         assert torch.equal(embeddings[row][~mask[row]], vocabulary[ids[row][~mask[row]]])
@@ -163,8 +164,8 @@ def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_promp
     # Returned loss: the sum of the two rows' mean squared errors
     prediction = backbone.unet(noisy, timesteps, encoder_hidden_states=unet["text_states"]).sample
     expected = ((prediction - targets) ** 2).mean(dim=(1, 2, 3)).sum()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    loss.backward()
+    assert loss.shape == (1,) and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.sum().backward()
     assert diff.grad is not None and diff.grad.abs().sum() > 0
 
 
@@ -191,6 +192,7 @@ def test_fit_loop_uses_a_prime_prompt_with_z_a_and_a_prompt_with_z_a_prime(backb
     fit_diff_tokens(backbone, clip, pair, config, torch.Generator().manual_seed(0), progress=False)
 
     (d0,) = inits
+    d0 = d0[0]  # one pair
     (text,) = seen_text_input
     expected_ids, expected_mask = backbone.slot_ids([PROMPT_A_PRIME, PROMPT_A], n)
     assert torch.equal(text["ids"], expected_ids) and torch.equal(text["mask"], expected_mask)
@@ -208,14 +210,14 @@ def test_fit_loop_uses_a_prime_prompt_with_z_a_and_a_prompt_with_z_a_prime(backb
 
 # ⑦ ------------------------------------------------------------------------------------------------
 def test_clip_loss_is_a_cosine_distance(clip):
-    diff = torch.randn(5, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    features = clip.slot_features(diff.detach().unsqueeze(0)).squeeze(0)
+    diff = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    features = clip.slot_features(diff.detach())
     assert clip_loss(clip, diff, features, "text-tower").item() == pytest.approx(0.0, abs=1e-5)
     assert clip_loss(clip, diff, -features, "text-tower").item() == pytest.approx(2.0, abs=1e-5)
-    mean = diff.detach().mean(dim=0)
+    mean = diff.detach().mean(dim=1)
     assert clip_loss(clip, diff, mean / mean.norm(), "token-mean").item() == pytest.approx(0.0, abs=1e-5)
-    loss = clip_loss(clip, diff, torch.nn.functional.normalize(torch.randn(32), dim=0), "text-tower")
-    loss.backward()
+    loss = clip_loss(clip, diff, torch.nn.functional.normalize(torch.randn(1, 32), dim=-1), "text-tower")
+    loss.sum().backward()
     assert diff.grad is not None and diff.grad.abs().sum() > 0
 
 
@@ -274,3 +276,53 @@ def test_same_seed_same_tokens(backbone, clip, pair):
     first, _ = fit_diff_tokens(backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False)
     second, _ = fit_diff_tokens(backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False)
     assert torch.equal(first, second)
+
+
+# Several pairs in one optimisation ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def other_pair(backbone, images):
+    """A second pair: other prompts, other latents (A′ and B), other target delta."""
+    return PreparedPair(
+        caption_a="a photo of a red square",
+        caption_a_prime="a photo of a red circle",
+        prompt_a="a red square",
+        prompt_a_prime="a red circle",
+        target_delta=torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(1)), dim=0),
+        latents=backbone.encode_images([images["a_prime"], images["a"].transpose(0)]),
+    )
+
+
+def test_batched_token_consistency_loss_is_the_solo_loss_of_each_pair(backbone, pair, other_pair):
+    """Rows 2k, 2k+1 of the batch are pair k's, and pair k's loss ignores every other D̃."""
+    n = 3
+    diff = torch.randn(2, n, backbone.token_width, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    latents = torch.cat([pair.latents, other_pair.latents])
+    noisy, timesteps, targets = noised_pair(backbone, latents, torch.Generator().manual_seed(0))
+    ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a, other_pair.prompt_a_prime, other_pair.prompt_a], n)
+
+    batched = token_consistency_loss(backbone, diff, ids, slot_mask, noisy, timesteps, targets)
+    assert batched.shape == (2,)
+    for k in range(2):
+        rows = slice(2 * k, 2 * k + 2)
+        solo = token_consistency_loss(backbone, diff[k : k + 1], ids[rows], slot_mask[rows], noisy[rows], timesteps[rows], targets[rows])
+        assert batched[k].item() == pytest.approx(solo.item(), rel=1e-4)
+    (gradient,) = torch.autograd.grad(batched[0], diff)
+    assert gradient[0].abs().sum() > 0 and torch.count_nonzero(gradient[1]) == 0
+
+
+def test_batched_fit_equals_solo_fits_when_the_loss_is_deterministic(backbone, clip, pair, other_pair):
+    """With the CLIP loss alone (no noise draws) K pairs fitted together end where each ends alone."""
+    config = fast_config(steps=5, use_token_consistency=False)
+    together, histories = fit_diff_tokens(backbone, clip, [pair, other_pair], config, progress=False)
+    assert together.shape == (2, config.n_tokens, backbone.token_width) and len(histories) == 2
+    for k, single in enumerate((pair, other_pair)):
+        alone, history = fit_diff_tokens(backbone, clip, single, config, progress=False)
+        assert torch.allclose(together[k], alone, atol=1e-5)
+        assert histories[k]["loss_clip"] == pytest.approx(history["loss_clip"], rel=1e-4)
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_batched_fit_refuses_pairs_of_different_sizes(backbone, clip, pair, images):
+    wide = PreparedPair("", "", "a", "b", pair.target_delta, backbone.encode_images([images["b"], images["b"]]))
+    with pytest.raises(DiffinvError, match="one size"):
+        fit_diff_tokens(backbone, clip, [pair, wide], fast_config(steps=1), progress=False)

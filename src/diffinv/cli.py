@@ -123,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (check, evaluate, train):
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    bench = commands.add_parser("bench", help="benchmark methods on triplet datasets (resumable; summary, CSV, HTML report)", description="Run methods over a triplet dataset and report; see docs/benchmarks.md.")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+    run = bench_commands.add_parser("run", help="run (or resume) a benchmark into --out", description="Run methods over triplets, writing B′, grids, loss plots and results.jsonl as each triplet finishes; the same command again resumes. Under `accelerate launch` the triplets are sharded across processes.")
+    run.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    run.add_argument("--dataset", choices=["shapes", "folder", "instructpix2pix"], default="shapes", help="shapes (seeded, offline; default), folder (--data DIR of triplet folders) or instructpix2pix (--data: a local copy)")
+    run.add_argument("--data", help="dataset directory for folder / instructpix2pix")
+    run.add_argument("--n", type=int, help="number of triplets: shapes default 100, instructpix2pix 300 (the paper's)")
+    run.add_argument("--families", help="shapes only: comma-separated families (default all: shape,colour,size,background,dot)")
+    run.add_argument("--method", action="append", dest="methods", metavar="SPEC", help="repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, clip-loss-token-mean, hard-tokens, sample-from-noise), NAME:field=value,…, or a preset (fig5, n-sweep, alpha-sweep, open-choices). Default: difference-inversion and copy-b (+ oracle-caption on shapes)")
+    run.add_argument("--set", dest="base_changes", default="", metavar="FIELD=VALUE,…", help="changes to the model's default config for every Difference Inversion method (e.g. steps=100)")
+    run.add_argument("--embedder", action="append", dest="embedders", metavar="NAME[=MODEL]", help="repeatable: clip (the model's CLIP), clip=ID, dinov2=ID (transformers Dinov2Model). Default: clip, plus dinov2=facebook/dinov2-base for real models")
+    run.add_argument("--batch", type=int, help="triplets fitted together in one optimisation (default: 8 on the shapes world, 1 otherwise)")
+    run.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
+    _add_common(run)
+    report = bench_commands.add_parser("report", help="rewrite summary.md, summary.csv and report.html of a run directory")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
 
 
@@ -276,6 +295,79 @@ def run_shapes(args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps({"config": json.loads(config.to_json()), "n": args.n, "seed": args.seed, "results": results}, indent=1))
 
 
+def _embedders(args: argparse.Namespace, di) -> list:
+    from .bench.metrics import ClipEmbedder, Dinov2Embedder
+    from .clip_space import ClipSpace
+
+    specs = args.embedders or (["clip"] if args.model == "shapes" else ["clip", "dinov2=facebook/dinov2-base"])
+    embedders = []
+    for spec in specs:
+        name, _, model_id = spec.partition("=")
+        if name == "clip":
+            clip = ClipSpace.from_pretrained(model_id, di.clip.device, di.clip.model.dtype) if model_id else di.clip
+            embedders.append(ClipEmbedder(clip))
+        elif name == "dinov2" and model_id:
+            embedders.append(Dinov2Embedder.from_pretrained(model_id, di.clip.device))
+        else:
+            raise DiffinvError(f"bad --embedder {spec!r}: use clip, clip=MODEL or dinov2=MODEL")
+    return embedders
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from .bench.report import write_reports
+
+    if args.bench_command == "report":
+        if not (Path(args.run_dir) / "results.jsonl").exists():
+            raise DiffinvError(f"{args.run_dir}: no results.jsonl (not a bench run directory)")
+        paths = write_reports(args.run_dir, args.max_examples)
+        print(f"wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+        return
+
+    import json
+
+    from .bench.datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
+    from .bench.methods import expand_methods, parse_changes
+    from .bench.run import BenchRunner, Shard, check_run_record, local_device
+
+    if args.dataset == "shapes":
+        if args.data:
+            raise DiffinvError("--data is for the folder and instructpix2pix datasets")
+        triplets = shapes_dataset(args.n or 100, args.seed, tuple(args.families.split(",")) if args.families else None)
+        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.seed, "families": args.families or "all"}
+    elif not args.data:
+        raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
+    elif args.dataset == "folder":
+        triplets = folder_dataset(args.data)
+        dataset = {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
+    else:
+        triplets = instructpix2pix_dataset(args.data, args.n or 300, args.seed)
+        dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.seed}
+    default_methods = ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
+    methods = expand_methods(args.methods or default_methods)
+    base_changes = parse_changes(args.base_changes)
+    shard = Shard.from_environment()
+    args.device = args.device or local_device()
+    di = _load(args)
+    base_config = di.default_config.replace(**base_changes)
+    classifier = None
+    if args.model == "shapes":
+        from .shapes import MODEL_DIR
+        from .shapes.classifier import AttributeClassifier
+
+        classifier = AttributeClassifier.load(MODEL_DIR / "classifier")
+    batch = args.batch or (8 if args.model == "shapes" else 1)
+    run_dir = Path(args.out)
+    _check_output(run_dir, must_be_dir=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"dataset": dataset, "model": args.model, "methods": [m.spec for m in methods], "base_config": json.loads(base_config.to_json()), "seed": args.seed}
+    check_run_record(run_dir, record)
+    runner = BenchRunner(di, run_dir, base_config, _embedders(args, di), classifier, batch, args.seed, progress=not args.quiet)
+    count = runner.run(methods, triplets, shard)
+    paths = write_reports(run_dir, args.max_examples)
+    part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
+    print(f"ran {count} (method, triplet) pairs{part}; wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Library chatter (deprecations, optional-backend notices) is not for the command's user.
@@ -290,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # Subnormal floats are tens of times slower on x86 CPUs and change nothing here.
     torch.set_flush_denormal(True)
     try:
-        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "shapes": run_shapes}[args.command](args)
+        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "shapes": run_shapes, "bench": run_bench}[args.command](args)
     except DiffinvError as error:
         print(f"diffinv: error: {error}", file=sys.stderr)
         return 2

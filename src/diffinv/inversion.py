@@ -74,9 +74,10 @@ def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Imag
 
 
 # ④ ---------------------------------------------------------------------------------------
-def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone, generator: torch.Generator | None = None) -> torch.Tensor:
-    """D̃ (n, d), float32, requires grad: zeros (the paper), or random at the vocabulary's scale."""
-    shape = (config.n_tokens, backbone.token_width)
+def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone, generator: torch.Generator | None = None, count: int = 1) -> torch.Tensor:
+    """D̃ (count, n, d), float32, requires grad — one set per pair fitted together: zeros (the
+    paper), or random at the vocabulary's scale."""
+    shape = (count, config.n_tokens, backbone.token_width)
     if config.init == "zeros":
         tokens = torch.zeros(shape, device=backbone.device)
     else:
@@ -87,8 +88,9 @@ def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone,
 
 # ⑤ ---------------------------------------------------------------------------------------
 def noised_pair(backbone: StableDiffusionBackbone, latents: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy, timesteps, targets) for latents (2, C, h, w): t_before, t_after ~ U{0…T−1} and
-    ε_before, ε_after ~ N(0, I), drawn independently; targets are what the UNet should output."""
+    """(noisy, timesteps, targets) for latents (2K, C, h, w) = (z_A, z_A′) of K pairs: a timestep
+    ~ U{0…T−1} and ε ~ N(0, I) drawn independently for every row; targets are what the UNet
+    should output."""
     timesteps = torch.randint(0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     return backbone.add_noise(latents, noise, timesteps), timesteps, backbone.loss_target(latents, noise, timesteps)
@@ -96,30 +98,34 @@ def noised_pair(backbone: StableDiffusionBackbone, latents: torch.Tensor, genera
 
 # ⑥ ---------------------------------------------------------------------------------------
 def signed_pair(diff: torch.Tensor) -> torch.Tensor:
-    """(2, n, d): −D̃ for the "before" row, +D̃ for the "after" row."""
-    return torch.stack([-diff, diff])
+    """(2K, n, d) from D̃ (K, n, d): rows −D̃_k ("before") and +D̃_k ("after") for each pair k."""
+    return torch.stack([-diff, diff], dim=1).flatten(0, 1)
 
 
 def token_consistency_loss(backbone: StableDiffusionBackbone, diff: torch.Tensor, ids: torch.Tensor, slot_mask: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """L_tc (eqs. 7–9), both branches in one text-encoder and one UNet call.
+    """L_tc (eqs. 7–9) of K pairs (K,), both branches of all pairs in one text-encoder and one
+    UNet call.
 
-    Row 0 ("before"): z_A,t denoised with {prompt_A′, −D̃}. Row 1 ("after"): z_A′,t with
-    {prompt_A, +D̃}. `ids`/`slot_mask` (2, L) hold prompt_A′ and prompt_A in that order.
-    Returns the sum of the two rows' mean squared errors.
+    For pair k, row 2k ("before"): z_A,t denoised with {prompt_A′, −D̃_k}; row 2k+1 ("after"):
+    z_A′,t with {prompt_A, +D̃_k}. diff: (K, n, d); `ids`/`slot_mask` (2K, L) hold prompt_A′ and
+    prompt_A of each pair in that order; noisy/targets (2K, C, h, w), timesteps (2K,).
+    Each pair's loss is the sum of its two rows' mean squared errors and depends on its own D̃_k only.
     """
     text_states = backbone.encode_prompt(ids, slot_mask, signed_pair(diff))
     prediction = backbone.predict(noisy, timesteps, text_states)
-    return (prediction.float() - targets.float()).pow(2).mean(dim=(1, 2, 3)).sum()
+    row_errors = (prediction.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))
+    return row_errors.view(-1, 2).sum(dim=1)
 
 
 # ⑦ ---------------------------------------------------------------------------------------
 def clip_loss(clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, space: str) -> torch.Tensor:
-    """L_clip (eq. 6): cosine distance between D̃, brought into CLIP's joint space, and D_inter."""
+    """L_clip (eq. 6) of K pairs (K,): cosine distance between D̃_k (K, n, d), brought into CLIP's
+    joint space, and D_inter of pair k (K, D)."""
     if space == "text-tower":
-        features = clip.slot_features(diff.unsqueeze(0)).squeeze(0)
+        features = clip.slot_features(diff)
     else:  # "token-mean"
-        features = diff.mean(dim=0)
-    return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=0)
+        features = diff.mean(dim=1)
+    return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=-1)
 
 
 def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
@@ -140,39 +146,52 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
 def fit_diff_tokens(
     backbone: StableDiffusionBackbone,
     clip: ClipSpace,
-    pair: PreparedPair,
+    pairs: PreparedPair | list[PreparedPair],
     config: InversionConfig,
     generator: torch.Generator | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, dict[str, list[float]]]:
-    """Steps ④–⑦ repeated `config.steps` times. Returns the continuous D̃ (n, d) float32 (with
-    `config.hard_tokens` its forward passes used the projection; `harden` finishes it) and the
-    per-step history of the three losses."""
+) -> tuple[torch.Tensor, list[dict[str, list[float]]]]:
+    """Steps ④–⑦ repeated `config.steps` times, for one pair or for K independent pairs at once.
+
+    K pairs share every text-encoder, UNet and CLIP call (batch 2K), but each pair's loss depends
+    on its own D̃_k only and AdamW works element-wise, so each D̃_k follows the same dynamics as a
+    fit on its own (with other noise draws). Latents of all pairs must have one size.
+    Returns D̃ (K, n, d) float32 — (n, d) if one pair was passed — and each pair's per-step
+    history of the three losses. With `config.hard_tokens` the forward passes used the
+    projection; `harden` finishes it.
+    """
+    single = isinstance(pairs, PreparedPair)
+    pairs = [pairs] if single else pairs
     check_compatible(backbone, clip, config)
-    diff = init_diff_tokens(config, backbone, generator)
+    if len({tuple(p.latents.shape) for p in pairs}) > 1:
+        raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
+    latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
+    target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
+    ids, slot_mask = backbone.slot_ids([prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)], config.n_tokens)
+    diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
-    ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a], config.n_tokens)
     vocabulary = backbone.vocabulary.detach()
     usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], vocabulary.device)
-    zero = torch.zeros((), device=backbone.device)
+    zero = torch.zeros(len(pairs), device=backbone.device)
     history = []
 
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
     for step in bar:
         used = project_straight_through(diff, vocabulary, usable)[0] if config.hard_tokens else diff
-        loss_tc = token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, pair.latents, generator)) if config.use_token_consistency else zero
-        loss_clip = clip_loss(clip, used, pair.target_delta, config.clip_loss_space) if config.use_clip_loss else zero
-        loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip
+        loss_tc = token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, latents, generator)) if config.use_token_consistency else zero
+        loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space) if config.use_clip_loss else zero
+        loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
 
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss.sum()).backward()
         scaler.step(optimizer)
         scaler.update()
-        history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()]))
+        history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()], dim=1))  # (K, 3)
         if step % 50 == 0:
-            bar.set_postfix(tc=f"{loss_tc.item():.4f}", clip=f"{loss_clip.item():.4f}")
+            bar.set_postfix(tc=f"{loss_tc.mean().item():.4f}", clip=f"{loss_clip.mean().item():.4f}")
 
-    trace = torch.stack(history).cpu().tolist() if history else []
-    curves = {name: [row[i] for row in trace] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))}
-    return diff.detach().float(), curves
+    trace = torch.stack(history, dim=1).cpu().tolist() if history else [[] for _ in pairs]  # (K, steps, 3)
+    curves = [{name: [row[i] for row in rows] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))} for rows in trace]
+    diff = diff.detach().float()
+    return (diff[0], curves[0]) if single else (diff, curves)

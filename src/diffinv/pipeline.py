@@ -146,8 +146,38 @@ class DifferenceInversion:
         """
         config = config or self.default_config
         pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress)
+        return self._fit_prepared([pair], config, seed, progress)[0]
+
+    def fit_many(
+        self,
+        pairs: list[tuple[ImageInput, ImageInput]],
+        config: InversionConfig | None = None,
+        captions: list[tuple[str, str] | None] | None = None,
+        seeds: list[int] | None = None,
+        progress: bool = True,
+    ) -> list[DiffTokens]:
+        """DIFF tokens for several independent (A, A′) pairs, fitted in one batched optimisation
+        (one UNet call per step for all of them; see `fit_diff_tokens`). Each pair's tokens follow
+        the same dynamics as `fit` would give them, with other noise draws. A of every pair must
+        have one working size (true of same-sized inputs).
+
+        captions: per pair, or None for the captioner. seeds: per pair for its preparation (PEZ);
+        the optimisation's noise is seeded by the first.
+        """
+        config = config or self.default_config
+        seeds = list(range(len(pairs))) if seeds is None else seeds
+        captions = captions or [None] * len(pairs)
+        if not (len(pairs) == len(seeds) == len(captions)) or not pairs:
+            raise DiffinvError("fit_many needs one seed and one caption pair (or None) per pair, and at least one pair")
+        prepared = [self.prepare(a, a_prime, config, caption, None, seed, progress=False) for (a, a_prime), caption, seed in zip(pairs, captions, seeds)]
+        return self._fit_prepared(prepared, config, seeds[0], progress)
+
+    def _fit_prepared(self, pairs: list[PreparedPair], config: InversionConfig, seed: int, progress: bool) -> list[DiffTokens]:
         generator = torch.Generator(device=self.backbone.device).manual_seed(seed)
-        embeddings, history = fit_diff_tokens(self.backbone, self.clip, pair, config, generator, progress)
+        embeddings, histories = fit_diff_tokens(self.backbone, self.clip, pairs, config, generator, progress)
+        return [self._tokens(pair, tokens, history, config) for pair, tokens, history in zip(pairs, embeddings, histories)]
+
+    def _tokens(self, pair: PreparedPair, embeddings: torch.Tensor, history: dict, config: InversionConfig) -> DiffTokens:
         hard_ids, hard_text = None, ""
         if config.hard_tokens:
             embeddings, hard_ids, hard_text = harden(embeddings, self.backbone.vocabulary, self.backbone.tokenizer)

@@ -1,0 +1,187 @@
+"""Triplet datasets for `diffinv bench`: the shapes world, a folder of triplets, InstructPix2Pix.
+
+Every dataset is a list of `BenchTriplet`s with stable ids, so a run can be resumed and results
+of different runs joined. Images load lazily: a 300-triplet photo dataset is never all in memory.
+
+Folder layout (one sub-directory per triplet, the layout of `examples/`)::
+
+    ROOT/<id>/a.png  a_prime.png  b.png  [b_prime.png]  [captions.txt]
+
+Any of .png .jpg .jpeg .webp. `b_prime` is an optional ground truth; `captions.txt` holds optional
+`key: value` lines (`b_prime: …` enables the oracle-caption reference, `family: …` groups tables).
+
+InstructPix2Pix layout (the released `clip-filtered-dataset` / `random-sample-dataset`)::
+
+    ROOT/<pair dir>/prompt.json   {"input": …, "edit": …, "output": …}
+    ROOT/<pair dir>/<seed>_0.jpg  before     <seed>_1.jpg  after   (one or more seeds)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ..errors import DiffinvError
+from ..images import load_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+ImageSource = Callable[[], Image.Image]
+
+
+@dataclass
+class BenchTriplet:
+    """A : A′ :: B : B′, with what is known about the truth.
+
+    a, a_prime, b, b_prime: loaders returning RGB images (b_prime None: no ground truth).
+    family: the kind of change (shapes: the changed attribute), used to group tables.
+    caption_b_prime: the ground-truth description of B′ (the oracle-caption reference needs it).
+    truth: the shapes-world `Triplet` when there is one (exact scoring by the classifier).
+    info: anything else worth keeping in the results (never shown to a method).
+    """
+
+    id: str
+    a: ImageSource
+    a_prime: ImageSource
+    b: ImageSource
+    b_prime: ImageSource | None = None
+    family: str = ""
+    caption_b_prime: str | None = None
+    truth: object | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _constant(image: Image.Image) -> ImageSource:
+    return lambda: image
+
+
+def _from_file(path: Path) -> ImageSource:
+    return lambda: load_image(path)
+
+
+# --- the shapes world -----------------------------------------------------------------------------
+def shapes_dataset(n: int, seed: int = 0, families: tuple[str, ...] | None = None) -> list[BenchTriplet]:
+    """`n` seeded shapes-world triplets, the families taken in turn (all five by default)."""
+    from ..shapes.world import FAMILIES, canonical_caption, render, triplets
+
+    families = tuple(families or FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise DiffinvError(f"unknown shapes families {unknown}; choose from {', '.join(FAMILIES)}")
+    if n < 1:
+        raise DiffinvError(f"--n must be at least 1, got {n}")
+    out = []
+    for index, triplet in enumerate(triplets(n, seed, families)):
+        a, a_prime, b, b_prime = (render(s) for s in (triplet.a, triplet.a_prime, triplet.b, triplet.b_prime))
+        out.append(
+            BenchTriplet(
+                id=f"shapes-s{seed}-{index:04d}",
+                a=_constant(a),
+                a_prime=_constant(a_prime),
+                b=_constant(b),
+                b_prime=_constant(b_prime),
+                family=triplet.family,
+                caption_b_prime=canonical_caption(triplet.b_prime),
+                truth=triplet,
+            )
+        )
+    return out
+
+
+# --- a folder of triplets ---------------------------------------------------------------------------
+def _find_image(directory: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        if (directory / f"{stem}{suffix}").is_file():
+            return directory / f"{stem}{suffix}"
+    return None
+
+
+def _read_captions(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    pairs = (line.split(":", 1) for line in path.read_text(encoding="utf-8").splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def folder_dataset(root: str | Path) -> list[BenchTriplet]:
+    """Every sub-directory of `root` holding a, a_prime and b images, in name order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffinvError(f"{root}: no such directory (a folder dataset is a directory of triplet folders)")
+    out, incomplete = [], []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = {stem: _find_image(directory, stem) for stem in ("a", "a_prime", "b", "b_prime")}
+        if not all(found[stem] for stem in ("a", "a_prime", "b")):
+            incomplete.append(directory.name)
+            continue
+        captions = _read_captions(directory / "captions.txt")
+        out.append(
+            BenchTriplet(
+                id=directory.name,
+                a=_from_file(found["a"]),
+                a_prime=_from_file(found["a_prime"]),
+                b=_from_file(found["b"]),
+                b_prime=_from_file(found["b_prime"]) if found["b_prime"] else None,
+                family=captions.get("family", ""),
+                caption_b_prime=captions.get("b_prime"),
+            )
+        )
+    if not out:
+        detail = f" ({len(incomplete)} folders lack a, a_prime or b)" if incomplete else ""
+        raise DiffinvError(f"{root}: no triplet folders with a, a_prime and b images{detail}")
+    return out
+
+
+# --- InstructPix2Pix ----------------------------------------------------------------------------------
+def instructpix2pix_pairs(root: str | Path) -> list[dict]:
+    """Every (before, after, instruction) pair of a local InstructPix2Pix copy, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffinvError(f"{root}: no such directory (expected a local copy of the InstructPix2Pix data)")
+    pairs = []
+    for prompt_file in sorted(root.glob("*/prompt.json")):
+        directory = prompt_file.parent
+        try:
+            instruction = json.loads(prompt_file.read_text(encoding="utf-8"))["edit"]
+        except (ValueError, KeyError):
+            raise DiffinvError(f"{prompt_file}: not an InstructPix2Pix prompt.json (needs an \"edit\" field)") from None
+        for before in sorted(directory.glob("*_0.*")):
+            seed = before.name[: -len("_0" + before.suffix)]
+            after = _find_image(directory, f"{seed}_1")
+            if before.suffix.lower() in IMAGE_SUFFIXES and after:
+                pairs.append({"id": f"{directory.name}-{seed}", "before": before, "after": after, "instruction": instruction})
+    if not pairs:
+        raise DiffinvError(f"{root}: no InstructPix2Pix pairs found (<dir>/prompt.json with <seed>_0 / <seed>_1 images)")
+    return pairs
+
+
+def instructpix2pix_dataset(root: str | Path, n: int = 300, seed: int = 0) -> list[BenchTriplet]:
+    """The paper's protocol: `n` seeded pairs (A = before, A′ = after); B = the before image of
+    another pair with the same instruction. The instruction is kept in `info` for the report and
+    is never given to a method."""
+    by_instruction: dict[str, list[dict]] = {}
+    for pair in instructpix2pix_pairs(root):
+        by_instruction.setdefault(pair["instruction"].strip().lower(), []).append(pair)
+    usable = [pair for group in by_instruction.values() if len(group) > 1 for pair in group]
+    if not usable:
+        raise DiffinvError(f"{root}: no instruction has two or more pairs, so no B can be chosen")
+    rng = random.Random(seed)
+    chosen = rng.sample(usable, min(n, len(usable)))
+    out = []
+    for pair in chosen:
+        others = [p for p in by_instruction[pair["instruction"].strip().lower()] if p is not pair]
+        other = rng.choice(others)
+        out.append(
+            BenchTriplet(
+                id=pair["id"],
+                a=_from_file(pair["before"]),
+                a_prime=_from_file(pair["after"]),
+                b=_from_file(other["before"]),
+                info={"instruction": pair["instruction"], "b_from": other["id"]},
+            )
+        )
+    return out

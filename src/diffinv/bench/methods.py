@@ -1,0 +1,110 @@
+"""Methods `diffinv bench` compares: Difference Inversion, its ablations, and references.
+
+A method is named by a spec: a base name, optionally followed by config changes,
+``name:field=value,field=value``. Bases:
+
+    difference-inversion   the full method (the model's default config)
+    copy-b                 reference: B′ = B (no change at all)
+    oracle-caption         reference: B′ drawn from the ground-truth caption of B′, no DIFF
+                           tokens, exactly as Difference Inversion draws (needs that caption)
+
+and the named variants of Difference Inversion below (the paper's ablations, its sweeps of n
+and α, and the points it leaves open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..config import InversionConfig
+from ..errors import DiffinvError
+
+REFERENCES = ("copy-b", "oracle-caption")
+
+VARIANTS: dict[str, dict] = {
+    "difference-inversion": {},
+    # the ablations of Fig. 5
+    "no-token-consistency": {"use_token_consistency": False},
+    "image-delta-only": {"alpha": 0.0},
+    "text-delta-only": {"alpha": 1.0},
+    "random-init": {"init": "random"},
+    "no-clip-loss": {"use_clip_loss": False},
+    # the sweeps of Fig. 6 and 7
+    **{f"n={n}": {"n_tokens": n} for n in (1, 3, 5, 8)},
+    **{f"alpha={a:g}": {"alpha": a} for a in (0.0, 0.5, 0.8, 1.0)},
+    # the points the paper leaves open
+    "clip-loss-token-mean": {"clip_loss_space": "token-mean"},
+    "hard-tokens": {"hard_tokens": True},
+    "sample-from-noise": {"sampling_mode": "noise"},
+}
+
+PRESETS: dict[str, list[str]] = {
+    "fig5": ["difference-inversion", "copy-b", "oracle-caption", "no-token-consistency", "image-delta-only", "text-delta-only", "random-init", "no-clip-loss"],
+    "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
+    "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
+    "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
+}
+
+
+def parse_value(text: str):
+    """'3' → 3, '0.5' → 0.5, 'true' → True, anything else stays text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_changes(text: str) -> dict:
+    """'alpha=0.5,n_tokens=3' → {'alpha': 0.5, 'n_tokens': 3}, checked against InversionConfig."""
+    known = {f.name for f in fields(InversionConfig)}
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise DiffinvError(f"bad config change {item!r}: expected field=value with a field of InversionConfig ({', '.join(sorted(known))})")
+        changes[name] = parse_value(value.strip())
+    return changes
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method spec. `changes` apply on top of the run's base config (DI methods only)."""
+
+    spec: str
+    base: str  # "difference-inversion", "copy-b" or "oracle-caption"
+    changes: dict
+
+    @property
+    def fits_tokens(self) -> bool:
+        return self.base == "difference-inversion"
+
+    def config(self, base_config: InversionConfig) -> InversionConfig:
+        return base_config.replace(**self.changes)
+
+
+def parse_method(spec: str) -> Method:
+    name, _, extra = spec.partition(":")
+    name = name.strip()
+    if name in REFERENCES:
+        if extra:
+            raise DiffinvError(f"the reference {name!r} takes no config changes")
+        return Method(spec, name, {})
+    if name not in VARIANTS:
+        raise DiffinvError(f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES])} (or a preset: {', '.join(PRESETS)})")
+    return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)})
+
+
+def expand_methods(specs: list[str]) -> list[Method]:
+    """Method specs and preset names → unique methods, in the order given."""
+    out: list[Method] = []
+    for spec in specs:
+        for item in PRESETS.get(spec, [spec]):
+            method = parse_method(item)
+            if method.spec not in {m.spec for m in out}:
+                out.append(method)
+    if not out:
+        raise DiffinvError("no methods given")
+    return out

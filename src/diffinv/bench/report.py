@@ -1,0 +1,157 @@
+"""Summaries of a run: mean and 95 % interval per method (and per family), as markdown, CSV and
+an HTML report with the grids and loss curves.
+
+The interval is Student's t on the per-triplet values (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n); for the 0/1
+scores of the shapes world this is the usual normal-approximation interval of a proportion.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from html import escape
+from pathlib import Path
+
+from .run import read_results
+
+# Two-sided 95 % quantiles of Student's t for small samples; beyond, a Cornish–Fisher expansion.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+METRIC_ORDER = ("correct", "edit", "preserved", "clip_directional", "dinov2_directional", "clip_to_truth", "dinov2_to_truth", "final_loss_tc", "final_loss_clip")
+NOT_METRICS = {"index", "seconds"}
+
+
+def t_quantile(df: int) -> float:
+    if df in T_975:
+        return T_975[df]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95 % interval); the half-width is nan for fewer than 2 values."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, t_quantile(n - 1) * math.sqrt(variance / n)
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
+    return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (method, id): the last written (a rerun of a triplet replaces it)."""
+    return list({(row["method"], row["id"]): row for row in rows}.values())
+
+
+def summarize(rows: list[dict], group: str | None = None) -> list[dict]:
+    """Per method (and per `group` value, e.g. 'family'): n, median seconds, mean and interval of
+    every metric. Methods keep the order in which they first appear."""
+    keys = list(dict.fromkeys((row["method"], row.get(group, "") if group else "") for row in rows))
+    metrics = metric_names(rows)
+    table = []
+    for method, value in keys:
+        chosen = [r for r in rows if r["method"] == method and (not group or r.get(group, "") == value)]
+        seconds = sorted(r["seconds"] for r in chosen if "seconds" in r)
+        entry = {"method": method, **({group: value} if group else {}), "n": len(chosen), "seconds_median": seconds[len(seconds) // 2] if seconds else math.nan}
+        for metric in metrics:
+            values = [float(r[metric]) for r in chosen if metric in r]
+            if values:
+                entry[metric], entry[f"{metric}_ci95"] = mean_interval(values)
+        table.append(entry)
+    return table
+
+
+def _cell(entry: dict, metric: str, percent: bool) -> str:
+    if metric not in entry:
+        return "–"
+    mean, half = entry[metric], entry[f"{metric}_ci95"]
+    if percent:
+        return f"{100 * mean:.1f} ± {100 * half:.1f}" if not math.isnan(half) else f"{100 * mean:.1f}"
+    return f"{mean:.4f} ± {half:.4f}" if not math.isnan(half) else f"{mean:.4f}"
+
+
+PERCENT = {"correct", "edit", "preserved"}
+
+
+def markdown_table(table: list[dict], group: str | None = None) -> str:
+    if not table:
+        return "(no results)\n"
+    metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
+    header = ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet (median)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in table:
+        cells = [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], f"{entry['seconds_median']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(table: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for entry in table for k in entry))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    writer.writerows(table)
+    return out.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically (other shard processes may be writing the same summary)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_reports(run_dir: str | Path, max_examples: int = 12) -> dict[str, Path]:
+    """summary.md, summary.csv and report.html from results.jsonl. Returns their paths."""
+    run_dir = Path(run_dir)
+    rows = latest_rows(read_results(run_dir))
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
+    overall = summarize(rows)
+    by_family = summarize(rows, "family") if any(r.get("family") for r in rows) else []
+    intro = f"Run: {json.dumps(record.get('dataset', {}))}, model {record.get('model', '?')}.\nMean ± 95 % interval (Student's t) over triplets.\n"
+    markdown = "# Benchmark summary\n\n" + intro + "\n" + markdown_table(overall)
+    if by_family:
+        markdown += "\n## Per family\n\n" + markdown_table(by_family, "family")
+    paths = {"md": run_dir / "summary.md", "csv": run_dir / "summary.csv", "html": run_dir / "report.html"}
+    _write(paths["md"], markdown)
+    _write(paths["csv"], csv_text(overall + by_family))
+    _write(paths["html"], html_report(record, rows, overall, by_family, max_examples))
+    return paths
+
+
+def _html_table(table: list[dict], group: str | None = None) -> str:
+    if not table:
+        return "<p>(no results)</p>"
+    metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet"])
+    body = ""
+    for entry in table:
+        cells = [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], f"{entry['seconds_median']:.2f}"]
+        body += "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>\n"
+    return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def html_report(record: dict, rows: list[dict], overall: list[dict], by_family: list[dict], max_examples: int) -> str:
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}figure{display:inline-block;margin:6px}figcaption{font-size:11px}img{image-rendering:pixelated}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>diffinv bench</title><style>{style}</style></head><body>",
+             "<h1>diffinv bench</h1>",
+             f"<pre>{escape(json.dumps({k: record.get(k) for k in ('dataset', 'model', 'methods', 'base_config')}, indent=1))}</pre>",
+             "<h2>Summary</h2><p>Mean ± 95 % interval (Student's t) over triplets.</p>", _html_table(overall)]
+    if by_family:
+        parts += ["<h2>Per family</h2>", _html_table(by_family, "family")]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        examples = sorted((r for r in rows if r["method"] == method), key=lambda r: r.get("index", 0))[:max_examples]
+        parts.append(f"<h2>{escape(method)}</h2>")
+        for r in examples:
+            verdict = f" · correct {int(r['correct'])}" if "correct" in r else ""
+            loss = f" · <a href='{escape(r['loss_plot'])}'>loss</a>" if "loss_plot" in r else ""
+            parts.append(f"<figure><img src='{escape(r['grid'])}' height='140'><figcaption>{escape(r['id'])} {escape(r.get('family', ''))}{verdict}{loss}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,208 @@
+"""Running a benchmark: methods × triplets → images, `results.jsonl`, summary and report.
+
+Layout of a run directory::
+
+    run.json                 what was run (dataset, methods, base config, model) — checked on resume
+    results.jsonl            one JSON line per (method, triplet), appended as each finishes
+    images/<method>/<id>.png       B′          grids/<method>/<id>.png   A | A′ | B | B′ (| truth)
+    loss/<method>/<id>.svg         the loss curves of the fit
+    summary.md  summary.csv  report.html
+
+Resuming: the same command skips every (method, triplet) already in results.jsonl; a kill loses
+at most the batch being fitted. Sharding: under `accelerate launch` (or torchrun) each process
+takes every WORLD_SIZE-th triplet from its RANK and appends to the same results.jsonl (one
+locked write per line), so the shards merge by construction; every process rewrites the
+summary when it finishes, and the last one to finish writes the complete one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..config import InversionConfig
+from ..errors import DiffinvError
+from ..grid import image_grid
+from .datasets import BenchTriplet
+from .methods import Method
+from .metrics import Embedder, directional_score, similarity_to_truth
+from .plots import loss_curves_svg
+
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_environment(cls) -> "Shard":
+        """RANK / WORLD_SIZE as `accelerate launch` and torchrun set them (a single process otherwise)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+    def take(self, items: list) -> list:
+        return items[self.rank :: self.world_size]
+
+
+def local_device() -> str:
+    """cuda:<LOCAL_RANK> when GPUs are present (one per process under accelerate), else cpu."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a method spec ('alpha=0.5' → 'alpha-0.5')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+# --- results.jsonl -----------------------------------------------------------------------------------
+def read_results(run_dir: str | Path) -> list[dict]:
+    """Every complete line of results.jsonl; a half-written or corrupt line is skipped."""
+    path = Path(run_dir) / RESULTS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "method" in row and "id" in row:
+            rows.append(row)
+    return rows
+
+
+def append_result(run_dir: Path, row: dict) -> None:
+    """One line, written whole under an exclusive lock (several shard processes share the file).
+    A line left half-written by a kill is closed with a newline first, so it spoils only itself."""
+    line = json.dumps(row, sort_keys=True) + "\n"
+    with open(run_dir / RESULTS, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_run_record(run_dir: Path, record: dict) -> None:
+    """Write run.json, or make sure the directory holds the same run before resuming it."""
+    path = run_dir / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        same = {k: previous.get(k) for k in ("dataset", "base_config", "model")} == {k: record.get(k) for k in ("dataset", "base_config", "model")}
+        if not same:
+            raise DiffinvError(f"{run_dir} holds a different run (dataset, model or base config differ); give another --out")
+        record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- one method on a batch of triplets ------------------------------------------------------------------
+class BenchRunner:
+    """Runs methods on triplets with one `DifferenceInversion`, writing as it goes.
+
+    embedders: image embedders for the directional score (named columns `<name>_directional`).
+    classifier: the shapes world's attribute classifier, for exact scores of shapes triplets.
+    batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
+    """
+
+    def __init__(self, di, run_dir: str | Path, base_config: InversionConfig, embedders: list[Embedder], classifier=None, batch_size: int = 1, seed: int = 0, progress: bool = True):
+        if batch_size < 1:
+            raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
+        self.di, self.run_dir, self.base_config = di, Path(run_dir), base_config
+        self.embedders, self.classifier, self.batch_size, self.seed, self.progress = embedders, classifier, batch_size, seed, progress
+
+    def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
+        """Every pending (method, triplet) of this shard; returns how many were run now."""
+        for method in methods:
+            if method.base == "oracle-caption" and any(t.caption_b_prime is None for t in triplets):
+                raise DiffinvError("oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)")
+            if method.fits_tokens:
+                method.config(self.base_config).validate()
+        mine = shard.take(list(enumerate(triplets)))
+        done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
+        count = 0
+        for method in methods:
+            pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
+            step = self.batch_size if method.fits_tokens else 1
+            bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
+            for start in range(0, len(pending), step):
+                chunk = pending[start : start + step]
+                for row in self._run_chunk(method, chunk):
+                    append_result(self.run_dir, row)
+                    count += 1
+                    bar.update(1)
+            bar.close()
+        return count
+
+    def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):
+        """Yields one result row per triplet of `chunk` as soon as its B′ is drawn."""
+        config = method.config(self.base_config)
+        images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
+        fit_seconds, tokens = 0.0, [None] * len(chunk)
+        if method.fits_tokens:
+            start = time.perf_counter()
+            tokens = self.di.fit_many([(a, a_prime) for a, a_prime, _ in images], config, seeds=[self.seed + index for index, _ in chunk], progress=False)
+            fit_seconds = (time.perf_counter() - start) / len(chunk)
+        for (index, triplet), (a, a_prime, b), token in zip(chunk, images, tokens):
+            start = time.perf_counter()
+            if method.base == "copy-b":
+                b_prime = b
+            elif method.base == "oracle-caption":
+                b_prime = self.di.draw(triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False)
+            else:
+                b_prime = self.di.apply(token, b, seed=self.seed + index, config=config, progress=False)
+            seconds = fit_seconds + time.perf_counter() - start
+            yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
+
+    def _record(self, method: Method, triplet: BenchTriplet, index: int, a, a_prime, b, b_prime: Image.Image, tokens, seconds: float) -> dict:
+        name = slug(method.spec)
+        truth = triplet.b_prime() if triplet.b_prime else None
+        paths = {"b_prime": f"images/{name}/{triplet.id}.png", "grid": f"grids/{name}/{triplet.id}.png"}
+        for key in paths:
+            (self.run_dir / paths[key]).parent.mkdir(parents=True, exist_ok=True)
+        b_prime.save(self.run_dir / paths["b_prime"])
+        tiles, labels = [a, a_prime, b, b_prime], ["A", "A'", "B", "B'"]
+        if truth is not None:
+            tiles, labels = tiles + [truth], labels + ["true B'"]
+        image_grid(tiles, labels, height=128).save(self.run_dir / paths["grid"])
+        row = {"method": method.spec, "id": triplet.id, "index": index, "family": triplet.family, "seconds": round(seconds, 4), **paths}
+        if tokens is not None and tokens.history.get("loss"):
+            paths_loss = f"loss/{name}/{triplet.id}.svg"
+            (self.run_dir / paths_loss).parent.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / paths_loss).write_text(loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}"), encoding="utf-8")
+            row["loss_plot"] = paths_loss
+            row["final_loss_tc"] = tokens.history["loss_tc"][-1]
+            row["final_loss_clip"] = tokens.history["loss_clip"][-1]
+            if tokens.hard_text:
+                row["hard_text"] = tokens.hard_text
+        for embedder in self.embedders:
+            row[f"{embedder.name}_directional"] = directional_score(embedder, a, a_prime, b, b_prime)
+            if truth is not None:
+                row[f"{embedder.name}_to_truth"] = similarity_to_truth(embedder, b_prime, truth)
+        if triplet.truth is not None and self.classifier is not None:
+            from ..shapes.evaluate import score
+
+            row.update(score(self.classifier.predict([b_prime])[0], triplet.truth))
+        if triplet.info:
+            row["info"] = triplet.info
+        return row
