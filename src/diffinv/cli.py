@@ -355,7 +355,7 @@ def run_bench(args: argparse.Namespace) -> None:
         from .shapes.classifier import AttributeClassifier
 
         classifier = AttributeClassifier.load(MODEL_DIR / "classifier")
-    batch = args.batch or (8 if args.model == "shapes" else 1)
+    batch = args.batch if args.batch is not None else (8 if args.model == "shapes" else 1)
     run_dir = Path(args.out)
     _check_output(run_dir, must_be_dir=True)
     run_dir.mkdir(parents=True, exist_ok=True)

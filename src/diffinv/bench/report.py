@@ -15,7 +15,7 @@ import os
 from html import escape
 from pathlib import Path
 
-from .run import read_results
+from .run import locked_results, read_results
 
 # Two-sided 95 % quantiles of Student's t for small samples; beyond, a Cornish–Fisher expansion.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -80,10 +80,17 @@ def _cell(entry: dict, metric: str, percent: bool) -> str:
 PERCENT = {"correct", "edit", "preserved"}
 
 
+def _columns(table: list[dict], only_scores: bool) -> list[str]:
+    """Metric columns of a summary table; `only_scores` keeps the scores (not losses, not
+    similarity to the truth), for the narrower per-family tables."""
+    metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
+    return [m for m in metrics if m in PERCENT or m.endswith("_directional")] if only_scores else metrics
+
+
 def markdown_table(table: list[dict], group: str | None = None) -> str:
     if not table:
         return "(no results)\n"
-    metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
+    metrics = _columns(table, only_scores=group is not None)
     header = ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet (median)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in table:
@@ -111,7 +118,11 @@ def _write(path: Path, text: str) -> None:
 def write_reports(run_dir: str | Path, max_examples: int = 12) -> dict[str, Path]:
     """summary.md, summary.csv and report.html from results.jsonl. Returns their paths."""
     run_dir = Path(run_dir)
-    rows = latest_rows(read_results(run_dir))
+    with locked_results(run_dir):  # no line can be added between reading and writing
+        return _write_reports(run_dir, latest_rows(read_results(run_dir)), max_examples)
+
+
+def _write_reports(run_dir: Path, rows: list[dict], max_examples: int) -> dict[str, Path]:
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
     overall = summarize(rows)
     by_family = summarize(rows, "family") if any(r.get("family") for r in rows) else []
@@ -129,7 +140,7 @@ def write_reports(run_dir: str | Path, max_examples: int = 12) -> dict[str, Path
 def _html_table(table: list[dict], group: str | None = None) -> str:
     if not table:
         return "<p>(no results)</p>"
-    metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
+    metrics = _columns(table, only_scores=group is not None)
     head = "".join(f"<th>{escape(h)}</th>" for h in ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet"])
     body = ""
     for entry in table:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,23 +84,31 @@ def read_results(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def append_result(run_dir: Path, row: dict) -> None:
-    """One line, written whole under an exclusive lock (several shard processes share the file).
-    A line left half-written by a kill is closed with a newline first, so it spoils only itself."""
-    line = json.dumps(row, sort_keys=True) + "\n"
-    with open(run_dir / RESULTS, "a+b") as handle:
+@contextmanager
+def locked_results(run_dir: Path):
+    """results.jsonl opened for appending, under an exclusive lock: shard processes share it, and
+    a summary is read and written under the same lock so an older one never replaces a newer."""
+    with open(Path(run_dir) / RESULTS, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    handle.write(b"\n")
-            handle.write(line.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def append_result(run_dir: Path, row: dict) -> None:
+    """One line, written whole under the lock. A line left half-written by a kill is closed
+    with a newline first, so it spoils only itself."""
+    line = json.dumps(row, sort_keys=True) + "\n"
+    with locked_results(run_dir) as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write(line.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def check_run_record(run_dir: Path, record: dict) -> None:
