@@ -170,3 +170,20 @@ def test_resolve_device_dtype():
     if not torch.cuda.is_available():
         with pytest.raises(DiffinvError, match="CUDA"):
             resolve_device_dtype("cuda", None)
+
+
+def test_fit_many_batches_same_sized_pairs_and_keeps_the_order(di, images):
+    """Pairs of one working size share an optimisation; a pair of another aspect ratio gets its
+    own, seeded by its own seed — so it equals a solo `fit` with that seed."""
+    square = (images["a"], images["a_prime"])
+    wide = (shape_image((64, 32), "red", seed=5), shape_image((64, 32), "blue", seed=6))
+    captions = [(CAPTION_A, CAPTION_A_PRIME), (CAPTION_A, CAPTION_A_PRIME), ("a photo of a red square", CAPTION_A_PRIME)]
+    config = fast_config(steps=3)
+    tokens = di.fit_many([square, wide, square[::-1]], config, captions=captions, seeds=[0, 1, 2], progress=False)
+    assert [t.caption_a for t in tokens] == [c[0] for c in captions]
+    assert all(t.embeddings.shape == (config.n_tokens, di.backbone.token_width) for t in tokens)
+    solo = di.fit(*wide, config, captions=captions[1], seed=1, progress=False)
+    assert torch.equal(tokens[1].embeddings, solo.embeddings)
+    assert not torch.allclose(tokens[0].embeddings, tokens[2].embeddings)  # A → A′ and A′ → A differ
+    with pytest.raises(DiffinvError, match="one seed"):
+        di.fit_many([square], config, captions=captions, progress=False)

@@ -107,20 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_flags(analogy)
     _add_flags(analogy, SAMPLING_FLAGS, "drawing B′")
 
-    shapes = commands.add_parser("shapes", help="the bundled shapes world: check, evaluate, train", description="The offline shapes world (a demonstration and test world, not a photo model).")
+    shapes = commands.add_parser("shapes", help="the bundled shapes world: check its models, train them", description="The offline shapes world (a demonstration and test world, not a photo model).")
     shape_commands = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
     check = shape_commands.add_parser("check", help="print the four quality gates; exit 0 only if all hold")
     check.add_argument("--model-dir", help="shapes model directory (default: the bundled one)")
-    evaluate = shape_commands.add_parser("eval", help="analogy accuracy on seeded triplets, with the copy-B and oracle-caption references")
-    evaluate.add_argument("--n", type=int, default=50, help="number of triplets (default 50; families in turn)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the triplets (default 0)")
-    evaluate.add_argument("--methods", default="difference-inversion,copy-b,oracle-caption", help="comma-separated methods")
-    evaluate.add_argument("--output", help="also write the results as JSON here")
-    _add_flags(evaluate, CONFIG_FLAGS + SAMPLING_FLAGS, "Difference Inversion settings (default: the shapes world's)")
-    evaluate.add_argument("--steps", dest="steps", type=int, default=None, help="optimisation steps N")
     train = shape_commands.add_parser("train", help="train the shapes world's models from scratch (resumes an interrupted run)")
     train.add_argument("--out", required=True, help="output directory (a Stable Diffusion directory with clip/ and classifier/)")
-    for action in (check, evaluate, train):
+    for action in (check, train):
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
@@ -277,22 +270,6 @@ def run_shapes(args: argparse.Namespace) -> None:
             print(f"{'PASS' if gate.passed else 'FAIL'}  {gate.name:<11} {gate.value:6.1%}  (need ≥ {gate.threshold:.0%})  {gate.detail}")
         if not all(gate.passed for gate in gates):
             raise DiffinvError("some shapes-world gates fail")
-        return
-    import json
-
-    from .shapes import load_shapes
-    from .shapes.evaluate import evaluate_analogies
-    from .shapes.world import triplets
-
-    overrides = _fit_overrides(args)
-    di = load_shapes(device="cpu")
-    config = di.default_config.replace(**overrides)
-    results = evaluate_analogies(di, triplets(args.n, args.seed), tuple(args.methods.split(",")), config, progress=not args.quiet)
-    print(f"{'method':<22} {'edit':>6} {'kept':>6} {'correct':>8} {'s/triplet':>10}   (n = {args.n}, seed {args.seed})")
-    for method, r in results.items():
-        print(f"{method:<22} {r['edit']:6.1%} {r['preserved']:6.1%} {r['correct']:8.1%} {r['seconds_median']:10.2f}")
-    if args.output:
-        Path(args.output).write_text(json.dumps({"config": json.loads(config.to_json()), "n": args.n, "seed": args.seed, "results": results}, indent=1))
 
 
 def _embedders(args: argparse.Namespace, di) -> list:

@@ -146,7 +146,7 @@ class DifferenceInversion:
         """
         config = config or self.default_config
         pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress)
-        return self._fit_prepared([pair], config, seed, progress)[0]
+        return self._fit_prepared([pair], config, [seed], progress)[0]
 
     def fit_many(
         self,
@@ -158,11 +158,11 @@ class DifferenceInversion:
     ) -> list[DiffTokens]:
         """DIFF tokens for several independent (A, A′) pairs, fitted in one batched optimisation
         (one UNet call per step for all of them; see `fit_diff_tokens`). Each pair's tokens follow
-        the same dynamics as `fit` would give them, with other noise draws. A of every pair must
-        have one working size (true of same-sized inputs).
+        the same dynamics as `fit` would give them, with other noise draws. Pairs whose A has
+        another working size (aspect ratio) are fitted in a batch of their own.
 
         captions: per pair, or None for the captioner. seeds: per pair for its preparation (PEZ);
-        the optimisation's noise is seeded by the first.
+        each batch's noise is seeded by its first pair's seed.
         """
         config = config or self.default_config
         seeds = list(range(len(pairs))) if seeds is None else seeds
@@ -170,12 +170,21 @@ class DifferenceInversion:
         if not (len(pairs) == len(seeds) == len(captions)) or not pairs:
             raise DiffinvError("fit_many needs one seed and one caption pair (or None) per pair, and at least one pair")
         prepared = [self.prepare(a, a_prime, config, caption, None, seed, progress=False) for (a, a_prime), caption, seed in zip(pairs, captions, seeds)]
-        return self._fit_prepared(prepared, config, seeds[0], progress)
+        return self._fit_prepared(prepared, config, seeds, progress)
 
-    def _fit_prepared(self, pairs: list[PreparedPair], config: InversionConfig, seed: int, progress: bool) -> list[DiffTokens]:
-        generator = torch.Generator(device=self.backbone.device).manual_seed(seed)
-        embeddings, histories = fit_diff_tokens(self.backbone, self.clip, pairs, config, generator, progress)
-        return [self._tokens(pair, tokens, history, config) for pair, tokens, history in zip(pairs, embeddings, histories)]
+    def _fit_prepared(self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool) -> list[DiffTokens]:
+        """One batched optimisation per latent size (pairs of other aspect ratios cannot share a
+        UNet call), seeded by the first seed of each group; tokens come back in input order."""
+        groups: dict[tuple, list[int]] = {}
+        for index, pair in enumerate(pairs):
+            groups.setdefault(tuple(pair.latents.shape), []).append(index)
+        tokens: list[DiffTokens | None] = [None] * len(pairs)
+        for members in groups.values():
+            generator = torch.Generator(device=self.backbone.device).manual_seed(seeds[members[0]])
+            embeddings, histories = fit_diff_tokens(self.backbone, self.clip, [pairs[i] for i in members], config, generator, progress)
+            for i, embedding, history in zip(members, embeddings, histories):
+                tokens[i] = self._tokens(pairs[i], embedding, history, config)
+        return tokens
 
     def _tokens(self, pair: PreparedPair, embeddings: torch.Tensor, history: dict, config: InversionConfig) -> DiffTokens:
         hard_ids, hard_text = None, ""

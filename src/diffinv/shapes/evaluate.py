@@ -114,7 +114,7 @@ def check(model_dir: Path | None = None) -> list[Gate]:
     ]
 
 
-# --- analogy accuracy -------------------------------------------------------------------------------
+# --- analogy accuracy (scores used by `diffinv bench`) -------------------------------------------------------------------------------
 def score(predicted: dict, triplet) -> dict[str, float]:
     """edit: the changed attribute has the target value; preserved: every other attribute is
     B's; correct: both (B′ is exactly the ground truth, up to jitter)."""
@@ -122,39 +122,3 @@ def score(predicted: dict, triplet) -> dict[str, float]:
     edit = predicted[triplet.family] == getattr(truth, triplet.family)
     preserved = all(predicted[k] == getattr(truth, k) for k in ATTRIBUTES if k != triplet.family)
     return {"edit": float(edit), "preserved": float(preserved), "correct": float(edit and preserved)}
-
-
-def evaluate_analogies(di, triplets, methods=("difference-inversion", "copy-b", "oracle-caption"), config=None, classifier: AttributeClassifier | None = None, progress: bool = True) -> dict[str, dict]:
-    """Mean edit / preserved / correct and seconds per triplet for each method.
-
-    copy-b: B′ = B. oracle-caption: B′ drawn like Difference Inversion draws it (same mode,
-    strength, guidance and steps) but from the ground-truth caption of B′ and no DIFF tokens.
-    """
-    import time
-
-    from tqdm.auto import tqdm
-
-    from . import MODEL_DIR
-
-    classifier = classifier or AttributeClassifier.load(MODEL_DIR / "classifier")
-    config = config or di.default_config
-    results = {}
-    for method in methods:
-        scores, seconds = [], []
-        for index, triplet in enumerate(tqdm(triplets, desc=method, disable=not progress)):
-            a, a_prime, b = render(triplet.a), render(triplet.a_prime), render(triplet.b)
-            start = time.perf_counter()
-            if method == "difference-inversion":
-                b_prime, _ = di.analogy(a, a_prime, b, config, seed=index, progress=False)
-            elif method == "copy-b":
-                b_prime = b
-            elif method == "oracle-caption":
-                b_prime = di.draw(canonical_caption(triplet.b_prime), b, config, seed=index, progress=False)
-            else:
-                raise ValueError(f"unknown method {method!r}")
-            seconds.append(time.perf_counter() - start)
-            scores.append(score(classifier.predict([b_prime])[0], triplet))
-        results[method] = {k: float(np.mean([s[k] for s in scores])) for k in ("edit", "preserved", "correct")}
-        results[method]["seconds_median"] = float(np.median(seconds))
-        results[method]["n"] = len(triplets)
-    return results
