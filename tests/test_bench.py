@@ -14,7 +14,7 @@ from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config, shape_image
 from diffinv.bench.datasets import BenchTriplet, folder_dataset, instructpix2pix_dataset, shapes_dataset
 from diffinv.bench.methods import PRESETS, expand_methods, parse_changes, parse_method
 from diffinv.bench.metrics import Dinov2Embedder, directional_score
-from diffinv.bench.report import mean_interval, read_results, summarize, t_quantile, write_reports
+from diffinv.bench.report import mean_interval, paired_differences, read_results, summarize, t_quantile, write_reports
 from diffinv.bench.run import RESULTS, BenchRunner, Shard, append_result, check_run_record
 from diffinv.cli import main
 from diffinv.errors import DiffinvError
@@ -165,6 +165,16 @@ def test_summaries_group_by_method_and_family():
     assert overall[0]["n"] == 4 and overall[0]["correct"] == 0.5
     families = {e["family"]: e for e in summarize(rows, "family")}
     assert families["x"]["n"] == 2 and families["y"]["correct"] == 0.5
+
+
+def test_paired_differences_use_only_shared_triplets():
+    base = [{"method": "difference-inversion", "id": str(i), "correct": 0.0, "clip_directional": 0.1 * i} for i in range(4)]
+    other = [{"method": "variant", "id": str(i), "correct": 1.0 if i < 2 else 0.0, "clip_directional": 0.1 * i + 0.2} for i in range(1, 5)]
+    (entry,) = paired_differences(base + other)
+    assert entry["method"] == "variant − difference-inversion" and entry["n"] == 3  # ids 1, 2, 3
+    assert entry["correct"] == pytest.approx(1 / 3)
+    assert entry["clip_directional"] == pytest.approx(0.2) and entry["clip_directional_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert paired_differences(other) == []
 
 
 # --- the runner ---------------------------------------------------------------------------------------

@@ -68,6 +68,27 @@ def summarize(rows: list[dict], group: str | None = None) -> list[dict]:
     return table
 
 
+def paired_differences(rows: list[dict], baseline: str = "difference-inversion") -> list[dict]:
+    """Per method, the mean and 95 % interval of (method − baseline) over the triplets both ran:
+    a paired comparison, much tighter than comparing two means when triplets vary a lot."""
+    base = {r["id"]: r for r in rows if r["method"] == baseline}
+    if not base:
+        return []
+    scores = [m for m in metric_names(rows) if m in PERCENT or m.endswith("_directional")]
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
+        both = [(r, base[r["id"]]) for r in rows if r["method"] == method and r["id"] in base]
+        if not both:
+            continue
+        entry = {"method": f"{method} − {baseline}", "n": len(both), "seconds_median": math.nan}
+        for metric in scores:
+            deltas = [float(r[metric]) - float(b[metric]) for r, b in both if metric in r and metric in b]
+            if deltas:
+                entry[metric], entry[f"{metric}_ci95"] = mean_interval(deltas)
+        table.append(entry)
+    return table
+
+
 def _cell(entry: dict, metric: str, percent: bool) -> str:
     if metric not in entry:
         return "–"
@@ -87,15 +108,23 @@ def _columns(table: list[dict], only_scores: bool) -> list[str]:
     return [m for m in metrics if m in PERCENT or m.endswith("_directional")] if only_scores else metrics
 
 
-def markdown_table(table: list[dict], group: str | None = None) -> str:
+def table_cells(table: list[dict], group: str | None = None, scores_only: bool = False) -> tuple[list[str], list[list[str]]]:
+    """(header, rows of cells) of a summary table, shared by the markdown and HTML renderings."""
+    metrics = _columns(table, only_scores=scores_only)
+    timed = any(not math.isnan(entry["seconds_median"]) for entry in table)
+    header = ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], *(["s/triplet (median)"] if timed else [])]
+    rows = [
+        [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], *([f"{entry['seconds_median']:.2f}"] if timed else [])]
+        for entry in table
+    ]
+    return header, rows
+
+
+def markdown_table(table: list[dict], group: str | None = None, scores_only: bool = False) -> str:
     if not table:
         return "(no results)\n"
-    metrics = _columns(table, only_scores=group is not None)
-    header = ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet (median)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for entry in table:
-        cells = [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], f"{entry['seconds_median']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    header, rows = table_cells(table, group, scores_only)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -128,35 +157,37 @@ def _write_reports(run_dir: Path, rows: list[dict], max_examples: int) -> dict[s
     by_family = summarize(rows, "family") if any(r.get("family") for r in rows) else []
     intro = f"Run: {json.dumps(record.get('dataset', {}))}, model {record.get('model', '?')}.\nMean ± 95 % interval (Student's t) over triplets.\n"
     markdown = "# Benchmark summary\n\n" + intro + "\n" + markdown_table(overall)
+    paired = paired_differences(rows)
+    if paired:
+        markdown += "\n## Paired differences against difference-inversion (same triplets)\n\n" + markdown_table(paired, scores_only=True)
     if by_family:
-        markdown += "\n## Per family\n\n" + markdown_table(by_family, "family")
+        markdown += "\n## Per family\n\n" + markdown_table(by_family, "family", scores_only=True)
     paths = {"md": run_dir / "summary.md", "csv": run_dir / "summary.csv", "html": run_dir / "report.html"}
     _write(paths["md"], markdown)
     _write(paths["csv"], csv_text(overall + by_family))
-    _write(paths["html"], html_report(record, rows, overall, by_family, max_examples))
+    _write(paths["html"], html_report(record, rows, overall, paired, by_family, max_examples))
     return paths
 
 
-def _html_table(table: list[dict], group: str | None = None) -> str:
+def _html_table(table: list[dict], group: str | None = None, scores_only: bool = False) -> str:
     if not table:
         return "<p>(no results)</p>"
-    metrics = _columns(table, only_scores=group is not None)
-    head = "".join(f"<th>{escape(h)}</th>" for h in ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], "s/triplet"])
-    body = ""
-    for entry in table:
-        cells = [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], f"{entry['seconds_median']:.2f}"]
-        body += "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>\n"
+    header, rows = table_cells(table, group, scores_only)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>\n" for cells in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
-def html_report(record: dict, rows: list[dict], overall: list[dict], by_family: list[dict], max_examples: int) -> str:
+def html_report(record: dict, rows: list[dict], overall: list[dict], paired: list[dict], by_family: list[dict], max_examples: int) -> str:
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}figure{display:inline-block;margin:6px}figcaption{font-size:11px}img{image-rendering:pixelated}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>diffinv bench</title><style>{style}</style></head><body>",
              "<h1>diffinv bench</h1>",
              f"<pre>{escape(json.dumps({k: record.get(k) for k in ('dataset', 'model', 'methods', 'base_config')}, indent=1))}</pre>",
              "<h2>Summary</h2><p>Mean ± 95 % interval (Student's t) over triplets.</p>", _html_table(overall)]
+    if paired:
+        parts += ["<h2>Paired differences against difference-inversion (same triplets)</h2>", _html_table(paired, scores_only=True)]
     if by_family:
-        parts += ["<h2>Per family</h2>", _html_table(by_family, "family")]
+        parts += ["<h2>Per family</h2>", _html_table(by_family, "family", scores_only=True)]
     for method in dict.fromkeys(r["method"] for r in rows):
         examples = sorted((r for r in rows if r["method"] == method), key=lambda r: r.get("index", 0))[:max_examples]
         parts.append(f"<h2>{escape(method)}</h2>")
