@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = bench_commands.add_parser("report", help="rewrite summary.md, summary.csv and report.html of a run directory")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
+    report.add_argument("--baseline", default="difference-inversion", metavar="METHOD", help="method the paired differences are taken against (default difference-inversion)")
     report.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
 
@@ -296,7 +297,7 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.bench_command == "report":
         if not (Path(args.run_dir) / "results.jsonl").exists():
             raise DiffinvError(f"{args.run_dir}: no results.jsonl (not a bench run directory)")
-        paths = write_reports(args.run_dir, args.max_examples)
+        paths = write_reports(args.run_dir, args.max_examples, args.baseline)
         print(f"wrote {paths['md']}, {paths['csv']} and {paths['html']}")
         return
 

@@ -144,28 +144,29 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_reports(run_dir: str | Path, max_examples: int = 12) -> dict[str, Path]:
-    """summary.md, summary.csv and report.html from results.jsonl. Returns their paths."""
+def write_reports(run_dir: str | Path, max_examples: int = 12, baseline: str = "difference-inversion") -> dict[str, Path]:
+    """summary.md, summary.csv and report.html from results.jsonl, with paired differences
+    against the `baseline` method when the run has it. Returns their paths."""
     run_dir = Path(run_dir)
     with locked_results(run_dir):  # no line can be added between reading and writing
-        return _write_reports(run_dir, latest_rows(read_results(run_dir)), max_examples)
+        return _write_reports(run_dir, latest_rows(read_results(run_dir)), max_examples, baseline)
 
 
-def _write_reports(run_dir: Path, rows: list[dict], max_examples: int) -> dict[str, Path]:
+def _write_reports(run_dir: Path, rows: list[dict], max_examples: int, baseline: str) -> dict[str, Path]:
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
     overall = summarize(rows)
     by_family = summarize(rows, "family") if any(r.get("family") for r in rows) else []
     intro = f"Run: {json.dumps(record.get('dataset', {}))}, model {record.get('model', '?')}.\nMean ± 95 % interval (Student's t) over triplets.\n"
     markdown = "# Benchmark summary\n\n" + intro + "\n" + markdown_table(overall)
-    paired = paired_differences(rows)
+    paired = paired_differences(rows, baseline)
     if paired:
-        markdown += "\n## Paired differences against difference-inversion (same triplets)\n\n" + markdown_table(paired, scores_only=True)
+        markdown += f"\n## Paired differences against {baseline} (same triplets)\n\n" + markdown_table(paired, scores_only=True)
     if by_family:
         markdown += "\n## Per family\n\n" + markdown_table(by_family, "family", scores_only=True)
     paths = {"md": run_dir / "summary.md", "csv": run_dir / "summary.csv", "html": run_dir / "report.html"}
     _write(paths["md"], markdown)
     _write(paths["csv"], csv_text(overall + by_family))
-    _write(paths["html"], html_report(record, rows, overall, paired, by_family, max_examples))
+    _write(paths["html"], html_report(record, rows, overall, paired, by_family, max_examples, baseline))
     return paths
 
 
@@ -178,14 +179,14 @@ def _html_table(table: list[dict], group: str | None = None, scores_only: bool =
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
-def html_report(record: dict, rows: list[dict], overall: list[dict], paired: list[dict], by_family: list[dict], max_examples: int) -> str:
+def html_report(record: dict, rows: list[dict], overall: list[dict], paired: list[dict], by_family: list[dict], max_examples: int, baseline: str) -> str:
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}figure{display:inline-block;margin:6px}figcaption{font-size:11px}img{image-rendering:pixelated}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>diffinv bench</title><style>{style}</style></head><body>",
              "<h1>diffinv bench</h1>",
              f"<pre>{escape(json.dumps({k: record.get(k) for k in ('dataset', 'model', 'methods', 'base_config')}, indent=1))}</pre>",
              "<h2>Summary</h2><p>Mean ± 95 % interval (Student's t) over triplets.</p>", _html_table(overall)]
     if paired:
-        parts += ["<h2>Paired differences against difference-inversion (same triplets)</h2>", _html_table(paired, scores_only=True)]
+        parts += [f"<h2>Paired differences against {escape(baseline)} (same triplets)</h2>", _html_table(paired, scores_only=True)]
     if by_family:
         parts += ["<h2>Per family</h2>", _html_table(by_family, "family", scores_only=True)]
     for method in dict.fromkeys(r["method"] for r in rows):
