@@ -167,6 +167,14 @@ def test_summaries_group_by_method_and_family():
     assert families["x"]["n"] == 2 and families["y"]["correct"] == 0.5
 
 
+def test_family_matrix():
+    from diffinv.bench.report import family_matrix
+
+    rows = [{"method": "m", "id": str(i), "family": "x" if i < 2 else "y", "correct": float(i == 0), "edit": 1.0, "preserved": float(i == 0)} for i in range(4)]
+    assert family_matrix(rows).splitlines()[2] == "| m | 50 / 100 / 50 | 0 / 100 / 0 |"
+    assert family_matrix([{"method": "m", "id": "1", "family": "x", "clip_directional": 0.1}]) == ""
+
+
 def test_paired_differences_use_only_shared_triplets():
     base = [{"method": "difference-inversion", "id": str(i), "correct": 0.0, "clip_directional": 0.1 * i} for i in range(4)]
     other = [{"method": "variant", "id": str(i), "correct": 1.0 if i < 2 else 0.0, "clip_directional": 0.1 * i + 0.2} for i in range(1, 5)]

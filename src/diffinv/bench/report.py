@@ -128,6 +128,22 @@ def markdown_table(table: list[dict], group: str | None = None, scores_only: boo
     return "\n".join(lines) + "\n"
 
 
+def family_matrix(rows: list[dict], scores: tuple[str, ...] = ("correct", "edit", "preserved")) -> str:
+    """Markdown: one row per method, one column per family, cells 'correct / edit / preserved'
+    in % (the compact view of the per-family table; empty when the rows have no such scores)."""
+    families = list(dict.fromkeys(r["family"] for r in rows if r.get("family")))
+    if not families or not any(scores[0] in r for r in rows):
+        return ""
+    lines = ["| method | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for family in families:
+            chosen = [r for r in rows if r["method"] == method and r.get("family") == family and scores[0] in r]
+            cells.append(" / ".join(f"{100 * sum(r[k] for r in chosen) / len(chosen):.0f}" for k in scores) if chosen else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(table: list[dict]) -> str:
     columns = list(dict.fromkeys(k for entry in table for k in entry))
     out = io.StringIO()
@@ -161,8 +177,11 @@ def _write_reports(run_dir: Path, rows: list[dict], max_examples: int, baseline:
     paired = paired_differences(rows, baseline)
     if paired:
         markdown += f"\n## Paired differences against {baseline} (same triplets)\n\n" + markdown_table(paired, scores_only=True)
+    matrix = family_matrix(rows)
+    if matrix:
+        markdown += "\n## Per family: correct / edit / preserved (%)\n\n" + matrix
     if by_family:
-        markdown += "\n## Per family\n\n" + markdown_table(by_family, "family", scores_only=True)
+        markdown += "\n## Per family, with intervals\n\n" + markdown_table(by_family, "family", scores_only=True)
     paths = {"md": run_dir / "summary.md", "csv": run_dir / "summary.csv", "html": run_dir / "report.html"}
     _write(paths["md"], markdown)
     _write(paths["csv"], csv_text(overall + by_family))
