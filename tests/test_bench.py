@@ -264,12 +264,14 @@ def test_append_result_closes_a_half_line_first(tmp_path):
 
 
 def test_a_different_run_in_the_same_directory_is_refused(tmp_path):
-    record = {"dataset": {"name": "shapes", "n": 5}, "model": "shapes", "methods": ["copy-b"], "base_config": {"steps": 50}}
+    record = {"dataset": {"name": "shapes", "n": 5}, "model": "shapes", "methods": ["copy-b"], "base_config": {"steps": 50}, "seed": 0}
     check_run_record(tmp_path, record)
     check_run_record(tmp_path, {**record, "methods": ["difference-inversion"]})  # more methods: fine
     assert json.loads((tmp_path / "run.json").read_text())["methods"] == ["copy-b", "difference-inversion"]
     with pytest.raises(DiffinvError, match="different run"):
         check_run_record(tmp_path, {**record, "base_config": {"steps": 60}})
+    with pytest.raises(DiffinvError, match="different run"):
+        check_run_record(tmp_path, {**record, "seed": 1})
 
 
 def test_oracle_caption_needs_a_caption(bench_di, clip, tmp_path):

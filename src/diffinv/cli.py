@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", choices=["shapes", "folder", "instructpix2pix"], default="shapes", help="shapes (seeded, offline; default), folder (--data DIR of triplet folders) or instructpix2pix (--data: a local copy)")
     run.add_argument("--data", help="dataset directory for folder / instructpix2pix")
     run.add_argument("--n", type=int, help="number of triplets: shapes default 100, instructpix2pix 300 (the paper's)")
+    run.add_argument("--triplet-seed", type=int, default=0, help="seed that draws the shapes / InstructPix2Pix triplets (default 0); --seed seeds the methods (PEZ, fitting, sampling; triplet i uses seed + i)")
     run.add_argument("--families", help="shapes only: comma-separated families (default all: shape,colour,size,background,dot)")
     run.add_argument("--method", action="append", dest="methods", metavar="SPEC", help="repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, clip-loss-token-mean, hard-tokens, sample-from-noise), NAME:field=value,…, or a preset (fig5, n-sweep, alpha-sweep, open-choices). Default: difference-inversion and copy-b (+ oracle-caption on shapes)")
     run.add_argument("--set", dest="base_changes", default="", metavar="FIELD=VALUE,…", help="changes to the model's default config for every Difference Inversion method (e.g. steps=100)")
@@ -310,16 +311,16 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.dataset == "shapes":
         if args.data:
             raise DiffinvError("--data is for the folder and instructpix2pix datasets")
-        triplets = shapes_dataset(args.n or 100, args.seed, tuple(args.families.split(",")) if args.families else None)
-        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.seed, "families": args.families or "all"}
+        triplets = shapes_dataset(args.n or 100, args.triplet_seed, tuple(args.families.split(",")) if args.families else None)
+        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
     elif not args.data:
         raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
     elif args.dataset == "folder":
         triplets = folder_dataset(args.data)
         dataset = {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
     else:
-        triplets = instructpix2pix_dataset(args.data, args.n or 300, args.seed)
-        dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.seed}
+        triplets = instructpix2pix_dataset(args.data, args.n or 300, args.triplet_seed)
+        dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.triplet_seed}
     default_methods = ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
     methods = expand_methods(args.methods or default_methods)
     base_changes = parse_changes(args.base_changes)

@@ -116,9 +116,9 @@ def check_run_record(run_dir: Path, record: dict) -> None:
     path = run_dir / "run.json"
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        same = {k: previous.get(k) for k in ("dataset", "base_config", "model")} == {k: record.get(k) for k in ("dataset", "base_config", "model")}
-        if not same:
-            raise DiffinvError(f"{run_dir} holds a different run (dataset, model or base config differ); give another --out")
+        keys = ("dataset", "base_config", "model", "seed")
+        if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
+            raise DiffinvError(f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out")
         record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
