@@ -39,8 +39,11 @@ class InversionConfig:
             (as VISII does for its instruction); works for every backbone.
             "token-mean": cosine between the mean of the DIFF token embeddings and the delta;
             only defined where token width equals the joint width (SD 1.x / 2.x with their CLIP).
+            Default text-tower by measurement: token-mean learned nothing usable in the shapes
+            world (docs/results.md §4).
         hard_tokens: project D̃ onto the nearest vocabulary embeddings in every forward pass
             (PEZ's straight-through trick), so that the result is a sequence of real words.
+            Default off by measurement: −29 points of edit success in the shapes world.
         use_token_consistency: ablation switch for L_tc (Fig. 5).
         use_clip_loss: ablation switch for L_clip.
 
@@ -58,7 +61,8 @@ class InversionConfig:
     Drawing B′ (not stated in the paper)
         sampling_mode: "img2img" (SDEdit from B at `strength`) or "noise" (text-to-image from
             pure noise with the full prompt). Default img2img, since the paper requires B′ to
-            keep as much of B as possible; to be settled by the benchmark (issue 4).
+            keep as much of B as possible and it runs fewer steps; in the shapes world the
+            modes and strengths 0.6–1.0 score the same (docs/results.md §4).
         strength: img2img strength; 1.0 is equivalent to starting from noise.
         guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5.
         sampling_steps: denoising steps of the scheduler; 50.
