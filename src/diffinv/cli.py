@@ -117,13 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
-    bench = commands.add_parser("bench", help="benchmark methods on triplet datasets (resumable; summary, CSV, HTML report)", description="Run methods over a triplet dataset and report; see docs/benchmarks.md.")
+    bench = commands.add_parser("bench", help="benchmark methods on triplet datasets (resumable; summary, CSV, HTML report)", description="Run methods over a triplet dataset and report; see docs/bench.md.")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
     run = bench_commands.add_parser("run", help="run (or resume) a benchmark into --out", description="Run methods over triplets, writing B′, grids, loss plots and results.jsonl as each triplet finishes; the same command again resumes. Under `accelerate launch` the triplets are sharded across processes.")
     run.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     run.add_argument("--dataset", choices=["shapes", "folder", "instructpix2pix"], default="shapes", help="shapes (seeded, offline; default), folder (--data DIR of triplet folders) or instructpix2pix (--data: a local copy)")
     run.add_argument("--data", help="dataset directory for folder / instructpix2pix")
-    run.add_argument("--n", type=int, help="number of triplets: shapes default 100, instructpix2pix 300 (the paper's)")
+    run.add_argument("--n", type=int, help="number of triplets: shapes default 100, instructpix2pix 300 (the paper's), folder: the first N (default all)")
     run.add_argument("--triplet-seed", type=int, default=0, help="seed that draws the shapes / InstructPix2Pix triplets (default 0); --seed seeds the methods (PEZ, fitting, sampling; triplet i uses seed + i)")
     run.add_argument("--families", help="shapes only: comma-separated families (default all: shape,colour,size,background,dot)")
     run.add_argument("--method", action="append", dest="methods", metavar="SPEC", help="repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, clip-loss-token-mean, hard-tokens, sample-from-noise), NAME:field=value,…, or a preset (fig5, n-sweep, alpha-sweep, open-choices). Default: difference-inversion and copy-b (+ oracle-caption on shapes)")
@@ -274,21 +274,29 @@ def run_shapes(args: argparse.Namespace) -> None:
             raise DiffinvError("some shapes-world gates fail")
 
 
-def _embedders(args: argparse.Namespace, di) -> list:
+def _embedder_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, model) per --embedder, checked before any model loads."""
+    specs = args.embedders or (["clip"] if args.model == "shapes" else ["clip", "dinov2=facebook/dinov2-base"])
+    parsed = []
+    for spec in specs:
+        name, _, model_id = spec.partition("=")
+        if name not in ("clip", "dinov2") or (name == "dinov2" and not model_id):
+            raise DiffinvError(f"bad --embedder {spec!r}: use clip, clip=MODEL or dinov2=MODEL")
+        parsed.append((name, model_id))
+    return parsed
+
+
+def _embedders(specs: list[tuple[str, str]], di) -> list:
     from .bench.metrics import ClipEmbedder, Dinov2Embedder
     from .clip_space import ClipSpace
 
-    specs = args.embedders or (["clip"] if args.model == "shapes" else ["clip", "dinov2=facebook/dinov2-base"])
     embedders = []
-    for spec in specs:
-        name, _, model_id = spec.partition("=")
+    for name, model_id in specs:
         if name == "clip":
             clip = ClipSpace.from_pretrained(model_id, di.clip.device, di.clip.model.dtype) if model_id else di.clip
             embedders.append(ClipEmbedder(clip))
-        elif name == "dinov2" and model_id:
-            embedders.append(Dinov2Embedder.from_pretrained(model_id, di.clip.device))
         else:
-            raise DiffinvError(f"bad --embedder {spec!r}: use clip, clip=MODEL or dinov2=MODEL")
+            embedders.append(Dinov2Embedder.from_pretrained(model_id, di.clip.device))
     return embedders
 
 
@@ -307,6 +315,8 @@ def run_bench(args: argparse.Namespace) -> None:
     from .bench.datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
     from .bench.methods import expand_methods, parse_changes
     from .bench.run import BenchRunner, Shard, check_run_record, local_device
+    from .config import InversionConfig
+    from .shapes import shapes_config
 
     if args.dataset == "shapes":
         if args.data:
@@ -316,18 +326,29 @@ def run_bench(args: argparse.Namespace) -> None:
     elif not args.data:
         raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
     elif args.dataset == "folder":
-        triplets = folder_dataset(args.data)
+        triplets = folder_dataset(args.data)[: args.n]
         dataset = {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
     else:
         triplets = instructpix2pix_dataset(args.data, args.n or 300, args.triplet_seed)
         dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.triplet_seed}
     default_methods = ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
     methods = expand_methods(args.methods or default_methods)
-    base_changes = parse_changes(args.base_changes)
+    # Everything that can be wrong is checked before the model loads (minutes, for a real one).
+    base_config = (shapes_config() if args.model == "shapes" else InversionConfig()).replace(**parse_changes(args.base_changes))
+    for method in methods:
+        method.config(base_config)
+    if args.batch is not None and args.batch < 1:
+        raise DiffinvError(f"--batch must be at least 1, got {args.batch}")
+    embedder_specs = _embedder_specs(args)
+    run_dir = Path(args.out)
+    _check_output(run_dir, must_be_dir=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"dataset": dataset, "model": args.model, "methods": [m.spec for m in methods], "base_config": json.loads(base_config.to_json()), "seed": args.seed}
+    check_run_record(run_dir, record)
+
     shard = Shard.from_environment()
     args.device = args.device or local_device()
     di = _load(args)
-    base_config = di.default_config.replace(**base_changes)
     classifier = None
     if args.model == "shapes":
         from .shapes import MODEL_DIR
@@ -335,12 +356,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
         classifier = AttributeClassifier.load(MODEL_DIR / "classifier")
     batch = args.batch if args.batch is not None else (8 if args.model == "shapes" else 1)
-    run_dir = Path(args.out)
-    _check_output(run_dir, must_be_dir=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"dataset": dataset, "model": args.model, "methods": [m.spec for m in methods], "base_config": json.loads(base_config.to_json()), "seed": args.seed}
-    check_run_record(run_dir, record)
-    runner = BenchRunner(di, run_dir, base_config, _embedders(args, di), classifier, batch, args.seed, progress=not args.quiet)
+    runner = BenchRunner(di, run_dir, base_config, _embedders(embedder_specs, di), classifier, batch, args.seed, progress=not args.quiet)
     count = runner.run(methods, triplets, shard)
     paths = write_reports(run_dir, args.max_examples)
     part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
