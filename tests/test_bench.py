@@ -274,6 +274,17 @@ def test_a_different_run_in_the_same_directory_is_refused(tmp_path):
         check_run_record(tmp_path, {**record, "seed": 1})
 
 
+def test_run_records_written_at_once_by_several_processes_merge(tmp_path):
+    """Shard processes start together: every one's methods end up in run.json, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    record = {"dataset": {"name": "shapes", "n": 5}, "model": "shapes", "base_config": {"steps": 50}, "seed": 0}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: check_run_record(tmp_path, {**record, "methods": [f"m{i}"]}), range(8)))
+    assert sorted(json.loads((tmp_path / "run.json").read_text())["methods"]) == [f"m{i}" for i in range(8)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_oracle_caption_needs_a_caption(bench_di, clip, tmp_path):
     triplet = tiny_triplets(1)[0]
     triplet.caption_b_prime = None

@@ -112,17 +112,19 @@ def append_result(run_dir: Path, row: dict) -> None:
 
 
 def check_run_record(run_dir: Path, record: dict) -> None:
-    """Write run.json, or make sure the directory holds the same run before resuming it."""
-    path = run_dir / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        keys = ("dataset", "base_config", "model", "seed")
-        if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
-            raise DiffinvError(f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out")
-        record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write run.json, or make sure the directory holds the same run before resuming it (adding
+    any new methods to the record). Under the results lock: shard processes start together."""
+    path = Path(run_dir) / "run.json"
+    with locked_results(run_dir):
+        if path.exists():
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            keys = ("dataset", "base_config", "model", "seed")
+            if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
+                raise DiffinvError(f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out")
+            record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
+        tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 # --- one method on a batch of triplets ------------------------------------------------------------------
