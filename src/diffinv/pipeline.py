@@ -169,7 +169,7 @@ class DifferenceInversion:
         captions = captions or [None] * len(pairs)
         if not (len(pairs) == len(seeds) == len(captions)) or not pairs:
             raise DiffinvError("fit_many needs one seed and one caption pair (or None) per pair, and at least one pair")
-        prepared = [self.prepare(a, a_prime, config, caption, None, seed, progress=False) for (a, a_prime), caption, seed in zip(pairs, captions, seeds)]
+        prepared = [self.prepare(a, a_prime, config, caption, None, seed, progress) for (a, a_prime), caption, seed in zip(pairs, captions, seeds)]
         return self._fit_prepared(prepared, config, seeds, progress)
 
     def _fit_prepared(self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool) -> list[DiffTokens]:
