@@ -344,3 +344,30 @@ def test_two_shard_processes_share_one_result_set(tmp_path):
     rows = read_results(out)
     assert sorted((r["method"], r["index"]) for r in rows) == sorted((m, i) for m in ("copy-b", "difference-inversion") for i in range(4))
     assert "| difference-inversion | 4 |" in (out / "summary.md").read_text()
+
+
+def test_bench_on_a_saved_model_with_a_folder_dataset_and_dinov2(tiny_model_dir, tmp_path, capsys):
+    """The real-model path end to end, offline: a model directory, the folder layout of
+    examples/, CLIP retrieval captions, and a DINOv2 loaded from a directory."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    model_dir, clip_dir = tiny_model_dir
+    dinov2_dir = tmp_path / "dinov2"
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=224, patch_size=56)).save_pretrained(dinov2_dir)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a red circle\na photo of a blue square\na photo of a green triangle\n")
+    out = tmp_path / "run"
+    argv = ["bench", "run", "--out", out, "--dataset", "folder", "--data", EXAMPLES, "--n", "2", "--model", model_dir, "--clip-model", clip_dir,
+            "--captions-from", captions, "--embedder", "clip", "--embedder", f"dinov2={dinov2_dir}", "--set", "steps=2,sampling_steps=2,prompt_source=caption", "--device", "cpu", "--quiet"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    rows = read_results(out)
+    assert sorted((r["method"], r["id"]) for r in rows) == sorted((m, i) for m in ("difference-inversion", "copy-b") for i in ("background", "colour"))
+    assert all({"clip_directional", "dinov2_directional", "clip_to_truth", "dinov2_to_truth"} <= set(r) for r in rows)
+    assert "edit" not in rows[0]  # no classifier outside the shapes world
+    capsys.readouterr()
+
+    missing = ["bench", "run", "--out", tmp_path / "run2", "--dataset", "folder", "--data", EXAMPLES, "--model", model_dir, "--clip-model", clip_dir,
+               "--captions-from", captions, "--embedder", f"dinov2={tmp_path / 'no-such-dinov2'}", "--device", "cpu", "--quiet"]
+    code = main([str(a) for a in missing])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-dinov2: no such DINOv2 model directory" in err and len(err.splitlines()) == 1, err

@@ -8,6 +8,7 @@ before the differences are taken (as CLIP-directional scores usually are), and a
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -50,6 +51,9 @@ class Dinov2Embedder:
     def from_pretrained(cls, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Dinov2Embedder":
         from transformers import Dinov2Model
 
+        looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1  # hub ids are owner/name
+        if looks_local and not os.path.isdir(os.path.expanduser(model_id)):
+            raise DiffinvError(f"{model_id}: no such DINOv2 model directory")
         try:
             model = Dinov2Model.from_pretrained(model_id, dtype=dtype)
         except (OSError, ValueError) as error:
