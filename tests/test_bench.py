@@ -146,7 +146,8 @@ def test_dinov2_embedder_on_a_tiny_model():
     assert embedder.pixels(images).shape == (2, 3, 28, 28)
     features = embedder(images)
     assert features.shape == (2, 16) and not torch.allclose(features[0], features[1])
-    assert -1 <= directional_score(embedder, *images, *images[::-1]) <= 1
+    assert directional_score(embedder, *images, *images) == pytest.approx(1.0, abs=1e-5)
+    assert directional_score(embedder, *images, *images[::-1]) == pytest.approx(-1.0, abs=1e-5)
 
 
 # --- intervals and summaries ---------------------------------------------------------------------------

@@ -7,13 +7,13 @@ trained on LAION-2B). `default_clip_for` picks it from the token width.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
 from .errors import DiffinvError
+from .images import centre_crops
 from .text_slots import replaced_token_embeddings
 
 # The normalisation every OpenAI and OpenCLIP CLIP was trained with.
@@ -73,19 +73,10 @@ class ClipSpace:
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, 3, S, S): shorter side resized to S, centre crop, CLIP normalisation."""
         side = self.model.config.vision_config.image_size
-        batch = []
-        for image in images:
-            scale = side / min(image.size)
-            resized = image.resize(
-                (max(side, round(image.width * scale)), max(side, round(image.height * scale))),
-                Image.Resampling.BICUBIC,
-            )
-            left, top = (resized.width - side) // 2, (resized.height - side) // 2
-            array = np.asarray(resized.crop((left, top, left + side, top + side)), dtype=np.float32) / 255.0
-            batch.append(torch.from_numpy(array).permute(2, 0, 1))
+        pixels = torch.from_numpy(centre_crops(images, side, side)).permute(0, 3, 1, 2)
         mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         std = torch.tensor(CLIP_STD).view(3, 1, 1)
-        return ((torch.stack(batch) - mean) / std).to(self.device, self.model.dtype)
+        return ((pixels - mean) / std).to(self.device, self.model.dtype)
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:

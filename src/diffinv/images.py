@@ -74,3 +74,15 @@ def working_size(width: int, height: int, resolution: int, multiple: int) -> tup
 def fit_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Centre-crop `image` to the aspect ratio of `size`, then resize it to `size` (bicubic)."""
     return ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)
+
+
+def centre_crops(images: list[Image.Image], resize: int, crop: int) -> np.ndarray:
+    """(B, crop, crop, 3) float32 in [0, 1]: each image's shorter side resized to `resize` (at
+    least `crop`, bicubic), then its centre `crop`² — the evaluation transform of CLIP and DINOv2."""
+    out = []
+    for image in images:
+        scale = max(resize, crop) / min(image.size)
+        resized = image.convert("RGB").resize((max(crop, round(image.width * scale)), max(crop, round(image.height * scale))), Image.Resampling.BICUBIC)
+        left, top = (resized.width - crop) // 2, (resized.height - crop) // 2
+        out.append(np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0)
+    return np.stack(out)

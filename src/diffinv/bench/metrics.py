@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import DiffinvError
+from ..images import centre_crops
 
 
 class Embedder(Protocol):
@@ -61,15 +61,9 @@ class Dinov2Embedder:
         return cls(model.to(device))
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        batch = []
-        for image in images:
-            scale = self.resize / min(image.size)
-            resized = image.convert("RGB").resize((max(self.crop, round(image.width * scale)), max(self.crop, round(image.height * scale))), Image.Resampling.BICUBIC)
-            left, top = (resized.width - self.crop) // 2, (resized.height - self.crop) // 2
-            cropped = resized.crop((left, top, left + self.crop, top + self.crop))
-            batch.append(torch.from_numpy(np.asarray(cropped, dtype=np.float32)).permute(2, 0, 1) / 255)
+        pixels = torch.from_numpy(centre_crops(images, self.resize, self.crop)).permute(0, 3, 1, 2)
         mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return ((torch.stack(batch) - mean) / std).to(self.model.device, self.model.dtype)
+        return ((pixels - mean) / std).to(self.model.device, self.model.dtype)
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:

@@ -21,6 +21,12 @@ from .run import locked_results, read_results
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 METRIC_ORDER = ("correct", "edit", "preserved", "clip_directional", "dinov2_directional", "clip_to_truth", "dinov2_to_truth", "final_loss_tc", "final_loss_clip")
 NOT_METRICS = {"index", "seconds"}
+PERCENT = {"correct", "edit", "preserved"}
+
+
+def is_score(metric: str) -> bool:
+    """The scores of a B′ (shapes verdicts, directional similarities), not losses or similarity to the truth."""
+    return metric in PERCENT or metric.endswith("_directional")
 
 
 def t_quantile(df: int) -> float:
@@ -74,7 +80,7 @@ def paired_differences(rows: list[dict], baseline: str = "difference-inversion")
     base = {r["id"]: r for r in rows if r["method"] == baseline}
     if not base:
         return []
-    scores = [m for m in metric_names(rows) if m in PERCENT or m.endswith("_directional")]
+    scores = [m for m in metric_names(rows) if is_score(m)]
     table = []
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
         both = [(r, base[r["id"]]) for r in rows if r["method"] == method and r["id"] in base]
@@ -98,14 +104,11 @@ def _cell(entry: dict, metric: str, percent: bool) -> str:
     return f"{mean:.4f} ± {half:.4f}" if not math.isnan(half) else f"{mean:.4f}"
 
 
-PERCENT = {"correct", "edit", "preserved"}
-
-
 def _columns(table: list[dict], only_scores: bool) -> list[str]:
     """Metric columns of a summary table; `only_scores` keeps the scores (not losses, not
     similarity to the truth), for the narrower per-family tables."""
     metrics = [m for m in metric_names(table) if not m.endswith("_ci95") and m not in ("n", "seconds_median")]
-    return [m for m in metrics if m in PERCENT or m.endswith("_directional")] if only_scores else metrics
+    return [m for m in metrics if is_score(m)] if only_scores else metrics
 
 
 def table_cells(table: list[dict], group: str | None = None, scores_only: bool = False) -> tuple[list[str], list[list[str]]]:

@@ -147,8 +147,7 @@ class BenchRunner:
         for method in methods:
             if method.base == "oracle-caption" and any(t.caption_b_prime is None for t in triplets):
                 raise DiffinvError("oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)")
-            if method.fits_tokens:
-                method.config(self.base_config).validate()
+            method.config(self.base_config)  # an invalid change raises here, before any work
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
         count = 0
