@@ -31,7 +31,9 @@ def main() -> None:
 
     di = load_shapes(device="cpu")
     config = di.default_config
-    prepared = [di.prepare(render(t.a), render(t.a_prime), config, progress=False) for t in triplets(args.pairs, seed=0)]
+    prepared = [
+        di.prepare(render(t.a), render(t.a_prime), config, progress=False) for t in triplets(args.pairs, seed=0)
+    ]
     print(f"{args.pairs} shapes pairs, {config.steps} steps, {args.threads} thread(s)")
     print(f"{'K':>3} {'s/pair':>8} {'speed-up':>9}")
     baseline = None
@@ -40,7 +42,9 @@ def main() -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             for i in range(0, args.pairs, k):
-                fit_diff_tokens(di.backbone, di.clip, prepared[i : i + k], config, torch.Generator().manual_seed(i), progress=False)
+                fit_diff_tokens(
+                    di.backbone, di.clip, prepared[i : i + k], config, torch.Generator().manual_seed(i), progress=False
+                )
             best = min(best, (time.perf_counter() - start) / args.pairs)
         baseline = baseline or best
         print(f"{k:>3} {best:8.3f} {baseline / best:8.2f}×", flush=True)

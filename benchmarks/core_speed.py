@@ -69,7 +69,9 @@ def main() -> None:
         steps.append(step_seconds(backbone, clip, pair, config, generator))
     floor, step = statistics.median(floors), statistics.median(steps)
     print(f"torch threads: {torch.get_num_threads()}")
-    print(f"floor (UNet fwd+bwd, batch 2): {floor * 1e3:.2f} ms   step: {step * 1e3:.2f} ms   ratio: {step / floor:.3f}")
+    print(
+        f"floor (UNet fwd+bwd, batch 2): {floor * 1e3:.2f} ms   step: {step * 1e3:.2f} ms   ratio: {step / floor:.3f}"
+    )
 
     if args.no_analogy:
         return
@@ -82,12 +84,17 @@ def main() -> None:
     t2 = time.perf_counter()
     from diffinv.tokens import DiffTokens
 
-    tokens = DiffTokens(diff, backbone.model_id, backbone.vocabulary.shape[0], paper, prepared.prompt_a, prepared.prompt_a_prime)
+    tokens = DiffTokens(
+        diff, backbone.model_id, backbone.vocabulary.shape[0], paper, prepared.prompt_a, prepared.prompt_a_prime
+    )
     di.apply(tokens, b, progress=False)  # includes PEZ on B
     t3 = time.perf_counter()
     total = t3 - t0
-    print(f"analogy (paper defaults, tiny models): {total:.1f} s = prepare (captions, PEZ ×2, deltas, latents) {(t1 - t0) / total:.0%}, "
-          f"optimisation {(t2 - t1) / total:.0%}, apply (PEZ on B + sampling) {(t3 - t2) / total:.0%}")
+    print(
+        f"analogy (paper defaults, tiny models): {total:.1f} s = "
+        f"prepare (captions, PEZ ×2, deltas, latents) {(t1 - t0) / total:.0%}, "
+        f"optimisation {(t2 - t1) / total:.0%}, apply (PEZ on B + sampling) {(t3 - t2) / total:.0%}"
+    )
 
 
 if __name__ == "__main__":

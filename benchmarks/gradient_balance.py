@@ -25,11 +25,22 @@ def gradient_ratio(di, pair, diff: torch.Tensor, config, draws: int) -> float:
     diff = diff.clone().requires_grad_(True)
     ids, mask = di.backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a], config.n_tokens)
     generator = torch.Generator().manual_seed(0)
-    grad_tc = sum(
-        torch.autograd.grad(config.lambda_tc * token_consistency_loss(di.backbone, diff, ids, mask, *noised_pair(di.backbone, pair.latents, generator)).sum(), diff)[0]
-        for _ in range(draws)
-    ) / draws
-    grad_clip = torch.autograd.grad(config.lambda_clip * clip_loss(di.clip, diff, pair.target_delta[None], config.clip_loss_space).sum(), diff)[0]
+    grad_tc = (
+        sum(
+            torch.autograd.grad(
+                config.lambda_tc
+                * token_consistency_loss(
+                    di.backbone, diff, ids, mask, *noised_pair(di.backbone, pair.latents, generator)
+                ).sum(),
+                diff,
+            )[0]
+            for _ in range(draws)
+        )
+        / draws
+    )
+    grad_clip = torch.autograd.grad(
+        config.lambda_clip * clip_loss(di.clip, diff, pair.target_delta[None], config.clip_loss_space).sum(), diff
+    )[0]
     return (grad_tc.norm() / grad_clip.norm()).item()
 
 
@@ -49,7 +60,10 @@ def main() -> None:
         ratios["zero start"].append(gradient_ratio(di, pair, torch.zeros_like(fitted), config, args.draws))
         ratios["fitted"].append(gradient_ratio(di, pair, fitted, config, args.draws))
     for name, values in ratios.items():
-        print(f"{name:>10}: median {statistics.median(values):.4f}, range {min(values):.4f} – {max(values):.4f}  (|grad tc| / |grad clip|, {args.n} triplets)")
+        print(
+            f"{name:>10}: median {statistics.median(values):.4f}, range {min(values):.4f} – {max(values):.4f}"
+            f"  (|grad tc| / |grad clip|, {args.n} triplets)"
+        )
 
 
 if __name__ == "__main__":

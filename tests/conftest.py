@@ -16,10 +16,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
 
 # The models are tiny: one thread is faster than several, and far faster when another process
 # is using the other cores (threads then wait on each other).
@@ -117,7 +117,12 @@ def tiny_model_dir(tmp_path_factory) -> tuple[str, str]:
 def module_parameters(backbone, clip) -> dict[str, torch.Tensor]:
     """Every parameter of UNet, VAE, text encoder and CLIP, by qualified name."""
     named = {}
-    for prefix, module in (("unet", backbone.unet), ("vae", backbone.vae), ("text_encoder", backbone.text_encoder), ("clip", clip.model)):
+    for prefix, module in (
+        ("unet", backbone.unet),
+        ("vae", backbone.vae),
+        ("text_encoder", backbone.text_encoder),
+        ("clip", clip.model),
+    ):
         for name, parameter in module.named_parameters():
             named[f"{prefix}.{name}"] = parameter
     return named

@@ -80,7 +80,9 @@ def test_sizes(backbone):
 def test_encode_images_gives_scaled_deterministic_latents(backbone, images):
     latents = backbone.encode_images([images["a"], images["a_prime"]])
     assert latents.shape == (2, 4, 16, 16)
-    assert torch.equal(latents, backbone.encode_images([images["a"], images["a_prime"]])), "posterior mean, not a sample"
+    assert torch.equal(latents, backbone.encode_images([images["a"], images["a_prime"]])), (
+        "posterior mean, not a sample"
+    )
     unscaled = backbone.vae.encode(backbone.to_pixels([images["a"]])).latent_dist.mean
     assert torch.allclose(latents[:1], unscaled * backbone.vae.config.scaling_factor, atol=1e-6)
 

@@ -43,14 +43,27 @@ def test_presets_expand_in_order_without_duplicates():
     assert specs == PRESETS["fig5"] + PRESETS["n-sweep"]
 
 
-@pytest.mark.parametrize("spec, fragment", [("dreambooth", "unknown method"), ("copy-b:alpha=1", "takes no config"), ("difference-inversion:colour=red", "bad config change"), ("difference-inversion:alpha", "bad config change")])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("dreambooth", "unknown method"),
+        ("copy-b:alpha=1", "takes no config"),
+        ("difference-inversion:colour=red", "bad config change"),
+        ("difference-inversion:alpha", "bad config change"),
+    ],
+)
 def test_bad_method_specs_are_refused(spec, fragment):
     with pytest.raises(DiffinvError, match=fragment):
         parse_method(spec)
 
 
 def test_parse_changes_types():
-    assert parse_changes("steps=10,alpha=0.25,hard_tokens=true,init=random") == {"steps": 10, "alpha": 0.25, "hard_tokens": True, "init": "random"}
+    assert parse_changes("steps=10,alpha=0.25,hard_tokens=true,init=random") == {
+        "steps": 10,
+        "alpha": 0.25,
+        "hard_tokens": True,
+        "init": "random",
+    }
 
 
 # --- datasets --------------------------------------------------------------------------------------
@@ -85,7 +98,12 @@ def test_folder_dataset_errors(tmp_path):
 
 def make_instructpix2pix(root: Path) -> None:
     """Three instructions with 1, 2 and 3 pairs; one instruction is spread over two folders."""
-    layout = {"0001": ("make it snow", [11]), "0002": ("turn it blue", [21, 22]), "0003": ("add a hat", [31, 32]), "0004": ("Add a hat", [41])}
+    layout = {
+        "0001": ("make it snow", [11]),
+        "0002": ("turn it blue", [21, 22]),
+        "0003": ("add a hat", [31, 32]),
+        "0004": ("Add a hat", [41]),
+    }
     for folder, (edit, seeds) in layout.items():
         (root / folder).mkdir(parents=True)
         (root / folder / "prompt.json").write_text(json.dumps({"input": "x", "edit": edit, "output": "y"}))
@@ -103,7 +121,9 @@ def test_instructpix2pix_protocol(tmp_path):
         assert t.info["b_from"] != t.id
         same = {"0002": "turn it blue", "0003": "add a hat", "0004": "add a hat"}
         assert same[t.info["b_from"][:4]] == same[t.id[:4]], "B comes from a pair with the same instruction"
-    assert [t.id for t in instructpix2pix_dataset(tmp_path, n=3, seed=5)] == [t.id for t in instructpix2pix_dataset(tmp_path, n=3, seed=5)]
+    assert [t.id for t in instructpix2pix_dataset(tmp_path, n=3, seed=5)] == [
+        t.id for t in instructpix2pix_dataset(tmp_path, n=3, seed=5)
+    ]
     assert len(instructpix2pix_dataset(tmp_path, n=3, seed=5)) == 3
 
 
@@ -123,7 +143,12 @@ class ColourMean:
     name = "mean"
 
     def __call__(self, images):
-        return torch.stack([torch.tensor(list(image.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))), dtype=torch.float32) for image in images])
+        return torch.stack(
+            [
+                torch.tensor(list(image.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))), dtype=torch.float32)
+                for image in images
+            ]
+        )
 
 
 def test_directional_score_signs():
@@ -140,7 +165,16 @@ def test_dinov2_embedder_on_a_tiny_model():
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    model = Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14))
+    model = Dinov2Model(
+        Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=28,
+            patch_size=14,
+        )
+    )
     embedder = Dinov2Embedder(model, resize=32, crop=28)
     images = [shape_image((40, 30), "red"), shape_image((30, 50), "blue")]
     assert embedder.pixels(images).shape == (2, 3, 28, 28)
@@ -161,7 +195,10 @@ def test_t_quantiles_and_interval():
 
 
 def test_summaries_group_by_method_and_family():
-    rows = [{"method": "m", "id": str(i), "family": "x" if i < 2 else "y", "correct": float(i % 2), "seconds": 1.0} for i in range(4)]
+    rows = [
+        {"method": "m", "id": str(i), "family": "x" if i < 2 else "y", "correct": float(i % 2), "seconds": 1.0}
+        for i in range(4)
+    ]
     overall = summarize(rows)
     assert overall[0]["n"] == 4 and overall[0]["correct"] == 0.5
     families = {e["family"]: e for e in summarize(rows, "family")}
@@ -171,18 +208,35 @@ def test_summaries_group_by_method_and_family():
 def test_family_matrix():
     from diffinv.bench.report import family_matrix
 
-    rows = [{"method": "m", "id": str(i), "family": "x" if i < 2 else "y", "correct": float(i == 0), "edit": 1.0, "preserved": float(i == 0)} for i in range(4)]
+    rows = [
+        {
+            "method": "m",
+            "id": str(i),
+            "family": "x" if i < 2 else "y",
+            "correct": float(i == 0),
+            "edit": 1.0,
+            "preserved": float(i == 0),
+        }
+        for i in range(4)
+    ]
     assert family_matrix(rows).splitlines()[2] == "| m | 50 / 100 / 50 | 0 / 100 / 0 |"
     assert family_matrix([{"method": "m", "id": "1", "family": "x", "clip_directional": 0.1}]) == ""
 
 
 def test_paired_differences_use_only_shared_triplets():
-    base = [{"method": "difference-inversion", "id": str(i), "correct": 0.0, "clip_directional": 0.1 * i} for i in range(4)]
-    other = [{"method": "variant", "id": str(i), "correct": 1.0 if i < 2 else 0.0, "clip_directional": 0.1 * i + 0.2} for i in range(1, 5)]
+    base = [
+        {"method": "difference-inversion", "id": str(i), "correct": 0.0, "clip_directional": 0.1 * i} for i in range(4)
+    ]
+    other = [
+        {"method": "variant", "id": str(i), "correct": 1.0 if i < 2 else 0.0, "clip_directional": 0.1 * i + 0.2}
+        for i in range(1, 5)
+    ]
     (entry,) = paired_differences(base + other)
     assert entry["method"] == "variant − difference-inversion" and entry["n"] == 3  # ids 1, 2, 3
     assert entry["correct"] == pytest.approx(1 / 3)
-    assert entry["clip_directional"] == pytest.approx(0.2) and entry["clip_directional_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert entry["clip_directional"] == pytest.approx(0.2) and entry["clip_directional_ci95"] == pytest.approx(
+        0.0, abs=1e-9
+    )
     assert paired_differences(other) == []
 
 
@@ -192,7 +246,9 @@ def bench_di(backbone, clip):
     from diffinv.captioners import ClipRetrievalCaptioner
     from diffinv.pipeline import DifferenceInversion
 
-    return DifferenceInversion(backbone, clip, ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME, "a photo of a red square"]))
+    return DifferenceInversion(
+        backbone, clip, ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME, "a photo of a red square"])
+    )
 
 
 def tiny_triplets(count: int = 3) -> list[BenchTriplet]:
@@ -265,7 +321,13 @@ def test_append_result_closes_a_half_line_first(tmp_path):
 
 
 def test_a_different_run_in_the_same_directory_is_refused(tmp_path):
-    record = {"dataset": {"name": "shapes", "n": 5}, "model": "shapes", "methods": ["copy-b"], "base_config": {"steps": 50}, "seed": 0}
+    record = {
+        "dataset": {"name": "shapes", "n": 5},
+        "model": "shapes",
+        "methods": ["copy-b"],
+        "base_config": {"steps": 50},
+        "seed": 0,
+    }
     check_run_record(tmp_path, record)
     check_run_record(tmp_path, {**record, "methods": ["difference-inversion"]})  # more methods: fine
     assert json.loads((tmp_path / "run.json").read_text())["methods"] == ["copy-b", "difference-inversion"]
@@ -296,7 +358,21 @@ def test_oracle_caption_needs_a_caption(bench_di, clip, tmp_path):
 # --- the command ------------------------------------------------------------------------------------
 def test_bench_command_on_the_shapes_world(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["bench", "run", "--out", out, "--n", "3", "--method", "difference-inversion", "--method", "copy-b", "--set", "steps=3,sampling_steps=4", "--quiet"]
+    argv = [
+        "bench",
+        "run",
+        "--out",
+        out,
+        "--n",
+        "3",
+        "--method",
+        "difference-inversion",
+        "--method",
+        "copy-b",
+        "--set",
+        "steps=3,sampling_steps=4",
+        "--quiet",
+    ]
     assert main([str(a) for a in argv]) == 0
     assert "ran 6 (method, triplet) pairs" in capsys.readouterr().out
     rows = read_results(out)
@@ -337,13 +413,41 @@ def test_two_shard_processes_share_one_result_set(tmp_path):
     import sys
 
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "diffinv.cli", "bench", "run", "--out", str(out), "--n", "4", "--method", "copy-b", "--method", "difference-inversion", "--set", "steps=2,sampling_steps=2", "--quiet"]
-    processes = [subprocess.Popen(argv, env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    argv = [
+        sys.executable,
+        "-m",
+        "diffinv.cli",
+        "bench",
+        "run",
+        "--out",
+        str(out),
+        "--n",
+        "4",
+        "--method",
+        "copy-b",
+        "--method",
+        "difference-inversion",
+        "--set",
+        "steps=2,sampling_steps=2",
+        "--quiet",
+    ]
+    processes = [
+        subprocess.Popen(
+            argv,
+            env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert all("ran 4 (method, triplet) pairs (shard" in stdout for stdout, _ in outputs)
     rows = read_results(out)
-    assert sorted((r["method"], r["index"]) for r in rows) == sorted((m, i) for m in ("copy-b", "difference-inversion") for i in range(4))
+    assert sorted((r["method"], r["index"]) for r in rows) == sorted(
+        (m, i) for m in ("copy-b", "difference-inversion") for i in range(4)
+    )
     assert "| difference-inversion | 4 |" in (out / "summary.md").read_text()
 
 
@@ -354,21 +458,76 @@ def test_bench_on_a_saved_model_with_a_folder_dataset_and_dinov2(tiny_model_dir,
 
     model_dir, clip_dir = tiny_model_dir
     dinov2_dir = tmp_path / "dinov2"
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=224, patch_size=56)).save_pretrained(dinov2_dir)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=224,
+            patch_size=56,
+        )
+    ).save_pretrained(dinov2_dir)
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a red circle\na photo of a blue square\na photo of a green triangle\n")
     out = tmp_path / "run"
-    argv = ["bench", "run", "--out", out, "--dataset", "folder", "--data", EXAMPLES, "--n", "2", "--model", model_dir, "--clip-model", clip_dir,
-            "--captions-from", captions, "--embedder", "clip", "--embedder", f"dinov2={dinov2_dir}", "--set", "steps=2,sampling_steps=2,prompt_source=caption", "--device", "cpu", "--quiet"]
+    argv = [
+        "bench",
+        "run",
+        "--out",
+        out,
+        "--dataset",
+        "folder",
+        "--data",
+        EXAMPLES,
+        "--n",
+        "2",
+        "--model",
+        model_dir,
+        "--clip-model",
+        clip_dir,
+        "--captions-from",
+        captions,
+        "--embedder",
+        "clip",
+        "--embedder",
+        f"dinov2={dinov2_dir}",
+        "--set",
+        "steps=2,sampling_steps=2,prompt_source=caption",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
     rows = read_results(out)
-    assert sorted((r["method"], r["id"]) for r in rows) == sorted((m, i) for m in ("difference-inversion", "copy-b") for i in ("background", "colour"))
+    assert sorted((r["method"], r["id"]) for r in rows) == sorted(
+        (m, i) for m in ("difference-inversion", "copy-b") for i in ("background", "colour")
+    )
     assert all({"clip_directional", "dinov2_directional", "clip_to_truth", "dinov2_to_truth"} <= set(r) for r in rows)
     assert "edit" not in rows[0]  # no classifier outside the shapes world
     capsys.readouterr()
 
-    missing = ["bench", "run", "--out", tmp_path / "run2", "--dataset", "folder", "--data", EXAMPLES, "--model", model_dir, "--clip-model", clip_dir,
-               "--captions-from", captions, "--embedder", f"dinov2={tmp_path / 'no-such-dinov2'}", "--device", "cpu", "--quiet"]
+    missing = [
+        "bench",
+        "run",
+        "--out",
+        tmp_path / "run2",
+        "--dataset",
+        "folder",
+        "--data",
+        EXAMPLES,
+        "--model",
+        model_dir,
+        "--clip-model",
+        clip_dir,
+        "--captions-from",
+        captions,
+        "--embedder",
+        f"dinov2={tmp_path / 'no-such-dinov2'}",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     code = main([str(a) for a in missing])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-dinov2: no such DINOv2 model directory" in err and len(err.splitlines()) == 1, err

@@ -44,7 +44,9 @@ def model_args(tiny_model_dir):
 
 
 def truncated_png(path: Path) -> Path:
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path.with_name("whole.png"))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        path.with_name("whole.png")
+    )
     data = path.with_name("whole.png").read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -89,13 +91,26 @@ def test_bad_image_for_fit(capsys, tmp_path, image_files, model_args, make, reas
 
 def test_bad_b_for_analogy(capsys, tmp_path, image_files, model_args):
     bad = truncated_png(tmp_path / "b.png")
-    code, _, err = run(capsys, ["analogy", image_files["a"], image_files["a_prime"], bad, "-o", tmp_path / "out.png", *model_args])
+    code, _, err = run(
+        capsys, ["analogy", image_files["a"], image_files["a_prime"], bad, "-o", tmp_path / "out.png", *model_args]
+    )
     assert_one_line_error(code, err, bad, "damaged or truncated")
 
 
 def test_bad_b_for_apply(capsys, tmp_path, fitted_tokens, image_files, model_args):
     fitted_tokens.save(tmp_path / "t.safetensors")
-    code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", image_files["b"], tmp_path / "missing.png", "-o", tmp_path / "out", *model_args])
+    code, _, err = run(
+        capsys,
+        [
+            "apply",
+            tmp_path / "t.safetensors",
+            image_files["b"],
+            tmp_path / "missing.png",
+            "-o",
+            tmp_path / "out",
+            *model_args,
+        ],
+    )
     assert_one_line_error(code, err, tmp_path / "missing.png", "no such file")
     assert not (tmp_path / "out").exists(), "inputs are checked before any output is written"
 
@@ -115,7 +130,9 @@ def test_safetensors_that_is_not_diff_tokens(capsys, tmp_path, image_files, mode
 
 
 def test_missing_token_file(capsys, tmp_path, image_files, model_args):
-    code, _, err = run(capsys, ["apply", tmp_path / "nope.safetensors", image_files["b"], "-o", tmp_path / "out", *model_args])
+    code, _, err = run(
+        capsys, ["apply", tmp_path / "nope.safetensors", image_files["b"], "-o", tmp_path / "out", *model_args]
+    )
     assert_one_line_error(code, err, "no such token file")
 
 
@@ -130,12 +147,36 @@ def test_missing_token_file(capsys, tmp_path, image_files, model_args):
     ],
 )
 def test_invalid_hyperparameters(capsys, tmp_path, image_files, model_args, flags, fragment):
-    code, _, err = run(capsys, ["analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", tmp_path / "out.png", *flags, *model_args])
+    code, _, err = run(
+        capsys,
+        [
+            "analogy",
+            image_files["a"],
+            image_files["a_prime"],
+            image_files["b"],
+            "-o",
+            tmp_path / "out.png",
+            *flags,
+            *model_args,
+        ],
+    )
     assert_one_line_error(code, err, "invalid configuration", fragment)
 
 
 def test_half_the_captions(capsys, tmp_path, image_files, model_args):
-    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--caption-a", "a red circle", *model_args])
+    code, _, err = run(
+        capsys,
+        [
+            "fit",
+            image_files["a"],
+            image_files["a_prime"],
+            "-o",
+            tmp_path / "t.safetensors",
+            "--caption-a",
+            "a red circle",
+            *model_args,
+        ],
+    )
     assert_one_line_error(code, err, "--caption-a-prime")
 
 
@@ -145,7 +186,16 @@ def test_output_that_is_a_directory(capsys, tmp_path, image_files, model_args):
 
 
 def test_missing_caption_file(capsys, tmp_path, image_files, model_args):
-    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--captions-from", tmp_path / "captions.txt", *model_args]
+    argv = [
+        "fit",
+        image_files["a"],
+        image_files["a_prime"],
+        "-o",
+        tmp_path / "t.safetensors",
+        "--captions-from",
+        tmp_path / "captions.txt",
+        *model_args,
+    ]
     code, _, err = run(capsys, argv)
     assert_one_line_error(code, err, "captions.txt", "no such caption file")
 
@@ -155,19 +205,46 @@ def test_tokens_of_another_width(capsys, tmp_path, image_files, model_args, fitt
 
     wide = dataclasses.replace(fitted_tokens, embeddings=torch.zeros(5, 48))
     wide.save(tmp_path / "wide.safetensors")
-    code, _, err = run(capsys, ["apply", tmp_path / "wide.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B, *model_args])
+    code, _, err = run(
+        capsys,
+        [
+            "apply",
+            tmp_path / "wide.safetensors",
+            image_files["b"],
+            "-o",
+            tmp_path / "out",
+            "--prompt",
+            PROMPT_B,
+            *model_args,
+        ],
+    )
     assert_one_line_error(code, err, "48 wide", "32-wide")
 
 
 def test_model_directory_that_does_not_exist(capsys, tmp_path, image_files):
-    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--model", tmp_path / "no-model", "--clip-model", tmp_path / "no-clip", "--device", "cpu", "--quiet"]
+    argv = [
+        "fit",
+        image_files["a"],
+        image_files["a_prime"],
+        "-o",
+        tmp_path / "t.safetensors",
+        "--model",
+        tmp_path / "no-model",
+        "--clip-model",
+        tmp_path / "no-clip",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     code, _, err = run(capsys, argv)
     assert_one_line_error(code, err, "could not load")
 
 
 def subprocess_cli(*argv):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "diffinv.cli", *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diffinv.cli", *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_subprocess_missing_image(tmp_path, image_files):
@@ -184,7 +261,9 @@ def test_subprocess_token_file_that_is_not_safetensors(tmp_path, image_files):
 
 
 def test_subprocess_invalid_alpha(tmp_path, image_files):
-    result = subprocess_cli("fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--alpha", "2")
+    result = subprocess_cli(
+        "fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--alpha", "2"
+    )
     assert_one_line_error(result.returncode, result.stderr, "alpha must lie in [0, 1]")
 
 
@@ -192,9 +271,25 @@ def test_subprocess_invalid_alpha(tmp_path, image_files):
 def test_analogy_end_to_end(capsys, tmp_path, image_files, model_args):
     output = tmp_path / "results" / "b_prime.png"
     argv = [
-        "analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", output,
-        "--steps", "3", "--prompt-source", "caption", "--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME,
-        "--prompt", PROMPT_B, "--sampling-steps", "2", *model_args,
+        "analogy",
+        image_files["a"],
+        image_files["a_prime"],
+        image_files["b"],
+        "-o",
+        output,
+        "--steps",
+        "3",
+        "--prompt-source",
+        "caption",
+        "--caption-a",
+        CAPTION_A,
+        "--caption-a-prime",
+        CAPTION_A_PRIME,
+        "--prompt",
+        PROMPT_B,
+        "--sampling-steps",
+        "2",
+        *model_args,
     ]
     code, out, err = run(capsys, argv)
     assert code == 0, err
@@ -213,7 +308,9 @@ def test_analogy_end_to_end(capsys, tmp_path, image_files, model_args):
     assert grid.size == (sum(widths) + 3 * 4, 256 + 18)
     left = sum(widths[:3]) + 3 * 4
     last = grid.crop((left, 18, left + widths[3], 18 + 256))
-    assert np.array_equal(np.asarray(last), np.asarray(b_prime.convert("RGB").resize((widths[3], 256), Image.Resampling.NEAREST)))
+    assert np.array_equal(
+        np.asarray(last), np.asarray(b_prime.convert("RGB").resize((widths[3], 256), Image.Resampling.NEAREST))
+    )
 
     tokens = DiffTokens.load(tokens_path)
     assert tokens.embeddings.shape == (5, 32)
@@ -228,7 +325,23 @@ def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files,
     captions.write_text("\n".join([lines[0], "", *lines[1:], "   "]) + "\n", encoding="utf-8")
     tokens_path = tmp_path / "tokens" / "red-to-blue.safetensors"
 
-    code, out, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tokens_path, "--steps", "3", "--prompt-source", "caption", "--captions-from", captions, *model_args])
+    code, out, err = run(
+        capsys,
+        [
+            "fit",
+            image_files["a"],
+            image_files["a_prime"],
+            "-o",
+            tokens_path,
+            "--steps",
+            "3",
+            "--prompt-source",
+            "caption",
+            "--captions-from",
+            captions,
+            *model_args,
+        ],
+    )
     assert code == 0, err
     assert tokens_path.is_file() and str(tokens_path) in out
     tokens = DiffTokens.load(tokens_path)
@@ -241,7 +354,22 @@ def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files,
     other.parent.mkdir()
     Image.open(image_files["b"]).transpose(Image.Transpose.ROTATE_90).save(other)  # 30 × 60
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, ["apply", tokens_path, image_files["b"], other, "-o", out_dir, "--captions-from", captions, "--sampling-steps", "2", *model_args])
+    code, out, err = run(
+        capsys,
+        [
+            "apply",
+            tokens_path,
+            image_files["b"],
+            other,
+            "-o",
+            out_dir,
+            "--captions-from",
+            captions,
+            "--sampling-steps",
+            "2",
+            *model_args,
+        ],
+    )
     assert code == 0, err
     assert sorted(p.name for p in out_dir.iterdir()) == ["b-2.png", "b.png"]
     assert Image.open(out_dir / "b.png").size == working_size(60, 30, NATIVE, SIZE_MULTIPLE)
@@ -249,7 +377,9 @@ def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files,
 
 
 def test_help_answers_without_loading_torch():
-    result = subprocess.run([sys.executable, "-m", "diffinv.cli", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "diffinv.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("fit", "apply", "analogy"))
     probe = "import sys, diffinv.cli; diffinv.cli.build_parser(); print('torch' in sys.modules)"

@@ -104,8 +104,12 @@ def test_interpolated_delta_endpoints(clip, images):
     text = clip.text_features([CAPTION_A, CAPTION_A_PRIME])
     image_direction = F.normalize(image[1] - image[0], dim=0)
     text_direction = F.normalize(text[1] - text[0], dim=0)
-    assert torch.allclose(interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.0), image_direction, atol=1e-5)
-    assert torch.allclose(interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 1.0), text_direction, atol=1e-5)
+    assert torch.allclose(
+        interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.0), image_direction, atol=1e-5
+    )
+    assert torch.allclose(
+        interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 1.0), text_direction, atol=1e-5
+    )
     middle = interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.8)
     assert torch.allclose(middle, closed_form(image_direction, text_direction, 0.8), atol=1e-4)
 

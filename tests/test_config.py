@@ -79,8 +79,17 @@ def test_boundary_values_are_valid():
 
 def test_json_round_trip_keeps_every_field():
     config = InversionConfig(
-        n_tokens=3, alpha=0.25, init="random", steps=12, clip_loss_space="token-mean", hard_tokens=True,
-        prompt_source="caption", resolution=96, sampling_mode="noise", strength=0.5, sampling_steps=4,
+        n_tokens=3,
+        alpha=0.25,
+        init="random",
+        steps=12,
+        clip_loss_space="token-mean",
+        hard_tokens=True,
+        prompt_source="caption",
+        resolution=96,
+        sampling_mode="noise",
+        strength=0.5,
+        sampling_steps=4,
     )
     text = config.to_json()
     assert json.loads(text)["alpha"] == 0.25

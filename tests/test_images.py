@@ -123,7 +123,13 @@ def test_odd_images_go_through_fit_and_apply(tmp_path, di, backbone, huge_png):
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
     Image.new("CMYK", (48, 24), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
 
-    tokens = di.fit(tmp_path / "a.png", tmp_path / "a_prime.png", fast_config(steps=1), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False)
+    tokens = di.fit(
+        tmp_path / "a.png",
+        tmp_path / "a_prime.png",
+        fast_config(steps=1),
+        captions=(CAPTION_A, CAPTION_A_PRIME),
+        progress=False,
+    )
     assert tokens.embeddings.shape == (5, backbone.token_width)
     assert tokens.embeddings.isfinite().all()
 
@@ -165,7 +171,9 @@ def test_invalid_files_raise_one_line(tmp_path, make, reason):
 
 
 # --- the resize policy -----------------------------------------------------------------------
-@pytest.mark.parametrize("width, height", [(4000, 3000), (640, 480), (60, 30), (30, 60), (1000, 1000), (1, 1), (4000, 4000), (1920, 1080)])
+@pytest.mark.parametrize(
+    "width, height", [(4000, 3000), (640, 480), (60, 30), (30, 60), (1000, 1000), (1, 1), (4000, 4000), (1920, 1080)]
+)
 @pytest.mark.parametrize("resolution, multiple", [(512, 64), (768, 64), (32, 8)])
 def test_working_size_keeps_aspect_area_and_multiple(width, height, resolution, multiple):
     new_width, new_height = working_size(width, height, resolution, multiple)

@@ -48,8 +48,15 @@ def seen_text_input(monkeypatch):
     @contextmanager
     def spy(text_model, slot_mask, values):
         with original(text_model, slot_mask, values):
+
             def hook(module, inputs, output):
-                records.append({"ids": inputs[0].detach().clone(), "mask": slot_mask.clone(), "embeddings": output.detach().clone()})
+                records.append(
+                    {
+                        "ids": inputs[0].detach().clone(),
+                        "mask": slot_mask.clone(),
+                        "embeddings": output.detach().clone(),
+                    }
+                )
 
             handle = text_model.get_input_embeddings().register_forward_hook(hook)
             try:
@@ -67,7 +74,13 @@ def seen_unet_input(monkeypatch, backbone):
     original = backbone.predict
 
     def spy(noisy, timesteps, text_states):
-        records.append({"noisy": noisy.detach().clone(), "timesteps": timesteps.clone(), "text_states": text_states.detach().clone()})
+        records.append(
+            {
+                "noisy": noisy.detach().clone(),
+                "timesteps": timesteps.clone(),
+                "text_states": text_states.detach().clone(),
+            }
+        )
         return original(noisy, timesteps, text_states)
 
     monkeypatch.setattr(backbone, "predict", spy)
@@ -135,7 +148,9 @@ def test_noised_pair_targets_v_for_a_v_model(images):
 
 
 # ⑥ ------------------------------------------------------------------------------------------------
-def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_prompt(backbone, pair, seen_text_input, seen_unet_input):
+def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_prompt(
+    backbone, pair, seen_text_input, seen_unet_input
+):
     n = 3
     diff = torch.randn(1, n, backbone.token_width, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a], n)
@@ -153,6 +168,7 @@ def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_promp
         assert torch.equal(embeddings[row][~mask[row]], vocabulary[ids[row][~mask[row]]])
 
     tokenizer = backbone.tokenizer
+
     def prompt_of(row):
         words = ids[row][~mask[row]].tolist()
         return tokenizer.decode(words[1 : words.index(tokenizer.eos_token_id)]).strip()
@@ -169,7 +185,9 @@ def test_token_consistency_pairs_minus_with_a_prime_prompt_and_plus_with_a_promp
     assert diff.grad is not None and diff.grad.abs().sum() > 0
 
 
-def test_fit_loop_uses_a_prime_prompt_with_z_a_and_a_prompt_with_z_a_prime(backbone, clip, pair, seen_text_input, seen_unet_input, monkeypatch):
+def test_fit_loop_uses_a_prime_prompt_with_z_a_and_a_prompt_with_z_a_prime(
+    backbone, clip, pair, seen_text_input, seen_unet_input, monkeypatch
+):
     """Through the loop: ids = slot_ids([prompt_A′, prompt_A]); row 0 noises z_A, row 1 z_A′;
     the text encoder gets −D̃ in row 0 and +D̃ in row 1."""
     n = 4
@@ -202,8 +220,12 @@ def test_fit_loop_uses_a_prime_prompt_with_z_a_and_a_prompt_with_z_a_prime(backb
     ((latents, noisy, timesteps, targets),) = noised
     assert torch.equal(latents, pair.latents)  # row 0 = z_A, row 1 = z_A′
     alpha_bar = backbone.noise_scheduler.alphas_cumprod[timesteps].view(2, 1, 1, 1)
-    assert torch.allclose(noisy[0], alpha_bar[0].sqrt() * pair.latents[0] + (1 - alpha_bar[0]).sqrt() * targets[0], atol=1e-5)
-    assert torch.allclose(noisy[1], alpha_bar[1].sqrt() * pair.latents[1] + (1 - alpha_bar[1]).sqrt() * targets[1], atol=1e-5)
+    assert torch.allclose(
+        noisy[0], alpha_bar[0].sqrt() * pair.latents[0] + (1 - alpha_bar[0]).sqrt() * targets[0], atol=1e-5
+    )
+    assert torch.allclose(
+        noisy[1], alpha_bar[1].sqrt() * pair.latents[1] + (1 - alpha_bar[1]).sqrt() * targets[1], atol=1e-5
+    )
     (unet,) = seen_unet_input
     assert torch.equal(unet["noisy"], noisy) and torch.equal(unet["timesteps"], timesteps)
 
@@ -236,7 +258,9 @@ def test_fitting_changes_only_the_diff_tokens(di, backbone, clip, images):
     before = {name: p.detach().clone() for name, p in parameters.items()}
     buffers = {name: b.clone() for name, b in backbone.unet.named_buffers()}
 
-    tokens = di.fit(images["a"], images["a_prime"], fast_config(steps=4), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False)
+    tokens = di.fit(
+        images["a"], images["a_prime"], fast_config(steps=4), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False
+    )
 
     after = module_parameters(backbone, clip)
     assert after.keys() == before.keys()
@@ -273,8 +297,12 @@ def test_zero_steps_return_the_zero_start(backbone, clip, pair):
 
 
 def test_same_seed_same_tokens(backbone, clip, pair):
-    first, _ = fit_diff_tokens(backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False)
-    second, _ = fit_diff_tokens(backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False)
+    first, _ = fit_diff_tokens(
+        backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False
+    )
+    second, _ = fit_diff_tokens(
+        backbone, clip, pair, fast_config(steps=2), torch.Generator().manual_seed(7), progress=False
+    )
     assert torch.equal(first, second)
 
 
@@ -298,13 +326,17 @@ def test_batched_token_consistency_loss_is_the_solo_loss_of_each_pair(backbone, 
     diff = torch.randn(2, n, backbone.token_width, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     latents = torch.cat([pair.latents, other_pair.latents])
     noisy, timesteps, targets = noised_pair(backbone, latents, torch.Generator().manual_seed(0))
-    ids, slot_mask = backbone.slot_ids([pair.prompt_a_prime, pair.prompt_a, other_pair.prompt_a_prime, other_pair.prompt_a], n)
+    ids, slot_mask = backbone.slot_ids(
+        [pair.prompt_a_prime, pair.prompt_a, other_pair.prompt_a_prime, other_pair.prompt_a], n
+    )
 
     batched = token_consistency_loss(backbone, diff, ids, slot_mask, noisy, timesteps, targets)
     assert batched.shape == (2,)
     for k in range(2):
         rows = slice(2 * k, 2 * k + 2)
-        solo = token_consistency_loss(backbone, diff[k : k + 1], ids[rows], slot_mask[rows], noisy[rows], timesteps[rows], targets[rows])
+        solo = token_consistency_loss(
+            backbone, diff[k : k + 1], ids[rows], slot_mask[rows], noisy[rows], timesteps[rows], targets[rows]
+        )
         assert batched[k].item() == pytest.approx(solo.item(), rel=1e-4)
     (gradient,) = torch.autograd.grad(batched[0], diff)
     assert gradient[0].abs().sum() > 0 and torch.count_nonzero(gradient[1]) == 0

@@ -6,7 +6,11 @@ from diffinv.pez import harden, invert_prompt, nearest_token_ids, project_straig
 
 
 def specials(tokenizer) -> set[int]:
-    return {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None}
+    return {
+        i
+        for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id)
+        if i is not None
+    }
 
 
 def test_usable_mask_excludes_exactly_the_special_tokens(backbone):
@@ -38,7 +42,9 @@ def test_projection_picks_the_nearest_in_cosine(backbone):
     vocabulary = backbone.vocabulary.detach()
     chosen = torch.tensor([5, 100, 321, 600])
     # scaled and slightly perturbed copies of vocabulary rows project back onto those rows
-    embeddings = 3.0 * vocabulary[chosen] + 1e-4 * torch.randn(4, vocabulary.shape[1], generator=torch.Generator().manual_seed(1))
+    embeddings = 3.0 * vocabulary[chosen] + 1e-4 * torch.randn(
+        4, vocabulary.shape[1], generator=torch.Generator().manual_seed(1)
+    )
     _, ids = project_straight_through(embeddings, vocabulary)
     assert ids.tolist() == chosen.tolist()
 
@@ -55,7 +61,9 @@ def test_gradient_passes_straight_through(backbone):
 
 def test_invert_prompt_returns_a_deterministic_string(clip, images):
     def run(seed):
-        return invert_prompt(clip, [images["a"]], prompt_len=4, steps=3, generator=torch.Generator().manual_seed(seed), progress=False)
+        return invert_prompt(
+            clip, [images["a"]], prompt_len=4, steps=3, generator=torch.Generator().manual_seed(seed), progress=False
+        )
 
     first = run(0)
     assert isinstance(first, str) and first.strip() == first and len(first) > 0
@@ -63,7 +71,9 @@ def test_invert_prompt_returns_a_deterministic_string(clip, images):
 
 
 def test_invert_prompt_with_zero_steps_decodes_its_start(clip, images):
-    prompt = invert_prompt(clip, [images["a"]], prompt_len=3, steps=0, generator=torch.Generator().manual_seed(4), progress=False)
+    prompt = invert_prompt(
+        clip, [images["a"]], prompt_len=3, steps=0, generator=torch.Generator().manual_seed(4), progress=False
+    )
     assert isinstance(prompt, str) and len(prompt) > 0
 
 

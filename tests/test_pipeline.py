@@ -42,7 +42,9 @@ def test_b_prime_keeps_the_aspect_ratio_of_b(di, backbone, fitted_tokens, images
     width, height = b_prime.size
     assert width % backbone.size_multiple == 0 and height % backbone.size_multiple == 0
     assert width / height == pytest.approx(2.0, rel=backbone.size_multiple / height)
-    portrait = di.apply(fitted_tokens, b.transpose(Image.Transpose.TRANSPOSE), prompt=PROMPT_B, config=config, progress=False)  # 30 × 60
+    portrait = di.apply(
+        fitted_tokens, b.transpose(Image.Transpose.TRANSPOSE), prompt=PROMPT_B, config=config, progress=False
+    )  # 30 × 60
     assert portrait.size == b_prime.size[::-1]
 
 
@@ -63,8 +65,11 @@ def test_same_seed_same_image_different_seed_different_image(di, fitted_tokens, 
 
 def test_img2img_starts_from_b_and_noise_mode_does_not(di, fitted_tokens, images):
     other_b = shape_image((60, 30), "blue", "circle", seed=9)
+
     def draw(mode, b):
-        return pixels(di.apply(fitted_tokens, b, seed=0, prompt=PROMPT_B, config=fast_config(sampling_mode=mode), progress=False))
+        return pixels(
+            di.apply(fitted_tokens, b, seed=0, prompt=PROMPT_B, config=fast_config(sampling_mode=mode), progress=False)
+        )
 
     assert not np.array_equal(draw("img2img", images["b"]), draw("img2img", other_b))
     assert np.array_equal(draw("noise", images["b"]), draw("noise", other_b)), "from noise, only B's size matters"
@@ -79,7 +84,13 @@ def test_the_diff_tokens_change_b_prime(di, fitted_tokens, images):
 
 
 def test_hard_tokens_are_vocabulary_rows(di, backbone, images):
-    tokens = di.fit(images["a"], images["a_prime"], fast_config(steps=2, hard_tokens=True, n_tokens=3), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False)
+    tokens = di.fit(
+        images["a"],
+        images["a_prime"],
+        fast_config(steps=2, hard_tokens=True, n_tokens=3),
+        captions=(CAPTION_A, CAPTION_A_PRIME),
+        progress=False,
+    )
     vocabulary = backbone.vocabulary.detach().float()
     assert tokens.hard_token_ids is not None and len(tokens.hard_token_ids) == 3
     assert torch.equal(tokens.embeddings, vocabulary[tokens.hard_token_ids])
@@ -108,15 +119,24 @@ def test_captioner_is_used_when_captions_are_not_given(di, clip, images, monkeyp
     assert pair.latents.shape[0] == 2
     assert pair.target_delta.norm().item() == pytest.approx(1.0, abs=1e-5)
     # prompt_B from the captioner too, when no prompt is given
-    tokens = di.fit(images["a"], images["a_prime"], fast_config(steps=1), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False)
+    tokens = di.fit(
+        images["a"], images["a_prime"], fast_config(steps=1), captions=(CAPTION_A, CAPTION_A_PRIME), progress=False
+    )
     calls.clear()
     di.apply(tokens, images["b"], progress=False)
     assert calls == [1]
 
 
 def test_explicit_prompts_override_the_captions(di, images):
-    pair = di.prepare(images["a"], images["a_prime"], fast_config(), captions=(CAPTION_A, CAPTION_A_PRIME), prompts=("red", "blue"))
-    assert (pair.caption_a, pair.caption_a_prime, pair.prompt_a, pair.prompt_a_prime) == (CAPTION_A, CAPTION_A_PRIME, "red", "blue")
+    pair = di.prepare(
+        images["a"], images["a_prime"], fast_config(), captions=(CAPTION_A, CAPTION_A_PRIME), prompts=("red", "blue")
+    )
+    assert (pair.caption_a, pair.caption_a_prime, pair.prompt_a, pair.prompt_a_prime) == (
+        CAPTION_A,
+        CAPTION_A_PRIME,
+        "red",
+        "blue",
+    )
 
 
 def test_pez_prompts_when_asked(di, images):
@@ -135,7 +155,15 @@ def test_no_captioner_and_no_captions_is_a_clear_error(di, fitted_tokens, images
 
 
 def test_analogy_returns_b_prime_and_tokens(di, backbone, images):
-    b_prime, tokens = di.analogy(images["a"], images["a_prime"], images["b"], fast_config(steps=1), captions=(CAPTION_A, CAPTION_A_PRIME), prompt_b=PROMPT_B, progress=False)
+    b_prime, tokens = di.analogy(
+        images["a"],
+        images["a_prime"],
+        images["b"],
+        fast_config(steps=1),
+        captions=(CAPTION_A, CAPTION_A_PRIME),
+        prompt_b=PROMPT_B,
+        progress=False,
+    )
     assert b_prime.size == working_size(60, 30, backbone.native_resolution, backbone.size_multiple)
     assert tokens.embeddings.shape == (5, backbone.token_width) and len(tokens.history["loss"]) == 1
 
@@ -148,18 +176,24 @@ def test_image_paths_are_accepted(di, fitted_tokens, image_files):
 
 def test_from_pretrained_loads_a_saved_directory(tiny_model_dir, images, backbone):
     model_dir, clip_dir = tiny_model_dir
-    loaded = DifferenceInversion.from_pretrained(model_dir, device="cpu", clip_model=clip_dir, captioner=lambda ims: ["a photo"] * len(ims))
+    loaded = DifferenceInversion.from_pretrained(
+        model_dir, device="cpu", clip_model=clip_dir, captioner=lambda ims: ["a photo"] * len(ims)
+    )
     assert loaded.backbone.model_id == model_dir
     assert loaded.backbone.token_width == 32 and loaded.backbone.dtype == torch.float32
     # the saved model is the same tiny model as the in-memory one
-    for (name, ours), (_, theirs) in zip(backbone.text_encoder.state_dict().items(), loaded.backbone.text_encoder.state_dict().items()):
+    for (name, ours), (_, theirs) in zip(
+        backbone.text_encoder.state_dict().items(), loaded.backbone.text_encoder.state_dict().items()
+    ):
         assert torch.equal(ours, theirs), name
     assert loaded.backbone.tokenizer("a red circle").input_ids == backbone.tokenizer("a red circle").input_ids
 
 
 def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(DiffinvError, match="could not load"):
-        DifferenceInversion.from_pretrained(str(tmp_path / "nothing-here"), device="cpu", clip_model=str(tmp_path / "nor-here"))
+        DifferenceInversion.from_pretrained(
+            str(tmp_path / "nothing-here"), device="cpu", clip_model=str(tmp_path / "nor-here")
+        )
 
 
 def test_resolve_device_dtype():
@@ -177,7 +211,11 @@ def test_fit_many_batches_same_sized_pairs_and_keeps_the_order(di, images):
     own, seeded by its own seed — so it equals a solo `fit` with that seed."""
     square = (images["a"], images["a_prime"])
     wide = (shape_image((64, 32), "red", seed=5), shape_image((64, 32), "blue", seed=6))
-    captions = [(CAPTION_A, CAPTION_A_PRIME), (CAPTION_A, CAPTION_A_PRIME), ("a photo of a red square", CAPTION_A_PRIME)]
+    captions = [
+        (CAPTION_A, CAPTION_A_PRIME),
+        (CAPTION_A, CAPTION_A_PRIME),
+        ("a photo of a red square", CAPTION_A_PRIME),
+    ]
     config = fast_config(steps=3)
     tokens = di.fit_many([square, wide, square[::-1]], config, captions=captions, seeds=[0, 1, 2], progress=False)
     assert [t.caption_a for t in tokens] == [c[0] for c in captions]

@@ -20,7 +20,9 @@ from diffinv.shapes.world import (
 )
 from diffinv.testing import word_tokenizer
 
-bundled = pytest.mark.skipif(not (MODEL_DIR / "unet" / "config.json").exists(), reason="shapes-world weights not bundled")
+bundled = pytest.mark.skipif(
+    not (MODEL_DIR / "unet" / "config.json").exists(), reason="shapes-world weights not bundled"
+)
 
 
 def test_every_combination_of_attributes_is_a_scene():

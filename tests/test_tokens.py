@@ -37,7 +37,17 @@ def assert_same(loaded: DiffTokens, original: DiffTokens):
     assert loaded.embeddings.dtype == torch.float32
     assert torch.equal(loaded.embeddings, original.embeddings.float())
     assert loaded.config == original.config
-    for name in ("model_id", "vocab_size", "prompt_a", "prompt_a_prime", "caption_a", "caption_a_prime", "hard_token_ids", "hard_text", "history"):
+    for name in (
+        "model_id",
+        "vocab_size",
+        "prompt_a",
+        "prompt_a_prime",
+        "caption_a",
+        "caption_a_prime",
+        "hard_token_ids",
+        "hard_text",
+        "history",
+    ):
         assert getattr(loaded, name) == getattr(original, name), name
 
 

@@ -42,7 +42,9 @@ class StableDiffusionBackbone:
         self._img2img: StableDiffusionImg2ImgPipeline | None = None
 
     @classmethod
-    def from_pretrained(cls, model: str, device: str | torch.device, dtype: torch.dtype, **kwargs) -> "StableDiffusionBackbone":
+    def from_pretrained(
+        cls, model: str, device: str | torch.device, dtype: torch.dtype, **kwargs
+    ) -> StableDiffusionBackbone:
         """Load a Stable Diffusion 1.x / 2.x pipeline by hub id or local directory."""
         pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **kwargs)
         pipe.to(device)
@@ -108,7 +110,9 @@ class StableDiffusionBackbone:
 
     def encode_plain(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder hidden states (B, L, d) of plain prompts, as the pipeline encodes them."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.sequence_length, truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.sequence_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.text_encoder(ids.to(self.device)).last_hidden_state
 
     # --- latents and the denoiser ------------------------------------------------------------
@@ -176,7 +180,9 @@ class StableDiffusionBackbone:
             pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
             return pipe(height=height, width=width, **common).images[0]
         if self._img2img is None:
-            self._img2img = StableDiffusionImg2ImgPipeline(**self.pipe.components, requires_safety_checker=self.pipe.config.requires_safety_checker)
+            self._img2img = StableDiffusionImg2ImgPipeline(
+                **self.pipe.components, requires_safety_checker=self.pipe.config.requires_safety_checker
+            )
         pipe = self._img2img
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
         return pipe(image=init_image, strength=strength, **common).images[0]

@@ -6,7 +6,8 @@ captioners altogether (`DifferenceInversion.fit(..., captions=(cap_a, cap_a_prim
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -24,7 +25,13 @@ class Captioner(Protocol):
 class Blip2Captioner:
     """BLIP-2 through transformers (the paper's captioner). Loaded on first use: it is large."""
 
-    def __init__(self, model: str = DEFAULT_BLIP2, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, max_new_tokens: int = 30):
+    def __init__(
+        self,
+        model: str = DEFAULT_BLIP2,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_new_tokens: int = 30,
+    ):
         self.model_name, self.device, self.dtype, self.max_new_tokens = model, device, dtype, max_new_tokens
         self._model = self._processor = None
 
@@ -55,7 +62,9 @@ class ClipRetrievalCaptioner:
         if not candidates:
             raise DiffinvError("the CLIP-retrieval captioner needs at least one candidate caption")
         self.clip, self.candidates = clip, list(candidates)
-        features = [clip.text_features(self.candidates[i : i + batch_size]) for i in range(0, len(self.candidates), batch_size)]
+        features = [
+            clip.text_features(self.candidates[i : i + batch_size]) for i in range(0, len(self.candidates), batch_size)
+        ]
         self.features = torch.cat(features)  # (K, D), computed once
 
     def __call__(self, images: list[Image.Image]) -> list[str]:

@@ -49,7 +49,7 @@ class ClipSpace:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, name: str, device, dtype: torch.dtype) -> "ClipSpace":
+    def from_pretrained(cls, name: str, device, dtype: torch.dtype) -> ClipSpace:
         model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
         return cls(model, CLIPTokenizer.from_pretrained(name))
 
@@ -127,4 +127,3 @@ def slerp(image_delta: torch.Tensor, text_delta: torch.Tensor, alpha: float, eps
     else:
         mixed = (torch.sin((1 - alpha) * theta) * u + torch.sin(alpha * theta) * v) / torch.sin(theta)
     return F.normalize(mixed, dim=0)
-

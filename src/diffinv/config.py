@@ -104,27 +104,45 @@ class InversionConfig:
             if not ok:
                 raise DiffinvError(f"invalid configuration: {message}")
 
-        need(isinstance(self.n_tokens, int) and self.n_tokens >= 1, f"n_tokens must be an integer ≥ 1, got {self.n_tokens!r}")
+        need(
+            isinstance(self.n_tokens, int) and self.n_tokens >= 1,
+            f"n_tokens must be an integer ≥ 1, got {self.n_tokens!r}",
+        )
         need(0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha!r}")
         need(self.lambda_tc >= 0 and self.lambda_clip >= 0, "lambda_tc and lambda_clip must be ≥ 0")
         need(self.init in ("zeros", "random"), f"init must be 'zeros' or 'random', got {self.init!r}")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer ≥ 0, got {self.steps!r}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
-        need(self.clip_loss_space in CLIP_LOSS_SPACES, f"clip_loss_space must be one of {CLIP_LOSS_SPACES}, got {self.clip_loss_space!r}")
+        need(
+            self.clip_loss_space in CLIP_LOSS_SPACES,
+            f"clip_loss_space must be one of {CLIP_LOSS_SPACES}, got {self.clip_loss_space!r}",
+        )
         need(self.use_token_consistency or self.use_clip_loss, "at least one of the two losses must be on")
-        need(self.prompt_source in PROMPT_SOURCES, f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}")
-        need(isinstance(self.pez_prompt_len, int) and self.pez_prompt_len >= 1, "pez_prompt_len must be an integer ≥ 1")
+        need(
+            self.prompt_source in PROMPT_SOURCES,
+            f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}",
+        )
+        need(
+            isinstance(self.pez_prompt_len, int) and self.pez_prompt_len >= 1, "pez_prompt_len must be an integer ≥ 1"
+        )
         need(isinstance(self.pez_steps, int) and self.pez_steps >= 0, "pez_steps must be an integer ≥ 0")
         need(self.pez_lr > 0 and self.pez_weight_decay >= 0, "pez_lr must be > 0 and pez_weight_decay ≥ 0")
-        need(self.resolution is None or (isinstance(self.resolution, int) and 8 <= self.resolution <= 4096),
-             f"resolution must be None or an integer in [8, 4096], got {self.resolution!r}")
-        need(self.sampling_mode in SAMPLING_MODES, f"sampling_mode must be one of {SAMPLING_MODES}, got {self.sampling_mode!r}")
+        need(
+            self.resolution is None or (isinstance(self.resolution, int) and 8 <= self.resolution <= 4096),
+            f"resolution must be None or an integer in [8, 4096], got {self.resolution!r}",
+        )
+        need(
+            self.sampling_mode in SAMPLING_MODES,
+            f"sampling_mode must be one of {SAMPLING_MODES}, got {self.sampling_mode!r}",
+        )
         need(0.0 < self.strength <= 1.0, f"strength must lie in (0, 1], got {self.strength!r}")
         need(self.guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}")
-        need(isinstance(self.sampling_steps, int) and self.sampling_steps >= 1, "sampling_steps must be an integer ≥ 1")
+        need(
+            isinstance(self.sampling_steps, int) and self.sampling_steps >= 1, "sampling_steps must be an integer ≥ 1"
+        )
 
-    def replace(self, **changes: Any) -> "InversionConfig":
+    def replace(self, **changes: Any) -> InversionConfig:
         """A copy with `changes` applied (and validated)."""
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
@@ -135,7 +153,7 @@ class InversionConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "InversionConfig":
+    def from_json(cls, text: str) -> InversionConfig:
         """Inverse of `to_json`; options unknown to this version are ignored."""
         values = json.loads(text)
         known = {f.name for f in fields(cls)}

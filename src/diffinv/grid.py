@@ -5,7 +5,9 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 
-def image_grid(images: list[Image.Image], labels: list[str], height: int = 256, label_height: int = 18, gap: int = 4) -> Image.Image:
+def image_grid(
+    images: list[Image.Image], labels: list[str], height: int = 256, label_height: int = 18, gap: int = 4
+) -> Image.Image:
     """One row, every image scaled to `height` (aspect kept), each with its label above it."""
     tiles = [_scaled(image.convert("RGB"), height) for image in images]
     width = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)

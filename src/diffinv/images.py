@@ -67,7 +67,7 @@ def working_size(width: int, height: int, resolution: int, multiple: int) -> tup
     aspect = min(max(width / height, 1 / MAX_ASPECT), MAX_ASPECT)
     new_width = resolution * math.sqrt(aspect)
     new_height = resolution / math.sqrt(aspect)
-    snap = lambda side: max(multiple, int(round(side / multiple)) * multiple)  # noqa: E731
+    snap = lambda side: max(multiple, int(round(side / multiple)) * multiple)
     return snap(new_width), snap(new_height)
 
 
@@ -82,7 +82,9 @@ def centre_crops(images: list[Image.Image], resize: int, crop: int) -> np.ndarra
     out = []
     for image in images:
         scale = max(resize, crop) / min(image.size)
-        resized = image.convert("RGB").resize((max(crop, round(image.width * scale)), max(crop, round(image.height * scale))), Image.Resampling.BICUBIC)
+        resized = image.convert("RGB").resize(
+            (max(crop, round(image.width * scale)), max(crop, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
         left, top = (resized.width - crop) // 2, (resized.height - crop) // 2
         out.append(np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0)
     return np.stack(out)

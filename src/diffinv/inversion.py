@@ -48,7 +48,9 @@ def caption_pair(captioner: Captioner, a: Image.Image, a_prime: Image.Image) -> 
 
 
 # ② ---------------------------------------------------------------------------------------
-def interpolated_delta(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, caption_a: str, caption_a_prime: str, alpha: float) -> torch.Tensor:
+def interpolated_delta(
+    clip: ClipSpace, a: Image.Image, a_prime: Image.Image, caption_a: str, caption_a_prime: str, alpha: float
+) -> torch.Tensor:
     """D_inter (D,): slerp between the image delta (α = 0) and the text delta (α = 1)."""
     image = clip.image_features([a, a_prime])
     text = clip.text_features([caption_a, caption_a_prime])
@@ -56,16 +58,39 @@ def interpolated_delta(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, ca
 
 
 # ③ ---------------------------------------------------------------------------------------
-def prompt_pair(clip: ClipSpace, a: Image.Image, a_prime: Image.Image, captions: tuple[str, str], config: InversionConfig, generator: torch.Generator | None = None, progress: bool = True) -> tuple[str, str]:
+def prompt_pair(
+    clip: ClipSpace,
+    a: Image.Image,
+    a_prime: Image.Image,
+    captions: tuple[str, str],
+    config: InversionConfig,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> tuple[str, str]:
     """prompt_A, prompt_A′: PEZ hard prompts (the paper) or the captions (faster)."""
     if config.prompt_source == "caption":
         return captions
     return pez_prompt(clip, a, config, generator, progress), pez_prompt(clip, a_prime, config, generator, progress)
 
 
-def pez_prompt(clip: ClipSpace, image: Image.Image, config: InversionConfig, generator: torch.Generator | None = None, progress: bool = True) -> str:
+def pez_prompt(
+    clip: ClipSpace,
+    image: Image.Image,
+    config: InversionConfig,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> str:
     """A PEZ hard prompt for one image with the config's PEZ settings (also used for prompt_B)."""
-    return invert_prompt(clip, [image], config.pez_prompt_len, config.pez_steps, config.pez_lr, config.pez_weight_decay, generator, progress)
+    return invert_prompt(
+        clip,
+        [image],
+        config.pez_prompt_len,
+        config.pez_steps,
+        config.pez_lr,
+        config.pez_weight_decay,
+        generator,
+        progress,
+    )
 
 
 def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Image.Image) -> torch.Tensor:
@@ -74,7 +99,12 @@ def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Imag
 
 
 # ④ ---------------------------------------------------------------------------------------
-def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone, generator: torch.Generator | None = None, count: int = 1) -> torch.Tensor:
+def init_diff_tokens(
+    config: InversionConfig,
+    backbone: StableDiffusionBackbone,
+    generator: torch.Generator | None = None,
+    count: int = 1,
+) -> torch.Tensor:
     """D̃ (count, n, d), float32, requires grad — one set per pair fitted together: zeros (the
     paper), or random at the vocabulary's scale."""
     shape = (count, config.n_tokens, backbone.token_width)
@@ -87,11 +117,15 @@ def init_diff_tokens(config: InversionConfig, backbone: StableDiffusionBackbone,
 
 
 # ⑤ ---------------------------------------------------------------------------------------
-def noised_pair(backbone: StableDiffusionBackbone, latents: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noised_pair(
+    backbone: StableDiffusionBackbone, latents: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy, timesteps, targets) for latents (2K, C, h, w) = (z_A, z_A′) of K pairs: a timestep
     ~ U{0…T−1} and ε ~ N(0, I) drawn independently for every row; targets are what the UNet
     should output."""
-    timesteps = torch.randint(0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
+    timesteps = torch.randint(
+        0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
+    )
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     return backbone.add_noise(latents, noise, timesteps), timesteps, backbone.loss_target(latents, noise, timesteps)
 
@@ -102,7 +136,15 @@ def signed_pair(diff: torch.Tensor) -> torch.Tensor:
     return torch.stack([-diff, diff], dim=1).flatten(0, 1)
 
 
-def token_consistency_loss(backbone: StableDiffusionBackbone, diff: torch.Tensor, ids: torch.Tensor, slot_mask: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_consistency_loss(
+    backbone: StableDiffusionBackbone,
+    diff: torch.Tensor,
+    ids: torch.Tensor,
+    slot_mask: torch.Tensor,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
     """L_tc (eqs. 7–9) of K pairs (K,), both branches of all pairs in one text-encoder and one
     UNet call.
 
@@ -121,16 +163,17 @@ def token_consistency_loss(backbone: StableDiffusionBackbone, diff: torch.Tensor
 def clip_loss(clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, space: str) -> torch.Tensor:
     """L_clip (eq. 6) of K pairs (K,): cosine distance between D̃_k (K, n, d), brought into CLIP's
     joint space, and D_inter of pair k (K, D)."""
-    if space == "text-tower":
-        features = clip.slot_features(diff)
-    else:  # "token-mean"
-        features = diff.mean(dim=1)
+    features = clip.slot_features(diff) if space == "text-tower" else diff.mean(dim=1)  # else "token-mean"
     return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=-1)
 
 
 def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
     """Refuse combinations whose spaces do not match, before any work is done."""
-    if clip.vocabulary.shape[1] != backbone.token_width and config.use_clip_loss and config.clip_loss_space == "text-tower":
+    if (
+        clip.vocabulary.shape[1] != backbone.token_width
+        and config.use_clip_loss
+        and config.clip_loss_space == "text-tower"
+    ):
         raise DiffinvError(
             f"the CLIP text tower has token width {clip.vocabulary.shape[1]} but the model's text encoder "
             f"{backbone.token_width}; use the CLIP that matches the model (--clip-model)"
@@ -167,7 +210,9 @@ def fit_diff_tokens(
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
     target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
-    ids, slot_mask = backbone.slot_ids([prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)], config.n_tokens)
+    ids, slot_mask = backbone.slot_ids(
+        [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)], config.n_tokens
+    )
     diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
@@ -179,7 +224,11 @@ def fit_diff_tokens(
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
     for step in bar:
         used = project_straight_through(diff, vocabulary, usable)[0] if config.hard_tokens else diff
-        loss_tc = token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, latents, generator)) if config.use_token_consistency else zero
+        loss_tc = (
+            token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, latents, generator))
+            if config.use_token_consistency
+            else zero
+        )
         loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space) if config.use_clip_loss else zero
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
 
@@ -192,6 +241,8 @@ def fit_diff_tokens(
             bar.set_postfix(tc=f"{loss_tc.mean().item():.4f}", clip=f"{loss_clip.mean().item():.4f}")
 
     trace = torch.stack(history, dim=1).cpu().tolist() if history else [[] for _ in pairs]  # (K, steps, 3)
-    curves = [{name: [row[i] for row in rows] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))} for rows in trace]
+    curves = [
+        {name: [row[i] for row in rows] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))} for rows in trace
+    ]
     diff = diff.detach().float()
     return (diff[0], curves[0]) if single else (diff, curves)

@@ -25,7 +25,9 @@ def usable_token_mask(tokenizer, vocab_size: int, device) -> torch.Tensor:
     return mask
 
 
-def nearest_token_ids(embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_token_ids(
+    embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None
+) -> torch.Tensor:
     """Ids of the vocabulary rows closest in cosine to each embedding: (..., d) → (...,) long."""
     similarity = F.normalize(embeddings.detach().float(), dim=-1) @ F.normalize(vocabulary.float(), dim=-1).T
     if usable is not None:
@@ -33,7 +35,9 @@ def nearest_token_ids(embeddings: torch.Tensor, vocabulary: torch.Tensor, usable
     return similarity.argmax(dim=-1)
 
 
-def project_straight_through(embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def project_straight_through(
+    embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(projected, ids): forward value = nearest vocabulary embeddings, gradient = identity."""
     ids = nearest_token_ids(embeddings, vocabulary, usable)
     projected = vocabulary[ids].to(embeddings.dtype)

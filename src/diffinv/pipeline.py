@@ -1,14 +1,13 @@
 """`DifferenceInversion`: A : A′ :: B : B′ with a Stable Diffusion model — wiring only.
 
-    di = DifferenceInversion.from_pretrained("stabilityai/stable-diffusion-2-1")
-    tokens = di.fit(a, a_prime)            # learn D̃ from the pair (Algorithm 1)
-    b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
+di = DifferenceInversion.from_pretrained("stabilityai/stable-diffusion-2-1")
+tokens = di.fit(a, a_prime)            # learn D̃ from the pair (Algorithm 1)
+b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
 """
 
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import torch
 from PIL import Image
@@ -19,11 +18,19 @@ from .clip_space import ClipSpace, default_clip_for
 from .config import InversionConfig
 from .errors import DiffinvError
 from .images import fit_to, load_image, to_rgb, working_size
-from .inversion import PreparedPair, caption_pair, fit_diff_tokens, interpolated_delta, latent_pair, pez_prompt, prompt_pair
+from .inversion import (
+    PreparedPair,
+    caption_pair,
+    fit_diff_tokens,
+    interpolated_delta,
+    latent_pair,
+    pez_prompt,
+    prompt_pair,
+)
 from .pez import harden
 from .tokens import DiffTokens
 
-ImageInput = Union[Image.Image, str, os.PathLike]
+ImageInput = Image.Image | str | os.PathLike
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -33,7 +40,9 @@ def as_rgb(image: ImageInput) -> Image.Image:
     return to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
 
 
-def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
     """Defaults: CUDA if present, else CPU; bfloat16 on CUDA (fp16's range can underflow the small
     gradients reaching D̃), float32 on CPU."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -57,7 +66,13 @@ class DifferenceInversion:
         captioner: turns images into captions when captions are not given (None: they must be).
     """
 
-    def __init__(self, backbone: StableDiffusionBackbone, clip: ClipSpace, captioner: Captioner | None = None, default_config: InversionConfig | None = None):
+    def __init__(
+        self,
+        backbone: StableDiffusionBackbone,
+        clip: ClipSpace,
+        captioner: Captioner | None = None,
+        default_config: InversionConfig | None = None,
+    ):
         self.backbone = backbone
         self.clip = clip
         self.captioner = captioner
@@ -72,7 +87,7 @@ class DifferenceInversion:
         clip_model: str | None = None,
         captioner: Captioner | None = None,
         **pipeline_kwargs,
-    ) -> "DifferenceInversion":
+    ) -> DifferenceInversion:
         """Load a Stable Diffusion 1.x / 2.x model (hub id or local directory) and its CLIP.
 
         model: a hub id, a local directory, or "shapes" for the bundled offline shapes world.
@@ -111,15 +126,28 @@ class DifferenceInversion:
             raise DiffinvError("no captioner is set: pass the captions (--caption-a/--caption-a-prime/--prompt)")
         return self.captioner(images)
 
-    def prepare(self, a: ImageInput, a_prime: ImageInput, config: InversionConfig, captions: tuple[str, str] | None = None, prompts: tuple[str, str] | None = None, seed: int = 0, progress: bool = True) -> PreparedPair:
+    def prepare(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        config: InversionConfig,
+        captions: tuple[str, str] | None = None,
+        prompts: tuple[str, str] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> PreparedPair:
         """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch."""
         a = self._working_image(a, config)
         a_prime = fit_to(as_rgb(a_prime), a.size)
-        needs_captions = (config.use_clip_loss and config.alpha > 0) or (prompts is None and config.prompt_source == "caption")
+        needs_captions = (config.use_clip_loss and config.alpha > 0) or (
+            prompts is None and config.prompt_source == "caption"
+        )
         if captions is None:
             captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
         if prompts is None:
-            prompts = prompt_pair(self.clip, a, a_prime, captions, config, torch.Generator().manual_seed(seed), progress)
+            prompts = prompt_pair(
+                self.clip, a, a_prime, captions, config, torch.Generator().manual_seed(seed), progress
+            )
         return PreparedPair(
             caption_a=captions[0],
             caption_a_prime=captions[1],
@@ -168,11 +196,18 @@ class DifferenceInversion:
         seeds = list(range(len(pairs))) if seeds is None else seeds
         captions = captions or [None] * len(pairs)
         if not (len(pairs) == len(seeds) == len(captions)) or not pairs:
-            raise DiffinvError("fit_many needs one seed and one caption pair (or None) per pair, and at least one pair")
-        prepared = [self.prepare(a, a_prime, config, caption, None, seed, progress) for (a, a_prime), caption, seed in zip(pairs, captions, seeds)]
+            raise DiffinvError(
+                "fit_many needs one seed and one caption pair (or None) per pair, and at least one pair"
+            )
+        prepared = [
+            self.prepare(a, a_prime, config, caption, None, seed, progress)
+            for (a, a_prime), caption, seed in zip(pairs, captions, seeds)
+        ]
         return self._fit_prepared(prepared, config, seeds, progress)
 
-    def _fit_prepared(self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool) -> list[DiffTokens]:
+    def _fit_prepared(
+        self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool
+    ) -> list[DiffTokens]:
         """One batched optimisation per latent size (pairs of other aspect ratios cannot share a
         UNet call), seeded by the first seed of each group; tokens come back in input order."""
         groups: dict[tuple, list[int]] = {}
@@ -181,12 +216,16 @@ class DifferenceInversion:
         tokens: list[DiffTokens | None] = [None] * len(pairs)
         for members in groups.values():
             generator = torch.Generator(device=self.backbone.device).manual_seed(seeds[members[0]])
-            embeddings, histories = fit_diff_tokens(self.backbone, self.clip, [pairs[i] for i in members], config, generator, progress)
+            embeddings, histories = fit_diff_tokens(
+                self.backbone, self.clip, [pairs[i] for i in members], config, generator, progress
+            )
             for i, embedding, history in zip(members, embeddings, histories):
                 tokens[i] = self._tokens(pairs[i], embedding, history, config)
         return tokens
 
-    def _tokens(self, pair: PreparedPair, embeddings: torch.Tensor, history: dict, config: InversionConfig) -> DiffTokens:
+    def _tokens(
+        self, pair: PreparedPair, embeddings: torch.Tensor, history: dict, config: InversionConfig
+    ) -> DiffTokens:
         hard_ids, hard_text = None, ""
         if config.hard_tokens:
             embeddings, hard_ids, hard_text = harden(embeddings, self.backbone.vocabulary, self.backbone.tokenizer)
@@ -233,7 +272,9 @@ class DifferenceInversion:
             text_states = self.backbone.encode_prompt(ids, slot_mask, tokens.embeddings.to(self.backbone.device))
         return self._sample(text_states, b, config, seed, progress)
 
-    def draw(self, prompt: str, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, progress: bool = True) -> Image.Image:
+    def draw(
+        self, prompt: str, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, progress: bool = True
+    ) -> Image.Image:
         """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference)."""
         config = config or self.default_config
         b = self._working_image(b, config)
@@ -241,7 +282,9 @@ class DifferenceInversion:
             text_states = self.backbone.encode_plain([prompt])
         return self._sample(text_states, b, config, seed, progress)
 
-    def _sample(self, text_states: torch.Tensor, b: Image.Image, config: InversionConfig, seed: int, progress: bool) -> Image.Image:
+    def _sample(
+        self, text_states: torch.Tensor, b: Image.Image, config: InversionConfig, seed: int, progress: bool
+    ) -> Image.Image:
         """B′ at B's (working) size: img2img from `b`, or from noise, as `config` says."""
         return self.backbone.sample(
             text_states,
@@ -254,7 +297,17 @@ class DifferenceInversion:
             progress=progress,
         )
 
-    def analogy(self, a: ImageInput, a_prime: ImageInput, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, captions: tuple[str, str] | None = None, prompt_b: str | None = None, progress: bool = True) -> tuple[Image.Image, DiffTokens]:
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        config: InversionConfig | None = None,
+        seed: int = 0,
+        captions: tuple[str, str] | None = None,
+        prompt_b: str | None = None,
+        progress: bool = True,
+    ) -> tuple[Image.Image, DiffTokens]:
         """fit on (A, A′), then apply to B. Returns (B′, tokens)."""
         tokens = self.fit(a, a_prime, config, captions=captions, seed=seed, progress=progress)
         return self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress), tokens

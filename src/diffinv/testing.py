@@ -14,15 +14,17 @@ from .backbone import StableDiffusionBackbone
 from .clip_space import ClipSpace
 
 WORDS = (
-    "a photo of an the image with on in and picture drawing small big large tiny red green blue "
-    "yellow purple orange white black gray circle square triangle star heart cat dog house tree "
-    "car sky sea snow rain sunny night day castle cabin old new smiling crying"
+    "a photo of an the image with on in and picture drawing small big large tiny red green blue yellow purple orange "
+    "white black gray circle square triangle star heart cat dog house tree car sky sea snow rain sunny night day "
+    "castle cabin old new smiling crying"
 ).split()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte → printable-character table, which CLIP's BPE uses."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, extra = printable[:], 0
     for byte in range(256):
         if byte not in printable:
@@ -57,32 +59,59 @@ def word_tokenizer(words=WORDS, max_length: int = 77) -> CLIPTokenizer:
 
 def tiny_text_config(tokenizer: CLIPTokenizer, width: int = 32) -> CLIPTextConfig:
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
-def tiny_pipeline(prediction_type: str = "epsilon", seed: int = 0, width: int = 32, sample_size: int = 16) -> StableDiffusionPipeline:
+def tiny_pipeline(
+    prediction_type: str = "epsilon", seed: int = 0, width: int = 32, sample_size: int = 16
+) -> StableDiffusionPipeline:
     """A random SD pipeline: 32-wide text encoder, 2-level UNet on `sample_size`² latents, VAE ×2."""
     torch.manual_seed(seed)
     tokenizer = word_tokenizer()
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer, width))
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=width,
-        attention_head_dim=8, norm_num_groups=8,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=2 * sample_size,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=2 * sample_size,
     )
-    scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -92,7 +121,14 @@ def tiny_clip_for(pipe: StableDiffusionPipeline, seed: int = 0) -> ClipSpace:
     text_config = pipe.text_encoder.config
     config = CLIPConfig(
         text_config=text_config.to_dict(),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=text_config.hidden_size,
     )
     model = CLIPModel(config)

@@ -15,8 +15,8 @@ configs, at the largest id), so the slot id must be neither `<eos>` nor larger t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -78,7 +78,7 @@ class DiffTokens:
         save_file({"diff_tokens": self.embeddings.detach().float().cpu().contiguous()}, str(path), metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DiffTokens":
+    def load(cls, path: str | os.PathLike) -> DiffTokens:
         """Read a file written by `save`; raise `DiffinvError` if it is not one."""
         path = Path(path)
         if not path.is_file():
@@ -118,6 +118,4 @@ class DiffTokens:
                 f"encoder of {model_id!r} takes {token_width}-wide tokens; fit them again on this model"
             )
         if vocab_size != self.vocab_size or model_id != self.model_id:
-            warnings.warn(
-                f"DIFF tokens were fitted on {self.model_id!r}, applying them to {model_id!r}", stacklevel=2
-            )
+            warnings.warn(f"DIFF tokens were fitted on {self.model_id!r}, applying them to {model_id!r}", stacklevel=2)

@@ -1,9 +1,9 @@
 """`diffinv bench`: methods × triplet datasets → B′ images, per-triplet scores, summaries, report.
 
-    datasets.py  shapes / folder / InstructPix2Pix triplets
-    methods.py   Difference Inversion, its ablations and sweeps, the references
-    metrics.py   directional scores (CLIP, DINOv2, any embedder), similarity to a ground truth
-    run.py       the resumable, shardable runner and results.jsonl
-    report.py    summary.md / summary.csv / report.html with 95 % intervals
-    plots.py     loss curves as SVG
+datasets.py  shapes / folder / InstructPix2Pix triplets
+methods.py   Difference Inversion, its ablations and sweeps, the references
+metrics.py   directional scores (CLIP, DINOv2, any embedder), similarity to a ground truth
+run.py       the resumable, shardable runner and results.jsonl
+report.py    summary.md / summary.csv / report.html with 95 % intervals
+plots.py     loss curves as SVG
 """

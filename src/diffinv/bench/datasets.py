@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -148,14 +148,18 @@ def instructpix2pix_pairs(root: str | Path) -> list[dict]:
         try:
             instruction = json.loads(prompt_file.read_text(encoding="utf-8"))["edit"]
         except (ValueError, KeyError):
-            raise DiffinvError(f"{prompt_file}: not an InstructPix2Pix prompt.json (needs an \"edit\" field)") from None
+            raise DiffinvError(f'{prompt_file}: not an InstructPix2Pix prompt.json (needs an "edit" field)') from None
         for before in sorted(directory.glob("*_0.*")):
             seed = before.name[: -len("_0" + before.suffix)]
             after = _find_image(directory, f"{seed}_1")
             if before.suffix.lower() in IMAGE_SUFFIXES and after:
-                pairs.append({"id": f"{directory.name}-{seed}", "before": before, "after": after, "instruction": instruction})
+                pairs.append(
+                    {"id": f"{directory.name}-{seed}", "before": before, "after": after, "instruction": instruction}
+                )
     if not pairs:
-        raise DiffinvError(f"{root}: no InstructPix2Pix pairs found (<dir>/prompt.json with <seed>_0 / <seed>_1 images)")
+        raise DiffinvError(
+            f"{root}: no InstructPix2Pix pairs found (<dir>/prompt.json with <seed>_0 / <seed>_1 images)"
+        )
     return pairs
 
 

@@ -39,7 +39,16 @@ VARIANTS: dict[str, dict] = {
 }
 
 PRESETS: dict[str, list[str]] = {
-    "fig5": ["difference-inversion", "copy-b", "oracle-caption", "no-token-consistency", "image-delta-only", "text-delta-only", "random-init", "no-clip-loss"],
+    "fig5": [
+        "difference-inversion",
+        "copy-b",
+        "oracle-caption",
+        "no-token-consistency",
+        "image-delta-only",
+        "text-delta-only",
+        "random-init",
+        "no-clip-loss",
+    ],
     "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
@@ -64,7 +73,10 @@ def parse_changes(text: str) -> dict:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in known:
-            raise DiffinvError(f"bad config change {item!r}: expected field=value with a field of InversionConfig ({', '.join(sorted(known))})")
+            raise DiffinvError(
+                f"bad config change {item!r}: expected field=value with a field of InversionConfig "
+                f"({', '.join(sorted(known))})"
+            )
         changes[name] = parse_value(value.strip())
     return changes
 
@@ -93,7 +105,10 @@ def parse_method(spec: str) -> Method:
             raise DiffinvError(f"the reference {name!r} takes no config changes")
         return Method(spec, name, {})
     if name not in VARIANTS:
-        raise DiffinvError(f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES])} (or a preset: {', '.join(PRESETS)})")
+        raise DiffinvError(
+            f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES])} "
+            f"(or a preset: {', '.join(PRESETS)})"
+        )
     return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)})
 
 

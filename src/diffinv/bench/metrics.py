@@ -48,7 +48,9 @@ class Dinov2Embedder:
         self.model, self.name, self.resize, self.crop = model.eval(), name, resize, crop
 
     @classmethod
-    def from_pretrained(cls, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Dinov2Embedder":
+    def from_pretrained(
+        cls, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Dinov2Embedder:
         from transformers import Dinov2Model
 
         looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1  # hub ids are owner/name
@@ -70,7 +72,9 @@ class Dinov2Embedder:
         return self.model(pixel_values=self.pixels(images)).pooler_output.float()
 
 
-def directional_score(embedder: Embedder, a: Image.Image, a_prime: Image.Image, b: Image.Image, b_prime: Image.Image) -> float:
+def directional_score(
+    embedder: Embedder, a: Image.Image, a_prime: Image.Image, b: Image.Image, b_prime: Image.Image
+) -> float:
     """cos(E(A′) − E(A), E(B′) − E(B)) on L2-normalised embeddings, in [−1, 1]."""
     features = F.normalize(embedder([a, a_prime, b, b_prime]).float(), dim=-1)
     return F.cosine_similarity(features[1] - features[0], features[3] - features[2], dim=0).item()

@@ -19,9 +19,22 @@ from .run import locked_results, read_results
 
 # Two-sided 95 % quantiles of Student's t for small samples; beyond, a Cornish–Fisher expansion.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-METRIC_ORDER = ("correct", "edit", "preserved", "clip_directional", "dinov2_directional", "clip_to_truth", "dinov2_to_truth", "final_loss_tc", "final_loss_clip")
+METRIC_ORDER = (
+    "correct",
+    "edit",
+    "preserved",
+    "clip_directional",
+    "dinov2_directional",
+    "clip_to_truth",
+    "dinov2_to_truth",
+    "final_loss_tc",
+    "final_loss_clip",
+)
 NOT_METRICS = {"index", "seconds"}
 PERCENT = {"correct", "edit", "preserved"}
+
+
+RECORD_KEYS = ("dataset", "model", "methods", "base_config")
 
 
 def is_score(metric: str) -> bool:
@@ -47,7 +60,12 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
 
 
 def metric_names(rows: list[dict]) -> list[str]:
-    found = {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
+    found = {
+        k
+        for row in rows
+        for k, v in row.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS
+    }
     return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
 
 
@@ -65,7 +83,12 @@ def summarize(rows: list[dict], group: str | None = None) -> list[dict]:
     for method, value in keys:
         chosen = [r for r in rows if r["method"] == method and (not group or r.get(group, "") == value)]
         seconds = sorted(r["seconds"] for r in chosen if "seconds" in r)
-        entry = {"method": method, **({group: value} if group else {}), "n": len(chosen), "seconds_median": seconds[len(seconds) // 2] if seconds else math.nan}
+        entry = {
+            "method": method,
+            **({group: value} if group else {}),
+            "n": len(chosen),
+            "seconds_median": seconds[len(seconds) // 2] if seconds else math.nan,
+        }
         for metric in metrics:
             values = [float(r[metric]) for r in chosen if metric in r]
             if values:
@@ -111,13 +134,27 @@ def _columns(table: list[dict], only_scores: bool) -> list[str]:
     return [m for m in metrics if is_score(m)] if only_scores else metrics
 
 
-def table_cells(table: list[dict], group: str | None = None, scores_only: bool = False) -> tuple[list[str], list[list[str]]]:
+def table_cells(
+    table: list[dict], group: str | None = None, scores_only: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """(header, rows of cells) of a summary table, shared by the markdown and HTML renderings."""
     metrics = _columns(table, only_scores=scores_only)
     timed = any(not math.isnan(entry["seconds_median"]) for entry in table)
-    header = ["method", *([group] if group else []), "n", *[f"{m} (%)" if m in PERCENT else m for m in metrics], *(["s/triplet (median)"] if timed else [])]
+    header = [
+        "method",
+        *([group] if group else []),
+        "n",
+        *[f"{m} (%)" if m in PERCENT else m for m in metrics],
+        *(["s/triplet (median)"] if timed else []),
+    ]
     rows = [
-        [entry["method"], *([entry[group]] if group else []), str(entry["n"]), *[_cell(entry, m, m in PERCENT) for m in metrics], *([f"{entry['seconds_median']:.2f}"] if timed else [])]
+        [
+            entry["method"],
+            *([entry[group]] if group else []),
+            str(entry["n"]),
+            *[_cell(entry, m, m in PERCENT) for m in metrics],
+            *([f"{entry['seconds_median']:.2f}"] if timed else []),
+        ]
         for entry in table
     ]
     return header, rows
@@ -127,7 +164,9 @@ def markdown_table(table: list[dict], group: str | None = None, scores_only: boo
     if not table:
         return "(no results)\n"
     header, rows = table_cells(table, group, scores_only)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cells) + " |" for cells in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +181,9 @@ def family_matrix(rows: list[dict], scores: tuple[str, ...] = ("correct", "edit"
         cells = []
         for family in families:
             chosen = [r for r in rows if r["method"] == method and r.get("family") == family and scores[0] in r]
-            cells.append(" / ".join(f"{100 * sum(r[k] for r in chosen) / len(chosen):.0f}" for k in scores) if chosen else "–")
+            cells.append(
+                " / ".join(f"{100 * sum(r[k] for r in chosen) / len(chosen):.0f}" for k in scores) if chosen else "–"
+            )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -163,7 +204,9 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_reports(run_dir: str | Path, max_examples: int = 12, baseline: str = "difference-inversion") -> dict[str, Path]:
+def write_reports(
+    run_dir: str | Path, max_examples: int = 12, baseline: str = "difference-inversion"
+) -> dict[str, Path]:
     """summary.md, summary.csv and report.html from results.jsonl, with paired differences
     against the `baseline` method when the run has it. Returns their paths."""
     run_dir = Path(run_dir)
@@ -175,11 +218,16 @@ def _write_reports(run_dir: Path, rows: list[dict], max_examples: int, baseline:
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
     overall = summarize(rows)
     by_family = summarize(rows, "family") if any(r.get("family") for r in rows) else []
-    intro = f"Run: {json.dumps(record.get('dataset', {}))}, model {record.get('model', '?')}.\nMean ± 95 % interval (Student's t) over triplets.\n"
+    intro = (
+        f"Run: {json.dumps(record.get('dataset', {}))}, model {record.get('model', '?')}.\n"
+        "Mean ± 95 % interval (Student's t) over triplets.\n"
+    )
     markdown = "# Benchmark summary\n\n" + intro + "\n" + markdown_table(overall)
     paired = paired_differences(rows, baseline)
     if paired:
-        markdown += f"\n## Paired differences against {baseline} (same triplets)\n\n" + markdown_table(paired, scores_only=True)
+        markdown += f"\n## Paired differences against {baseline} (same triplets)\n\n" + markdown_table(
+            paired, scores_only=True
+        )
     matrix = family_matrix(rows)
     if matrix:
         markdown += "\n## Per family: correct / edit / preserved (%)\n\n" + matrix
@@ -201,14 +249,33 @@ def _html_table(table: list[dict], group: str | None = None, scores_only: bool =
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
-def html_report(record: dict, rows: list[dict], overall: list[dict], paired: list[dict], by_family: list[dict], max_examples: int, baseline: str) -> str:
-    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}figure{display:inline-block;margin:6px}figcaption{font-size:11px}img{image-rendering:pixelated}"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>diffinv bench</title><style>{style}</style></head><body>",
-             "<h1>diffinv bench</h1>",
-             f"<pre>{escape(json.dumps({k: record.get(k) for k in ('dataset', 'model', 'methods', 'base_config')}, indent=1))}</pre>",
-             "<h2>Summary</h2><p>Mean ± 95 % interval (Student's t) over triplets.</p>", _html_table(overall)]
+def html_report(
+    record: dict,
+    rows: list[dict],
+    overall: list[dict],
+    paired: list[dict],
+    by_family: list[dict],
+    max_examples: int,
+    baseline: str,
+) -> str:
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+        "figure{display:inline-block;margin:6px}figcaption{font-size:11px}img{image-rendering:pixelated}"
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>diffinv bench</title>",
+        f"<style>{style}</style></head><body>",
+        "<h1>diffinv bench</h1>",
+        f"<pre>{escape(json.dumps({k: record.get(k) for k in RECORD_KEYS}, indent=1))}</pre>",
+        "<h2>Summary</h2><p>Mean ± 95 % interval (Student's t) over triplets.</p>",
+        _html_table(overall),
+    ]
     if paired:
-        parts += [f"<h2>Paired differences against {escape(baseline)} (same triplets)</h2>", _html_table(paired, scores_only=True)]
+        parts += [
+            f"<h2>Paired differences against {escape(baseline)} (same triplets)</h2>",
+            _html_table(paired, scores_only=True),
+        ]
     if by_family:
         parts += ["<h2>Per family</h2>", _html_table(by_family, "family", scores_only=True)]
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -217,6 +284,9 @@ def html_report(record: dict, rows: list[dict], overall: list[dict], paired: lis
         for r in examples:
             verdict = f" · correct {int(r['correct'])}" if "correct" in r else ""
             loss = f" · <a href='{escape(r['loss_plot'])}'>loss</a>" if "loss_plot" in r else ""
-            parts.append(f"<figure><img src='{escape(r['grid'])}' height='140'><figcaption>{escape(r['id'])} {escape(r.get('family', ''))}{verdict}{loss}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{escape(r['grid'])}' height='140'><figcaption>{escape(r['id'])} "
+                f"{escape(r.get('family', ''))}{verdict}{loss}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)

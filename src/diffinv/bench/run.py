@@ -47,7 +47,7 @@ class Shard:
     world_size: int = 1
 
     @classmethod
-    def from_environment(cls) -> "Shard":
+    def from_environment(cls) -> Shard:
         """RANK / WORLD_SIZE as `accelerate launch` and torchrun set them (a single process otherwise)."""
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
@@ -120,7 +120,9 @@ def check_run_record(run_dir: Path, record: dict) -> None:
             previous = json.loads(path.read_text(encoding="utf-8"))
             keys = ("dataset", "base_config", "model", "seed")
             if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
-                raise DiffinvError(f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out")
+                raise DiffinvError(
+                    f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out"
+                )
             record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
         tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -136,17 +138,35 @@ class BenchRunner:
     batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
     """
 
-    def __init__(self, di, run_dir: str | Path, base_config: InversionConfig, embedders: list[Embedder], classifier=None, batch_size: int = 1, seed: int = 0, progress: bool = True):
+    def __init__(
+        self,
+        di,
+        run_dir: str | Path,
+        base_config: InversionConfig,
+        embedders: list[Embedder],
+        classifier=None,
+        batch_size: int = 1,
+        seed: int = 0,
+        progress: bool = True,
+    ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
         self.di, self.run_dir, self.base_config = di, Path(run_dir), base_config
-        self.embedders, self.classifier, self.batch_size, self.seed, self.progress = embedders, classifier, batch_size, seed, progress
+        self.embedders, self.classifier, self.batch_size, self.seed, self.progress = (
+            embedders,
+            classifier,
+            batch_size,
+            seed,
+            progress,
+        )
 
     def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
         for method in methods:
             if method.base == "oracle-caption" and any(t.caption_b_prime is None for t in triplets):
-                raise DiffinvError("oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)")
+                raise DiffinvError(
+                    "oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)"
+                )
             method.config(self.base_config)  # an invalid change raises here, before any work
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
@@ -171,7 +191,12 @@ class BenchRunner:
         fit_seconds, tokens = 0.0, [None] * len(chunk)
         if method.fits_tokens:
             start = time.perf_counter()
-            tokens = self.di.fit_many([(a, a_prime) for a, a_prime, _ in images], config, seeds=[self.seed + index for index, _ in chunk], progress=False)
+            tokens = self.di.fit_many(
+                [(a, a_prime) for a, a_prime, _ in images],
+                config,
+                seeds=[self.seed + index for index, _ in chunk],
+                progress=False,
+            )
             fit_seconds = (time.perf_counter() - start) / len(chunk)
         for (index, triplet), (a, a_prime, b), token in zip(chunk, images, tokens):
             start = time.perf_counter()
@@ -184,7 +209,18 @@ class BenchRunner:
             seconds = fit_seconds + time.perf_counter() - start
             yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
 
-    def _record(self, method: Method, triplet: BenchTriplet, index: int, a, a_prime, b, b_prime: Image.Image, tokens, seconds: float) -> dict:
+    def _record(
+        self,
+        method: Method,
+        triplet: BenchTriplet,
+        index: int,
+        a,
+        a_prime,
+        b,
+        b_prime: Image.Image,
+        tokens,
+        seconds: float,
+    ) -> dict:
         name = slug(method.spec)
         truth = triplet.b_prime() if triplet.b_prime else None
         paths = {"b_prime": f"images/{name}/{triplet.id}.png", "grid": f"grids/{name}/{triplet.id}.png"}
@@ -195,11 +231,20 @@ class BenchRunner:
         if truth is not None:
             tiles, labels = tiles + [truth], labels + ["true B'"]
         image_grid(tiles, labels, height=128).save(self.run_dir / paths["grid"])
-        row = {"method": method.spec, "id": triplet.id, "index": index, "family": triplet.family, "seconds": round(seconds, 4), **paths}
+        row = {
+            "method": method.spec,
+            "id": triplet.id,
+            "index": index,
+            "family": triplet.family,
+            "seconds": round(seconds, 4),
+            **paths,
+        }
         if tokens is not None and tokens.history.get("loss"):
             paths_loss = f"loss/{name}/{triplet.id}.svg"
             (self.run_dir / paths_loss).parent.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / paths_loss).write_text(loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}"), encoding="utf-8")
+            (self.run_dir / paths_loss).write_text(
+                loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}"), encoding="utf-8"
+            )
             row["loss_plot"] = paths_loss
             row["final_loss_tc"] = tokens.history["loss_tc"][-1]
             row["final_loss_clip"] = tokens.history["loss_clip"][-1]

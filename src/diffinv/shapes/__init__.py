@@ -15,7 +15,9 @@ MODEL_DIR = Path(__file__).parent / "model"
 
 # Defaults for this world, where steps and sizes are tuned for speed (see docs/shapes.md):
 # captions come from exact CLIP retrieval, so PEZ is not needed.
-SHAPES_CONFIG = dict(prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8)
+SHAPES_CONFIG = dict(
+    prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8
+)
 
 
 def shapes_config(**changes) -> InversionConfig:
@@ -35,7 +37,9 @@ def load_shapes(device=None, dtype=None, clip_model=None, captioner=None, model_
 
     model_dir = Path(model_dir or MODEL_DIR)
     if not (model_dir / "unet" / "config.json").exists():
-        raise DiffinvError(f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`")
+        raise DiffinvError(
+            f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`"
+        )
     device, dtype = resolve_device_dtype(device, dtype)
     backbone = StableDiffusionBackbone.from_pretrained(str(model_dir), device, dtype)
     backbone.model_id = "shapes"

@@ -23,10 +23,18 @@ class AttributeClassifier(nn.Module):
     def __init__(self, width: int = 32):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.GELU(),
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, 128),
+            nn.GELU(),
         )
         self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in ATTRIBUTES.items()})
         self.width = width
@@ -39,7 +47,12 @@ class AttributeClassifier(nn.Module):
     def predict(self, images: list[Image.Image]) -> list[dict]:
         """Attribute values of each picture (resized to 32² if needed)."""
         self.eval()
-        batch = np.stack([np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32) for image in images])
+        batch = np.stack(
+            [
+                np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32)
+                for image in images
+            ]
+        )
         logits = self(torch.from_numpy(batch).permute(0, 3, 1, 2) / 255.0)
         indices = {name: value.argmax(dim=-1).tolist() for name, value in logits.items()}
         return [{name: ATTRIBUTES[name][indices[name][i]] for name in ATTRIBUTES} for i in range(len(images))]
@@ -50,7 +63,7 @@ class AttributeClassifier(nn.Module):
         (directory / "classifier.json").write_text(json.dumps({"width": self.width}))
 
     @classmethod
-    def load(cls, directory: Path) -> "AttributeClassifier":
+    def load(cls, directory: Path) -> AttributeClassifier:
         model = cls(**json.loads((directory / "classifier.json").read_text()))
         model.load_state_dict(load_file(str(directory / "classifier.safetensors")))
         return model.eval()
@@ -58,4 +71,6 @@ class AttributeClassifier(nn.Module):
 
 def targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     """Class indices of each attribute, (B,) per attribute."""
-    return {name: torch.tensor([values.index(getattr(s, name)) for s in scenes]) for name, values in ATTRIBUTES.items()}
+    return {
+        name: torch.tensor([values.index(getattr(s, name)) for s in scenes]) for name, values in ATTRIBUTES.items()
+    }

@@ -68,7 +68,12 @@ def gate_vae(pipe, classifier: AttributeClassifier, n: int = 500, seed: int = 10
     decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
     round_trip = processor.postprocess(decoded, output_type="pil")
     predicted = classifier.predict(round_trip)
-    return Gate("vae", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["vae"], _detail(per_attribute(predicted, scenes)))
+    return Gate(
+        "vae",
+        float(np.mean(all_right(predicted, scenes))),
+        THRESHOLDS["vae"],
+        _detail(per_attribute(predicted, scenes)),
+    )
 
 
 def gate_clip(clip, n: int = 500, seed: int = 103) -> Gate:
@@ -83,20 +88,31 @@ def gate_clip(clip, n: int = 500, seed: int = 103) -> Gate:
 
 
 @torch.no_grad()
-def text_to_image(pipe, captions: list[str], seed: int = 0, steps: int = 20, guidance_scale: float = 4.0, batch: int = 60) -> list[Image.Image]:
+def text_to_image(
+    pipe, captions: list[str], seed: int = 0, steps: int = 20, guidance_scale: float = 4.0, batch: int = 60
+) -> list[Image.Image]:
     images = []
     pipe.set_progress_bar_config(disable=True)
     for i in range(0, len(captions), batch):
         generator = torch.Generator().manual_seed(seed + i)
-        images += pipe(captions[i : i + batch], num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator).images
+        images += pipe(
+            captions[i : i + batch], num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator
+        ).images
     return images
 
 
 def gate_text2image(pipe, classifier: AttributeClassifier, seed: int = 104, guidance_scale: float = 4.0) -> Gate:
     """One image per scene of the world (240), from its canonical caption."""
     scenes = all_scenes()
-    predicted = classifier.predict(text_to_image(pipe, [canonical_caption(s) for s in scenes], seed, guidance_scale=guidance_scale))
-    return Gate("text2image", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["text2image"], _detail(per_attribute(predicted, scenes)))
+    predicted = classifier.predict(
+        text_to_image(pipe, [canonical_caption(s) for s in scenes], seed, guidance_scale=guidance_scale)
+    )
+    return Gate(
+        "text2image",
+        float(np.mean(all_right(predicted, scenes))),
+        THRESHOLDS["text2image"],
+        _detail(per_attribute(predicted, scenes)),
+    )
 
 
 def check(model_dir: Path | None = None) -> list[Gate]:
@@ -114,7 +130,7 @@ def check(model_dir: Path | None = None) -> list[Gate]:
     ]
 
 
-# --- analogy accuracy (scores used by `diffinv bench`) -------------------------------------------------------------------------------
+# --- analogy accuracy (scores used by `diffinv bench`) ------------------------------------------------------
 def score(predicted: dict, triplet) -> dict[str, float]:
     """edit: the changed attribute has the target value; preserved: every other attribute is
     B's; correct: both (B′ is exactly the ground truth, up to jitter)."""

@@ -111,11 +111,24 @@ def train_classifier(scenes, images: np.ndarray, plan: TrainingPlan) -> Attribut
 def build_clip(tokenizer) -> CLIPModel:
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=3,
-            num_attention_heads=4, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=WIDTH,
+            intermediate_size=2 * WIDTH,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=TEXT_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=3, num_attention_heads=4, image_size=RESOLUTION, patch_size=4),
+        vision_config=dict(
+            hidden_size=WIDTH,
+            intermediate_size=2 * WIDTH,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=RESOLUTION,
+            patch_size=4,
+        ),
         projection_dim=WIDTH,
     )
     return CLIPModel(config)
@@ -138,13 +151,18 @@ def train_clip(scenes, images: np.ndarray, tokenizer, plan: TrainingPlan) -> CLI
         index = torch.randint(len(scenes), (plan.clip_batch,))
         batch_keys = [keys[i] for i in index.tolist()]
         texts = [rng.choice(variants[k]) for k in batch_keys]
-        ids = tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
         image_features = F.normalize(model.get_image_features(pixel_values=pixels[index]).pooler_output, dim=-1)
         text_features = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
         same = torch.tensor([[a == b for b in batch_keys] for a in batch_keys], dtype=torch.float32)
         soft = same / same.sum(dim=1, keepdim=True)
-        loss = 0.5 * (torch.sum(-soft * logits.log_softmax(dim=1), dim=1).mean() + torch.sum(-soft * logits.T.log_softmax(dim=1), dim=1).mean())
+        loss = 0.5 * (
+            torch.sum(-soft * logits.log_softmax(dim=1), dim=1).mean()
+            + torch.sum(-soft * logits.T.log_softmax(dim=1), dim=1).mean()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -154,9 +172,15 @@ def train_clip(scenes, images: np.ndarray, tokenizer, plan: TrainingPlan) -> CLI
 # --- 3. VAE ---------------------------------------------------------------------------------------
 def build_vae() -> AutoencoderKL:
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 48, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=16, sample_size=RESOLUTION,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 48, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=RESOLUTION,
     )
 
 
@@ -175,7 +199,9 @@ def train_vae(images: np.ndarray, plan: TrainingPlan) -> AutoencoderKL:
         optimizer.step()
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, min(2048, len(pixels)), 256)])
+        latents = torch.cat(
+            [vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, min(2048, len(pixels)), 256)]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return vae
 
@@ -208,28 +234,51 @@ def refine_vae_decoder(vae: AutoencoderKL, images: np.ndarray, plan: TrainingPla
 # --- 4. UNet --------------------------------------------------------------------------------------
 def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=RESOLUTION // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=RESOLUTION // 4,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
         block_out_channels=(48, 96, 96),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH, attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
     )
 
 
 def training_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+        clip_sample=False,
+    )
 
 
 @torch.no_grad()
 def encode_captions(text_encoder: CLIPTextModel, tokenizer, texts: list[str]) -> torch.Tensor:
     states = []
     for i in range(0, len(texts), 256):
-        ids = tokenizer(texts[i : i + 256], padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts[i : i + 256], padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
         states.append(text_encoder(ids).last_hidden_state)
     return torch.cat(states)
 
 
-def train_unet(scenes, images: np.ndarray, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer, plan: TrainingPlan, partial: Path, on_checkpoint=None) -> UNet2DConditionModel:
+def train_unet(
+    scenes,
+    images: np.ndarray,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer,
+    plan: TrainingPlan,
+    partial: Path,
+    on_checkpoint=None,
+) -> UNet2DConditionModel:
     """v-prediction on fixed latents; 10 % of captions dropped for classifier-free guidance;
     the saved weights are an exponential moving average (decay 0.999).
 
@@ -241,14 +290,17 @@ def train_unet(scenes, images: np.ndarray, vae: AutoencoderKL, text_encoder: CLI
     start = 0
     if partial.exists():
         state = load_file(str(partial))
-        unet.load_state_dict({k[len("online."):]: v for k, v in state.items() if k.startswith("online.")})
-        ema.load_state_dict({k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
+        unet.load_state_dict({k[len("online.") :]: v for k, v in state.items() if k.startswith("online.")})
+        ema.load_state_dict({k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")})
         with safe_open(str(partial), framework="pt") as handle:
             start = int(handle.metadata()["step"]) + 1
     scheduler = training_scheduler()
     with torch.no_grad():
         pixels = _pixels(images) * 2 - 1
-        latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) * vae.config.scaling_factor
+        latents = (
+            torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+            * vae.config.scaling_factor
+        )
     keys = [_scene_key(s) for s in scenes]
     texts, choices = [""], {}
     for key, scene in zip(keys, scenes):
@@ -291,7 +343,9 @@ def train_unet(scenes, images: np.ndarray, vae: AutoencoderKL, text_encoder: CLI
 
 # --- orchestration --------------------------------------------------------------------------------
 def sampling_scheduler() -> DDIMScheduler:
-    return DDIMScheduler.from_config(training_scheduler().config, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
+    return DDIMScheduler.from_config(
+        training_scheduler().config, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing"
+    )
 
 
 def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
@@ -324,7 +378,12 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
 
     stage("clip", clip_stage)
     stage("vae", lambda: train_vae(images, plan).save_pretrained(out / "vae"))
-    stage("vae_decoder", lambda: refine_vae_decoder(AutoencoderKL.from_pretrained(out / "vae"), images, plan).save_pretrained(out / "vae"))
+    stage(
+        "vae_decoder",
+        lambda: refine_vae_decoder(AutoencoderKL.from_pretrained(out / "vae"), images, plan).save_pretrained(
+            out / "vae"
+        ),
+    )
 
     def unet_stage():
         clip = CLIPModel.from_pretrained(out / "clip")
@@ -335,11 +394,28 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
 
         def save(unet: UNet2DConditionModel) -> None:
             StableDiffusionPipeline(
-                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=sampling_scheduler(),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
             ).save_pretrained(out)
 
-        save(train_unet(scenes, images, vae, text_encoder, tokenizer, plan, out / "unet-partial.safetensors", on_checkpoint=save))
+        save(
+            train_unet(
+                scenes,
+                images,
+                vae,
+                text_encoder,
+                tokenizer,
+                plan,
+                out / "unet-partial.safetensors",
+                on_checkpoint=save,
+            )
+        )
         (out / "unet-partial.safetensors").unlink(missing_ok=True)
 
     stage("unet", unet_stage)

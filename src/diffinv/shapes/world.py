@@ -55,7 +55,7 @@ class Scene:
     def attributes(self) -> dict:
         return {name: getattr(self, name) for name in ATTRIBUTES}
 
-    def with_(self, attribute: str, value) -> "Scene":
+    def with_(self, attribute: str, value) -> Scene:
         return replace(self, **{attribute: value})
 
 
@@ -77,8 +77,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
     if shape == "cross":
         a, w = r, r * 0.38
-        return [(cx - w, cy - a), (cx + w, cy - a), (cx + w, cy - w), (cx + a, cy - w), (cx + a, cy + w), (cx + w, cy + w),
-                (cx + w, cy + a), (cx - w, cy + a), (cx - w, cy + w), (cx - a, cy + w), (cx - a, cy - w), (cx - w, cy - w)]
+        return [
+            (cx - w, cy - a),
+            (cx + w, cy - a),
+            (cx + w, cy - w),
+            (cx + a, cy - w),
+            (cx + a, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + a),
+            (cx - w, cy + a),
+            (cx - w, cy + w),
+            (cx - a, cy + w),
+            (cx - a, cy - w),
+            (cx - w, cy - w),
+        ]
     raise ValueError(shape)
 
 
@@ -123,7 +135,9 @@ def caption_variants(scene: Scene) -> list[str]:
     variants = [canonical_caption(scene)]
     for template, size in itertools.product(TEMPLATES, SIZE_WORDS[scene.size]):
         for dot in DOT_PHRASES if scene.dot else ("",):
-            text = template.format(size=size, colour=scene.colour, shape=scene.shape, background=scene.background, dot=dot)
+            text = template.format(
+                size=size, colour=scene.colour, shape=scene.shape, background=scene.background, dot=dot
+            )
             if text not in variants:
                 variants.append(text)
     return variants
@@ -187,5 +201,7 @@ def export_triplet(triplet: Triplet, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("a", "a_prime", "b", "b_prime"):
         render(getattr(triplet, name)).save(directory / f"{name}.png")
-    lines = [f"family: {triplet.family}"] + [f"{name}: {canonical_caption(getattr(triplet, name))}" for name in ("a", "a_prime", "b", "b_prime")]
+    lines = [f"family: {triplet.family}"] + [
+        f"{name}: {canonical_caption(getattr(triplet, name))}" for name in ("a", "a_prime", "b", "b_prime")
+    ]
     (directory / "captions.txt").write_text("\n".join(lines) + "\n")
