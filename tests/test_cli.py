@@ -237,7 +237,7 @@ def test_model_directory_that_does_not_exist(capsys, tmp_path, image_files):
         "--quiet",
     ]
     code, _, err = run(capsys, argv)
-    assert_one_line_error(code, err, "could not load")
+    assert_one_line_error(code, err, "no such model directory")
 
 
 def subprocess_cli(*argv):

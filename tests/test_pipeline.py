@@ -190,7 +190,7 @@ def test_from_pretrained_loads_a_saved_directory(tiny_model_dir, images, backbon
 
 
 def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(DiffinvError, match="could not load"):
+    with pytest.raises(DiffinvError, match="no such model directory"):
         DifferenceInversion.from_pretrained(
             str(tmp_path / "nothing-here"), device="cpu", clip_model=str(tmp_path / "nor-here")
         )

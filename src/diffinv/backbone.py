@@ -43,10 +43,14 @@ class StableDiffusionBackbone:
 
     @classmethod
     def from_pretrained(
-        cls, model: str, device: str | torch.device, dtype: torch.dtype, **kwargs
+        cls, model: str, device: str | torch.device, dtype: torch.dtype, local_files_only: bool = False, **kwargs
     ) -> StableDiffusionBackbone:
-        """Load a Stable Diffusion 1.x / 2.x pipeline by hub id or local directory."""
-        pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **kwargs)
+        """Load a Stable Diffusion 1.x / 2.x pipeline by hub id or local directory.
+
+        local_files_only: use the hub cache only, never the network."""
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model, torch_dtype=dtype, local_files_only=local_files_only, **kwargs
+        )
         pipe.to(device)
         return cls(pipe, model)
 

@@ -23,7 +23,13 @@ class Captioner(Protocol):
 
 
 class Blip2Captioner:
-    """BLIP-2 through transformers (the paper's captioner). Loaded on first use: it is large."""
+    """BLIP-2 through transformers (the paper's captioner).
+
+    Loaded on first use, since it is large (3.9 B parameters for blip2-opt-2.7b), and freed
+    after each call unless `keep_loaded` (the benchmark runner keeps it for many triplets):
+    captioning happens once per fit, before the UNet needs the memory.
+    local_files_only: use the hub cache only; a missing model is then one clear error.
+    """
 
     def __init__(
         self,
@@ -31,16 +37,34 @@ class Blip2Captioner:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         max_new_tokens: int = 30,
+        local_files_only: bool = False,
+        keep_loaded: bool = False,
     ):
         self.model_name, self.device, self.dtype, self.max_new_tokens = model, device, dtype, max_new_tokens
+        self.local_files_only, self.keep_loaded = local_files_only, keep_loaded
         self._model = self._processor = None
 
     def _load(self) -> None:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        self._processor = Blip2Processor.from_pretrained(self.model_name)
-        self._model = Blip2ForConditionalGeneration.from_pretrained(self.model_name, dtype=self.dtype).to(self.device)
+        try:
+            self._processor = Blip2Processor.from_pretrained(self.model_name, local_files_only=self.local_files_only)
+            self._model = Blip2ForConditionalGeneration.from_pretrained(
+                self.model_name, dtype=self.dtype, local_files_only=self.local_files_only
+            ).to(self.device)
+        except OSError:
+            where = "in the hub cache (offline)" if self.local_files_only else "in the hub cache or on the hub"
+            raise DiffinvError(
+                f"the captioner {self.model_name} (BLIP-2) is not {where}; give the captions instead "
+                "(--caption-a/--caption-a-prime, and --prompt for B) or caption by CLIP retrieval (--captions-from FILE)"
+            ) from None
         self._model.requires_grad_(False).eval()
+
+    def release(self) -> None:
+        """Free the model's memory (it is loaded again on the next call)."""
+        self._model = self._processor = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> list[str]:
@@ -48,7 +72,10 @@ class Blip2Captioner:
             self._load()
         inputs = self._processor(images=images, return_tensors="pt").to(self.device, self.dtype)
         generated = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens)
-        return [text.strip() for text in self._processor.batch_decode(generated, skip_special_tokens=True)]
+        captions = [text.strip() for text in self._processor.batch_decode(generated, skip_special_tokens=True)]
+        if not self.keep_loaded:
+            self.release()
+        return captions
 
 
 class ClipRetrievalCaptioner:

@@ -49,9 +49,10 @@ class ClipSpace:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, name: str, device, dtype: torch.dtype) -> ClipSpace:
-        model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
-        return cls(model, CLIPTokenizer.from_pretrained(name))
+    def from_pretrained(cls, name: str, device, dtype: torch.dtype, local_files_only: bool = False) -> ClipSpace:
+        """A `CLIPModel` and its tokenizer by hub id or directory (`local_files_only`: cache only)."""
+        model = CLIPModel.from_pretrained(name, dtype=dtype, local_files_only=local_files_only).to(device)
+        return cls(model, CLIPTokenizer.from_pretrained(name, local_files_only=local_files_only))
 
     @property
     def device(self) -> torch.device:

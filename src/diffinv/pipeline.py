@@ -8,12 +8,13 @@ b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from PIL import Image
 
 from .backbone import StableDiffusionBackbone
-from .captioners import Blip2Captioner, Captioner
+from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .clip_space import ClipSpace, default_clip_for
 from .config import InversionConfig
 from .errors import DiffinvError
@@ -27,6 +28,7 @@ from .inversion import (
     pez_prompt,
     prompt_pair,
 )
+from .model_card import model_card
 from .pez import harden
 from .tokens import DiffTokens
 
@@ -40,14 +42,54 @@ def as_rgb(image: ImageInput) -> Image.Image:
     return to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
 
 
+def hub_offline() -> bool:
+    """Whether the user asked for no network (`HF_HUB_OFFLINE=1`, as the hub libraries read it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _loaded(name: str, offline: bool, load):
+    """`load()`, with a missing or unreadable model turned into one line that says what to do."""
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        if os.path.isdir(name):
+            raise DiffinvError(f"could not load the model directory {name!r}: {first_line}") from None
+        if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+            raise DiffinvError(f"{name}: no such model directory (and not a hub id of the form owner/name)") from None
+        if offline:
+            raise DiffinvError(
+                f"could not load {name!r}: it is not in the hub cache, and offline mode is on "
+                "(--offline or HF_HUB_OFFLINE=1); download it once online, or give a local directory"
+            ) from None
+        raise DiffinvError(
+            f"could not load {name!r} from the hub or its cache ({type(error).__name__}); check the id and the "
+            "network, log in for gated models, or give a local directory"
+        ) from None
+
+
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
 def resolve_device_dtype(
     device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[torch.device, torch.dtype]:
     """Defaults: CUDA if present, else CPU; bfloat16 on CUDA (fp16's range can underflow the small
     gradients reaching D̃), float32 on CPU."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffinvError("device 'cuda' asked for, but PyTorch sees no CUDA GPU")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, torch.device) and not DEVICE_PATTERN.match(str(device)):
+        raise DiffinvError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffinvError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DiffinvError(
+                f"device {str(device)!r} asked for, but PyTorch sees {torch.cuda.device_count()} GPU(s)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DiffinvError("device 'mps' asked for, but PyTorch has no MPS (Apple GPU) support here")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
@@ -86,30 +128,44 @@ class DifferenceInversion:
         dtype: str | torch.dtype | None = None,
         clip_model: str | None = None,
         captioner: Captioner | None = None,
+        offline: bool | None = None,
         **pipeline_kwargs,
     ) -> DifferenceInversion:
         """Load a Stable Diffusion 1.x / 2.x model (hub id or local directory) and its CLIP.
 
-        model: a hub id, a local directory, or "shapes" for the bundled offline shapes world.
+        model: a hub id, a local directory, or "shapes" for the bundled offline shapes world. A
+            directory's `diffinv.json` (see `model_card`) gives its defaults and captioner.
         clip_model: hub id or directory of a transformers `CLIPModel`; by default `clip/` inside
             a local model directory if present, else the CLIP matching the text encoder (OpenAI
             ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x).
-        captioner: default BLIP-2 (loaded on first use).
+        captioner: default the model card's (BLIP-2 unless the directory names another),
+            loaded on first use.
+        offline: never use the network, only local directories and the hub cache. Default:
+            the `HF_HUB_OFFLINE` environment variable.
         pipeline_kwargs: passed to `StableDiffusionPipeline.from_pretrained` (e.g. `variant`).
         """
-        if model == "shapes":
-            from .shapes import load_shapes
-
-            return load_shapes(device=device, dtype=dtype, clip_model=clip_model, captioner=captioner)
+        card = model_card(model)
+        offline = hub_offline() if offline is None else offline
         device, dtype = resolve_device_dtype(device, dtype)
-        if clip_model is None and os.path.isdir(os.path.join(model, "clip")):
-            clip_model = os.path.join(model, "clip")
-        try:
-            backbone = StableDiffusionBackbone.from_pretrained(model, device, dtype, **pipeline_kwargs)
-            clip = ClipSpace.from_pretrained(clip_model or default_clip_for(backbone.token_width), device, dtype)
-        except (OSError, ValueError) as error:
-            raise DiffinvError(f"could not load {model!r}: {str(error).splitlines()[0]}") from None
-        return cls(backbone, clip, captioner or Blip2Captioner(device=device, dtype=dtype))
+        if clip_model is None and card.directory is not None and (card.directory / "clip").is_dir():
+            clip_model = str(card.directory / "clip")
+        backbone = _loaded(
+            card.source,
+            offline,
+            lambda: StableDiffusionBackbone.from_pretrained(
+                card.source, device, dtype, local_files_only=offline, **pipeline_kwargs
+            ),
+        )
+        backbone.model_id = card.name
+        clip_model = clip_model or default_clip_for(backbone.token_width)
+        clip = _loaded(clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline))
+        if captioner is None:
+            candidates = card.caption_candidates()
+            if candidates is not None:
+                captioner = ClipRetrievalCaptioner(clip, candidates)
+            else:
+                captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
+        return cls(backbone, clip, captioner, default_config=card.default_config())
 
     # ------------------------------------------------------------------------------------------
     def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:

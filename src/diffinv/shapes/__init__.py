@@ -3,6 +3,9 @@
 A demonstration and test world, not a photo model: 32×32 pictures of one shape with five
 attributes (see `world.py`), with models of the real classes (`CLIPModel`, `AutoencoderKL`,
 `UNet2DConditionModel`, `CLIPTokenizer`) trained here from scratch by `diffinv shapes train`.
+Its defaults (tuned for speed, see docs/shapes.md) and its captioner (CLIP retrieval among the
+world's 240 canonical captions, so PEZ is not needed) live in the model directory's
+`diffinv.json`, like any model's (see `diffinv.model_card`).
 """
 
 from __future__ import annotations
@@ -10,39 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import InversionConfig
+from ..model_card import BUNDLED, model_card
 
-MODEL_DIR = Path(__file__).parent / "model"
-
-# Defaults for this world, where steps and sizes are tuned for speed (see docs/shapes.md):
-# captions come from exact CLIP retrieval, so PEZ is not needed.
-SHAPES_CONFIG = dict(
-    prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8
-)
+MODEL_DIR = BUNDLED["shapes"]
 
 
 def shapes_config(**changes) -> InversionConfig:
-    return InversionConfig(**{**SHAPES_CONFIG, **changes})
+    """The bundled world's default configuration, with `changes`."""
+    return model_card("shapes").default_config().replace(**changes)
 
 
 def load_shapes(device=None, dtype=None, clip_model=None, captioner=None, model_dir: Path | None = None):
-    """`DifferenceInversion` on the bundled shapes world, fully offline (everything loads from
-    the package's own directory; no hub lookup). The captioner is CLIP retrieval over the
-    world's canonical captions."""
-    from ..backbone import StableDiffusionBackbone
-    from ..captioners import ClipRetrievalCaptioner
-    from ..clip_space import ClipSpace
+    """`DifferenceInversion` on the bundled (or a retrained) shapes world, fully offline."""
     from ..errors import DiffinvError
-    from ..pipeline import DifferenceInversion, resolve_device_dtype
-    from .world import all_scenes, canonical_caption
+    from ..pipeline import DifferenceInversion
 
     model_dir = Path(model_dir or MODEL_DIR)
     if not (model_dir / "unet" / "config.json").exists():
-        raise DiffinvError(
-            f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`"
-        )
-    device, dtype = resolve_device_dtype(device, dtype)
-    backbone = StableDiffusionBackbone.from_pretrained(str(model_dir), device, dtype)
-    backbone.model_id = "shapes"
-    clip = ClipSpace.from_pretrained(clip_model or str(model_dir / "clip"), device, dtype)
-    captioner = captioner or ClipRetrievalCaptioner(clip, [canonical_caption(s) for s in all_scenes()])
-    return DifferenceInversion(backbone, clip, captioner, default_config=shapes_config())
+        raise DiffinvError(f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`")
+    source = "shapes" if model_dir == MODEL_DIR else str(model_dir)
+    return DifferenceInversion.from_pretrained(source, device=device, dtype=dtype, clip_model=clip_model, captioner=captioner)

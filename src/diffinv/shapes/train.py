@@ -35,12 +35,32 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel
 
 from ..clip_space import CLIP_MEAN, CLIP_STD
+from ..model_card import write_descriptor
 from ..testing import word_tokenizer
 from .classifier import AttributeClassifier, targets
-from .world import ATTRIBUTES, RESOLUTION, caption_variants, random_scene, render, vocabulary_words
+from .world import (
+    ATTRIBUTES,
+    RESOLUTION,
+    all_scenes,
+    canonical_caption,
+    caption_variants,
+    random_scene,
+    render,
+    vocabulary_words,
+)
 
 TEXT_LENGTH = 32  # tokens: longest caption (16) + up to 14 DIFF tokens + <bos>/<eos>
 WIDTH = 64  # text/token width = CLIP joint width, as in SD (token 768 = ViT-L joint 768)
+
+# The world's diffinv.json (see diffinv.model_card): defaults tuned for speed here (docs/shapes.md),
+# captions by exact CLIP retrieval among the world's canonical captions (so PEZ is not needed),
+# and what `diffinv bench` uses by default on this world.
+DESCRIPTOR = dict(
+    name="shapes",
+    config=dict(prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8),
+    captioner={"kind": "clip-retrieval", "captions": "captions.txt"},
+    bench={"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
+)
 
 
 @dataclass
@@ -419,6 +439,8 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
         (out / "unet-partial.safetensors").unlink(missing_ok=True)
 
     stage("unet", unet_stage)
+    (out / "captions.txt").write_text("\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8")
+    write_descriptor(out, **DESCRIPTOR)
     return timings
 
 

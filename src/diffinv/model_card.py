@@ -1,0 +1,147 @@
+"""What diffinv knows about a model before loading it: its name, its defaults, its captioner.
+
+A model directory may carry a small descriptor file, `diffinv.json`, beside `model_index.json`:
+
+    {
+      "format": "diffinv.model/1",
+      "name": "shapes",                                   # recorded in token files as model_id
+      "config": {"steps": 50, "learning_rate": 0.01},     # InversionConfig fields that differ
+      "captioner": {"kind": "clip-retrieval", "captions": "captions.txt"},
+      "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"}
+    }
+
+Every key but "format" is optional. Paths are relative to the directory, so a world that is
+retrained or moved carries its defaults with it. A model without the file (any hub id, any
+plain Stable Diffusion directory) gets the paper's defaults and BLIP-2. Reading a descriptor
+needs neither torch nor the weights, so the command line checks everything against a model's
+defaults before loading it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import InversionConfig
+from .errors import DiffinvError
+
+DESCRIPTOR = "diffinv.json"
+FORMAT = "diffinv.model/1"
+BUNDLED = {"shapes": Path(__file__).parent / "shapes" / "model"}  # names that need no path
+CAPTIONER_KINDS = ("blip2", "clip-retrieval")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model's identity and defaults.
+
+    source: what `from_pretrained` is given (a hub id or a directory).
+    name: the model id recorded in token files (the source unless the descriptor names it).
+    directory: the local directory, or None for a hub id.
+    config: InversionConfig fields that differ from the paper's defaults.
+    captioner: {"kind": "blip2"} (default) or {"kind": "clip-retrieval", "captions": FILE}.
+    bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
+    """
+
+    source: str
+    name: str
+    directory: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    captioner: dict[str, Any] = field(default_factory=lambda: {"kind": "blip2"})
+    bench: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_descriptor(self) -> bool:
+        return self.directory is not None and (self.directory / DESCRIPTOR).is_file()
+
+    def default_config(self) -> InversionConfig:
+        """The paper's defaults with this model's changes applied."""
+        return InversionConfig().replace(**self.config)
+
+    def path(self, relative: str) -> Path:
+        """A file named by the descriptor, inside the model directory."""
+        if self.directory is None:
+            raise DiffinvError(f"{self.name}: a hub model has no local files")
+        return self.directory / relative
+
+    def caption_candidates(self) -> list[str] | None:
+        """The candidate captions of a clip-retrieval captioner (None for BLIP-2)."""
+        if self.captioner.get("kind") != "clip-retrieval":
+            return None
+        return read_caption_lines(self.path(self.captioner["captions"]))
+
+
+def read_caption_lines(path: str | os.PathLike) -> list[str]:
+    """Candidate captions from a text file: one per line, blank lines skipped.
+
+    Also reads a folder dataset's `captions.txt` (`a: …`, `a_prime: …`, `b: …`, `b_prime: …`):
+    the text after those keys is used, other `key:` lines (`family: …`) are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiffinvError(f"{path}: no such caption file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DiffinvError(f"{path}: not a UTF-8 text file of captions") from None
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        key, colon, rest = line.partition(":")
+        if colon and key.strip().isidentifier() and " " not in key.strip():
+            if key.strip() not in ("a", "a_prime", "b", "b_prime"):
+                continue
+            line = rest.strip()
+        if line:
+            lines.append(line)
+    if not lines:
+        raise DiffinvError(f"{path}: holds no captions")
+    return lines
+
+
+def model_card(model: str | os.PathLike) -> ModelCard:
+    """The card of `model`: a bundled name ("shapes"), a local directory or a hub id.
+
+    Cheap and torch-free; raises `DiffinvError` for a damaged descriptor. A missing directory is
+    not detected here (a hub id looks the same) but by the loader.
+    """
+    source = str(model)
+    directory = BUNDLED.get(source) or (Path(source) if os.path.isdir(source) else None)
+    if directory is None:
+        return ModelCard(source=source, name=source)
+    descriptor = directory / DESCRIPTOR
+    if not descriptor.is_file():
+        return ModelCard(source=str(directory), name=source, directory=directory)
+    try:
+        values = json.loads(descriptor.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DiffinvError(f"{descriptor}: not valid JSON ({error})") from None
+    if not isinstance(values, dict) or values.get("format") != FORMAT:
+        raise DiffinvError(f"{descriptor}: not a diffinv model descriptor (format {FORMAT!r})")
+    card = ModelCard(
+        source=str(directory),
+        name=values.get("name", source),
+        directory=directory,
+        config=dict(values.get("config", {})),
+        captioner=dict(values.get("captioner", {"kind": "blip2"})),
+        bench=dict(values.get("bench", {})),
+    )
+    try:
+        card.default_config()
+    except DiffinvError as error:
+        raise DiffinvError(f"{descriptor}: {error}") from None
+    if card.captioner.get("kind") not in CAPTIONER_KINDS:
+        raise DiffinvError(f"{descriptor}: captioner kind must be one of {CAPTIONER_KINDS}")
+    if card.captioner["kind"] == "clip-retrieval" and not card.path(card.captioner.get("captions", "")).is_file():
+        raise DiffinvError(f"{descriptor}: the captioner's caption file is missing")
+    return card
+
+
+def write_descriptor(directory: str | os.PathLike, **values: Any) -> Path:
+    """Write `diffinv.json` into `directory` (used by `diffinv shapes train`)."""
+    path = Path(directory) / DESCRIPTOR
+    path.write_text(json.dumps({"format": FORMAT, **values}, indent=1) + "\n", encoding="utf-8")
+    return path
