@@ -56,7 +56,8 @@ class Blip2Captioner:
             where = "in the hub cache (offline)" if self.local_files_only else "in the hub cache or on the hub"
             raise DiffinvError(
                 f"the captioner {self.model_name} (BLIP-2) is not {where}; give the captions instead "
-                "(--caption-a/--caption-a-prime, and --prompt for B) or caption by CLIP retrieval (--captions-from FILE)"
+                "(--caption-a/--caption-a-prime, and --prompt for B) "
+                "or caption by CLIP retrieval (--captions-from FILE)"
             ) from None
         self._model.requires_grad_(False).eval()
 

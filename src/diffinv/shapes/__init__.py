@@ -30,6 +30,10 @@ def load_shapes(device=None, dtype=None, clip_model=None, captioner=None, model_
 
     model_dir = Path(model_dir or MODEL_DIR)
     if not (model_dir / "unet" / "config.json").exists():
-        raise DiffinvError(f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`")
+        raise DiffinvError(
+            f"the shapes-world weights are missing from {model_dir}; train them with `diffinv shapes train`"
+        )
     source = "shapes" if model_dir == MODEL_DIR else str(model_dir)
-    return DifferenceInversion.from_pretrained(source, device=device, dtype=dtype, clip_model=clip_model, captioner=captioner)
+    return DifferenceInversion.from_pretrained(
+        source, device=device, dtype=dtype, clip_model=clip_model, captioner=captioner
+    )

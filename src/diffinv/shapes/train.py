@@ -57,7 +57,9 @@ WIDTH = 64  # text/token width = CLIP joint width, as in SD (token 768 = ViT-L j
 # and what `diffinv bench` uses by default on this world.
 DESCRIPTOR = dict(
     name="shapes",
-    config=dict(prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8),
+    config=dict(
+        prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8
+    ),
     captioner={"kind": "clip-retrieval", "captions": "captions.txt"},
     bench={"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
 )
