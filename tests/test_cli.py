@@ -385,3 +385,225 @@ def test_help_answers_without_loading_torch():
     probe = "import sys, diffinv.cli; diffinv.cli.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False"
+
+
+# --- nothing lost: outputs are planned and checked before any model loads ------------------------------
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a model fails the test: the errors below must come before it."""
+    from diffinv.pipeline import DifferenceInversion
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(DifferenceInversion, "from_pretrained", refuse)
+
+
+def analogy_argv(image_files, output, *extra):
+    return ["analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", output, *extra]
+
+
+@pytest.mark.parametrize("companion", ["out.png", "out-grid.png", "out.safetensors"])
+def test_analogy_refuses_to_overwrite_any_of_its_outputs(
+    capsys, tmp_path, image_files, model_args, no_model_loading, companion
+):
+    existing = tmp_path / companion
+    existing.write_bytes(b"the user's file")
+    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / "out.png", *model_args))
+    assert_one_line_error(code, err, existing, "already exists", "--overwrite")
+    assert existing.read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [companion]
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_an_input_is_never_written_over(capsys, tmp_path, image_files, model_args, no_model_loading, flags):
+    b = tmp_path / "b.png"
+    b.write_bytes(Path(image_files["b"]).read_bytes())
+    before = b.read_bytes()
+    argv = ["analogy", image_files["a"], image_files["a_prime"], b, "-o", tmp_path / "." / "b.png", *flags]
+    code, _, err = run(capsys, argv + model_args)
+    assert_one_line_error(code, err, "is an input")
+    assert b.read_bytes() == before
+
+
+def test_apply_never_writes_over_a_b_in_the_output_directory(
+    capsys, tmp_path, fitted_tokens, image_files, model_args, no_model_loading
+):
+    fitted_tokens.save(tmp_path / "t.safetensors")
+    b = tmp_path / "b.png"
+    b.write_bytes(Path(image_files["b"]).read_bytes())
+    code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", b, "-o", tmp_path, "--overwrite", *model_args])
+    assert_one_line_error(code, err, "is an input")
+
+
+def test_fit_refuses_to_overwrite_a_token_file(capsys, tmp_path, image_files, model_args, no_model_loading):
+    (tmp_path / "t.safetensors").write_bytes(b"earlier tokens")
+    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"])
+    assert_one_line_error(code, err, "already exists")
+    assert (tmp_path / "t.safetensors").read_bytes() == b"earlier tokens"
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [("out", "must end in .png"), ("out.txt", "must end in .png"), ("out.safetensors", "must end in .png")],
+)
+def test_bad_output_names_are_refused_before_loading(
+    capsys, tmp_path, image_files, model_args, no_model_loading, name, fragment
+):
+    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / name, *model_args))
+    assert_one_line_error(code, err, fragment)
+
+
+def test_fit_output_must_be_safetensors(capsys, tmp_path, image_files, model_args, no_model_loading):
+    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.pt", *model_args])
+    assert_one_line_error(code, err, "must end in .safetensors")
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--steps", "0"], "steps must be an integer ≥ 1"),
+        (["--resolution", "1000"], "more than 2× the model's native 32"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_reported_before_loading(
+    capsys, tmp_path, image_files, model_args, no_model_loading, flags, fragment
+):
+    argv = analogy_argv(image_files, tmp_path / "out.png", *model_args, *flags)
+    code, _, err = run(capsys, argv)
+    assert_one_line_error(code, err, fragment)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "-1", "1.5"])
+def test_a_seed_outside_64_bits_is_one_line(capsys, tmp_path, image_files, seed):
+    with pytest.raises(SystemExit) as raised:
+        main(analogy_argv(image_files, str(tmp_path / "out.png"), "--seed", seed))
+    assert raised.value.code == 2
+    assert_one_line_error(2, capsys.readouterr().err, "--seed")
+
+
+def test_mps_on_a_machine_without_it_is_one_line(capsys, tmp_path, image_files, model_args):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    args = [a for a in model_args if a not in ("--device", "cpu")]
+    captions = ["--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME, "--prompt", PROMPT_B]
+    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / "out.png", *args, *captions, "--device", "mps"))
+    assert_one_line_error(code, err, "no MPS")
+
+
+def test_an_interrupted_write_leaves_nothing(capsys, tmp_path, image_files, model_args, monkeypatch):
+    """The token file fails last: B′ and the grid, already written under temporary names, must
+    not appear, and no temporary file may stay behind."""
+    from diffinv.tokens import DiffTokens
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffTokens, "save", interrupted)
+    argv = analogy_argv(
+        image_files,
+        tmp_path / "out.png",
+        *model_args,
+        "--steps",
+        "1",
+        "--sampling-steps",
+        "2",
+        "--caption-a",
+        CAPTION_A,
+        "--caption-a-prime",
+        CAPTION_A_PRIME,
+        "--prompt-source",
+        "caption",
+        "--prompt",
+        PROMPT_B,
+    )
+    code, _, err = run(capsys, argv)
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_all_three_outputs(capsys, tmp_path, image_files, model_args):
+    output = tmp_path / "out.png"
+    companions = [output, tmp_path / "out-grid.png", tmp_path / "out.safetensors"]
+    for path in companions:
+        path.write_bytes(b"old")
+    argv = analogy_argv(
+        image_files,
+        output,
+        *model_args,
+        "--overwrite",
+        "--steps",
+        "1",
+        "--sampling-steps",
+        "2",
+        "--caption-a",
+        CAPTION_A,
+        "--caption-a-prime",
+        CAPTION_A_PRIME,
+        "--prompt-source",
+        "caption",
+        "--prompt",
+        PROMPT_B,
+    )
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert all(path.read_bytes() != b"old" for path in companions)
+    assert DiffTokens.load(companions[2]).config.steps == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in companions)
+
+
+# --- offline honesty ---------------------------------------------------------------------------------------
+def test_a_missing_captioner_is_named_before_loading(capsys, tmp_path, image_files, model_args, no_model_loading):
+    """A plain model directory captions with BLIP-2, which is not in the (empty) cache here."""
+    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--offline"]
+    code, _, err = run(capsys, argv + model_args)
+    assert_one_line_error(code, err, "blip2", "--caption-a", "--captions-from")
+
+
+def test_a_hub_model_missing_from_the_cache_offline(capsys, tmp_path, image_files, no_model_loading):
+    argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"]
+    code, _, err = run(capsys, argv + ["--model", "nobody/no-such-model", "--offline", "--caption-a", "x"])
+    assert_one_line_error(code, err, "--caption-a-prime")
+    code, _, err = run(
+        capsys, argv + ["--model", "nobody/no-such-model", "--offline", "--caption-a", "x", "--caption-a-prime", "y"]
+    )
+    assert_one_line_error(code, err, "nobody/no-such-model", "not in the hub cache", "offline")
+
+
+def test_an_examples_captions_file_works_with_captions_from(capsys, tmp_path, model_args):
+    examples = Path(__file__).parents[1] / "examples" / "colour"
+    argv = ["fit", examples / "a.png", examples / "a_prime.png", "-o", tmp_path / "t.safetensors", "--steps", "1"]
+    argv += ["--captions-from", examples / "captions.txt", "--prompt-source", "caption", *model_args]
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    tokens = DiffTokens.load(tmp_path / "t.safetensors")
+    lines = (examples / "captions.txt").read_text().splitlines()
+    candidates = [line.split(":", 1)[1].strip() for line in lines if not line.startswith("family:")]
+    assert tokens.caption_a in candidates and tokens.caption_a_prime in candidates
+
+
+# --- defaults that say what they are --------------------------------------------------------------------
+def test_defaults_lists_the_models_values_beside_the_papers(capsys):
+    code, out, err = run(capsys, ["defaults", "--model", "shapes"])
+    assert code == 0, err
+    steps = next(line for line in out.splitlines() if line.startswith("steps "))
+    assert steps.split()[1:3] == ["50", "1000"] and "changed" in steps
+    alpha = next(line for line in out.splitlines() if line.startswith("alpha "))
+    assert alpha.split()[1:3] == ["0.8", "0.8"] and "changed" not in alpha
+
+
+def test_help_names_the_papers_values_as_the_papers():
+    help_text = " ".join(build_parser_help("fit").split())
+    assert "optimisation steps N (the model's; paper 1000)" in help_text
+    assert "(the model's; paper 0.001)" in help_text
+
+
+def build_parser_help(command: str) -> str:
+    from diffinv.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._subparsers._group_actions if a.dest == "command")
+    return action.choices[command].format_help()

@@ -34,6 +34,8 @@ def test_defaults_are_the_papers():
         (dict(lambda_clip=-6.0), "lambda_clip"),
         (dict(init="ones"), "init"),
         (dict(steps=-1), "steps"),
+        (dict(steps=0), "steps"),  # would return B unedited
+        (dict(sampling_steps=1, strength=0.8), "sampling_steps × strength"),
         (dict(learning_rate=0.0), "learning_rate"),
         (dict(weight_decay=-0.1), "weight_decay"),
         (dict(clip_loss_space="pixels"), "clip_loss_space"),
@@ -72,7 +74,7 @@ def test_replace_validates_and_rejects_unknown_options():
 
 
 def test_boundary_values_are_valid():
-    InversionConfig(alpha=0.0, strength=1.0, steps=0, lambda_tc=0.0, resolution=8)
+    InversionConfig(alpha=0.0, strength=1.0, steps=1, lambda_tc=0.0, resolution=8)
     InversionConfig(alpha=1.0, use_clip_loss=False)
     InversionConfig(use_token_consistency=False)
 

@@ -9,7 +9,16 @@ from PIL import Image
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
 from diffinv.errors import DiffinvError
-from diffinv.images import MAX_ASPECT, fit_to, load_image, to_rgb, working_size
+from diffinv.images import (
+    MAX_ASPECT,
+    MAX_INPUT_ASPECT,
+    MIN_SIDE,
+    check_usable,
+    fit_to,
+    load_image,
+    to_rgb,
+    working_size,
+)
 
 
 def loaded(path) -> Image.Image:
@@ -101,6 +110,26 @@ def test_one_pixel_image(tmp_path):
     assert image.size == (1, 1) and image.getpixel((0, 0)) == (1, 2, 3)
 
 
+@pytest.mark.parametrize(
+    "size, reason",
+    [((1, 1), "too small"), ((MIN_SIDE - 1, 64), "too small"), ((2000, 10), "too small"), ((200, 20), "elongated")],
+)
+def test_tiny_or_thin_images_are_refused(size, reason):
+    with pytest.raises(DiffinvError, match=reason):
+        check_usable(Image.new("RGB", size), "b.png")
+
+
+def test_smallest_and_most_elongated_usable_images_pass():
+    check_usable(Image.new("RGB", (MIN_SIDE, MIN_SIDE)))
+    check_usable(Image.new("RGB", (int(MIN_SIDE * MAX_INPUT_ASPECT), MIN_SIDE)))
+
+
+def test_the_pipeline_refuses_a_one_pixel_b(tmp_path, di):
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(DiffinvError, match="dot.png: 1×1 pixels is too small"):
+        di.draw(PROMPT_B, tmp_path / "dot.png", progress=False)
+
+
 @pytest.fixture(scope="module")
 def huge_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("huge") / "huge.png"
@@ -115,12 +144,12 @@ def test_4000_by_4000_image_loads(huge_png):
 
 
 def test_odd_images_go_through_fit_and_apply(tmp_path, di, backbone, huge_png):
-    """RGBA A, grayscale A′ of another size, and 1×1 / CMYK / 4000² B: all usable end to end."""
+    """RGBA A, grayscale A′ of another size, and smallest / CMYK / 4000² B: all usable end to end."""
     rgba = np.zeros((30, 30, 4), dtype=np.uint8)
     rgba[8:22, 8:22] = (255, 0, 0, 255)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     Image.new("L", (50, 40), 90).save(tmp_path / "a_prime.png")
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
+    Image.new("RGB", (MIN_SIDE, MIN_SIDE), (200, 10, 10)).save(tmp_path / "dot.png")
     Image.new("CMYK", (48, 24), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
 
     tokens = di.fit(
@@ -134,7 +163,7 @@ def test_odd_images_go_through_fit_and_apply(tmp_path, di, backbone, huge_png):
     assert tokens.embeddings.isfinite().all()
 
     native = backbone.native_resolution
-    for name, source_size in (("dot.png", (1, 1)), ("cmyk.jpg", (48, 24)), (huge_png, (4000, 4000))):
+    for name, source_size in (("dot.png", (MIN_SIDE, MIN_SIDE)), ("cmyk.jpg", (48, 24)), (huge_png, (4000, 4000))):
         b_prime = di.apply(tokens, tmp_path / name, prompt=PROMPT_B, progress=False)
         assert b_prime.mode == "RGB"
         assert b_prime.size == working_size(*source_size, native, backbone.size_multiple)

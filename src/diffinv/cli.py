@@ -1,7 +1,10 @@
-"""The `diffinv` command: fit, apply, analogy.
+"""The `diffinv` command: fit, apply, analogy, defaults, shapes, bench.
 
-Errors in the user's input print one line on stderr and exit with status 2; an unexpected
-failure prints one line and exits with 1 (`--debug` shows the traceback).
+Every argument, every output path and every hyperparameter is checked before torch or a model
+loads; a problem prints one line on stderr and exits with status 2. Outputs never replace an
+existing file without --overwrite, never an input, and are written under temporary names and
+renamed into place at the end. An unexpected failure prints one line and exits with 1
+(`--debug` shows the traceback).
 """
 
 from __future__ import annotations
@@ -9,32 +12,50 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import DiffinvError  # torch-free: `--help` stays instant
+from . import checks
+from .checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
+from .config import CLIP_LOSS_SPACES, INITS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig
+from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
 
 DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
+PAPER = InversionConfig()
 
-# (flag, InversionConfig field, type, help). Every flag defaults to None = "keep the config's value".
+# (flag, InversionConfig field, type, help). Every flag defaults to None = "the model's default", which
+# is the paper's value unless the model's diffinv.json changes it (`diffinv defaults --model M`).
 CONFIG_FLAGS = [
-    ("--n-tokens", "n_tokens", int, "number of DIFF tokens n (paper: 5)"),
-    ("--alpha", "alpha", float, "slerp ratio: 0 = image delta only, 1 = text delta only (paper: 0.8)"),
-    ("--lambda-tc", "lambda_tc", float, "weight of the token consistency loss (paper: 0.01)"),
-    ("--lambda-clip", "lambda_clip", float, "weight of the CLIP delta loss (paper: 6)"),
-    ("--init", "init", str, "initial DIFF tokens: zeros (paper) or random"),
-    ("--lr", "learning_rate", float, "AdamW learning rate (VISII: 1e-3)"),
-    ("--clip-loss-space", "clip_loss_space", str, "text-tower (encode D̃ with CLIP's text tower) or token-mean"),
-    ("--prompt-source", "prompt_source", str, "prompts of A, A′ and B: pez (paper) or caption (faster)"),
-    ("--pez-steps", "pez_steps", int, "PEZ optimisation steps per image (PEZ: 3000)"),
-    ("--pez-prompt-len", "pez_prompt_len", int, "tokens in a PEZ prompt (PEZ: 16)"),
-    ("--resolution", "resolution", int, "working resolution: images get about this² pixels (default: the model's)"),
+    ("--n-tokens", "n_tokens", int, "number of DIFF tokens n"),
+    ("--alpha", "alpha", float, "slerp ratio: 0 = image delta only, 1 = text delta only"),
+    ("--lambda-tc", "lambda_tc", float, "weight of the token consistency loss"),
+    ("--lambda-clip", "lambda_clip", float, "weight of the CLIP delta loss"),
+    ("--init", "init", str, "initial DIFF tokens"),
+    ("--lr", "learning_rate", float, "AdamW learning rate"),
+    ("--clip-loss-space", "clip_loss_space", str, "encode D̃ with CLIP's text tower, or average the tokens"),
+    ("--prompt-source", "prompt_source", str, "prompts of A, A′ and B: PEZ hard prompts or the captions"),
+    ("--pez-steps", "pez_steps", int, "PEZ optimisation steps per image"),
+    ("--pez-prompt-len", "pez_prompt_len", int, "tokens in a PEZ prompt"),
+    ("--resolution", "resolution", int, "working resolution: images get about this² pixels"),
 ]
 SAMPLING_FLAGS = [
-    ("--mode", "sampling_mode", str, "draw B′ by img2img from B (default) or from noise"),
-    ("--strength", "strength", float, "img2img strength in (0, 1] (default 0.8)"),
-    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale (default 7.5)"),
-    ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′ (default 50)"),
+    ("--mode", "sampling_mode", str, "draw B′ by img2img from B or from noise"),
+    ("--strength", "strength", float, "img2img strength in (0, 1]"),
+    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale"),
+    ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′"),
 ]
+FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
+CHOICES = {
+    "init": INITS,
+    "clip_loss_space": CLIP_LOSS_SPACES,
+    "prompt_source": PROMPT_SOURCES,
+    "sampling_mode": SAMPLING_MODES,
+}
+
+
+def _paper(field: str) -> str:
+    value = getattr(PAPER, field)
+    return "the model's" if value is None else f"the model's; paper {value}"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -42,49 +63,62 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=(
-            "Stable Diffusion 1.x/2.x hub id or local directory, e.g. stabilityai/stable-diffusion-2-1; 'shapes' "
-            "(default) is the bundled offline demo world"
-        ),
+        help="Stable Diffusion 1.x/2.x hub id or local directory, e.g. stabilityai/stable-diffusion-2-1; "
+        "'shapes' (default) is the bundled offline demo world",
     )
     group.add_argument(
         "--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)"
     )
     group.add_argument(
-        "--captions-from", metavar="FILE", help="caption by CLIP retrieval among the lines of FILE instead of BLIP-2"
+        "--captions-from",
+        metavar="FILE",
+        help="caption by CLIP retrieval among the lines of FILE instead of the model's captioner (BLIP-2); "
+        "a folder dataset's captions.txt works too",
     )
-    group.add_argument("--device", help="cpu, cuda, cuda:1, … (default: cuda if available)")
+    group.add_argument("--offline", action="store_true", help="never use the network (also: HF_HUB_OFFLINE=1)")
+    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     group.add_argument(
         "--dtype",
         choices=["float32", "float16", "bfloat16"],
         help="model precision (default: bfloat16 on GPU, float32 on CPU)",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed for PEZ, the optimisation and sampling (default 0)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's, all cores); use 1 per process when running several at once",
+    )
+    group.add_argument(
+        "--seed", type=checks.seed, default=0, help="seed for PEZ, the optimisation and sampling (default 0)"
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bars")
-    group.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    group.add_argument("--debug", action="store_true", help="show tracebacks and every library warning")
 
 
-CHOICES = {
-    "init": ["zeros", "random"],
-    "clip_loss_space": ["text-tower", "token-mean"],
-    "prompt_source": ["pez", "caption"],
-    "sampling_mode": ["img2img", "noise"],
-}
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags, title: str) -> None:
-    group = parser.add_argument_group(title)
+    group = parser.add_argument_group(title, "defaults: the model's (`diffinv defaults --model M` lists them)")
     for flag, field, kind, text in flags:
         metavar = None if field in CHOICES else flag.lstrip("-").upper().replace("-", "_")
         group.add_argument(
-            flag, dest=field, type=kind, default=None, choices=CHOICES.get(field), metavar=metavar, help=text
+            flag,
+            dest=field,
+            type=kind,
+            default=None,
+            choices=CHOICES.get(field),
+            metavar=metavar,
+            help=f"{text} ({_paper(field)})",
         )
 
 
 def _add_fit_flags(parser: argparse.ArgumentParser) -> None:
     _add_flags(parser, CONFIG_FLAGS, "Difference Inversion hyperparameters")
     group = parser.add_argument_group("fitting")
-    group.add_argument("--steps", dest="steps", type=int, default=None, help="optimisation steps N (VISII: 1000)")
+    group.add_argument(
+        "--steps", dest="steps", type=int, default=None, help=f"optimisation steps N ({_paper('steps')})"
+    )
     group.add_argument(
         "--hard-tokens",
         dest="hard_tokens",
@@ -113,8 +147,15 @@ def _add_fit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--caption-a-prime", help="caption of A′ (skips the captioner)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in the same one-line form as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"diffinv: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffinv",
         description="Image analogies A : A′ :: B : B′ by Difference Inversion (CVPR 2025).",
     )
@@ -128,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("a", metavar="A", help="the image before the change")
     fit.add_argument("a_prime", metavar="A_PRIME", help="the image after the change")
     fit.add_argument("-o", "--output", required=True, help="token file to write (.safetensors)")
+    _add_overwrite(fit)
     _add_common(fit)
     _add_fit_flags(fit)
 
@@ -140,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("b", metavar="B", nargs="+", help="images to change")
     apply.add_argument("-o", "--output", required=True, help="output directory")
     apply.add_argument("--prompt", help="prompt_B for every B (default: PEZ or caption, as at fitting)")
+    _add_overwrite(apply)
     _add_common(apply)
     _add_flags(apply, SAMPLING_FLAGS, "drawing B′")
 
@@ -155,12 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="B′ image to write (.png); also writes <stem>-grid.png and <stem>.safetensors",
+        help="B′ image to write (.png, .jpg, …); also writes <stem>-grid.png and <stem>.safetensors",
     )
     analogy.add_argument("--prompt", help="prompt_B (default: PEZ or caption)")
+    _add_overwrite(analogy)
     _add_common(analogy)
     _add_fit_flags(analogy)
     _add_flags(analogy, SAMPLING_FLAGS, "drawing B′")
+
+    defaults = commands.add_parser(
+        "defaults",
+        help="list a model's default hyperparameters beside the paper's",
+        description="Print every hyperparameter with the model's default and the paper's (no model is loaded).",
+    )
+    defaults.add_argument("--model", default=DEFAULT_MODEL, help="hub id, directory or 'shapes' (default)")
+    defaults.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     shapes = commands.add_parser(
         "shapes",
@@ -180,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
+    _add_bench_parser(commands)
+    return parser
+
+
+def _add_bench_parser(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="benchmark methods on triplet datasets (resumable; summary, CSV, HTML report)",
@@ -273,21 +330,101 @@ def build_parser() -> argparse.ArgumentParser:
         help="method the paired differences are taken against (default difference-inversion)",
     )
     report.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    return parser
 
 
-def _overrides(args: argparse.Namespace, flags) -> dict:
-    names = [field for _, field, _, _ in flags]
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+# --- checks before any model loads --------------------------------------------------------------------
+def _given(args: argparse.Namespace, fields: list[str]) -> dict:
+    return {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
 
 
-FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
+def _fields(flags) -> list[str]:
+    return [field for _, field, _, _ in flags]
+
+
+def _planned_config(args: argparse.Namespace, card, fields: list[str]) -> InversionConfig:
+    """The model's defaults with the flags given, validated, and the resolution checked against
+    the model's native size where the directory tells it."""
+    config = card.default_config().replace(**_given(args, fields))
+    checks.check_resolution(config.resolution, card.native_resolution())
+    return config
+
+
+def _captions(args: argparse.Namespace) -> tuple[str, str] | None:
+    if (args.caption_a is None) != (args.caption_a_prime is None):
+        raise DiffinvError("give both --caption-a and --caption-a-prime, or neither")
+    return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
+
+
+def _check_images(*paths: str) -> None:
+    """Fail on unreadable, tiny or too elongated images before loading any model."""
+    from .images import check_usable, load_image
+
+    for path in paths:
+        check_usable(load_image(path), str(path))
+
+
+def _caption_lines(args: argparse.Namespace) -> list[str] | None:
+    from .model_card import read_caption_lines
+
+    return read_caption_lines(args.captions_from) if args.captions_from else None
+
+
+def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> None:
+    """Say now, not after minutes of retries, that a model is neither local nor cached while
+    offline; say once that BLIP-2 is about to be downloaded and how to avoid it."""
+    offline = args.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    hub_model = card.directory is None
+    blip2 = needs_captioner and card.captioner.get("kind") == "blip2" and not args.captions_from
+    if not (hub_model or blip2):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    from .captioners import DEFAULT_BLIP2
+
+    def cached(repo: str, filename: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(repo, filename), str)
+        except Exception:  # a malformed id is reported by the loader, with its own message
+            return True
+
+    if hub_model and offline and not cached(card.source, "model_index.json"):
+        raise DiffinvError(
+            f"{card.source}: not a local directory and not in the hub cache, and offline mode is on "
+            "(--offline or HF_HUB_OFFLINE=1); give a local directory or download it once online"
+        )
+    if blip2 and not cached(DEFAULT_BLIP2, "config.json"):
+        skip = "give --caption-a and --caption-a-prime (and --prompt for B), or --captions-from FILE"
+        if offline:
+            raise DiffinvError(
+                f"captions are needed but the captioner {DEFAULT_BLIP2} is not in the hub cache; {skip}"
+            )
+        print(f"diffinv: downloading the captioner {DEFAULT_BLIP2} (about 15 GB); to skip it, {skip}", file=sys.stderr)
+
+
+def _needs_fit_captions(config: InversionConfig, captions) -> bool:
+    return captions is None and ((config.use_clip_loss and config.alpha > 0) or config.prompt_source == "caption")
+
+
+def _needs_b_caption(config: InversionConfig, prompt: str | None) -> bool:
+    return prompt is None and config.prompt_source == "caption"
+
+
+# --- loading ------------------------------------------------------------------------------------------
+def _set_up_torch(args: argparse.Namespace) -> None:
+    import torch
+
+    # Subnormal floats are tens of times slower on x86 CPUs and change nothing here.
+    torch.set_flush_denormal(True)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
 
 def _load(args: argparse.Namespace):
+    """The model of --model, with --captions-from as its captioner when given."""
     from .captioners import ClipRetrievalCaptioner
     from .pipeline import DifferenceInversion
 
+    _set_up_torch(args)
     if args.quiet:  # also the loading bars of diffusers and transformers, not only ours
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -295,97 +432,99 @@ def _load(args: argparse.Namespace):
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
     di = DifferenceInversion.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, clip_model=args.clip_model
+        args.model, device=args.device, dtype=args.dtype, clip_model=args.clip_model, offline=args.offline or None
     )
     if args.captions_from:
-        path = Path(args.captions_from)
-        if not path.is_file():
-            raise DiffinvError(f"{path}: no such caption file")
-        lines = [
-            line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
-        ]
-        di.captioner = ClipRetrievalCaptioner(di.clip, lines)
+        di.captioner = ClipRetrievalCaptioner(di.clip, _caption_lines(args))
     return di
 
 
-def _captions(args: argparse.Namespace):
-    if (args.caption_a is None) != (args.caption_a_prime is None):
-        raise DiffinvError("give both --caption-a and --caption-a-prime, or neither")
-    return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
+# --- the commands ---------------------------------------------------------------------------------------
+def _common_checks(args: argparse.Namespace):
+    """Device and threads; returns the model's card."""
+    from .model_card import model_card
 
-
-def _fit_overrides(args: argparse.Namespace) -> dict:
-    """Hyperparameters given on the command line, validated before any model is loaded."""
-    from .config import InversionConfig
-
-    values = _overrides(args, CONFIG_FLAGS + SAMPLING_FLAGS)
-    values.update({name: getattr(args, name) for name in FIT_ONLY if getattr(args, name, None) is not None})
-    InversionConfig(**values)
-    return values
-
-
-def _check_images(*paths: str) -> None:
-    """Fail on unreadable images before loading any model (which takes a while)."""
-    from .images import load_image
-
-    for path in paths:
-        load_image(path)
-
-
-def _check_output(path: str | os.PathLike, must_be_dir: bool = False) -> None:
-    path = Path(path)
-    if must_be_dir:
-        if path.exists() and not path.is_dir():
-            raise DiffinvError(f"{path}: exists and is not a directory")
-    elif path.is_dir():
-        raise DiffinvError(f"{path}: is a directory; give a file name")
+    checks.check_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise DiffinvError(f"--threads must be at least 1, got {args.threads}")
+    return model_card(args.model)
 
 
 def run_fit(args: argparse.Namespace) -> None:
+    card = _common_checks(args)
+    config = _planned_config(args, card, _fields(CONFIG_FLAGS) + FIT_ONLY)
+    captions = _captions(args)
+    outputs = Outputs([args.a, args.a_prime], args.overwrite)
+    tokens_path = outputs.add(args.output, (TOKEN_SUFFIX,), "token file")
     _check_images(args.a, args.a_prime)
-    _check_output(args.output)
-    overrides, captions = _fit_overrides(args), _captions(args)
+    _caption_lines(args)  # a bad caption file is reported now
+    _check_downloads(args, card, _needs_fit_captions(config, captions))
+
     di = _load(args)
-    config = di.default_config.replace(**overrides)
     tokens = di.fit(args.a, args.a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
-    tokens.save(args.output)
-    print(f"wrote {args.output}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
+    with outputs.writing() as write:
+        write(tokens_path, tokens.save)
+    print(f"wrote {tokens_path}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
     if tokens.hard_text:
         print(f"hard DIFF tokens: {tokens.hard_text!r}")
 
 
-def run_apply(args: argparse.Namespace) -> None:
-    from .tokens import DiffTokens
-
-    tokens = DiffTokens.load(args.tokens)
-    _check_images(*args.b)
-    _check_output(args.output, must_be_dir=True)
-    config = tokens.config.replace(**_overrides(args, SAMPLING_FLAGS))
-    di = _load(args)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    used = set()
-    for path in args.b:
+def _apply_names(images: list[str]) -> list[str]:
+    """DIR/<stem of B>.png for each B; a repeated stem gets -2, -3, …"""
+    used, names = set(), []
+    for path in images:
         stem = Path(path).stem
         name, index = f"{stem}.png", 1
         while name in used:
             index += 1
             name = f"{stem}-{index}.png"
         used.add(name)
+        names.append(name)
+    return names
+
+
+def run_apply(args: argparse.Namespace) -> None:
+    card = _common_checks(args)
+    sampling = _given(args, _fields(SAMPLING_FLAGS))
+    card.default_config().replace(**sampling)  # invalid values are reported before anything loads
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiffinvError(f"{out_dir}: exists and is not a directory")
+    outputs = Outputs([args.tokens, *args.b], args.overwrite)
+    paths = [outputs.add(out_dir / name, (".png",), "B′ image") for name in _apply_names(args.b)]
+    _check_images(*args.b)
+    _caption_lines(args)  # a bad caption file is reported now
+
+    from .tokens import DiffTokens
+
+    tokens = DiffTokens.load(args.tokens)
+    config = tokens.config.replace(**sampling)
+    _check_downloads(args, card, _needs_b_caption(config, args.prompt))
+    di = _load(args)
+    for path, output in zip(args.b, paths):
         b_prime = di.apply(tokens, path, seed=args.seed, prompt=args.prompt, config=config, progress=not args.quiet)
-        b_prime.save(out_dir / name)
-        print(f"wrote {out_dir / name}")
+        with outputs.writing() as write:
+            write(output, b_prime.save)
+        print(f"wrote {output}")
 
 
 def run_analogy(args: argparse.Namespace) -> None:
+    card = _common_checks(args)
+    config = _planned_config(args, card, _fields(CONFIG_FLAGS + SAMPLING_FLAGS) + FIT_ONLY)
+    captions = _captions(args)
+    outputs = Outputs([args.a, args.a_prime, args.b], args.overwrite)
+    b_prime_path = outputs.add(args.output, IMAGE_SUFFIXES, "B′ image")
+    grid_path = outputs.add(b_prime_path.with_name(f"{b_prime_path.stem}-grid.png"), (".png",), "grid")
+    tokens_path = outputs.add(b_prime_path.with_suffix(TOKEN_SUFFIX), (TOKEN_SUFFIX,), "token file")
+    _check_images(args.a, args.a_prime, args.b)
+    _caption_lines(args)  # a bad caption file is reported now
+    needs_captioner = _needs_fit_captions(config, captions) or _needs_b_caption(config, args.prompt)
+    _check_downloads(args, card, needs_captioner)
+
     from .grid import image_grid
     from .pipeline import as_rgb
 
-    _check_images(args.a, args.a_prime, args.b)
-    _check_output(args.output)
-    overrides, captions = _fit_overrides(args), _captions(args)
     di = _load(args)
-    config = di.default_config.replace(**overrides)
     b_prime, tokens = di.analogy(
         args.a,
         args.a_prime,
@@ -396,18 +535,33 @@ def run_analogy(args: argparse.Namespace) -> None:
         prompt_b=args.prompt,
         progress=not args.quiet,
     )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    b_prime.save(output)
-    grid_path = output.with_name(f"{output.stem}-grid.png")
     # ASCII primes: Pillow's built-in font has no ′.
-    image_grid([as_rgb(args.a), as_rgb(args.a_prime), as_rgb(args.b), b_prime], ["A", "A'", "B", "B'"]).save(grid_path)
-    tokens_path = output.with_suffix(".safetensors")
-    tokens.save(tokens_path)
-    print(f"wrote {output}, {grid_path} and {tokens_path}")
+    grid = image_grid([as_rgb(args.a), as_rgb(args.a_prime), as_rgb(args.b), b_prime], ["A", "A'", "B", "B'"])
+    with outputs.writing() as write:
+        write(b_prime_path, b_prime.save)
+        write(grid_path, grid.save)
+        write(tokens_path, tokens.save)
+    print(f"wrote {b_prime_path}, {grid_path} and {tokens_path}")
+
+
+def run_defaults(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .model_card import model_card
+
+    card = model_card(args.model)
+    config = card.default_config()
+    where = f"{card.directory}/diffinv.json" if card.has_descriptor else "no diffinv.json: the paper's defaults"
+    print(f"model {card.name} ({where}); captioner: {card.captioner.get('kind')}")
+    print(f"{'field':<22} {'model default':<14} paper")
+    for field in dataclasses.fields(InversionConfig):
+        ours, papers = getattr(config, field.name), getattr(PAPER, field.name)
+        mark = "" if ours == papers else "   (changed)"
+        print(f"{field.name:<22} {ours!s:<14} {papers!s}{mark}")
 
 
 def run_shapes(args: argparse.Namespace) -> None:
+    _set_up_torch(args)
     if args.shapes_command == "train":
         from .shapes.train import train_world
 
@@ -426,136 +580,53 @@ def run_shapes(args: argparse.Namespace) -> None:
             raise DiffinvError("some shapes-world gates fail")
 
 
-def _embedder_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(name, model) per --embedder, checked before any model loads."""
-    specs = args.embedders or (["clip"] if args.model == "shapes" else ["clip", "dinov2=facebook/dinov2-base"])
-    parsed = []
-    for spec in specs:
-        name, _, model_id = spec.partition("=")
-        if name not in ("clip", "dinov2") or (name == "dinov2" and not model_id):
-            raise DiffinvError(f"bad --embedder {spec!r}: use clip, clip=MODEL or dinov2=MODEL")
-        parsed.append((name, model_id))
-    return parsed
-
-
-def _embedders(specs: list[tuple[str, str]], di) -> list:
-    from .bench.metrics import ClipEmbedder, Dinov2Embedder
-    from .clip_space import ClipSpace
-
-    embedders = []
-    for name, model_id in specs:
-        if name == "clip":
-            clip = ClipSpace.from_pretrained(model_id, di.clip.device, di.clip.model.dtype) if model_id else di.clip
-            embedders.append(ClipEmbedder(clip))
-        else:
-            embedders.append(Dinov2Embedder.from_pretrained(model_id, di.clip.device))
-    return embedders
-
-
 def run_bench(args: argparse.Namespace) -> None:
-    from .bench.report import write_reports
+    from .bench.command import bench_command
 
-    if args.bench_command == "report":
-        if not (Path(args.run_dir) / "results.jsonl").exists():
-            raise DiffinvError(f"{args.run_dir}: no results.jsonl (not a bench run directory)")
-        paths = write_reports(args.run_dir, args.max_examples, args.baseline)
-        print(f"wrote {paths['md']}, {paths['csv']} and {paths['html']}")
-        return
+    if args.bench_command == "run":
+        _common_checks(args)
+    bench_command(args, _load)
 
-    import json
 
-    from .bench.datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
-    from .bench.methods import expand_methods, parse_changes
-    from .bench.run import BenchRunner, Shard, check_run_record, local_device
-    from .config import InversionConfig
-    from .shapes import shapes_config
+COMMANDS = {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "defaults": run_defaults}
 
-    if args.dataset == "shapes":
-        if args.data:
-            raise DiffinvError("--data is for the folder and instructpix2pix datasets")
-        triplets = shapes_dataset(
-            args.n or 100, args.triplet_seed, tuple(args.families.split(",")) if args.families else None
-        )
-        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
-    elif not args.data:
-        raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
-    elif args.dataset == "folder":
-        triplets = folder_dataset(args.data)[: args.n]
-        dataset = {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
-    else:
-        triplets = instructpix2pix_dataset(args.data, args.n or 300, args.triplet_seed)
-        dataset = {
-            "name": "instructpix2pix",
-            "data": Path(args.data).name,
-            "n": len(triplets),
-            "seed": args.triplet_seed,
-        }
-    default_methods = ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
-    methods = expand_methods(args.methods or default_methods)
-    # Everything that can be wrong is checked before the model loads (minutes, for a real one).
-    base_config = (shapes_config() if args.model == "shapes" else InversionConfig()).replace(
-        **parse_changes(args.base_changes)
-    )
-    for method in methods:
-        method.config(base_config)
-    if args.batch is not None and args.batch < 1:
-        raise DiffinvError(f"--batch must be at least 1, got {args.batch}")
-    embedder_specs = _embedder_specs(args)
-    run_dir = Path(args.out)
-    _check_output(run_dir, must_be_dir=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "dataset": dataset,
-        "model": args.model,
-        "methods": [m.spec for m in methods],
-        "base_config": json.loads(base_config.to_json()),
-        "seed": args.seed,
-    }
-    check_run_record(run_dir, record)
 
-    shard = Shard.from_environment()
-    args.device = args.device or local_device()
-    di = _load(args)
-    classifier = None
-    if args.model == "shapes":
-        from .shapes import MODEL_DIR
-        from .shapes.classifier import AttributeClassifier
-
-        classifier = AttributeClassifier.load(MODEL_DIR / "classifier")
-    batch = args.batch if args.batch is not None else (8 if args.model == "shapes" else 1)
-    runner = BenchRunner(
-        di, run_dir, base_config, _embedders(embedder_specs, di), classifier, batch, args.seed, progress=not args.quiet
-    )
-    count = runner.run(methods, triplets, shard)
-    paths = write_reports(run_dir, args.max_examples)
-    part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
-    print(f"ran {count} (method, triplet) pairs{part}; wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"diffinv: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Library chatter (deprecations, optional-backend notices) is not for the command's user.
+    if getattr(args, "offline", False):
+        os.environ["HF_HUB_OFFLINE"] = "1"  # before the hub libraries read it
+    # Library chatter (deprecations, optional-backend notices, download retries) is not for the
+    # command's user; diffinv's own warnings are, as one line each.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import warnings
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("always", category=DiffinvWarning)
+            warnings.showwarning = _show_warning
+        return _run(args)
 
-    if not args.debug:
-        warnings.filterwarnings("ignore")
-    import torch
 
-    # Subnormal floats are tens of times slower on x86 CPUs and change nothing here.
-    torch.set_flush_denormal(True)
+def _run(args: argparse.Namespace) -> int:
     try:
-        {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "shapes": run_shapes, "bench": run_bench}[
-            args.command
-        ](args)
+        if args.command == "shapes":
+            run_shapes(args)
+        elif args.command == "bench":
+            run_bench(args)
+        else:
+            COMMANDS[args.command](args)
     except DiffinvError as error:
         print(f"diffinv: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("diffinv: interrupted", file=sys.stderr)
+        print("diffinv: interrupted; no output was written", file=sys.stderr)
         return 130
-    except Exception as error:
+    except Exception as error:  # the last line of defence against tracebacks
         if args.debug:
             raise
         first_line = (str(error).splitlines() or [""])[0]

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import DiffinvError
 
+INITS = ("zeros", "random")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean")
 PROMPT_SOURCES = ("pez", "caption")
 SAMPLING_MODES = ("img2img", "noise")
@@ -110,8 +111,9 @@ class InversionConfig:
         )
         need(0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha!r}")
         need(self.lambda_tc >= 0 and self.lambda_clip >= 0, "lambda_tc and lambda_clip must be ≥ 0")
-        need(self.init in ("zeros", "random"), f"init must be 'zeros' or 'random', got {self.init!r}")
-        need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer ≥ 0, got {self.steps!r}")
+        need(self.init in INITS, f"init must be one of {INITS}, got {self.init!r}")
+        # Zero steps would leave D̃ at its start (zeros): B′ would be B redrawn, silently unedited.
+        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer ≥ 1, got {self.steps!r}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
         need(
@@ -140,6 +142,12 @@ class InversionConfig:
         need(self.guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}")
         need(
             isinstance(self.sampling_steps, int) and self.sampling_steps >= 1, "sampling_steps must be an integer ≥ 1"
+        )
+        # img2img denoises only the last int(steps × strength) of the schedule; zero fails deep in diffusers.
+        need(
+            self.sampling_mode == "noise" or int(self.sampling_steps * self.strength) >= 1,
+            f"img2img runs int(sampling_steps × strength) = int({self.sampling_steps} × {self.strength}) = 0 "
+            "denoising steps; raise sampling_steps or strength",
         )
 
     def replace(self, **changes: Any) -> InversionConfig:

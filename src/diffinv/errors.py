@@ -6,3 +6,8 @@ class DiffinvError(Exception):
 
     The command-line tool prints its message alone on stderr and exits with status 2.
     """
+
+
+class DiffinvWarning(UserWarning):
+    """Something the user should know, though the work goes on (the command line prints it as one
+    line even when it hides the libraries' warnings)."""

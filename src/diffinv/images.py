@@ -3,6 +3,9 @@
 Policy, documented in the README:
 - Any image Pillow can read is accepted. EXIF orientation is applied; transparency is composited
   on white; grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB.
+- Usable inputs (`check_usable`): each side at least `MIN_SIDE` pixels and an aspect ratio within
+  1:`MAX_INPUT_ASPECT` … `MAX_INPUT_ASPECT`:1. Smaller or thinner pictures hold too little to
+  redraw; they are refused with one clear message rather than turned into garbage.
 - Working size: the aspect ratio is kept (clamped to 1:4 … 4:1 by a centre crop) and the image is
   resized so that its area is about `resolution`², each side a multiple of the UNet's stride.
   Small images are upscaled, large ones downscaled.
@@ -19,7 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DiffinvError
 
-MAX_ASPECT = 4.0
+MAX_ASPECT = 4.0  # working images: wider ones are centre-cropped to this
+MIN_SIDE = 16  # pixels: inputs with a shorter side are refused
+MAX_INPUT_ASPECT = 8.0  # inputs beyond it are refused (a crop to 4:1 would keep less than half)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -41,6 +46,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DiffinvError(f"{path}: image too large ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DiffinvError(f"{path}: the image is damaged or truncated ({error})") from None
+
+
+def check_usable(image: Image.Image, name: str = "image") -> Image.Image:
+    """`image`, or a `DiffinvError` if it is too small or too thin to work with (see the policy)."""
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise DiffinvError(f"{name}: {width}×{height} pixels is too small; each side must be at least {MIN_SIDE}")
+    if max(width, height) > MAX_INPUT_ASPECT * min(width, height):
+        raise DiffinvError(
+            f"{name}: {width}×{height} pixels is too elongated (more than {MAX_INPUT_ASPECT:g}:1); crop it first"
+        )
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

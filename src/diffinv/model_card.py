@@ -67,6 +67,16 @@ class ModelCard:
             raise DiffinvError(f"{self.name}: a hub model has no local files")
         return self.directory / relative
 
+    def native_resolution(self) -> int | None:
+        """The model's native image side, from the directory's UNet and VAE configs (None for a
+        hub id or an unreadable config: then the loaded model tells)."""
+        try:
+            unet = json.loads(self.path("unet/config.json").read_text(encoding="utf-8"))
+            vae = json.loads(self.path("vae/config.json").read_text(encoding="utf-8"))
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (DiffinvError, OSError, ValueError, KeyError, TypeError):
+            return None
+
     def caption_candidates(self) -> list[str] | None:
         """The candidate captions of a clip-retrieval captioner (None for BLIP-2)."""
         if self.captioner.get("kind") != "clip-retrieval":
@@ -102,6 +112,17 @@ def read_caption_lines(path: str | os.PathLike) -> list[str]:
     return lines
 
 
+def looks_like_a_path(name: str) -> bool:
+    """True for names no hub id can have: absolute or relative paths, several slashes."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    )
+
+
 def model_card(model: str | os.PathLike) -> ModelCard:
     """The card of `model`: a bundled name ("shapes"), a local directory or a hub id.
 
@@ -111,6 +132,8 @@ def model_card(model: str | os.PathLike) -> ModelCard:
     source = str(model)
     directory = BUNDLED.get(source) or (Path(source) if os.path.isdir(source) else None)
     if directory is None:
+        if looks_like_a_path(source):
+            raise DiffinvError(f"{source}: no such model directory (and not a hub id of the form owner/name)")
         return ModelCard(source=source, name=source)
     descriptor = directory / DESCRIPTOR
     if not descriptor.is_file():
