@@ -1,9 +1,12 @@
 """`diffinv bench`: method specs, the three datasets, the directional score, the interval
 arithmetic, and the runner's promises — results written as they finish, resume without
-redoing work, half-written lines harmless, shards merging into one result set."""
+redoing work, half-written lines harmless, shards merging into one result set, processes on one
+directory splitting the work by claims; the command's checks before the model loads, and a
+report that never imports torch."""
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,8 @@ from diffinv.bench.datasets import BenchTriplet, folder_dataset, instructpix2pix
 from diffinv.bench.methods import PRESETS, expand_methods, parse_changes, parse_method
 from diffinv.bench.metrics import Dinov2Embedder, directional_score
 from diffinv.bench.report import mean_interval, paired_differences, read_results, summarize, t_quantile, write_reports
-from diffinv.bench.run import RESULTS, BenchRunner, Shard, append_result, check_run_record
+from diffinv.bench.results import RESULTS, append_result, check_run_record, claim_path
+from diffinv.bench.run import BenchRunner, Shard
 from diffinv.cli import main
 from diffinv.errors import DiffinvError
 
@@ -355,6 +359,174 @@ def test_oracle_caption_needs_a_caption(bench_di, clip, tmp_path):
         runner_for(bench_di, clip, tmp_path).run(expand_methods(["oracle-caption"]), [triplet])
 
 
+# --- processes sharing one directory: claims -----------------------------------------------------------------
+class FakeDI:
+    """A cheap stand-in for `DifferenceInversion`: a "fit" returns empty tokens, B′ = B. It
+    records the triplet indices of every fit (seed = index, as the runner seeds them)."""
+
+    def __init__(self, barrier=None):
+        self.fits, self.barrier, self.local = [], barrier, threading.local()
+
+    def fit_many(self, pairs, config, seeds, progress=False):
+        from types import SimpleNamespace
+
+        self.fits.append(tuple(seeds))
+        if self.barrier is not None and not getattr(self.local, "waited", False):
+            self.local.waited = True
+            self.barrier.wait(timeout=20)  # both runners are fitting at once: both have work
+        return [SimpleNamespace(history={}, hard_text=None) for _ in pairs]
+
+    def apply(self, tokens, b, seed=0, config=None, progress=False):
+        return b
+
+
+class SlowColourMean(ColourMean):
+    """ColourMean that takes a little time, so that two runners interleave."""
+
+    def __call__(self, images):
+        import time
+
+        time.sleep(0.003)
+        return super().__call__(images)
+
+
+def small_triplets(count: int) -> list[BenchTriplet]:
+    image = shape_image((8, 8), "red")
+    return [
+        BenchTriplet(id=f"s{i:02d}", a=lambda: image, a_prime=lambda: image, b=lambda: image) for i in range(count)
+    ]
+
+
+def fake_runner(di, run_dir, batch=1, embedder=None):
+    return BenchRunner(di, run_dir, fast_config(), [embedder or ColourMean()], batch_size=batch, progress=False)
+
+
+def claims_left(run_dir) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "claims").glob("*.json"))]
+
+
+def test_two_runners_on_one_directory_split_the_work(tmp_path):
+    """No sharding: both runners walk the same list, each claims a chunk (all `batch` triplets
+    fitted together) before working on it, so every (method, triplet) is run exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    di = FakeDI(threading.Barrier(2))
+    methods, triplets = expand_methods(["difference-inversion", "copy-b"]), small_triplets(12)
+    runners = [fake_runner(di, tmp_path, batch=3, embedder=SlowColourMean()) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        counts = list(pool.map(lambda runner: runner.run(methods, triplets), runners))
+    rows = read_results(tmp_path)
+    pairs = sorted((r["method"], r["id"]) for r in rows)
+    assert pairs == sorted((m.spec, t.id) for m in methods for t in triplets), "each pair exactly once"
+    assert sum(counts) == 24 and min(counts) > 0, counts
+    # a chunk is claimed whole: four fits of three consecutive triplets, none split or repeated
+    assert sorted(di.fits) == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)]
+    assert claims_left(tmp_path) == []
+    assert fake_runner(FakeDI(), tmp_path).run(methods, triplets) == 0
+
+
+SHARED_RUN_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_bench import ColourMean, FakeDI, fake_runner, small_triplets
+from diffinv.bench.methods import expand_methods
+
+class Slow(ColourMean):
+    def __call__(self, images):
+        time.sleep(0.01)
+        return super().__call__(images)
+
+run_dir, me = Path(sys.argv[1]), sys.argv[2]
+(run_dir / f"ready-{{me}}").touch()
+while len(list(run_dir.glob("ready-*"))) < 2:  # start together
+    time.sleep(0.01)
+count = fake_runner(FakeDI(), run_dir, embedder=Slow()).run(expand_methods(["copy-b"]), small_triplets(40))
+print(json.dumps({{"count": count}}))
+"""
+
+
+def test_two_processes_on_one_directory_split_the_work(tmp_path):
+    """The same with two real processes (the lock is a file lock between processes)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "shared_run.py"
+    script.write_text(SHARED_RUN_SCRIPT.format(tests=str(Path(__file__).parent)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen([sys.executable, str(script), str(run_dir), me], env=env, stdout=subprocess.PIPE, text=True)
+        for me in ("a", "b")
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    counts = [json.loads(out.splitlines()[-1])["count"] for out in outputs]
+    rows = read_results(run_dir)
+    assert sorted(r["id"] for r in rows) == [t.id for t in small_triplets(40)], "each triplet exactly once"
+    assert sum(counts) == 40 and min(counts) > 0, counts
+    assert claims_left(run_dir) == []
+
+
+def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid is gone
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    claims = {
+        "s00": {"host": host, "pid": dead.pid},  # killed run: stale
+        "s01": {"host": host, "pid": alive.pid},  # another process at work: respected
+        "s02": {"host": "elsewhere", "pid": dead.pid},  # another host: cannot be checked, respected
+        "s03": {"host": host, "pid": os.getpid(), "token": "an earlier process with this pid"},  # stale
+        "s04": None,  # half-written by a kill: stale
+        "s05": {"host": host, "pid": alive.pid},  # claimed, but its row is written: done
+    }
+    try:
+        for triplet_id, claim in claims.items():
+            path = claim_path(tmp_path, "copy-b", triplet_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                '{"host": "' if claim is None else json.dumps({"method": "copy-b", "id": triplet_id, **claim})
+            )
+        check_run_record(tmp_path, {"dataset": {}, "methods": ["copy-b"]})
+        append_result(tmp_path, {"method": "copy-b", "id": "s05"})
+        assert not claim_path(tmp_path, "copy-b", "s05").exists(), "a written row drops the pair's claim"
+
+        count = fake_runner(FakeDI(), tmp_path).run(expand_methods(["copy-b"]), small_triplets(8))
+        assert count == 5  # s00, s03, s04 taken over; s06, s07 free; s01, s02 held by others; s05 done
+        assert sorted(r["id"] for r in read_results(tmp_path)) == ["s00", "s03", "s04", "s05", "s06", "s07"]
+        assert sorted(c["id"] for c in claims_left(tmp_path)) == ["s01", "s02"]
+    finally:
+        alive.kill()
+        alive.wait()
+    # the process holding s01 is gone now: the same command takes it over
+    assert fake_runner(FakeDI(), tmp_path).run(expand_methods(["copy-b"]), small_triplets(8)) == 1
+
+
+def test_a_failing_runner_releases_its_claims(tmp_path):
+    class Failing(ColourMean):
+        calls = 0
+
+        def __call__(self, images):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise RuntimeError("out of memory")
+            return super().__call__(images)
+
+    methods, triplets = expand_methods(["difference-inversion"]), small_triplets(6)
+    with pytest.raises(RuntimeError):
+        fake_runner(FakeDI(), tmp_path, batch=3, embedder=Failing()).run(methods, triplets)
+    assert len(read_results(tmp_path)) == 2 and claims_left(tmp_path) == []
+    assert fake_runner(FakeDI(), tmp_path, batch=3).run(methods, triplets) == 4
+
+
 # --- the command ------------------------------------------------------------------------------------
 def test_bench_command_on_the_shapes_world(tmp_path, capsys):
     out = tmp_path / "run"
@@ -405,6 +577,7 @@ def test_bench_report_on_a_directory_without_results(tmp_path, capsys):
     assert "no results.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_shard_processes_share_one_result_set(tmp_path):
     """As under `accelerate launch`: RANK / WORLD_SIZE split the triplets between concurrent
     processes, which append to one results.jsonl."""
@@ -531,3 +704,164 @@ def test_bench_on_a_saved_model_with_a_folder_dataset_and_dinov2(tiny_model_dir,
     code = main([str(a) for a in missing])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-dinov2: no such DINOv2 model directory" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_report_never_imports_torch(tmp_path):
+    """`diffinv bench report` reads results and writes summaries: no torch (seconds to import)."""
+    import subprocess
+    import sys
+
+    rows = [
+        {"method": m, "id": f"t{i}", "index": i, "family": "x", "clip_directional": 0.1 * i, "grid": "g.png"}
+        for m in ("difference-inversion", "copy-b")
+        for i in range(3)
+    ]
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": {"name": "folder"}, "model": "m", "methods": []}))
+    code = (
+        "import argparse, sys\n"
+        "from diffinv.bench.report import write_reports\n"
+        "from diffinv.bench.command import report_command\n"
+        f"write_reports({str(tmp_path)!r})\n"
+        f"report_command(argparse.Namespace(run_dir={str(tmp_path)!r}, max_examples=2, baseline='copy-b'))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+    assert "| copy-b | 3 |" in (tmp_path / "summary.md").read_text()
+    assert "Paired differences against copy-b" in (tmp_path / "summary.md").read_text()
+
+
+# --- bench/command.py: what cli.py calls ----------------------------------------------------------------------
+def bench_args(*argv):
+    from diffinv.cli import build_parser
+
+    return build_parser().parse_args(["bench", *map(str, argv)])
+
+
+def no_loading(args):
+    raise AssertionError("the model was loaded before every check was made")
+
+
+def write_card(directory: Path, **values) -> Path:
+    from diffinv.model_card import write_descriptor
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_descriptor(directory, **values)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--dataset", "folder"], "needs --data"),
+        (["--data", "x"], "--data is for the folder"),
+        (["--families", "texture"], "unknown shapes families"),
+        (["--dataset", "instructpix2pix", "--data", "/nonexistent/ip2p"], "no such directory"),
+        (["--method", "nope"], "unknown method"),
+        (["--set", "bogus=1"], "bad config change"),
+        (["--set", "alpha=2"], "alpha"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
+        (["--embedder", "dinov2"], "bad --embedder"),
+        (["--embedder", "dinov2=/nonexistent/dinov2"], "/nonexistent/dinov2: no such DINOv2 model directory"),
+    ],
+)
+def test_run_command_checks_everything_before_loading(tmp_path, argv, fragment):
+    from diffinv.bench.command import run_command
+
+    with pytest.raises(DiffinvError, match=fragment.replace("-", r"\-").replace("/", r"/")):
+        run_command(bench_args("run", "--out", tmp_path / "run", "--n", "1", "--quiet", *argv), no_loading)
+
+
+def test_run_command_refuses_a_file_for_out_and_a_different_run(tmp_path):
+    from diffinv.bench.command import run_command
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffinvError, match="exists and is not a directory"):
+        run_command(bench_args("run", "--out", tmp_path / "file", "--n", "1"), no_loading)
+    check_run_record(tmp_path / "run", {"dataset": {"name": "other"}, "methods": []})
+    with pytest.raises(DiffinvError, match="different run"):
+        run_command(bench_args("run", "--out", tmp_path / "run", "--n", "1"), no_loading)
+
+
+def test_bench_defaults_come_from_the_model_card(tmp_path):
+    from diffinv.bench.command import batch_size, build_methods, classifier_path, embedder_specs
+    from diffinv.model_card import model_card
+
+    shapes = model_card("shapes")
+    args = bench_args("run", "--out", tmp_path, "--set", "steps=7")
+    assert embedder_specs(args, shapes) == [("clip", "")] and batch_size(args, shapes) == 8
+    methods, base = build_methods(args, shapes)
+    assert base == shapes.default_config().replace(steps=7)
+    assert [m.spec for m in methods] == ["difference-inversion", "copy-b", "oracle-caption"]
+    assert classifier_path(shapes) == shapes.path("classifier")
+
+    (tmp_path / "plain").mkdir()
+    plain = model_card(str(tmp_path / "plain"))  # no descriptor: the paper's defaults
+    assert embedder_specs(args, model_card("someone/some-model")) == [("clip", ""), ("dinov2", "facebook/dinov2-base")]
+    assert embedder_specs(args, plain) == [("clip", ""), ("dinov2", "facebook/dinov2-base")]
+    assert batch_size(args, plain) == 1 and classifier_path(plain) is None
+    assert build_methods(args, plain)[1] == plain.default_config().replace(steps=7)
+    folder = bench_args("run", "--out", tmp_path, "--dataset", "folder", "--batch", "3", "--embedder", "clip=x")
+    assert [m.spec for m in build_methods(folder, plain)[0]] == ["difference-inversion", "copy-b"]
+    assert batch_size(folder, shapes) == 3 and embedder_specs(folder, shapes) == [("clip", "x")]
+
+    own = model_card(write_card(tmp_path / "own", bench={"batch": 4, "embedders": ["clip=y"], "classifier": "cls"}))
+    assert batch_size(args, own) == 4 and embedder_specs(args, own) == [("clip", "y")]
+    with pytest.raises(DiffinvError, match="classifier"):
+        classifier_path(own)  # named but missing: reported before the model loads
+
+
+def test_run_command_on_the_shapes_world(tmp_path, capsys):
+    """The whole command with the bundled world: its card gives the base config, the classifier
+    (exact scores) and the batch; a second call resumes and runs nothing."""
+    from diffinv.bench.command import bench_command, run_command
+    from diffinv.model_card import model_card
+    from diffinv.pipeline import DifferenceInversion
+
+    loads = []
+
+    def load(args):
+        loads.append(args.device)
+        return DifferenceInversion.from_pretrained(args.model, device=args.device)
+
+    out = tmp_path / "run"
+    argv = ["run", "--out", out, "--n", "3", "--method", "difference-inversion", "--method", "copy-b"]
+    argv += ["--set", "steps=3,sampling_steps=4", "--quiet"]
+    run_command(bench_args(*argv), load)
+    assert "ran 6 (method, triplet) pairs; wrote" in capsys.readouterr().out and loads == ["cpu"]
+    rows = read_results(out)
+    assert {"edit", "preserved", "correct", "clip_directional"} <= set(rows[0])
+    record = json.loads((out / "run.json").read_text())
+    assert record["base_config"] == json.loads(
+        model_card("shapes").default_config().replace(steps=3, sampling_steps=4).to_json()
+    )
+    bench_command(bench_args(*argv), load)
+    assert "ran 0 (method, triplet) pairs" in capsys.readouterr().out
+    bench_command(bench_args("report", out, "--baseline", "copy-b"), no_loading)
+    assert capsys.readouterr().out.startswith(f"wrote {out / 'summary.md'}")
+    assert "Paired differences against copy-b" in (out / "summary.md").read_text()
+    with pytest.raises(DiffinvError, match="no results.jsonl"):
+        bench_command(bench_args("report", tmp_path), no_loading)
+
+
+def test_run_command_keeps_a_blip2_captioner_loaded_for_the_run(clip, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from diffinv.bench.command import run_command
+    from diffinv.captioners import Blip2Captioner
+
+    captioner = Blip2Captioner()
+    seen = []
+    original = BenchRunner.run
+
+    def run(self, *args, **kwargs):
+        seen.append(self.di.captioner.keep_loaded)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BenchRunner, "run", run)
+    fake = SimpleNamespace(clip=clip, captioner=captioner)
+    run_command(bench_args("run", "--out", tmp_path, "--n", "2", "--method", "copy-b", "--quiet"), lambda args: fake)
+    assert seen == [True] and captioner.keep_loaded is False  # kept for the run, as it was afterwards
+    assert len(read_results(tmp_path)) == 2

@@ -3,7 +3,9 @@
 datasets.py  shapes / folder / InstructPix2Pix triplets
 methods.py   Difference Inversion, its ablations and sweeps, the references
 metrics.py   directional scores (CLIP, DINOv2, any embedder), similarity to a ground truth
-run.py       the resumable, shardable runner and results.jsonl
-report.py    summary.md / summary.csv / report.html with 95 % intervals
-plots.py     loss curves as SVG
+run.py       the resumable, shardable runner
+results.py   results.jsonl, run.json, the run directory's lock and the work claims (torch-free)
+report.py    summary.md / summary.csv / report.html with 95 % intervals (torch-free)
+plots.py     loss curves as SVG (torch-free)
+command.py   `diffinv bench run` / `diffinv bench report` from parsed arguments
 """

@@ -37,6 +37,13 @@ class ClipEmbedder:
         return self.clip.image_features(images)
 
 
+def check_dinov2_source(model_id: str) -> None:
+    """A DINOv2 given as a path must be a directory (hub ids are owner/name; checked when loaded)."""
+    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model_id)):
+        raise DiffinvError(f"{model_id}: no such DINOv2 model directory")
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -53,9 +60,7 @@ class Dinov2Embedder:
     ) -> Dinov2Embedder:
         from transformers import Dinov2Model
 
-        looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1  # hub ids are owner/name
-        if looks_local and not os.path.isdir(os.path.expanduser(model_id)):
-            raise DiffinvError(f"{model_id}: no such DINOv2 model directory")
+        check_dinov2_source(model_id)
         try:
             model = Dinov2Model.from_pretrained(model_id, dtype=dtype)
         except (OSError, ValueError) as error:

@@ -15,7 +15,7 @@ import os
 from html import escape
 from pathlib import Path
 
-from .run import locked_results, read_results
+from .results import read_results, results_lock  # torch-free: `diffinv bench report` never loads torch
 
 # Two-sided 95 % quantiles of Student's t for small samples; beyond, a Cornish–Fisher expansion.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -210,7 +210,7 @@ def write_reports(
     """summary.md, summary.csv and report.html from results.jsonl, with paired differences
     against the `baseline` method when the run has it. Returns their paths."""
     run_dir = Path(run_dir)
-    with locked_results(run_dir):  # no line can be added between reading and writing
+    with results_lock(run_dir):  # no line can be added between reading and writing
         return _write_reports(run_dir, latest_rows(read_results(run_dir)), max_examples, baseline)
 
 

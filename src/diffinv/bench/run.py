@@ -12,17 +12,17 @@ Resuming: the same command skips every (method, triplet) already in results.json
 at most the batch being fitted. Sharding: under `accelerate launch` (or torchrun) each process
 takes every WORLD_SIZE-th triplet from its RANK and appends to the same results.jsonl (one
 locked write per line), so the shards merge by construction; every process rewrites the
-summary when it finishes, and the last one to finish writes the complete one.
+summary when it finishes, and the last one to finish writes the complete one. Processes
+started on the same directory without sharding split the work: each claims a chunk (one
+triplet, or the `batch_size` triplets fitted together) under the lock before working on it
+and skips what others hold (see `results.py`), so every (method, triplet) is run once.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +37,18 @@ from .datasets import BenchTriplet
 from .methods import Method
 from .metrics import Embedder, directional_score, similarity_to_truth
 from .plots import loss_curves_svg
+from .results import RESULTS, append_result, check_run_record, claim_next, read_results, working
 
-RESULTS = "results.jsonl"
+__all__ = [  # results I/O lives in .results (torch-free); these names stay importable from here
+    "RESULTS",
+    "BenchRunner",
+    "Shard",
+    "append_result",
+    "check_run_record",
+    "local_device",
+    "read_results",
+    "slug",
+]
 
 
 @dataclass(frozen=True)
@@ -65,68 +75,6 @@ def local_device() -> str:
 def slug(text: str) -> str:
     """A file-system-safe name for a method spec ('alpha=0.5' → 'alpha-0.5')."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
-# --- results.jsonl -----------------------------------------------------------------------------------
-def read_results(run_dir: str | Path) -> list[dict]:
-    """Every complete line of results.jsonl; a half-written or corrupt line is skipped."""
-    path = Path(run_dir) / RESULTS
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "method" in row and "id" in row:
-            rows.append(row)
-    return rows
-
-
-@contextmanager
-def locked_results(run_dir: Path):
-    """results.jsonl opened for appending, under an exclusive lock: shard processes share it, and
-    a summary is read and written under the same lock so an older one never replaces a newer."""
-    with open(Path(run_dir) / RESULTS, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield handle
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def append_result(run_dir: Path, row: dict) -> None:
-    """One line, written whole under the lock. A line left half-written by a kill is closed
-    with a newline first, so it spoils only itself."""
-    line = json.dumps(row, sort_keys=True) + "\n"
-    with locked_results(run_dir) as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
-        handle.write(line.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def check_run_record(run_dir: Path, record: dict) -> None:
-    """Write run.json, or make sure the directory holds the same run before resuming it (adding
-    any new methods to the record). Under the results lock: shard processes start together."""
-    path = Path(run_dir) / "run.json"
-    with locked_results(run_dir):
-        if path.exists():
-            previous = json.loads(path.read_text(encoding="utf-8"))
-            keys = ("dataset", "base_config", "model", "seed")
-            if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
-                raise DiffinvError(
-                    f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out"
-                )
-            record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
-        tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 # --- one method on a batch of triplets ------------------------------------------------------------------
@@ -171,17 +119,25 @@ class BenchRunner:
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
         count = 0
-        for method in methods:
-            pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
-            step = self.batch_size if method.fits_tokens else 1
-            bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
-            for start in range(0, len(pending), step):
-                chunk = pending[start : start + step]
-                for row in self._run_chunk(method, chunk):
-                    append_result(self.run_dir, row)
-                    count += 1
-                    bar.update(1)
-            bar.close()
+        with working(self.run_dir) as (worker, held):
+            for method in methods:
+                pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
+                step = self.batch_size if method.fits_tokens else 1
+                bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
+                while pending:
+                    # the next chunk nobody else holds: another process on this directory may be taking some
+                    chunk = claim_next(self.run_dir, worker, method.spec, pending, step, key=lambda item: item[1].id)
+                    if not chunk:
+                        break
+                    held.update((method.spec, t.id) for _, t in chunk)
+                    taken = {t.id for _, t in chunk}
+                    pending = [item for item in pending if item[1].id not in taken]
+                    for row in self._run_chunk(method, chunk):
+                        append_result(self.run_dir, row)
+                        held.discard((method.spec, row["id"]))
+                        count += 1
+                        bar.update(1)
+                bar.close()
         return count
 
     def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):

@@ -1,0 +1,216 @@
+"""`diffinv bench run` and `diffinv bench report`, from parsed command-line arguments.
+
+The command line parses; this module does the rest. Everything that can be wrong (dataset,
+methods, config changes, batch, embedders, the run directory, the model's descriptor) is
+checked before the model loads, which takes minutes for a real one. The model's defaults come
+from its card (`diffinv.json`, see `diffinv.model_card`): its config, and under "bench" the
+batch size, the embedders and the attribute classifier that scores shapes-world triplets.
+
+Importing this module, and `report_command`, never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..config import InversionConfig
+from ..errors import DiffinvError
+from ..model_card import ModelCard, model_card
+from .datasets import BenchTriplet
+from .methods import Method
+from .report import write_reports
+from .results import RESULTS, check_run_record
+
+DEFAULT_EMBEDDERS = ["clip", "dinov2=facebook/dinov2-base"]  # for models whose card names none
+EMBEDDER_KINDS = ("clip", "dinov2")
+
+
+# --- checked before the model loads -------------------------------------------------------------------------
+def build_dataset(args: argparse.Namespace) -> tuple[list[BenchTriplet], dict]:
+    """The triplets of --dataset, and the dataset's description for run.json."""
+    from .datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
+
+    if args.dataset == "shapes":
+        if args.data:
+            raise DiffinvError("--data is for the folder and instructpix2pix datasets")
+        families = tuple(args.families.split(",")) if args.families else None
+        triplets = shapes_dataset(args.n or 100, args.triplet_seed, families)
+        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
+        return triplets, dataset
+    if not args.data:
+        raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
+    if args.dataset == "folder":
+        triplets = folder_dataset(args.data)[: args.n]
+        return triplets, {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
+    triplets = instructpix2pix_dataset(args.data, args.n or 300, args.triplet_seed)
+    dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.triplet_seed}
+    return triplets, dataset
+
+
+def default_methods(args: argparse.Namespace) -> list[str]:
+    """The full method and B′ = B; on shapes also the oracle caption (its truth is known)."""
+    return ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
+
+
+def build_methods(args: argparse.Namespace, card: ModelCard) -> tuple[list[Method], InversionConfig]:
+    """The methods of --method (or the defaults) and the base config: the model's defaults with
+    the --set changes. Every method's config is validated here."""
+    from .methods import expand_methods, parse_changes
+
+    methods = expand_methods(args.methods or default_methods(args))
+    base_config = card.default_config().replace(**parse_changes(args.base_changes))
+    for method in methods:
+        method.config(base_config)
+    return methods, base_config
+
+
+def batch_size(args: argparse.Namespace, card: ModelCard) -> int:
+    """--batch, or the model card's bench batch (1 without one: memory)."""
+    batch = args.batch if args.batch is not None else card.bench.get("batch", 1)
+    if batch < 1:
+        raise DiffinvError(f"--batch must be at least 1, got {batch}")
+    return batch
+
+
+def embedder_specs(args: argparse.Namespace, card: ModelCard) -> list[tuple[str, str]]:
+    """(name, model) per --embedder (default: the card's, else CLIP and DINOv2-base); a DINOv2
+    directory that does not exist is reported here rather than after the model has loaded."""
+    specs = args.embedders or card.bench.get("embedders") or DEFAULT_EMBEDDERS
+    parsed = []
+    for spec in specs:
+        name, _, model_id = spec.partition("=")
+        if name not in EMBEDDER_KINDS or (name == "dinov2" and not model_id):
+            raise DiffinvError(f"bad --embedder {spec!r}: use clip, clip=MODEL or dinov2=MODEL")
+        if name == "dinov2":
+            from .metrics import check_dinov2_source
+
+            check_dinov2_source(model_id)
+        parsed.append((name, model_id))
+    return parsed
+
+
+def classifier_path(card: ModelCard) -> Path | None:
+    """The attribute classifier the card names (scores shapes-world triplets exactly), if any."""
+    name = card.bench.get("classifier")
+    if not name:
+        return None
+    path = card.path(name)
+    if not path.is_dir():
+        raise DiffinvError(f"{path}: the classifier named by {card.name}'s diffinv.json is missing")
+    return path
+
+
+def prepare_run_dir(
+    args: argparse.Namespace, dataset: dict, methods: list[Method], base_config: InversionConfig
+) -> Path:
+    """--out created (or resumed: it must hold the same run), with run.json written."""
+    run_dir = Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DiffinvError(f"{run_dir}: exists and is not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "dataset": dataset,
+        "model": args.model,
+        "methods": [m.spec for m in methods],
+        "base_config": json.loads(base_config.to_json()),
+        "seed": args.seed,
+    }
+    check_run_record(run_dir, record)
+    return run_dir
+
+
+# --- after the model has loaded ---------------------------------------------------------------------------
+def make_embedders(specs: list[tuple[str, str]], di) -> list:
+    """The embedders of `specs`, on the model's device (`clip` alone: the model's own CLIP)."""
+    from ..clip_space import ClipSpace
+    from .metrics import ClipEmbedder, Dinov2Embedder
+
+    embedders = []
+    for name, model_id in specs:
+        if name == "clip":
+            clip = ClipSpace.from_pretrained(model_id, di.clip.device, di.clip.model.dtype) if model_id else di.clip
+            embedders.append(ClipEmbedder(clip))
+        else:
+            embedders.append(Dinov2Embedder.from_pretrained(model_id, di.clip.device))
+    return embedders
+
+
+def load_classifier(path: Path | None):
+    if path is None:
+        return None
+    from ..shapes.classifier import AttributeClassifier
+
+    return AttributeClassifier.load(path)
+
+
+@contextmanager
+def captioner_kept_loaded(di):
+    """A BLIP-2 captioner stays loaded for the whole run (it frees itself after each call
+    otherwise, and would be loaded again for every fit); afterwards it is as it was."""
+    from ..captioners import Blip2Captioner
+
+    captioner = getattr(di, "captioner", None)
+    if not isinstance(captioner, Blip2Captioner):
+        yield
+        return
+    previous, captioner.keep_loaded = captioner.keep_loaded, True
+    try:
+        yield
+    finally:
+        captioner.keep_loaded = previous
+        if not previous:
+            captioner.release()
+
+
+# --- the commands ------------------------------------------------------------------------------------------
+def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], object]) -> None:
+    """`diffinv bench run`: check everything, load the model with `load_model(args)` (a
+    `DifferenceInversion`), run this process's share of the work, write the summaries."""
+    from .run import BenchRunner, Shard, local_device
+
+    triplets, dataset = build_dataset(args)
+    card = model_card(args.model)
+    methods, base_config = build_methods(args, card)
+    batch = batch_size(args, card)
+    specs = embedder_specs(args, card)
+    classifier = classifier_path(card)
+    run_dir = prepare_run_dir(args, dataset, methods, base_config)
+
+    shard = Shard.from_environment()
+    args.device = args.device or local_device()
+    di = load_model(args)
+    runner = BenchRunner(
+        di,
+        run_dir,
+        base_config,
+        make_embedders(specs, di),
+        load_classifier(classifier),
+        batch,
+        args.seed,
+        progress=not args.quiet,
+    )
+    with captioner_kept_loaded(di):
+        count = runner.run(methods, triplets, shard)
+    paths = write_reports(run_dir, args.max_examples)
+    part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
+    print(f"ran {count} (method, triplet) pairs{part}; wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+
+
+def report_command(args: argparse.Namespace) -> None:
+    """`diffinv bench report RUN_DIR`: summary.md, summary.csv and report.html again."""
+    if not (Path(args.run_dir) / RESULTS).exists():
+        raise DiffinvError(f"{args.run_dir}: no results.jsonl (not a bench run directory)")
+    paths = write_reports(args.run_dir, args.max_examples, args.baseline)
+    print(f"wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+
+
+def bench_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], object]) -> None:
+    """`diffinv bench ACTION`, by args.bench_command ("run" or "report")."""
+    if args.bench_command == "report":
+        report_command(args)
+    else:
+        run_command(args, load_model)
