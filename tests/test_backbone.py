@@ -95,3 +95,42 @@ def test_encode_prompt_with_zero_slots_differs_from_plain_prompt_only_after_the_
     first_slot = mask[0].nonzero()[0].item()
     assert torch.allclose(states[0, :first_slot], plain[0, :first_slot], atol=1e-6)
     assert not torch.allclose(states[0, first_slot:], plain[0, first_slot:])
+
+
+@pytest.fixture(scope="module")
+def masked_backbone():
+    """A tiny backbone whose text encoder asks for an attention mask (`use_attention_mask`, as some
+    SD-family text encoders do); its tokenizer pads with <eos>, as SD's CLIP tokenizers do."""
+    masked = tiny_backbone()
+    masked.text_encoder.config.use_attention_mask = True
+    assert masked.tokenizer.pad_token_id == masked.tokenizer.eos_token_id
+    return masked
+
+
+def test_attention_mask_keeps_the_eos_where_pad_is_eos(masked_backbone):
+    """With real words at the slots, encode_prompt must give exactly what diffusers' own
+    StableDiffusionPipeline.encode_prompt gives for the written-out prompt (tokenizer's mask)."""
+    backbone = masked_backbone
+    prompt, extra = "a photo of a red circle", "on the sea"
+    words = backbone.tokenizer(extra, add_special_tokens=False).input_ids
+    ids, slot_mask = backbone.slot_ids([prompt, ""], len(words))
+    rows = backbone.vocabulary[words].detach()
+    with torch.no_grad():
+        states = backbone.encode_prompt(ids, slot_mask, rows)
+        expected = torch.cat(
+            [backbone.pipe.encode_prompt(text, backbone.device, 1, False)[0] for text in (f"{prompt} {extra}", extra)]
+        )
+        plain = backbone.encode_plain([f"{prompt} {extra}", extra])
+    assert torch.allclose(states, expected, atol=1e-6)
+    assert torch.allclose(plain, expected, atol=1e-6)
+    # CLIP's attention is causal, so a mask that hides only the padding changes nothing up to
+    # <eos>: the states there are those of the unmasked encoder (hiding <eos> would change its own).
+    backbone.text_encoder.config.use_attention_mask = False
+    try:
+        with torch.no_grad():
+            unmasked = backbone.encode_prompt(ids, slot_mask, rows)
+    finally:
+        backbone.text_encoder.config.use_attention_mask = True
+    for row in range(2):
+        eos = slot_mask[row].nonzero().max().item() + 1
+        assert torch.allclose(states[row, : eos + 1], unmasked[row, : eos + 1], atol=1e-6)

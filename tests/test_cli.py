@@ -607,3 +607,28 @@ def build_parser_help(command: str) -> str:
     parser = build_parser()
     action = next(a for a in parser._subparsers._group_actions if a.dest == "command")
     return action.choices[command].format_help()
+
+
+def test_diffinvs_own_warnings_reach_the_user_and_library_noise_does_not(
+    capsys, tmp_path, fitted_tokens, image_files, model_args, monkeypatch
+):
+    """Tokens fitted on another model (same width) apply with a warning: one line on stderr. A
+    library's warning raised during the same command is not shown."""
+    import warnings
+
+    from diffinv.pipeline import DifferenceInversion
+
+    original = DifferenceInversion.from_pretrained
+
+    def noisy(*args, **kwargs):
+        warnings.warn("some library deprecation", FutureWarning, stacklevel=1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(DifferenceInversion, "from_pretrained", noisy)
+    fitted_tokens.save(tmp_path / "t.safetensors")
+    argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B]
+    code, _, err = run(capsys, argv + ["--sampling-steps", "2", *model_args])
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"diffinv: warning: DIFF tokens were fitted on 'tiny-epsilon', applying them to {model_args[1]!r}"
+    ]

@@ -2,6 +2,7 @@
 and the differentiable slot features the text-tower CLIP loss and PEZ rest on."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ import torch.nn.functional as F
 
 from conftest import CAPTION_A, CAPTION_A_PRIME
 from diffinv.clip_space import default_clip_for, delta, slerp
-from diffinv.errors import DiffinvError
-from diffinv.inversion import interpolated_delta
+from diffinv.errors import DiffinvError, DiffinvWarning
+from diffinv.inversion import MIN_TEXT_DELTA_NORM, interpolated_delta
 
 
 def angle_between(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -104,14 +105,47 @@ def test_interpolated_delta_endpoints(clip, images):
     text = clip.text_features([CAPTION_A, CAPTION_A_PRIME])
     image_direction = F.normalize(image[1] - image[0], dim=0)
     text_direction = F.normalize(text[1] - text[0], dim=0)
-    assert torch.allclose(
-        interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.0), image_direction, atol=1e-5
-    )
-    assert torch.allclose(
-        interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 1.0), text_direction, atol=1e-5
-    )
+    text_norm = (text[1] - text[0]).norm().item()
+    at_zero = interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.0)
+    assert torch.allclose(at_zero.target_delta, image_direction, atol=1e-5)
+    assert at_zero.text_delta_norm is None and at_zero.effective_alpha == 0.0, "α = 0 needs no text delta"
+    at_one = interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 1.0)
+    assert torch.allclose(at_one.target_delta, text_direction, atol=1e-5)
     middle = interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A_PRIME, 0.8)
-    assert torch.allclose(middle, closed_form(image_direction, text_direction, 0.8), atol=1e-4)
+    assert torch.allclose(middle.target_delta, closed_form(image_direction, text_direction, 0.8), atol=1e-4)
+    assert middle.text_delta_norm == pytest.approx(text_norm, rel=1e-5) and middle.effective_alpha == 0.8
+    assert text_norm > 5 * MIN_TEXT_DELTA_NORM, "one word apart is far above the threshold, even in a random CLIP"
+
+
+def test_identical_captions_fall_back_to_the_image_delta_with_a_warning(clip, images):
+    a, a_prime = images["a"], images["a_prime"]
+    image = clip.image_features([a, a_prime])
+    with pytest.warns(DiffinvWarning, match=r"'a photo of a red circle'.*image delta alone.*α = 0\.8"):
+        result = interpolated_delta(clip, a, a_prime, CAPTION_A, CAPTION_A, 0.8)
+    assert torch.allclose(result.target_delta, F.normalize(image[1] - image[0], dim=0), atol=1e-5)
+    assert result.text_delta_norm == 0.0 and result.effective_alpha == 0.0
+
+
+@pytest.mark.parametrize("norm, degenerate", [(1e-4, True), (0.5 * MIN_TEXT_DELTA_NORM, True), (0.1, False)])
+def test_a_near_zero_text_delta_gets_no_weight(clip, images, monkeypatch, norm, degenerate):
+    """Normalising a text delta of rounding-noise size would give noise full weight α in D_inter."""
+    a, a_prime = images["a"], images["a_prime"]
+    image = clip.image_features([a, a_prime])
+    image_direction = F.normalize(image[1] - image[0], dim=0)
+    base = F.normalize(torch.randn(clip.joint_width, generator=torch.Generator().manual_seed(0)), dim=0)
+    step = F.normalize(torch.randn(clip.joint_width, generator=torch.Generator().manual_seed(1)), dim=0)
+    monkeypatch.setattr(clip, "text_features", lambda texts: torch.stack([base, base + norm * step]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = interpolated_delta(clip, a, a_prime, "a cat", "a cat.", 0.8)
+    assert result.text_delta_norm == pytest.approx(norm, rel=1e-4)
+    assert [str(w.message).count("'a cat.'") for w in caught] == ([1] if degenerate else [])
+    if degenerate:
+        assert result.effective_alpha == 0.0
+        assert torch.allclose(result.target_delta, image_direction, atol=1e-5)
+    else:
+        assert result.effective_alpha == 0.8
+        assert torch.allclose(result.target_delta, closed_form(image_direction, step, 0.8), atol=1e-4)
 
 
 def test_slot_features_equal_text_features_for_real_tokens_and_are_differentiable(clip):

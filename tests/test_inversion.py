@@ -20,6 +20,7 @@ from diffinv.inversion import (
     signed_pair,
     token_consistency_loss,
 )
+from diffinv.pez import random_token_ids, usable_token_mask
 
 PROMPT_A = "a red circle"
 PROMPT_A_PRIME = "a blue circle on the sea"
@@ -105,6 +106,40 @@ def test_random_init_at_the_vocabulary_scale(backbone):
     assert diff.detach().std().item() == pytest.approx(vocabulary_std, rel=0.25)
     again = init_diff_tokens(config, backbone, torch.Generator().manual_seed(0))
     assert torch.equal(diff, again)
+
+
+def test_random_init_draws_its_noise_from_a_cpu_generator(backbone):
+    """One seed, one D̃ start on every device: the noise is drawn on the CPU, then moved."""
+    config = fast_config(init="random", n_tokens=3)
+    diff = init_diff_tokens(config, backbone, torch.Generator().manual_seed(9), count=2)
+    scale = backbone.vocabulary.float().std().item()
+    expected = torch.randn((2, 3, backbone.token_width), generator=torch.Generator().manual_seed(9)) * scale
+    assert torch.equal(diff.detach().cpu(), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_random_init_is_the_same_on_cpu_and_cuda(backbone):
+    config = fast_config(init="random", n_tokens=3)
+    on_cpu = init_diff_tokens(config, backbone, torch.Generator().manual_seed(9))
+    on_cuda = init_diff_tokens(config, backbone, torch.Generator(device="cuda").manual_seed(9))
+    assert torch.equal(on_cpu.detach().cpu(), on_cuda.detach().cpu())
+
+
+def test_hard_tokens_with_zero_init_start_from_seeded_usable_vocabulary_rows(backbone):
+    """A zero D̃ has no nearest token, so hard tokens start as PEZ does: random usable rows."""
+    config = fast_config(hard_tokens=True, n_tokens=4)
+    diff = init_diff_tokens(config, backbone, torch.Generator().manual_seed(3), count=2)
+    assert diff.shape == (2, 4, backbone.token_width) and diff.requires_grad and diff.dtype == torch.float32
+    vocabulary = backbone.vocabulary.detach().float()
+    ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], (2, 4), torch.Generator().manual_seed(3))
+    assert torch.equal(diff.detach(), vocabulary[ids])
+    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], "cpu")
+    assert usable[ids].all() and len(set(ids.flatten().tolist())) > 1
+    again = init_diff_tokens(config, backbone, torch.Generator().manual_seed(3), count=2)
+    other = init_diff_tokens(config, backbone, torch.Generator().manual_seed(4), count=2)
+    assert torch.equal(diff, again) and not torch.equal(diff, other)
+    # soft tokens keep the paper's zeros
+    assert torch.count_nonzero(init_diff_tokens(fast_config(n_tokens=4), backbone, torch.Generator())) == 0
 
 
 def test_signed_pair_alternates_minus_and_plus_per_pair():
@@ -290,10 +325,66 @@ def test_fit_diff_tokens_history_and_ablations(backbone, clip, pair):
     assert no_clip["loss_clip"] == [0.0] and no_clip["loss_tc"][0] > 0
 
 
-def test_zero_steps_return_the_zero_start(backbone, clip, pair):
-    diff, history = fit_diff_tokens(backbone, clip, pair, fast_config(steps=0), progress=False)
-    assert torch.count_nonzero(diff) == 0
-    assert history == {"loss": [], "loss_tc": [], "loss_clip": []}
+def test_zero_steps_are_refused_before_any_work():
+    # D̃ would stay at its zero start and B′ would be B redrawn, unedited.
+    with pytest.raises(DiffinvError, match="steps must be an integer ≥ 1"):
+        fast_config(steps=0)
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_hard_tokens_reach_the_encoders_as_vocabulary_rows(backbone, clip, pair, seen_text_input, monkeypatch, hard):
+    """At every step, with hard tokens, the text encoder gets ±(vocabulary rows) at the DIFF slots
+    (−row for the "before" branch) and the CLIP loss encodes vocabulary rows; without, it does not."""
+    clip_inputs = []
+    original = clip.slot_features
+
+    def spy(embeddings):
+        clip_inputs.append(embeddings.detach().clone())
+        return original(embeddings)
+
+    monkeypatch.setattr(clip, "slot_features", spy)
+    config = fast_config(steps=3, n_tokens=3, hard_tokens=hard, init="zeros" if hard else "random")
+    fit_diff_tokens(backbone, clip, pair, config, torch.Generator().manual_seed(0), progress=False)
+
+    vocabulary = backbone.vocabulary.detach()
+
+    def vocabulary_rows(rows):  # (m, d) → whether each row is exactly some vocabulary row
+        return (rows[:, None, :] == vocabulary[None]).all(dim=-1).any(dim=-1)
+
+    assert len(seen_text_input) == len(clip_inputs) == 3
+    for text, from_clip in zip(seen_text_input, clip_inputs):
+        mask, embeddings = text["mask"], text["embeddings"]
+        before, after = embeddings[0][mask[0]], embeddings[1][mask[1]]
+        assert torch.equal(before, -after)
+        assert vocabulary_rows(after).all() == hard and vocabulary_rows(after).any() == hard
+        assert vocabulary_rows(from_clip[0]).all() == hard and vocabulary_rows(from_clip[0]).any() == hard
+
+
+def test_progress_bar_shows_the_losses_regularly(backbone, clip, pair, monkeypatch):
+    """About 25 updates over a run (the first and the last step included), not one, not every step
+    (each syncs the host)."""
+    shown = []
+
+    class Bar:
+        def __init__(self, iterable, **kwargs):
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def set_postfix(self, **values):
+            shown.append(values)
+
+    monkeypatch.setattr(diffinv.inversion, "tqdm", Bar)
+    config = fast_config(steps=50, use_token_consistency=False)
+    fit_diff_tokens(backbone, clip, pair, config, progress=True)
+    assert 20 <= len(shown) <= 30 and set(shown[-1]) == {"tc", "clip"}
+    shown.clear()
+    fit_diff_tokens(backbone, clip, pair, config.replace(steps=3), progress=True)
+    assert len(shown) == 3
+    shown.clear()
+    fit_diff_tokens(backbone, clip, pair, config, progress=False)
+    assert shown == [], "no bar, no host syncs for it"
 
 
 def test_same_seed_same_tokens(backbone, clip, pair):
@@ -358,3 +449,86 @@ def test_batched_fit_refuses_pairs_of_different_sizes(backbone, clip, pair, imag
     wide = PreparedPair("", "", "a", "b", pair.target_delta, backbone.encode_images([images["b"], images["b"]]))
     with pytest.raises(DiffinvError, match="one size"):
         fit_diff_tokens(backbone, clip, [pair, wide], fast_config(steps=1), progress=False)
+
+
+# The CLIP's text tower against the model's text encoder ------------------------------------------
+def test_check_compatible_compares_the_token_embedding_tables(backbone, clip):
+    """A CLIP whose text tower is another text encoder of the same shape breaks the text-tower
+    CLIP loss: refused. The matching CLIP passes, also stored in fp16 / bf16."""
+    import copy
+    from types import SimpleNamespace
+
+    from diffinv.clip_space import ClipSpace
+    from diffinv.testing import tiny_clip_for, tiny_pipeline
+
+    config = fast_config()
+    check_compatible(backbone, clip, config)
+    for dtype in (torch.float16, torch.bfloat16):
+        check_compatible(backbone, ClipSpace(copy.deepcopy(clip.model).to(dtype), clip.tokenizer), config)
+
+    other = tiny_clip_for(tiny_pipeline(seed=1))  # same shapes and tokenizer, another random text tower
+    assert other.vocabulary.shape == backbone.vocabulary.shape
+    with pytest.raises(DiffinvError, match="token embeddings differ from the model's text encoder's") as raised:
+        check_compatible(backbone, other, config)
+    assert "--clip-model" in str(raised.value) and "\n" not in str(raised.value)
+    # one wrong row among the sampled ones is enough
+    table = backbone.vocabulary.detach().clone()
+    table[-1] += 1.0
+    with pytest.raises(DiffinvError, match="differ"):
+        check_compatible(backbone, SimpleNamespace(vocabulary=table, joint_width=clip.joint_width), config)
+    bigger = torch.cat([backbone.vocabulary.detach(), torch.zeros(1, backbone.token_width)])
+    with pytest.raises(DiffinvError, match=f"{bigger.shape[0]} token embeddings"):
+        check_compatible(backbone, SimpleNamespace(vocabulary=bigger, joint_width=clip.joint_width), config)
+    # only the text-tower loss needs the model's own text encoder
+    check_compatible(backbone, other, fast_config(use_clip_loss=False))
+    check_compatible(backbone, other, fast_config(clip_loss_space="token-mean"))
+
+
+# Seeds across devices ----------------------------------------------------------------------------
+def test_noised_pair_draws_timesteps_then_noise_on_the_cpu_in_float32(backbone):
+    """The draws are the CPU generator's, in this order and in float32, whatever the latents' dtype
+    (and device): one seed, one set of timesteps and noises (half-precision latents get them
+    rounded). 120 values: for sizes that are not multiples of 16, torch draws half precision
+    directly, and differently."""
+    latents = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    expected = torch.Generator().manual_seed(3)
+    timesteps = torch.randint(0, backbone.num_train_timesteps, (2,), generator=expected)
+    noise = torch.randn(latents.shape, generator=expected)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        _, drawn_timesteps, targets = noised_pair(backbone, latents.to(dtype), torch.Generator().manual_seed(3))
+        assert torch.equal(drawn_timesteps, timesteps)
+        assert targets.dtype == dtype and torch.equal(targets, noise.to(dtype))  # ε-model: the target is ε
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_noised_pair_draws_the_same_on_cuda(backbone, pair):
+    cuda = torch.device("cuda")
+    _, cpu_timesteps, cpu_noise = noised_pair(backbone, pair.latents, torch.Generator().manual_seed(5))
+    backbone.pipe.to(cuda)
+    try:
+        _, timesteps, noise = noised_pair(backbone, pair.latents.to(cuda), torch.Generator().manual_seed(5))
+    finally:
+        backbone.pipe.to("cpu")
+    assert timesteps.device.type == noise.device.type == "cuda"
+    assert torch.equal(timesteps.cpu(), cpu_timesteps) and torch.equal(noise.cpu(), cpu_noise)
+
+
+def test_fitting_is_seeded_with_a_cpu_generator_whatever_the_device(di, pair, monkeypatch):
+    """`_fit_prepared` seeds fit_diff_tokens with a CPU generator, also for a model on another
+    device (a device generator would draw other numbers on CUDA than on the CPU)."""
+    import diffinv.pipeline
+    from diffinv.backbone import StableDiffusionBackbone
+
+    seen = []
+
+    def fake_fit(backbone, clip, pairs, config, generator=None, progress=True):
+        seen.append(generator)
+        zeros = torch.zeros(len(pairs), config.n_tokens, backbone.token_width)
+        return zeros, [{"loss": [], "loss_tc": [], "loss_clip": []} for _ in pairs]
+
+    monkeypatch.setattr(diffinv.pipeline, "fit_diff_tokens", fake_fit)
+    monkeypatch.setattr(StableDiffusionBackbone, "device", property(lambda self: torch.device("meta")))
+    (tokens,) = di._fit_prepared([pair], fast_config(), [11], progress=False)
+    (generator,) = seen
+    assert generator.device.type == "cpu" and generator.initial_seed() == 11
+    assert tokens.n_tokens == fast_config().n_tokens

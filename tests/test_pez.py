@@ -1,8 +1,23 @@
-"""PEZ: nearest-token projection with a straight-through gradient, hard prompts, `harden`."""
+"""PEZ: nearest-token projection with a straight-through gradient, hard prompts (solo and batched),
+`harden`."""
 
+import numpy as np
+import pytest
 import torch
 
-from diffinv.pez import harden, invert_prompt, nearest_token_ids, project_straight_through, usable_token_mask
+import diffinv.inversion
+from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config
+from diffinv.inversion import pez_prompt, prompt_pair
+from diffinv.pez import (
+    TokenTable,
+    harden,
+    invert_prompt,
+    invert_prompts,
+    nearest_token_ids,
+    project_straight_through,
+    random_token_ids,
+    usable_token_mask,
+)
 
 
 def specials(tokenizer) -> set[int]:
@@ -71,10 +86,119 @@ def test_invert_prompt_returns_a_deterministic_string(clip, images):
 
 
 def test_invert_prompt_with_zero_steps_decodes_its_start(clip, images):
+    """steps=0: the prompt is the start, drawn uniformly from the usable tokens with the generator."""
+    length, vocab_size = 6, clip.vocabulary.shape[0]
     prompt = invert_prompt(
-        clip, [images["a"]], prompt_len=3, steps=0, generator=torch.Generator().manual_seed(4), progress=False
+        clip, [images["a"]], prompt_len=length, steps=0, generator=torch.Generator().manual_seed(4), progress=False
     )
-    assert isinstance(prompt, str) and len(prompt) > 0
+    candidates = usable_token_mask(clip.tokenizer, vocab_size, "cpu").nonzero().squeeze(1)
+    drawn = candidates[torch.randint(len(candidates), (length,), generator=torch.Generator().manual_seed(4))]
+    assert prompt == clip.tokenizer.decode(drawn.tolist(), skip_special_tokens=True).strip()
+    starts = random_token_ids(clip.tokenizer, vocab_size, (2, length), torch.Generator().manual_seed(4))
+    assert torch.equal(starts[0], drawn), "random_token_ids draws the same way"
+    assert torch.equal(
+        invert_prompts(clip, [[images["a"]], [images["b"]]], starts, steps=0, progress=False).ids, starts
+    )
+
+
+def test_pez_score_rises_over_its_steps(clip, images):
+    """The optimisation moves: after 20 AdamW steps each prompt's best score is strictly above its
+    start's (steps=0 scores the start alone), and its tokens changed."""
+    starts = random_token_ids(clip.tokenizer, clip.vocabulary.shape[0], (2, 8), torch.Generator().manual_seed(0))
+    targets = [[images["a"]], [images["a_prime"], images["b"]]]
+    start = invert_prompts(clip, targets, starts, steps=0, progress=False)
+    fitted = invert_prompts(clip, targets, starts, steps=20, progress=False)
+    assert start.scores.shape == fitted.scores.shape == (2,)
+    assert (fitted.scores > start.scores + 0.05).all(), (start.scores, fitted.scores)
+    assert (fitted.ids != starts).any(dim=1).all()
+    # the score: mean cosine between the prompt's CLIP text feature and its images' features
+    with torch.no_grad():
+        texts = clip.slot_features(clip.vocabulary[fitted.ids])
+    for k, images_k in enumerate(targets):
+        expected = (clip.image_features(images_k) @ texts[k]).mean()
+        assert fitted.scores[k].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_batched_inversion_equals_solo_inversions(clip, images):
+    """K prompts in one optimisation end where each ends alone from the same start."""
+    starts = random_token_ids(clip.tokenizer, clip.vocabulary.shape[0], (3, 6), torch.Generator().manual_seed(1))
+    targets = [[images["a"]], [images["a_prime"]], [images["b"], images["a"]]]
+    batched = invert_prompts(clip, targets, starts, steps=15, progress=False)
+    assert batched.ids.shape == (3, 6) and len(batched.texts) == 3
+    for k in range(3):
+        solo = invert_prompts(clip, targets[k : k + 1], starts[k : k + 1], steps=15, progress=False)
+        assert torch.equal(solo.ids[0], batched.ids[k]) and solo.texts[0] == batched.texts[k]
+        assert solo.scores[0].item() == pytest.approx(batched.scores[k].item(), abs=1e-5)
+    assert len(set(batched.texts)) == 3
+    with pytest.raises(ValueError, match="2 image lists for 3"):
+        invert_prompts(clip, targets[:2], starts, steps=0, progress=False)
+
+
+def test_prompt_pair_is_one_batched_inversion_equal_to_two_solo_ones(clip, images, monkeypatch):
+    config = fast_config(prompt_source="pez", pez_steps=5, pez_prompt_len=4)
+    calls = []
+    original = diffinv.inversion.invert_prompts
+
+    def spy(clip_, targets, starts, *args, **kwargs):
+        calls.append(starts.clone())
+        return original(clip_, targets, starts, *args, **kwargs)
+
+    monkeypatch.setattr(diffinv.inversion, "invert_prompts", spy)
+    pair = prompt_pair(clip, images["a"], images["a_prime"], ("", ""), config, torch.Generator().manual_seed(3), False)
+    assert len(calls) == 1 and calls[0].shape == (2, 4)
+    # solo: A from the generator's first draw, A′ from its second
+    generator = torch.Generator().manual_seed(3)
+    solo = (
+        pez_prompt(clip, images["a"], config, generator, False),
+        pez_prompt(clip, images["a_prime"], config, generator, False),
+    )
+    assert pair == solo and torch.equal(calls[0], torch.cat(calls[1:]))
+
+
+def test_analogy_inverts_a_a_prime_and_b_together_and_equals_fit_then_apply(di, images, monkeypatch):
+    config = fast_config(steps=1, prompt_source="pez", pez_steps=4, pez_prompt_len=4)
+    captions = (CAPTION_A, CAPTION_A_PRIME)
+    batches = []
+    original = diffinv.inversion.invert_prompts
+
+    def spy(clip_, targets, starts, *args, **kwargs):
+        batches.append(len(targets))
+        return original(clip_, targets, starts, *args, **kwargs)
+
+    monkeypatch.setattr(diffinv.inversion, "invert_prompts", spy)
+    b_prime, tokens = di.analogy(
+        images["a"], images["a_prime"], images["b"], config, seed=2, captions=captions, progress=False
+    )
+    assert batches == [3], "one inversion for prompt_A, prompt_A′ and prompt_B"
+
+    batches.clear()
+    fitted = di.fit(images["a"], images["a_prime"], config, captions=captions, seed=2, progress=False)
+    separate = di.apply(fitted, images["b"], seed=2, progress=False)
+    assert batches == [2, 1]
+    assert (tokens.prompt_a, tokens.prompt_a_prime) == (fitted.prompt_a, fitted.prompt_a_prime)
+    assert torch.equal(tokens.embeddings, fitted.embeddings)
+    assert np.array_equal(np.asarray(b_prime), np.asarray(separate))
+
+    batches.clear()
+    di.analogy(
+        images["a"], images["a_prime"], images["b"], config, seed=2, captions=captions, prompt_b="red", progress=False
+    )
+    assert batches == [2], "a given prompt_B leaves A and A′ to prepare"
+
+
+def test_token_table_is_built_once_per_inversion(clip, images, monkeypatch):
+    """The vocabulary is normalised once per inversion, not at every step."""
+    built = []
+    original = TokenTable.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TokenTable, "__init__", counting)
+    starts = random_token_ids(clip.tokenizer, clip.vocabulary.shape[0], (2, 4), torch.Generator().manual_seed(0))
+    invert_prompts(clip, [[images["a"]], [images["b"]]], starts, steps=6, progress=False)
+    assert len(built) == 1
 
 
 def test_harden_returns_vocabulary_rows_ids_and_text(backbone):

@@ -18,7 +18,7 @@ from diffinv.shapes.world import (
     triplets,
     vocabulary_words,
 )
-from diffinv.testing import word_tokenizer
+from diffinv.word_tokenizer import word_tokenizer
 
 bundled = pytest.mark.skipif(
     not (MODEL_DIR / "unet" / "config.json").exists(), reason="shapes-world weights not bundled"

@@ -1,9 +1,11 @@
 """Learned-token slots in a CLIP text encoder's input: the ids layout and the embedding swap."""
 
+import copy
+
 import pytest
 import torch
 
-from diffinv.text_slots import replaced_token_embeddings, slot_token_ids
+from diffinv.text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
 
 
 def words_of(tokenizer, prompt):
@@ -86,3 +88,42 @@ def test_values_land_exactly_at_the_slots_per_row(backbone):
     for row in range(2):
         assert torch.equal(output[row][mask[row]], values[row])
         assert torch.equal(output[row][~mask[row]], embedding.weight[ids[row][~mask[row]]])
+
+
+def pad_is_not_eos(tokenizer):
+    other = copy.deepcopy(tokenizer)
+    other.pad_token = "!"
+    assert other.pad_token_id not in (other.eos_token_id, other.bos_token_id)
+    return other
+
+
+@pytest.mark.parametrize("pad_is_eos", [True, False])
+def test_attention_mask_is_the_tokenizers_up_to_and_including_eos(backbone, pad_is_eos):
+    """As diffusers' pipeline passes it to text encoders with `use_attention_mask`: 1 up to and
+    including <eos>, 0 on the padding. SD's CLIP tokenizers pad with <eos>, which `ids != pad`
+    would hide."""
+    tokenizer = backbone.tokenizer if pad_is_eos else pad_is_not_eos(backbone.tokenizer)
+    assert (tokenizer.pad_token_id == tokenizer.eos_token_id) == pad_is_eos
+    prompts = ["a photo of a red circle", "", "a big blue house in the snow at night and a small red car"]
+    length = 12
+    # without slots the ids are the tokenizer's own, and so must the mask be
+    ids, _, mask = slot_token_ids(tokenizer, prompts, 0, length, return_attention_mask=True)
+    reference = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    assert torch.equal(ids, reference.input_ids)
+    assert torch.equal(mask, reference.attention_mask)
+    assert torch.equal(token_attention_mask(tokenizer, ids), reference.attention_mask)
+    # with slots: every slot and the <eos> after them are visible, the padding is not
+    ids, slots, mask = slot_token_ids(tokenizer, prompts, 3, length, return_attention_mask=True)
+    assert mask.dtype == torch.long
+    for row in range(len(prompts)):
+        eos = slots[row].nonzero().max().item() + 1
+        assert ids[row, eos].item() == tokenizer.eos_token_id
+        assert mask[row, : eos + 1].all() and not mask[row, eos + 1 :].any()
+    assert mask[2].all(), "a full row has no padding"
+    assert torch.equal(token_attention_mask(tokenizer, ids), mask)
+
+
+def test_by_default_only_ids_and_slot_mask_are_returned(backbone):
+    ids, slots = slot_token_ids(backbone.tokenizer, ["a red circle"], 2, 10)
+    same_ids, same_slots, _ = slot_token_ids(backbone.tokenizer, ["a red circle"], 2, 10, return_attention_mask=True)
+    assert torch.equal(ids, same_ids) and torch.equal(slots, same_slots)

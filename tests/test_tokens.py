@@ -10,8 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import PROMPT_B, fast_config
-from diffinv.errors import DiffinvError
+from conftest import CAPTION_A, PROMPT_B, fast_config
+from diffinv.errors import DiffinvError, DiffinvWarning
+from diffinv.inversion import MIN_TEXT_DELTA_NORM
 from diffinv.tokens import FORMAT, DiffTokens
 
 
@@ -28,6 +29,8 @@ def made_up_tokens(width=32, **changes) -> DiffTokens:
         hard_token_ids=[5, 17, 300],
         hard_text="red blue circle",
         history={"loss": [1.5, 1.25], "loss_tc": [0.5, 0.25], "loss_clip": [0.1, 0.05]},
+        text_delta_norm=0.1234567890123,
+        effective_alpha=0.4,
     )
     values.update(changes)
     return DiffTokens(**values)
@@ -47,6 +50,8 @@ def assert_same(loaded: DiffTokens, original: DiffTokens):
         "hard_token_ids",
         "hard_text",
         "history",
+        "text_delta_norm",
+        "effective_alpha",
     ):
         assert getattr(loaded, name) == getattr(original, name), name
 
@@ -125,7 +130,7 @@ def test_check_fits_refuses_another_width():
 
 def test_check_fits_warns_for_another_model_of_the_same_width():
     tokens = made_up_tokens()
-    with pytest.warns(UserWarning, match="other-model"):
+    with pytest.warns(DiffinvWarning, match="other-model"):
         tokens.check_fits("other-model", 32, 667)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -142,3 +147,55 @@ def test_apply_of_a_loaded_file_to_a_wider_text_encoder_is_refused(tmp_path, wid
     fitted_tokens.save(tmp_path / "narrow.safetensors")
     with pytest.raises(DiffinvError, match="32 wide"):
         wide_di.apply(DiffTokens.load(tmp_path / "narrow.safetensors"), images["b"], prompt=PROMPT_B, progress=False)
+
+
+def test_text_delta_norm_and_effective_alpha_are_in_the_metadata(tmp_path):
+    made_up_tokens().save(tmp_path / "t.safetensors")
+    made_up_tokens(text_delta_norm=None, effective_alpha=None).save(tmp_path / "unknown.safetensors")
+    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert float(metadata["text_delta_norm"]) == 0.1234567890123 and float(metadata["effective_alpha"]) == 0.4
+    loaded = DiffTokens.load(tmp_path / "unknown.safetensors")
+    assert loaded.text_delta_norm is None and loaded.effective_alpha is None
+
+
+def test_files_written_before_the_text_delta_fields_still_load(tmp_path):
+    path = tmp_path / "old.safetensors"
+    made_up_tokens().save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    old = {key: value for key, value in metadata.items() if key not in ("text_delta_norm", "effective_alpha")}
+    save_file({"diff_tokens": made_up_tokens().embeddings}, str(path), metadata=old)
+    loaded = DiffTokens.load(path)
+    assert loaded.text_delta_norm is None and loaded.effective_alpha is None
+    assert loaded.caption_a_prime == made_up_tokens().caption_a_prime
+
+
+def test_fitted_tokens_record_the_text_delta(fitted_tokens):
+    assert fitted_tokens.effective_alpha == fitted_tokens.config.alpha == 0.8
+    assert fitted_tokens.text_delta_norm > MIN_TEXT_DELTA_NORM
+
+
+def test_identical_captions_are_recorded_as_image_delta_only(tmp_path, di, images):
+    """Same caption for A and A′: a warning naming it, and α recorded as effectively 0."""
+    with pytest.warns(DiffinvWarning, match=re.escape(repr(CAPTION_A)) + ".*image delta alone"):
+        tokens = di.fit(
+            images["a"], images["a_prime"], fast_config(steps=1), captions=(CAPTION_A, CAPTION_A), progress=False
+        )
+    assert tokens.text_delta_norm == 0.0 and tokens.effective_alpha == 0.0 and tokens.config.alpha == 0.8
+    tokens.save(tmp_path / "same.safetensors")
+    loaded = DiffTokens.load(tmp_path / "same.safetensors")
+    assert loaded.text_delta_norm == 0.0 and loaded.effective_alpha == 0.0
+
+
+def test_without_the_clip_loss_no_text_delta_is_needed_and_nothing_warns(di, images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens = di.fit(
+            images["a"],
+            images["a_prime"],
+            fast_config(steps=1, use_clip_loss=False),
+            captions=("", ""),
+            progress=False,
+        )
+    assert tokens.text_delta_norm is None and tokens.effective_alpha == 0.0

@@ -11,11 +11,17 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
 from PIL import Image
 
 from .errors import DiffinvError
-from .text_slots import replaced_token_embeddings, slot_token_ids
+from .text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
 
 
 class StableDiffusionBackbone:
@@ -104,20 +110,25 @@ class StableDiffusionBackbone:
     def encode_prompt(self, ids: torch.Tensor, slot_mask: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
         """Text-encoder hidden states (B, L, d) for `ids` with `diff` at the slots.
 
-        diff: (B, n, d) — one signed D̃ per row — or (n, d) shared by all rows.
+        diff: (B, n, d) — one signed D̃ per row — or (n, d) shared by all rows. A text encoder
+        whose config sets `use_attention_mask` gets the tokenizer's mask, as diffusers' pipeline
+        gives it (1 up to and including `<eos>`, also where the pad id is the `<eos>` id).
         """
         attention_mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = (ids != self.tokenizer.pad_token_id).long()
+            attention_mask = token_attention_mask(self.tokenizer, ids)
         with replaced_token_embeddings(self.text_encoder, slot_mask, diff):
             return self.text_encoder(ids, attention_mask=attention_mask).last_hidden_state
 
     def encode_plain(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder hidden states (B, L, d) of plain prompts, as the pipeline encodes them."""
-        ids = self.tokenizer(
+        tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.sequence_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return self.text_encoder(ids.to(self.device)).last_hidden_state
+        )
+        attention_mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):  # as diffusers' pipeline does
+            attention_mask = tokens.attention_mask.to(self.device)
+        return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=attention_mask).last_hidden_state
 
     # --- latents and the denoiser ------------------------------------------------------------
     def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
@@ -166,12 +177,24 @@ class StableDiffusionBackbone:
         steps: int,
         generator: torch.Generator,
         progress: bool = True,
+        negative_states: torch.Tensor | None = None,
+        invert_states: torch.Tensor | None = None,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) conditioned on `text_states` (1, L, d).
 
         With `init_image` (already at `size`), SDEdit from it at `strength`; else from noise.
-        Classifier-free guidance uses the empty prompt as the unconditional branch.
+        Classifier-free guidance (guidance_scale > 1, as in diffusers) uses `negative_states`
+        (1, L, d) as the unconditional branch, or the empty prompt when None.
+        With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but a DDIM inversion of
+        `init_image` conditioned on `invert_states`, then DDIM denoising (`_from_inversion`);
+        `generator` is then unused.
         """
+        if invert_states is not None:
+            if init_image is None:
+                raise DiffinvError("DDIM inversion needs an image to invert")
+            return self._from_inversion(
+                text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps, progress
+            )
         width, height = size
         common = dict(
             prompt_embeds=text_states.to(self.dtype),
@@ -179,6 +202,8 @@ class StableDiffusionBackbone:
             num_inference_steps=steps,
             generator=generator,
         )
+        if negative_states is not None:
+            common["negative_prompt_embeds"] = negative_states.to(self.dtype)
         if init_image is None:
             pipe = self.pipe
             pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
@@ -190,3 +215,67 @@ class StableDiffusionBackbone:
         pipe = self._img2img
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
         return pipe(image=init_image, strength=strength, **common).images[0]
+
+    def _ddim_config(self) -> dict:
+        """The model's scheduler config for DDIM. DDIM and its inverse only space timesteps
+        "leading" or "trailing"; another spacing (e.g. "linspace") is replaced by "leading"."""
+        config = dict(self.pipe.scheduler.config)
+        if config.get("timestep_spacing", "leading") not in ("leading", "trailing"):
+            config["timestep_spacing"] = "leading"
+        return config
+
+    def _from_inversion(
+        self,
+        text_states: torch.Tensor,
+        image: Image.Image,
+        invert_states: torch.Tensor,
+        negative_states: torch.Tensor | None,
+        strength: float,
+        guidance_scale: float,
+        steps: int,
+        progress: bool,
+    ) -> Image.Image:
+        """Deterministic DDIM inversion of `image`, then DDIM denoising with guidance.
+
+        Timesteps: those img2img at `strength` denoises with a DDIM scheduler of `steps` steps,
+        the last k = int(steps × strength) of the schedule. The VAE posterior mean of `image`
+        is carried up through them by diffusers' `DDIMInverseScheduler` (the model's betas and
+        prediction type; at each step the UNet's conditional prediction on `invert_states`, i.e.
+        guidance 1, evaluated at the current, lower noise level — the usual DDIM-inversion
+        approximation), then brought back down by `DDIMScheduler` (η = 0) on the same
+        timesteps with `text_states` and classifier-free guidance. With `text_states` =
+        `invert_states` and guidance ≤ 1 the round trip reconstructs the latent of `image` up to
+        that approximation. Costs k UNet calls for the inversion plus k (batch 2 when guided)
+        for the denoising.
+        """
+        config = self._ddim_config()
+        scheduler = DDIMScheduler.from_config(config)
+        inverse = DDIMInverseScheduler.from_config(config)
+        scheduler.set_timesteps(steps, device=self.device)
+        inverse.set_timesteps(steps)  # its step size: num_train_timesteps // steps, as DDIM's
+        k = min(int(steps * strength), steps)
+        timesteps = scheduler.timesteps[steps - k :]  # descending, as img2img's
+        latents = self.encode_images([image])
+        invert_states = invert_states.to(self.dtype)
+        guided = guidance_scale > 1
+        states = text_states.to(self.dtype)
+        if guided:
+            uncond = self.encode_plain([""]) if negative_states is None else negative_states
+            states = torch.cat([uncond.to(self.dtype), states])
+        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
+        with self.pipe.progress_bar(total=2 * k) as bar:
+            for t in timesteps.flip(0):
+                noise_pred = self.unet(latents, t, encoder_hidden_states=invert_states).sample
+                latents = inverse.step(noise_pred, int(t), latents).prev_sample
+                bar.update()
+            for t in timesteps:
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=states).sample
+                if guided:
+                    uncond_pred, cond_pred = noise_pred.chunk(2)
+                    noise_pred = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
+                latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
+                bar.update()
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(decoded, output_type="pil")[0]

@@ -39,10 +39,23 @@ CONFIG_FLAGS = [
     ("--resolution", "resolution", int, "working resolution: images get about this² pixels"),
 ]
 SAMPLING_FLAGS = [
-    ("--mode", "sampling_mode", str, "draw B′ by img2img from B or from noise"),
-    ("--strength", "strength", float, "img2img strength in (0, 1]"),
+    ("--mode", "sampling_mode", str, "draw B′ by img2img from B, from noise, or from B's DDIM inversion"),
+    ("--strength", "strength", float, "img2img (and inversion) strength in (0, 1]"),
     ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale"),
     ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′"),
+    ("--edit-strength", "edit_strength", float, "scale s of the DIFF tokens, {prompt_B, s·D̃}; 0 = no edit"),
+    (
+        "--negative-diff",
+        "negative_diff",
+        bool,
+        "guide away from the 'before' side: unconditional branch {prompt_B, −s·D̃} instead of the empty prompt",
+    ),
+    (
+        "--candidates",
+        "candidates",
+        int,
+        "draw K B′ (seeds SEED … SEED+K−1) and keep the best CLIP direction against A → A′ (analogy only)",
+    ),
 ]
 FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
 CHOICES = {
@@ -101,6 +114,16 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
 def _add_flags(parser: argparse.ArgumentParser, flags, title: str) -> None:
     group = parser.add_argument_group(title, "defaults: the model's (`diffinv defaults --model M` lists them)")
     for flag, field, kind, text in flags:
+        if kind is bool:  # a switch: given = on, absent = the model's default
+            group.add_argument(
+                flag,
+                dest=field,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{text} (the model's; paper {'on' if getattr(PAPER, field) else 'off'})",
+            )
+            continue
         metavar = None if field in CHOICES else flag.lstrip("-").upper().replace("-", "_")
         group.add_argument(
             flag,
@@ -290,8 +313,9 @@ def _add_bench_parser(commands) -> None:
         help=(
             "repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, "
             "image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, "
-            "clip-loss-token-mean, hard-tokens, sample-from-noise), NAME:field=value,…, or a preset (fig5, n-sweep, "
-            "alpha-sweep, open-choices). Default: difference-inversion and copy-b (+ oracle-caption on shapes)"
+            "clip-loss-token-mean, hard-tokens, sample-from-noise, edit-strength=0.5|1.5|2, negative-diff, inversion, "
+            "candidates=4), NAME:field=value,…, or a preset (fig5, n-sweep, alpha-sweep, open-choices, keep-b). "
+            "Default: difference-inversion and copy-b (+ oracle-caption on shapes)"
         ),
     )
     run.add_argument(
@@ -499,6 +523,20 @@ def run_apply(args: argparse.Namespace) -> None:
 
     tokens = DiffTokens.load(args.tokens)
     config = tokens.config.replace(**sampling)
+    if config.candidates > 1:
+        # Scoring candidates needs A and A′, which a token file does not hold.
+        if "candidates" in sampling:
+            raise DiffinvError(
+                f"--candidates {config.candidates} scores each B′ against A → A′, which a token file does not "
+                "hold; use `diffinv analogy A A_PRIME B --candidates K`, or --candidates 1"
+            )
+        warnings.warn(
+            f"the token file asks for candidates = {config.candidates}, which needs A and A′; drawing one B′ "
+            "per image (candidates = 1)",
+            DiffinvWarning,
+            stacklevel=1,
+        )
+        config = config.replace(candidates=1)
     _check_downloads(args, card, _needs_b_caption(config, args.prompt))
     di = _load(args)
     for path, output in zip(args.b, paths):
@@ -525,6 +563,8 @@ def run_analogy(args: argparse.Namespace) -> None:
     from .pipeline import as_rgb
 
     di = _load(args)
+    # TODO(analogy wiring): for --candidates K > 1, DifferenceInversion.analogy must pass
+    # reference=(A, A′) to apply(); until it does, apply refuses candidates > 1 with a DiffinvError.
     b_prime, tokens = di.analogy(
         args.a,
         args.a_prime,

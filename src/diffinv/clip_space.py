@@ -36,13 +36,12 @@ def default_clip_for(token_width: int) -> str:
         ) from None
 
 
-def _pooled(output) -> torch.Tensor:
-    # transformers 5 returns a ModelOutput whose pooler_output is projected; 4.x a tensor.
-    return output.pooler_output if hasattr(output, "pooler_output") else output
-
-
 class ClipSpace:
-    """A frozen `CLIPModel` with its tokenizer; all features are L2-normalised, shape (B, D)."""
+    """A frozen `CLIPModel` with its tokenizer; all features are L2-normalised, shape (B, D).
+
+    Features are the `pooler_output` of `get_image_features` / `get_text_features`, which in
+    transformers 5 is the embedding projected into the joint space.
+    """
 
     def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer):
         self.model = model.requires_grad_(False).eval()
@@ -81,14 +80,15 @@ class ClipSpace:
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:
-        return F.normalize(_pooled(self.model.get_image_features(pixel_values=self.pixels(images))).float(), dim=-1)
+        output = self.model.get_image_features(pixel_values=self.pixels(images))
+        return F.normalize(output.pooler_output.float(), dim=-1)
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         length = self.text_model.config.max_position_embeddings
         tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         output = self.model.get_text_features(input_ids=tokens.input_ids.to(self.device))
-        return F.normalize(_pooled(output).float(), dim=-1)
+        return F.normalize(output.pooler_output.float(), dim=-1)
 
     def slot_features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Features of the prompts "<bos> e_1 … e_k <eos>", differentiable in `embeddings`.
@@ -104,7 +104,7 @@ class ClipSpace:
         mask[:, 1 : k + 1] = True
         with replaced_token_embeddings(self.text_model, mask, embeddings):
             output = self.model.get_text_features(input_ids=ids)
-        return F.normalize(_pooled(output).float(), dim=-1)
+        return F.normalize(output.pooler_output.float(), dim=-1)
 
 
 def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -17,7 +18,7 @@ from .errors import DiffinvError
 INITS = ("zeros", "random")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean")
 PROMPT_SOURCES = ("pez", "caption")
-SAMPLING_MODES = ("img2img", "noise")
+SAMPLING_MODES = ("img2img", "noise", "inversion")
 
 
 @dataclass
@@ -44,7 +45,10 @@ class InversionConfig:
             world (docs/results.md §4).
         hard_tokens: project D̃ onto the nearest vocabulary embeddings in every forward pass
             (PEZ's straight-through trick), so that the result is a sequence of real words.
-            Default off by measurement: −29 points of edit success in the shapes world.
+            Default off by measurement: −29 points of edit success in the shapes world (measured
+            with the old all-zero start). With hard tokens, init="zeros" starts D̃ at n random usable
+            vocabulary rows drawn with the seed, since a zero vector has no nearest token (see
+            `inversion.init_diff_tokens`).
         use_token_consistency: ablation switch for L_tc (Fig. 5).
         use_clip_loss: ablation switch for L_clip.
 
@@ -60,13 +64,33 @@ class InversionConfig:
             (512 for SD 1.5, 768 for SD 2.1).
 
     Drawing B′ (not stated in the paper)
-        sampling_mode: "img2img" (SDEdit from B at `strength`) or "noise" (text-to-image from
-            pure noise with the full prompt). Default img2img, since the paper requires B′ to
+        sampling_mode: "img2img" (SDEdit from B at `strength`), "noise" (text-to-image from
+            pure noise with the full prompt) or "inversion" (deterministic DDIM inversion of B to
+            the timestep `strength` selects, conditioned on {prompt_B, 0} — the slots zeroed, so
+            that inversion and denoising differ by exactly the DIFF tokens — at guidance 1, then
+            DDIM denoising from there with {prompt_B, s·D̃} and the usual guidance; no noise is
+            drawn, so the seed does not matter). Default img2img, since the paper requires B′ to
             keep as much of B as possible and it runs fewer steps; in the shapes world the
-            modes and strengths 0.6–1.0 score the same (docs/results.md §4).
-        strength: img2img strength; 1.0 is equivalent to starting from noise.
+            modes and strengths 0.6–1.0 score the same (docs/results.md §4). "inversion": not
+            stated in the paper; default chosen by measurement, docs/results.md.
+        strength: img2img strength; 1.0 is equivalent to starting from noise. In "inversion"
+            mode, B is inverted through the last int(sampling_steps × strength) steps of the
+            schedule, as img2img denoises them.
         guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5.
         sampling_steps: denoising steps of the scheduler; 50.
+        edit_strength: s in {prompt_B, s·D̃}: the DIFF token embeddings are scaled by s before
+            encoding (0: no edit; > 1 pushes the difference harder). Not stated in the paper;
+            default chosen by measurement, docs/results.md.
+        negative_diff: classifier-free guidance's unconditional branch is {prompt_B, −s·D̃}
+            instead of the empty prompt, so guidance steers away from the "before" side and
+            keeps prompt_B's content on both branches. No effect at guidance_scale ≤ 1 (no
+            unconditional branch) nor in `draw` (no D̃). Not stated in the paper; default chosen
+            by measurement, docs/results.md.
+        candidates: draw k B′ with seeds seed … seed + k − 1 and keep the one with the best CLIP
+            directional score cos(E(A′) − E(A), E(B′) − E(B)) in the pipeline's CLIP image space
+            (needs A and A′: `apply(..., reference=(a, a_prime))`); costs k draws. Not allowed
+            with "inversion" (deterministic: every candidate would be the same). Not stated in
+            the paper; default chosen by measurement, docs/results.md.
     """
 
     n_tokens: int = 5
@@ -94,6 +118,9 @@ class InversionConfig:
     strength: float = 0.8
     guidance_scale: float = 7.5
     sampling_steps: int = 50
+    edit_strength: float = 1.0
+    negative_diff: bool = False
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,8 +173,25 @@ class InversionConfig:
         # img2img denoises only the last int(steps × strength) of the schedule; zero fails deep in diffusers.
         need(
             self.sampling_mode == "noise" or int(self.sampling_steps * self.strength) >= 1,
-            f"img2img runs int(sampling_steps × strength) = int({self.sampling_steps} × {self.strength}) = 0 "
-            "denoising steps; raise sampling_steps or strength",
+            f"{self.sampling_mode} runs int(sampling_steps × strength) = int({self.sampling_steps} × {self.strength}) "
+            "= 0 denoising steps; raise sampling_steps or strength",
+        )
+        need(
+            isinstance(self.edit_strength, (int, float))
+            and not isinstance(self.edit_strength, bool)
+            and math.isfinite(self.edit_strength)
+            and self.edit_strength >= 0,
+            f"edit_strength must be a finite number ≥ 0, got {self.edit_strength!r}",
+        )
+        need(isinstance(self.negative_diff, bool), f"negative_diff must be true or false, got {self.negative_diff!r}")
+        need(
+            isinstance(self.candidates, int) and not isinstance(self.candidates, bool) and self.candidates >= 1,
+            f"candidates must be an integer ≥ 1, got {self.candidates!r}",
+        )
+        need(
+            self.candidates == 1 or self.sampling_mode != "inversion",
+            f"candidates = {self.candidates} with sampling_mode 'inversion': inversion draws no noise, so every "
+            "candidate would be the same image; use candidates = 1 or another mode",
         )
 
     def replace(self, **changes: Any) -> InversionConfig:

@@ -14,7 +14,9 @@ Everything else (UNet, VAE, text encoders, CLIP) is frozen; D̃ is the only leaf
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,8 @@ from .backbone import StableDiffusionBackbone
 from .captioners import Captioner
 from .clip_space import ClipSpace, delta, slerp
 from .config import InversionConfig
-from .errors import DiffinvError
-from .pez import invert_prompt, project_straight_through, usable_token_mask
+from .errors import DiffinvError, DiffinvWarning
+from .pez import TokenTable, invert_prompts, random_token_ids
 
 
 @dataclass
@@ -39,6 +41,8 @@ class PreparedPair:
     prompt_a_prime: str
     target_delta: torch.Tensor  # (D,) unit vector D_inter in CLIP's joint space
     latents: torch.Tensor  # (2, C, h, w): z_A, z_A′ (scaled VAE latents)
+    text_delta_norm: float | None = None  # ‖D_T‖; None where the text delta was not computed (α = 0)
+    effective_alpha: float | None = None  # the α D_inter was made with: 0 where D_T was degenerate
 
 
 # ① ---------------------------------------------------------------------------------------
@@ -48,13 +52,48 @@ def caption_pair(captioner: Captioner, a: Image.Image, a_prime: Image.Image) -> 
 
 
 # ② ---------------------------------------------------------------------------------------
+# Below this norm the text delta of unit-normalised CLIP features is rounding noise, not a
+# direction: one bfloat16 forward pass moves a feature by about 0.01 (0.006–0.012 measured, fp32
+# against bf16, in the tiny and shapes-world CLIPs), while captions differing in one word lie
+# ≥ 0.13 apart even in a random CLIP. Identical captions give exactly 0.
+MIN_TEXT_DELTA_NORM = 0.02
+
+
+class InterpolatedDelta(NamedTuple):
+    """Step ②'s result; the fields are named as `PreparedPair`'s (`PreparedPair(**d._asdict(), …)`)."""
+
+    target_delta: torch.Tensor  # (D,) unit vector D_inter
+    text_delta_norm: float | None  # ‖D_T‖, None where α = 0 made the text delta unnecessary
+    effective_alpha: float  # α as asked, or 0.0 where D_T was degenerate
+
+
 def interpolated_delta(
     clip: ClipSpace, a: Image.Image, a_prime: Image.Image, caption_a: str, caption_a_prime: str, alpha: float
-) -> torch.Tensor:
-    """D_inter (D,): slerp between the image delta (α = 0) and the text delta (α = 1)."""
+) -> InterpolatedDelta:
+    """D_inter (D,): slerp between the image delta (α = 0) and the text delta (α = 1).
+
+    A degenerate text delta — ‖D_T‖ < `MIN_TEXT_DELTA_NORM`, e.g. the same caption for A and A′ —
+    has no direction to interpolate towards (slerp would normalise noise to full weight): D_inter
+    is then the image delta alone (effective α = 0), with a `DiffinvWarning` naming the captions.
+    With α = 0 the captions are not encoded at all.
+    """
     image = clip.image_features([a, a_prime])
+    image_delta = delta(image[0], image[1])
+    if alpha == 0:
+        return InterpolatedDelta(F.normalize(image_delta.float(), dim=0), None, 0.0)
     text = clip.text_features([caption_a, caption_a_prime])
-    return slerp(delta(image[0], image[1]), delta(text[0], text[1]), alpha)
+    text_delta = delta(text[0], text[1])
+    norm = text_delta.norm().item()
+    if norm < MIN_TEXT_DELTA_NORM:
+        warnings.warn(
+            f"the captions of A and A′ ({caption_a!r}, {caption_a_prime!r}) give a degenerate text delta "
+            f"(‖D_T‖ = {norm:.2g} < {MIN_TEXT_DELTA_NORM}): D_inter falls back to the image delta alone, "
+            f"α = {alpha} is ignored (effectively 0); give captions that describe the change",
+            DiffinvWarning,
+            stacklevel=2,
+        )
+        return InterpolatedDelta(F.normalize(image_delta.float(), dim=0), norm, 0.0)
+    return InterpolatedDelta(slerp(image_delta, text_delta, alpha), norm, alpha)
 
 
 # ③ ---------------------------------------------------------------------------------------
@@ -67,10 +106,31 @@ def prompt_pair(
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> tuple[str, str]:
-    """prompt_A, prompt_A′: PEZ hard prompts (the paper) or the captions (faster)."""
+    """prompt_A, prompt_A′: PEZ hard prompts (the paper; one batched inversion of both, starts
+    drawn in that order from the CPU `generator`) or the captions (faster)."""
     if config.prompt_source == "caption":
         return captions
-    return pez_prompt(clip, a, config, generator, progress), pez_prompt(clip, a_prime, config, generator, progress)
+    prompt_a, prompt_a_prime = pez_prompts(clip, [a, a_prime], config, [generator, generator], progress)
+    return prompt_a, prompt_a_prime
+
+
+def pez_prompts(
+    clip: ClipSpace,
+    images: list[Image.Image],
+    config: InversionConfig,
+    generators: list[torch.Generator | None],
+    progress: bool = True,
+) -> list[str]:
+    """K PEZ hard prompts, one per image, in one batched optimisation (`pez.invert_prompts`) with
+    the config's PEZ settings. Image k's start (pez_prompt_len token ids) is drawn from
+    generators[k] (CPU; None: torch's global one), in order, so a generator listed twice gives
+    its first and second draws; each prompt ends as a run of its own from that start would."""
+    starts = torch.cat(
+        [random_token_ids(clip.tokenizer, clip.vocabulary.shape[0], (1, config.pez_prompt_len), g) for g in generators]
+    )
+    return invert_prompts(
+        clip, [[image] for image in images], starts, config.pez_steps, config.pez_lr, config.pez_weight_decay, progress
+    ).texts
 
 
 def pez_prompt(
@@ -81,16 +141,7 @@ def pez_prompt(
     progress: bool = True,
 ) -> str:
     """A PEZ hard prompt for one image with the config's PEZ settings (also used for prompt_B)."""
-    return invert_prompt(
-        clip,
-        [image],
-        config.pez_prompt_len,
-        config.pez_steps,
-        config.pez_lr,
-        config.pez_weight_decay,
-        generator,
-        progress,
-    )
+    return pez_prompts(clip, [image], config, [generator], progress)[0]
 
 
 def latent_pair(backbone: StableDiffusionBackbone, a: Image.Image, a_prime: Image.Image) -> torch.Tensor:
@@ -105,15 +156,30 @@ def init_diff_tokens(
     generator: torch.Generator | None = None,
     count: int = 1,
 ) -> torch.Tensor:
-    """D̃ (count, n, d), float32, requires grad — one set per pair fitted together: zeros (the
-    paper), or random at the vocabulary's scale."""
+    """D̃ (count, n, d), float32 on the backbone's device, requires grad — one set per pair fitted
+    together: zeros (the paper), or "random" N(0, σ²) with σ the vocabulary's std.
+
+    Random draws come from a CPU generator and are then moved to the device, so one seed gives
+    one start on CPU and CUDA: `generator` itself if it is on the CPU, else a CPU generator
+    seeded with its initial seed (None: torch's global CPU generator).
+
+    Hard tokens with zeros: a zero vector has no nearest token (its cosine with every row is 0,
+    so the projection would put the lowest usable id in all n slots, an arbitrary word). No hard
+    token is free of content, so D̃ then starts as PEZ starts its prompts: n usable vocabulary
+    rows drawn uniformly (seeded as above). "random" keeps its Gaussian start, projected.
+    """
+    if generator is not None and generator.device.type != "cpu":
+        generator = torch.Generator().manual_seed(generator.initial_seed())
     shape = (count, config.n_tokens, backbone.token_width)
-    if config.init == "zeros":
-        tokens = torch.zeros(shape, device=backbone.device)
+    vocabulary = backbone.vocabulary.detach()
+    if config.init == "random":
+        tokens = torch.randn(shape, generator=generator) * vocabulary.float().std().item()
+    elif config.hard_tokens:
+        ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], shape[:2], generator)
+        tokens = vocabulary[ids.to(vocabulary.device)].float()
     else:
-        scale = backbone.vocabulary.float().std().item()
-        tokens = torch.randn(shape, generator=generator, device=backbone.device) * scale
-    return tokens.requires_grad_(True)
+        tokens = torch.zeros(shape)
+    return tokens.to(backbone.device, torch.float32).requires_grad_(True)
 
 
 # ⑤ ---------------------------------------------------------------------------------------
@@ -122,11 +188,15 @@ def noised_pair(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy, timesteps, targets) for latents (2K, C, h, w) = (z_A, z_A′) of K pairs: a timestep
     ~ U{0…T−1} and ε ~ N(0, I) drawn independently for every row; targets are what the UNet
-    should output."""
-    timesteps = torch.randint(
-        0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
-    )
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    should output.
+
+    Both are drawn on the CPU — from `generator`, which must be a CPU generator (None: torch's
+    global one) — in float32, and only then moved to the latents' device and dtype: one seed gives
+    the same timesteps and noise on every device.
+    """
+    timesteps = torch.randint(0, backbone.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    timesteps, noise = timesteps.to(latents.device), noise.to(latents.device, latents.dtype)
     return backbone.add_noise(latents, noise, timesteps), timesteps, backbone.loss_target(latents, noise, timesteps)
 
 
@@ -168,16 +238,39 @@ def clip_loss(clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, s
 
 
 def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
-    """Refuse combinations whose spaces do not match, before any work is done."""
-    if (
-        clip.vocabulary.shape[1] != backbone.token_width
-        and config.use_clip_loss
-        and config.clip_loss_space == "text-tower"
-    ):
-        raise DiffinvError(
-            f"the CLIP text tower has token width {clip.vocabulary.shape[1]} but the model's text encoder "
-            f"{backbone.token_width}; use the CLIP that matches the model (--clip-model)"
-        )
+    """Refuse combinations whose spaces do not match, before any work is done.
+
+    The `text-tower` CLIP loss needs a CLIP whose text tower *is* the model's text encoder. Besides
+    the widths, the token-embedding tables are compared cheaply: their shapes, then a fixed sample
+    of rows (evenly spaced ids, first and last included), which must agree to a relative
+    (Frobenius) error of 1e-2. bfloat16 storage rounds each entry by at most 2⁻⁹ relative (both
+    tables in bf16: 2⁻⁸ ≈ 0.004), so a matching CLIP in fp16/bf16 passes; unrelated tables differ
+    by about √2, and one mismatched row in the sample by ≥ 0.2.
+    """
+    clip_table, model_table = clip.vocabulary, backbone.vocabulary
+    if config.use_clip_loss and config.clip_loss_space == "text-tower":
+        use_matching_clip = "use the CLIP that matches the model (--clip-model)"
+        if clip_table.shape[1] != model_table.shape[1]:
+            raise DiffinvError(
+                f"the CLIP text tower has token width {clip_table.shape[1]} but the model's text encoder "
+                f"{backbone.token_width}; {use_matching_clip}"
+            )
+        if clip_table.shape[0] != model_table.shape[0]:
+            raise DiffinvError(
+                f"the CLIP text tower has {clip_table.shape[0]} token embeddings but the model's text encoder "
+                f"{model_table.shape[0]}, so it is not that text encoder (the text-tower CLIP loss needs it); "
+                f"{use_matching_clip}"
+            )
+        rows = torch.linspace(0, model_table.shape[0] - 1, min(32, model_table.shape[0])).round().long().unique()
+        ours = model_table.detach()[rows.to(model_table.device)].float().cpu()
+        theirs = clip_table.detach()[rows.to(clip_table.device)].float().cpu()
+        error = ((ours - theirs).norm() / ours.norm().clamp_min(1e-12)).item()
+        if not error <= 1e-2:  # also catches NaN
+            raise DiffinvError(
+                f"the CLIP text tower's token embeddings differ from the model's text encoder's (relative "
+                f"difference {error:.2g} on {len(rows)} sampled rows), so it is another text encoder (the "
+                f"text-tower CLIP loss needs the model's own); {use_matching_clip}"
+            )
     if config.use_clip_loss and config.clip_loss_space == "token-mean" and clip.joint_width != backbone.token_width:
         raise DiffinvError(
             f"clip_loss_space='token-mean' needs token width = CLIP joint width, got {backbone.token_width} "
@@ -201,7 +294,7 @@ def fit_diff_tokens(
     fit on its own (with other noise draws). Latents of all pairs must have one size.
     Returns D̃ (K, n, d) float32 — (n, d) if one pair was passed — and each pair's per-step
     history of the three losses. With `config.hard_tokens` the forward passes used the
-    projection; `harden` finishes it.
+    projection (and D̃ started at vocabulary rows, see `init_diff_tokens`); `harden` finishes it.
     """
     single = isinstance(pairs, PreparedPair)
     pairs = [pairs] if single else pairs
@@ -216,14 +309,13 @@ def fit_diff_tokens(
     diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
-    vocabulary = backbone.vocabulary.detach()
-    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], vocabulary.device)
+    table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
     zero = torch.zeros(len(pairs), device=backbone.device)
-    history = []
+    history, report_every = [], max(1, config.steps // 25)  # the bar's losses sync the host: ~25 times a run
 
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
     for step in bar:
-        used = project_straight_through(diff, vocabulary, usable)[0] if config.hard_tokens else diff
+        used = table.project(diff)[0] if config.hard_tokens else diff
         loss_tc = (
             token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, latents, generator))
             if config.use_token_consistency
@@ -237,7 +329,7 @@ def fit_diff_tokens(
         scaler.step(optimizer)
         scaler.update()
         history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()], dim=1))  # (K, 3)
-        if step % 50 == 0:
+        if progress and (step % report_every == 0 or step == config.steps - 1):
             bar.set_postfix(tc=f"{loss_tc.mean().item():.4f}", clip=f"{loss_clip.mean().item():.4f}")
 
     trace = torch.stack(history, dim=1).cpu().tolist() if history else [[] for _ in pairs]  # (K, steps, 3)

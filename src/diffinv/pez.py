@@ -4,9 +4,15 @@ PEZ (Wen et al., 2023) keeps continuous token embeddings P, but every forward pa
 projection onto the nearest vocabulary embeddings; the gradient taken at the projection updates
 P (a straight-through estimator). At the end the projection *is* a sequence of real tokens. The
 same projection turns DIFF tokens into words (`InversionConfig.hard_tokens`).
+
+`invert_prompts` inverts K prompts, each with its own images, in one optimisation: one batched
+CLIP text-tower call per step. A `TokenTable` normalises the vocabulary once per inversion, and
+the best prompt of each row is tracked on the device, so the loop never waits for the host.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,23 +31,110 @@ def usable_token_mask(tokenizer, vocab_size: int, device) -> torch.Tensor:
     return mask
 
 
+def random_token_ids(tokenizer, vocab_size: int, shape: tuple[int, ...], generator: torch.Generator | None = None):
+    """`shape` long tensor on the CPU: usable token ids drawn uniformly with `generator` (a CPU
+    generator; None: torch's global one). Draws are sequential, so (2, L) equals two (1, L) draws."""
+    candidates = usable_token_mask(tokenizer, vocab_size, "cpu").nonzero().squeeze(1)
+    return candidates[torch.randint(len(candidates), shape, generator=generator)]
+
+
+class TokenTable:
+    """A vocabulary (V, d) prepared once for nearest-token look-ups: the ids allowed as answers
+    (U,) and their rows normalised to unit length (U, d) float32."""
+
+    def __init__(self, vocabulary: torch.Tensor, usable: torch.Tensor | None = None):
+        self.rows = vocabulary.detach()  # (V, d)
+        self.ids = (
+            torch.arange(len(self.rows), device=self.rows.device) if usable is None else usable.nonzero().squeeze(1)
+        )
+        self.unit = F.normalize(self.rows[self.ids].float(), dim=-1)
+
+    @classmethod
+    def of(cls, vocabulary: torch.Tensor, tokenizer) -> TokenTable:
+        """The table of every token but the special ones (see `usable_token_mask`)."""
+        return cls(vocabulary, usable_token_mask(tokenizer, vocabulary.shape[0], vocabulary.device))
+
+    def nearest(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Ids of the allowed rows closest in cosine to each embedding: (..., d) → (...,) long.
+        A zero embedding is equally far from all; it gets the lowest allowed id."""
+        similarity = F.normalize(embeddings.detach().float(), dim=-1) @ self.unit.T
+        return self.ids[similarity.argmax(dim=-1)]
+
+    def project(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(projected (..., d), ids (...,)): forward value = the nearest rows exactly (e − e is 0),
+        gradient = identity."""
+        ids = self.nearest(embeddings)
+        projected = self.rows[ids].to(embeddings.dtype)
+        return projected + (embeddings - embeddings.detach()), ids
+
+
 def nearest_token_ids(
     embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Ids of the vocabulary rows closest in cosine to each embedding: (..., d) → (...,) long."""
-    similarity = F.normalize(embeddings.detach().float(), dim=-1) @ F.normalize(vocabulary.float(), dim=-1).T
-    if usable is not None:
-        similarity = similarity.masked_fill(~usable, float("-inf"))
-    return similarity.argmax(dim=-1)
+    """Ids of the vocabulary rows closest in cosine to each embedding: (..., d) → (...,) long.
+    Builds a `TokenTable` each call; loops build one before they start."""
+    return TokenTable(vocabulary, usable).nearest(embeddings)
 
 
 def project_straight_through(
     embeddings: torch.Tensor, vocabulary: torch.Tensor, usable: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(projected, ids): forward value = nearest vocabulary embeddings, gradient = identity."""
-    ids = nearest_token_ids(embeddings, vocabulary, usable)
-    projected = vocabulary[ids].to(embeddings.dtype)
-    return embeddings + (projected - embeddings).detach(), ids
+    """(projected, ids): forward value = nearest vocabulary embeddings, gradient = identity.
+    Builds a `TokenTable` each call; loops build one before they start."""
+    return TokenTable(vocabulary, usable).project(embeddings)
+
+
+@dataclass
+class HardPrompts:
+    """What `invert_prompts` found for K prompts."""
+
+    ids: torch.Tensor  # (K, L) long, CPU: each prompt's best tokens
+    scores: torch.Tensor  # (K,) float32, CPU: their mean cosine to the prompt's image features
+    texts: list[str]  # K decoded prompts, special tokens removed
+
+
+def invert_prompts(
+    clip: ClipSpace,
+    targets: list[list[Image.Image]],
+    starts: torch.Tensor,
+    steps: int = 3000,
+    lr: float = 0.1,
+    weight_decay: float = 0.1,
+    progress: bool = True,
+) -> HardPrompts:
+    """K hard prompts in one optimisation; prompt k's CLIP text feature is fitted to `targets[k]`.
+
+    starts: (K, L) token ids to start from (e.g. `random_token_ids`). The (K, L, d) embeddings go
+    through one text-tower call per step. Prompt k's score (mean cosine to its images) depends on
+    prompt k alone and AdamW works element-wise, so the sum of the K losses moves each prompt as a
+    run of its own from the same start would. `steps` updates; the prompts before and after every
+    update are scored and each row's best is kept (on the device: no host sync in the loop).
+    """
+    if len(targets) != starts.shape[0]:
+        raise ValueError(f"{len(targets)} image lists for {starts.shape[0]} starting prompts")
+    table = TokenTable.of(clip.vocabulary, clip.tokenizer)
+    features = clip.image_features([image for images in targets for image in images])  # (ΣB_k, D)
+    target = torch.stack([f.mean(dim=0) for f in features.split([len(images) for images in targets])])  # (K, D)
+
+    best_ids = starts.to(table.rows.device)
+    prompt = table.rows[best_ids].float().clone().requires_grad_(True)  # (K, L, d)
+    optimizer = torch.optim.AdamW([prompt], lr=lr, weight_decay=weight_decay)
+    best_scores = torch.full((len(targets),), -float("inf"), device=target.device)
+    for step in tqdm(range(steps + 1), desc="PEZ prompts", disable=not progress, leave=False):
+        projected, ids = table.project(prompt)
+        scores = (clip.slot_features(projected) * target).sum(dim=-1)  # (K,): f_k · mean_j t_kj
+        better = scores.detach() > best_scores
+        best_scores = torch.where(better, scores.detach(), best_scores)
+        best_ids = torch.where(better[:, None], ids, best_ids)
+        if step == steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        (1 - scores).sum().backward()
+        optimizer.step()
+
+    best_ids = best_ids.cpu()
+    texts = [clip.tokenizer.decode(row, skip_special_tokens=True).strip() for row in best_ids.tolist()]
+    return HardPrompts(best_ids, best_scores.cpu(), texts)
 
 
 def invert_prompt(
@@ -54,36 +147,13 @@ def invert_prompt(
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> str:
-    """A hard prompt of `prompt_len` tokens whose CLIP text feature best matches `images`.
-
-    Returns the best prompt seen (by mean cosine to the images' features), decoded to text.
-    """
-    vocabulary = clip.vocabulary.detach()
-    usable = usable_token_mask(clip.tokenizer, vocabulary.shape[0], vocabulary.device)
-    target = clip.image_features(images)  # (B, D)
-
-    candidates = usable.nonzero().squeeze(1).cpu()
-    start = candidates[torch.randint(len(candidates), (prompt_len,), generator=generator)]
-    prompt = vocabulary[start.to(vocabulary.device)].float().clone().requires_grad_(True)
-    optimizer = torch.optim.AdamW([prompt], lr=lr, weight_decay=weight_decay)
-
-    best_ids, best_score = start, -float("inf")
-    for _ in tqdm(range(max(steps, 1)), desc="PEZ prompt", disable=not progress, leave=False):
-        projected, ids = project_straight_through(prompt, vocabulary, usable)
-        features = clip.slot_features(projected.unsqueeze(0))  # (1, D)
-        score = (features @ target.T).mean()
-        if score.item() > best_score:
-            best_score, best_ids = score.item(), ids.detach().cpu()
-        if steps == 0:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        (1 - score).backward()
-        optimizer.step()
-    return clip.tokenizer.decode(best_ids.tolist(), skip_special_tokens=True).strip()
+    """One hard prompt of `prompt_len` tokens whose CLIP text feature best matches `images`,
+    decoded to text; the start is drawn with `generator` (CPU). See `invert_prompts`."""
+    starts = random_token_ids(clip.tokenizer, clip.vocabulary.shape[0], (1, prompt_len), generator)
+    return invert_prompts(clip, [images], starts, steps, lr, weight_decay, progress).texts[0]
 
 
 def harden(embeddings: torch.Tensor, vocabulary: torch.Tensor, tokenizer) -> tuple[torch.Tensor, list[int], str]:
     """Hard tokens: (vocabulary rows (n, d) float32, their ids, their text) nearest to `embeddings`."""
-    usable = usable_token_mask(tokenizer, vocabulary.shape[0], vocabulary.device)
-    ids = nearest_token_ids(embeddings.to(vocabulary.device), vocabulary, usable)
+    ids = TokenTable.of(vocabulary, tokenizer).nearest(embeddings.to(vocabulary.device))
     return vocabulary[ids].detach().float(), ids.tolist(), tokenizer.decode(ids.tolist())

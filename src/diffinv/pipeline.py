@@ -8,17 +8,18 @@ b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
 from __future__ import annotations
 
 import os
-import re
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .backbone import StableDiffusionBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
+from .checks import check_device, check_resolution
 from .clip_space import ClipSpace, default_clip_for
 from .config import InversionConfig
 from .errors import DiffinvError
-from .images import fit_to, load_image, to_rgb, working_size
+from .images import check_usable, fit_to, load_image, to_rgb, working_size
 from .inversion import (
     PreparedPair,
     caption_pair,
@@ -26,9 +27,10 @@ from .inversion import (
     interpolated_delta,
     latent_pair,
     pez_prompt,
+    pez_prompts,
     prompt_pair,
 )
-from .model_card import model_card
+from .model_card import looks_like_a_path, model_card
 from .pez import harden
 from .tokens import DiffTokens
 
@@ -38,8 +40,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def as_rgb(image: ImageInput) -> Image.Image:
-    """A PIL image converted to RGB, or a path loaded as one."""
-    return to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
+    """A PIL image converted to RGB, or a path loaded as one; too small or too thin ones are refused
+    (`images.check_usable`)."""
+    if isinstance(image, Image.Image):
+        return check_usable(to_rgb(image))
+    return check_usable(load_image(image), str(image))
 
 
 def hub_offline() -> bool:
@@ -55,7 +60,7 @@ def _loaded(name: str, offline: bool, load):
         first_line = (str(error).splitlines() or [type(error).__name__])[0]
         if os.path.isdir(name):
             raise DiffinvError(f"could not load the model directory {name!r}: {first_line}") from None
-        if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        if looks_like_a_path(name):
             raise DiffinvError(f"{name}: no such model directory (and not a hub id of the form owner/name)") from None
         if offline:
             raise DiffinvError(
@@ -68,9 +73,6 @@ def _loaded(name: str, offline: bool, load):
         ) from None
 
 
-DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-
-
 def resolve_device_dtype(
     device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[torch.device, torch.dtype]:
@@ -78,8 +80,8 @@ def resolve_device_dtype(
     gradients reaching D̃), float32 on CPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(device, torch.device) and not DEVICE_PATTERN.match(str(device)):
-        raise DiffinvError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+    if not isinstance(device, torch.device):
+        check_device(str(device))
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -97,6 +99,17 @@ def resolve_device_dtype(
             raise DiffinvError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     return device, dtype
+
+
+def _check_reference(config: InversionConfig, reference) -> None:
+    """candidates > 1 scores each B′ against A → A′, so A and A′ must be given."""
+    if config.candidates > 1 and reference is None:
+        raise DiffinvError(
+            f"candidates = {config.candidates} scores each B′ by its CLIP direction against A → A′: pass "
+            "reference=(A, A′) (the DIFF tokens do not hold the images), or use candidates = 1"
+        )
+    if reference is not None and len(reference) != 2:
+        raise DiffinvError("reference must be the pair (A, A′)")
 
 
 class DifferenceInversion:
@@ -169,6 +182,7 @@ class DifferenceInversion:
 
     # ------------------------------------------------------------------------------------------
     def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:
+        check_resolution(config.resolution, self.backbone.native_resolution)
         resolution = config.resolution or self.backbone.native_resolution
         return working_size(image.width, image.height, resolution, self.backbone.size_multiple)
 
@@ -209,7 +223,9 @@ class DifferenceInversion:
             caption_a_prime=captions[1],
             prompt_a=prompts[0],
             prompt_a_prime=prompts[1],
-            target_delta=interpolated_delta(self.clip, a, a_prime, *captions, config.alpha),
+            **interpolated_delta(
+                self.clip, a, a_prime, *captions, config.alpha if config.use_clip_loss else 0.0
+            )._asdict(),
             latents=latent_pair(self.backbone, a, a_prime),
         )
 
@@ -271,7 +287,8 @@ class DifferenceInversion:
             groups.setdefault(tuple(pair.latents.shape), []).append(index)
         tokens: list[DiffTokens | None] = [None] * len(pairs)
         for members in groups.values():
-            generator = torch.Generator(device=self.backbone.device).manual_seed(seeds[members[0]])
+            # A CPU generator: timesteps and noise are drawn on the CPU, so a seed gives one D̃ on any device.
+            generator = torch.Generator().manual_seed(seeds[members[0]])
             embeddings, histories = fit_diff_tokens(
                 self.backbone, self.clip, [pairs[i] for i in members], config, generator, progress
             )
@@ -297,10 +314,13 @@ class DifferenceInversion:
             hard_token_ids=hard_ids,
             hard_text=hard_text,
             history=history,
+            text_delta_norm=pair.text_delta_norm,
+            effective_alpha=pair.effective_alpha,
         )
 
     def describe(self, image: Image.Image, config: InversionConfig, seed: int = 0, progress: bool = True) -> str:
-        """prompt_B: described the way prompt_A was (PEZ or caption)."""
+        """prompt_B: described the way prompt_A was (PEZ or caption). PEZ starts from the first
+        draw of a CPU generator seeded with `seed`, as prompt_A does in `fit`."""
         if config.prompt_source == "caption":
             return self._caption([image])[0]
         return pez_prompt(self.clip, image, config, torch.Generator().manual_seed(seed), progress)
@@ -313,45 +333,110 @@ class DifferenceInversion:
         prompt: str | None = None,
         config: InversionConfig | None = None,
         progress: bool = True,
+        reference: tuple[ImageInput, ImageInput] | None = None,
     ) -> Image.Image:
-        """Draw B′ from {prompt_B, D̃}. B′ has B's aspect ratio at the working resolution.
+        """Draw B′ from {prompt_B, s·D̃}. B′ has B's aspect ratio at the working resolution.
 
         prompt: prompt_B; by default PEZ or the captioner, as the tokens were fitted.
-        config: sampling settings (mode, strength, guidance, steps); default the tokens' own.
+        config: sampling settings (mode, strength, guidance, steps, edit strength s, negative
+            DIFF, candidates); default the tokens' own.
+        reference: (A, A′), needed when `config.candidates` > 1 to score the candidates (the
+            tokens do not hold the images); unused otherwise.
         """
         tokens.check_fits(self.backbone.model_id, self.backbone.token_width, self.backbone.vocabulary.shape[0])
         config = config or tokens.config
+        _check_reference(config, reference)
         b = self._working_image(b, config)
         prompt = self.describe(b, config, seed, progress) if prompt is None else prompt
         ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
+        diff = tokens.embeddings.to(self.backbone.device)
+        if config.edit_strength != 1:  # at s = 1 the tokens go in untouched (bit for bit as without the option)
+            diff = config.edit_strength * diff
         with torch.no_grad():
-            text_states = self.backbone.encode_prompt(ids, slot_mask, tokens.embeddings.to(self.backbone.device))
-        return self._sample(text_states, b, config, seed, progress)
+            text_states = self.backbone.encode_prompt(ids, slot_mask, diff)
+            # Guidance away from the "before" side: {prompt_B, −s·D̃} as the unconditional branch.
+            negative = self.backbone.encode_prompt(ids, slot_mask, -diff) if config.negative_diff else None
+            # DDIM inversion of B under {prompt_B, 0}: the denoising condition minus exactly the DIFF tokens.
+            null = None
+            if config.sampling_mode == "inversion":
+                null = self.backbone.encode_prompt(ids, slot_mask, torch.zeros_like(diff))
+        return self._sample(text_states, b, config, seed, progress, negative, null, reference)
 
     def draw(
-        self, prompt: str, b: ImageInput, config: InversionConfig | None = None, seed: int = 0, progress: bool = True
+        self,
+        prompt: str,
+        b: ImageInput,
+        config: InversionConfig | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        reference: tuple[ImageInput, ImageInput] | None = None,
     ) -> Image.Image:
-        """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference)."""
+        """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference).
+
+        With no D̃, `edit_strength` and `negative_diff` do nothing here (the unconditional branch
+        stays the empty prompt); "inversion" inverts B under the prompt itself. reference: (A, A′)
+        for `candidates` > 1, as in `apply`.
+        """
         config = config or self.default_config
+        _check_reference(config, reference)
         b = self._working_image(b, config)
         with torch.no_grad():
             text_states = self.backbone.encode_plain([prompt])
-        return self._sample(text_states, b, config, seed, progress)
+        null = text_states if config.sampling_mode == "inversion" else None
+        return self._sample(text_states, b, config, seed, progress, None, null, reference)
 
     def _sample(
-        self, text_states: torch.Tensor, b: Image.Image, config: InversionConfig, seed: int, progress: bool
+        self,
+        text_states: torch.Tensor,
+        b: Image.Image,
+        config: InversionConfig,
+        seed: int,
+        progress: bool,
+        negative_states: torch.Tensor | None = None,
+        null_states: torch.Tensor | None = None,
+        reference: tuple[ImageInput, ImageInput] | None = None,
     ) -> Image.Image:
-        """B′ at B's (working) size: img2img from `b`, or from noise, as `config` says."""
-        return self.backbone.sample(
-            text_states,
-            b.size,
-            init_image=b if config.sampling_mode == "img2img" else None,
-            strength=config.strength,
-            guidance_scale=config.guidance_scale,
-            steps=config.sampling_steps,
-            generator=torch.Generator().manual_seed(seed),
-            progress=progress,
-        )
+        """B′ at B's (working) size: img2img from `b`, from noise, or from `b`'s DDIM inversion
+        under `null_states`, as `config` says; `negative_states` replace the empty prompt in
+        guidance. With `config.candidates` = k > 1: k draws with seeds seed … seed + k − 1, and
+        the one with the highest `candidate_scores` against `reference` = (A, A′)."""
+
+        def draw_one(candidate_seed: int) -> Image.Image:
+            return self.backbone.sample(
+                text_states,
+                b.size,
+                init_image=None if config.sampling_mode == "noise" else b,
+                strength=config.strength,
+                guidance_scale=config.guidance_scale,
+                steps=config.sampling_steps,
+                generator=torch.Generator().manual_seed(candidate_seed),
+                progress=progress,
+                negative_states=negative_states,
+                invert_states=null_states if config.sampling_mode == "inversion" else None,
+            )
+
+        if config.candidates == 1:
+            return draw_one(seed)
+        _check_reference(config, reference)
+        drawn = [draw_one(seed + i) for i in range(config.candidates)]
+        scores = self.candidate_scores(reference, b, drawn, config)
+        return drawn[int(torch.argmax(scores))]
+
+    def candidate_scores(
+        self,
+        reference: tuple[ImageInput, ImageInput],
+        b: Image.Image,
+        candidates: list[Image.Image],
+        config: InversionConfig,
+    ) -> torch.Tensor:
+        """(k,) ground-truth-free scores of candidate B′: the CLIP directional score
+        cos(E(A′) − E(A), E(B′) − E(B)) in this pipeline's CLIP image space, with A and A′
+        brought to their working size as `prepare` does for the image delta, and B as drawn from."""
+        a = self._working_image(reference[0], config)
+        a_prime = fit_to(as_rgb(reference[1]), a.size)
+        features = self.clip.image_features([a, a_prime, b, *candidates])
+        image_delta = features[1] - features[0]
+        return F.cosine_similarity(features[3:] - features[2], image_delta.unsqueeze(0), dim=-1).cpu()
 
     def analogy(
         self,
@@ -364,6 +449,22 @@ class DifferenceInversion:
         prompt_b: str | None = None,
         progress: bool = True,
     ) -> tuple[Image.Image, DiffTokens]:
-        """fit on (A, A′), then apply to B. Returns (B′, tokens)."""
-        tokens = self.fit(a, a_prime, config, captions=captions, seed=seed, progress=progress)
+        """fit on (A, A′), then apply to B. Returns (B′, tokens).
+
+        With PEZ prompts and no prompt_b, prompt_A, prompt_A′ and prompt_B come from one batched
+        inversion of the three working images, each from the start `fit` and `apply` would draw
+        (A, A′: first and second draw of a generator seeded with `seed`; B: the first draw of
+        another), so the result is theirs, for about the time of one inversion instead of three.
+        """
+        config = config or self.default_config
+        prompts = None
+        if prompt_b is None and config.prompt_source == "pez":
+            a_work = self._working_image(a, config)
+            images = [a_work, fit_to(as_rgb(a_prime), a_work.size), self._working_image(b, config)]
+            pair_generator, b_generator = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            prompt_a, prompt_a_prime, prompt_b = pez_prompts(
+                self.clip, images, config, [pair_generator, pair_generator, b_generator], progress
+            )
+            prompts = (prompt_a, prompt_a_prime)
+        tokens = self.fit(a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress)
         return self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress), tokens

@@ -12,49 +12,14 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, C
 
 from .backbone import StableDiffusionBackbone
 from .clip_space import ClipSpace
+from .word_tokenizer import word_tokenizer
 
+# The tiny models' whole-word vocabulary (any other text still tokenizes, byte by byte).
 WORDS = (
     "a photo of an the image with on in and picture drawing small big large tiny red green blue yellow purple orange "
     "white black gray circle square triangle star heart cat dog house tree car sky sea snow rain sunny night day "
     "castle cabin old new smiling crying"
 ).split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable-character table, which CLIP's BPE uses."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
-def word_tokenizer(words=WORDS, max_length: int = 77) -> CLIPTokenizer:
-    """A `CLIPTokenizer` whose vocabulary is every byte plus whole tokens for `words`.
-
-    Any text still tokenizes (unknown words fall back to bytes); listed words are one token.
-    <|startoftext|> and <|endoftext|> are the last two ids, as in CLIP.
-    """
-    characters = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(characters)}
-    vocab.update({c + "</w>": len(characters) + i for i, c in enumerate(characters)})
-    merges = []
-    for word in dict.fromkeys(words):
-        pieces = list(word)
-        pieces[-1] += "</w>"
-        current = pieces[0]
-        for piece in pieces[1:]:
-            merges.append((current, piece))
-            current += piece
-            vocab.setdefault(current, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def tiny_text_config(tokenizer: CLIPTokenizer, width: int = 32) -> CLIPTextConfig:
@@ -76,7 +41,7 @@ def tiny_pipeline(
 ) -> StableDiffusionPipeline:
     """A random SD pipeline: 32-wide text encoder, 2-level UNet on `sample_size`² latents, VAE ×2."""
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
+    tokenizer = word_tokenizer(WORDS)
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer, width))
     unet = UNet2DConditionModel(
         sample_size=sample_size,

@@ -22,24 +22,51 @@ import torch
 from torch import nn
 
 
-def slot_token_ids(tokenizer, prompts: list[str], n_slots: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_token_ids(
+    tokenizer, prompts: list[str], n_slots: int, length: int, return_attention_mask: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Token ids for `prompts`, each followed by `n_slots` learned-token slots.
 
     Returns `ids` (B, length) long and `slot_mask` (B, length) bool with exactly `n_slots` True
-    per row. Prompts too long to leave room for the slots are truncated (the slots never are).
+    per row; with `return_attention_mask` also the tokenizer-style `attention_mask` (B, length)
+    long: 1 from `<bos>` up to and including `<eos>`, 0 on the padding after it. Prompts too long
+    to leave room for the slots are truncated (the slots never are).
     """
     if n_slots + 2 > length:
         raise ValueError(f"{n_slots} learned tokens do not fit in a text sequence of {length}")
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, _pad_id(tokenizer)
     ids = torch.full((len(prompts), length), pad, dtype=torch.long)
     slot_mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         words = tokenizer(prompt, add_special_tokens=False).input_ids[: length - 2 - n_slots]
         sequence = [bos, *words, *([bos] * n_slots), eos]
         ids[row, : len(sequence)] = torch.tensor(sequence)
         slot_mask[row, 1 + len(words) : 1 + len(words) + n_slots] = True
-    return ids, slot_mask
+        attention_mask[row, : len(sequence)] = 1
+    return (ids, slot_mask, attention_mask) if return_attention_mask else (ids, slot_mask)
+
+
+def token_attention_mask(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's attention mask (B, L) long for padded ids (B, L): 1 up to and including the
+    sequence's `<eos>`, 0 on the padding after it — what diffusers' `StableDiffusionPipeline` gives
+    a text encoder whose config sets `use_attention_mask`.
+
+    Padding is the run of pad ids at the end of a row. Where the pad id is the `<eos>` id (SD's
+    CLIP tokenizers), the first id of that run is the sequence's own `<eos>` and stays visible;
+    `ids != pad_token_id` would hide it.
+    """
+    pad = _pad_id(tokenizer)
+    trailing = (ids == pad).flip(-1).long().cumprod(-1).flip(-1).bool()  # this and every later id is pad
+    padding = trailing.clone()
+    if pad == tokenizer.eos_token_id:
+        padding[:, 0] = False
+        padding[:, 1:] = trailing[:, 1:] & trailing[:, :-1]
+    return (~padding).long()
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @contextmanager

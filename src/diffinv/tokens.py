@@ -4,7 +4,9 @@ File layout: one tensor `diff_tokens` (n, d) float32, plus string metadata:
 `format` ("diffinv.diff-tokens/1"), `model_id`, `token_width`, `vocab_size`, `n_tokens`,
 `alpha`, `prompt_a`, `prompt_a_prime`, `caption_a`, `caption_a_prime`, `config` (JSON),
 `hard_token_ids` (JSON list or ""), `hard_text`, `history` (JSON of the loss curves),
-`diffinv_version`. safetensors holds no code, so loading a file cannot run any.
+`text_delta_norm` and `effective_alpha` (numbers, or "" where unknown), `diffinv_version`.
+Files written before `text_delta_norm` / `effective_alpha` existed load with both None.
+safetensors holds no code, so loading a file cannot run any.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import InversionConfig
-from .errors import DiffinvError
+from .errors import DiffinvError, DiffinvWarning
 
 FORMAT = "diffinv.diff-tokens/1"
 
@@ -32,6 +34,9 @@ class DiffTokens:
     embeddings: (n, d) float32 on the CPU, in the text encoder's token-embedding space.
     hard_token_ids / hard_text: the vocabulary tokens D̃ was projected onto, when fitted with
     `hard_tokens=True` (usable as plain words with any model sharing the tokenizer).
+    text_delta_norm: ‖D_T‖ of the captions (None: not computed, or an older file).
+    effective_alpha: the α D_inter was built with — `config.alpha`, or 0 where the text delta was
+    degenerate and the image delta was used alone (None: an older file).
     """
 
     embeddings: torch.Tensor
@@ -45,6 +50,8 @@ class DiffTokens:
     hard_token_ids: list[int] | None = None
     hard_text: str = ""
     history: dict[str, list[float]] = field(default_factory=dict)
+    text_delta_norm: float | None = None
+    effective_alpha: float | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -72,6 +79,8 @@ class DiffTokens:
             "hard_token_ids": json.dumps(self.hard_token_ids) if self.hard_token_ids is not None else "",
             "hard_text": self.hard_text,
             "history": json.dumps(self.history),
+            "text_delta_norm": _number_text(self.text_delta_norm),
+            "effective_alpha": _number_text(self.effective_alpha),
             "diffinv_version": __version__,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +114,8 @@ class DiffTokens:
                 hard_token_ids=json.loads(hard_ids) if hard_ids else None,
                 hard_text=metadata.get("hard_text", ""),
                 history=json.loads(metadata.get("history") or "{}"),
+                text_delta_norm=_number(metadata.get("text_delta_norm", "")),
+                effective_alpha=_number(metadata.get("effective_alpha", "")),
             )
         except (KeyError, ValueError, DiffinvError) as error:
             raise DiffinvError(f"{path}: damaged DIFF-token metadata ({error})") from None
@@ -118,4 +129,16 @@ class DiffTokens:
                 f"encoder of {model_id!r} takes {token_width}-wide tokens; fit them again on this model"
             )
         if vocab_size != self.vocab_size or model_id != self.model_id:
-            warnings.warn(f"DIFF tokens were fitted on {self.model_id!r}, applying them to {model_id!r}", stacklevel=2)
+            warnings.warn(
+                f"DIFF tokens were fitted on {self.model_id!r}, applying them to {model_id!r}",
+                DiffinvWarning,
+                stacklevel=2,
+            )
+
+
+def _number_text(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text else None

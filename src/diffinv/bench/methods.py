@@ -36,6 +36,11 @@ VARIANTS: dict[str, dict] = {
     "clip-loss-token-mean": {"clip_loss_space": "token-mean"},
     "hard-tokens": {"hard_tokens": True},
     "sample-from-noise": {"sampling_mode": "noise"},
+    # apply-time options that may keep more of B in B′
+    **{f"edit-strength={s:g}": {"edit_strength": s} for s in (0.5, 1.5, 2.0)},
+    "negative-diff": {"negative_diff": True},
+    "inversion": {"sampling_mode": "inversion"},
+    "candidates=4": {"candidates": 4},
 }
 
 PRESETS: dict[str, list[str]] = {
@@ -52,6 +57,16 @@ PRESETS: dict[str, list[str]] = {
     "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
+    "keep-b": [
+        "difference-inversion",
+        "copy-b",
+        "edit-strength=0.5",
+        "edit-strength=1.5",
+        "edit-strength=2",
+        "negative-diff",
+        "inversion",
+        "candidates=4",
+    ],
 }
 
 

@@ -156,12 +156,16 @@ class BenchRunner:
             fit_seconds = (time.perf_counter() - start) / len(chunk)
         for (index, triplet), (a, a_prime, b), token in zip(chunk, images, tokens):
             start = time.perf_counter()
+            # A and A′ score the candidates B′ when config.candidates > 1
+            reference = {"reference": (a, a_prime)} if config.candidates > 1 else {}
             if method.base == "copy-b":
                 b_prime = b
             elif method.base == "oracle-caption":
-                b_prime = self.di.draw(triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False)
+                b_prime = self.di.draw(
+                    triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False, **reference
+                )
             else:
-                b_prime = self.di.apply(token, b, seed=self.seed + index, config=config, progress=False)
+                b_prime = self.di.apply(token, b, seed=self.seed + index, config=config, progress=False, **reference)
             seconds = fit_seconds + time.perf_counter() - start
             yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
 

@@ -36,7 +36,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModel
 
 from ..clip_space import CLIP_MEAN, CLIP_STD
 from ..model_card import write_descriptor
-from ..testing import word_tokenizer
+from ..word_tokenizer import word_tokenizer
 from .classifier import AttributeClassifier, targets
 from .world import (
     ATTRIBUTES,

@@ -11,7 +11,6 @@ import itertools
 import random
 from dataclasses import dataclass, replace
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 RESOLUTION = 32
@@ -186,22 +185,3 @@ def triplets(n: int, seed: int = 0, families: tuple[str, ...] = FAMILIES) -> lis
     """`n` seeded triplets, families taken in turn."""
     rng = random.Random(seed)
     return [make_triplet(families[i % len(families)], rng) for i in range(n)]
-
-
-def as_array(images: list[Image.Image]) -> np.ndarray:
-    """(N, H, W, 3) uint8."""
-    return np.stack([np.asarray(image, dtype=np.uint8) for image in images])
-
-
-def export_triplet(triplet: Triplet, directory) -> None:
-    """Write a.png, a_prime.png, b.png, b_prime.png (ground truth) and captions.txt."""
-    from pathlib import Path
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("a", "a_prime", "b", "b_prime"):
-        render(getattr(triplet, name)).save(directory / f"{name}.png")
-    lines = [f"family: {triplet.family}"] + [
-        f"{name}: {canonical_caption(getattr(triplet, name))}" for name in ("a", "a_prime", "b", "b_prime")
-    ]
-    (directory / "captions.txt").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,154 @@
+"""benchmarks/gpu_speed.py: its tiny CPU run, and the published configurations it builds from.
+
+The full-size models are never given memory here: their configurations are checked by value, and
+built on PyTorch's meta device (shapes without storage, well under a second) to count parameters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speed.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_speed():
+    spec = importlib.util.spec_from_file_location("gpu_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_tiny_cpu_run_reports_every_figure(gpu_speed, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    report = gpu_speed.run(
+        ["--tiny", "--device", "cpu", "--dtype", "float32", "--steps", "2", "--pez-steps", "2"]
+        + ["--sampling-steps", "2", "--repeats", "2", "--models", "sd21,sdxl", "--json", str(out)]
+    )
+    assert json.loads(out.read_text()) == report
+    assert report["tiny"] and "not a speed figure" in report["note"]
+    assert (report["device"], report["dtype"], report["steps"], report["repeats"]) == ("cpu", "float32", 2, 2)
+
+    sd = report["models"]["sd21"]
+    assert sd["resolution"] == 64 and sd["latents"] == [2, 4, 8, 8]
+    assert positive(sd["floor_s"]) and positive(sd["step_s"])
+    assert positive(sd["step_over_floor"]) and sd["step_over_floor"] == pytest.approx(sd["step_s"] / sd["floor_s"])
+    assert len(sd["floor_runs_s"]) == len(sd["step_runs_s"]) == 2
+    phases = {"pez_a_a_prime", "clip_deltas_vae_latents", "fit", "pez_b", "sampling", "pez_total", "total"}
+    assert set(sd["analogy_s"]) == phases and all(positive(v) for v in sd["analogy_s"].values())
+    assert sd["analogy_s"]["total"] > sd["analogy_s"]["fit"]
+    assert all(positive(v) for v in sd["paper_defaults_estimate_s"].values())
+    assert sd["analogy_counts"]["unet_calls_sampling"] == 1  # img2img: int(2 × 0.8)
+    assert sd["memory_gib"]["weights"] is None and sd["memory_gib"]["peak_overall"] is None  # CPU: no CUDA figures
+    assert set(sd["memory_gib"]["peak"]) == {"pez_deltas_latents", "floor_and_fit", "pez_b", "sampling"}
+
+    xl = report["models"]["sdxl"]
+    for key in ("floor_s", "unet_forward_s", "encoders_forward_s", "encoders_forward_backward_s"):
+        assert positive(xl[key]), key
+    assert "awaits" in xl["full_step"] and "SDXL backbone" in xl["full_step"]
+
+    printed = capsys.readouterr().out
+    assert "| **step / floor** |" in printed and "awaits the SDXL backbone" in printed
+    assert "not a speed figure" in printed
+
+
+def test_arguments_are_checked(gpu_speed):
+    for bad in (["--models", "sd3"], ["--sampling-steps", "1"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            gpu_speed.parse_args(bad)
+    assert gpu_speed.parse_args(["--models", "sdxl"]).models == ["sdxl"]
+
+
+def test_sd21_configs_have_the_published_sizes(gpu_speed):
+    unet, text, vae = (gpu_speed.load_config(n) for n in ("sd21_unet", "sd21_text_encoder", "sd21_vae"))
+    clip = gpu_speed.load_config("sd21_clip_vit_h")
+    text_config = CLIPTextConfig(**text)
+    clip_config = CLIPConfig(**clip)
+    scheduler = DDIMScheduler.from_config(gpu_speed.load_config("sd21_scheduler"))
+
+    assert unet["cross_attention_dim"] == text_config.hidden_size == clip_config.text_config.hidden_size == 1024
+    assert clip_config.projection_dim == 1024  # token width = joint width: both CLIP-loss spaces are defined
+    assert unet["attention_head_dim"] == [5, 10, 20, 20] and unet["block_out_channels"] == [320, 640, 1280, 1280]
+    assert unet["use_linear_projection"] and unet["upcast_attention"]
+    assert unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1) == 768
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert (text_config.num_hidden_layers, text_config.num_attention_heads) == (23, 16)
+    assert (text_config.hidden_act, text_config.intermediate_size, text_config.vocab_size) == ("gelu", 4096, 49408)
+    assert clip_config.text_config.num_hidden_layers == text_config.num_hidden_layers + 1  # SD 2: penultimate
+    vision = clip_config.vision_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (1280, 32, 16)
+    assert (vision.patch_size, vision.image_size, vision.intermediate_size) == (14, 224, 5120)
+    assert vae["scaling_factor"] == 0.18215 and vae["latent_channels"] == unet["in_channels"] == 4
+
+
+def test_sdxl_configs_have_the_published_sizes(gpu_speed):
+    unet = gpu_speed.load_config("sdxl_unet")
+    text_1 = CLIPTextConfig(**gpu_speed.load_config("sdxl_text_encoder"))
+    text_2 = CLIPTextConfig(**gpu_speed.load_config("sdxl_text_encoder_2"))
+    scheduler = EulerDiscreteScheduler.from_config(gpu_speed.load_config("sdxl_scheduler"))
+
+    assert unet["cross_attention_dim"] == text_1.hidden_size + text_2.hidden_size == 768 + 1280 == 2048
+    assert unet["addition_embed_type"] == "text_time"
+    # pooled text embedding of encoder 2 + six size/crop conditions of addition_time_embed_dim each
+    assert unet["projection_class_embeddings_input_dim"] == text_2.projection_dim + 6 * unet["addition_time_embed_dim"]
+    assert unet["projection_class_embeddings_input_dim"] == 2816
+    assert unet["sample_size"] * 8 == 1024
+    assert unet["attention_head_dim"] == [5, 10, 20] and unet["transformer_layers_per_block"] == [1, 2, 10]
+    assert unet["down_block_types"][0] == "DownBlock2D"  # no attention at the highest resolution
+    assert (text_1.num_hidden_layers, text_1.num_attention_heads, text_1.hidden_act) == (12, 12, "quick_gelu")
+    assert (text_2.num_hidden_layers, text_2.num_attention_heads, text_2.hidden_act) == (32, 20, "gelu")
+    assert text_2.projection_dim == 1280 and text_1.vocab_size == text_2.vocab_size == 49408
+    assert scheduler.config.prediction_type == "epsilon"
+
+
+PUBLISHED_PARAMETERS = {
+    # counts of the diffusers / transformers models; see benchmarks/configs/README.md for the published sizes
+    "sd21_unet": 865_910_724,
+    "sd21_text_encoder": 340_387_840,
+    "sd21_vae": 83_653_863,
+    "sd21_clip_vit_h": 986_109_441,
+    "sdxl_unet": 2_567_463_684,
+    "sdxl_text_encoder": 123_060_480,
+    "sdxl_text_encoder_2": 694_659_840,
+}
+
+
+def test_full_size_configs_build_the_real_classes(gpu_speed):
+    build = {
+        "sd21_unet": UNet2DConditionModel.from_config,
+        "sd21_vae": AutoencoderKL.from_config,
+        "sdxl_unet": UNet2DConditionModel.from_config,
+        "sd21_text_encoder": lambda c: CLIPTextModel(CLIPTextConfig(**c)),
+        "sdxl_text_encoder": lambda c: CLIPTextModel(CLIPTextConfig(**c)),
+        "sdxl_text_encoder_2": lambda c: CLIPTextModelWithProjection(CLIPTextConfig(**c)),
+        "sd21_clip_vit_h": lambda c: CLIPModel(CLIPConfig(**c)),
+    }
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        for name, make in build.items():
+            model = make(gpu_speed.load_config(name))
+            assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS[name], name
+
+
+def test_every_config_names_its_source():
+    for path in sorted(SCRIPT.parent.joinpath("configs").glob("*.json")):
+        values = json.loads(path.read_text())
+        assert values["_source"] and values["_class_name"], path.name
+
+
+def test_clip_sized_tokenizer(gpu_speed):
+    tokenizer = gpu_speed.clip_sized_tokenizer(49408)
+    assert len(tokenizer) == 49408
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)  # as CLIP's
+    assert isinstance(tokenizer.decode([320, 20000, 49405]), str)
