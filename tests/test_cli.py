@@ -632,3 +632,25 @@ def test_diffinvs_own_warnings_reach_the_user_and_library_noise_does_not(
     assert err.splitlines() == [
         f"diffinv: warning: DIFF tokens were fitted on 'tiny-epsilon', applying them to {model_args[1]!r}"
     ]
+
+
+def test_analogy_with_candidates_keeps_one_of_them(capsys, tmp_path, image_files, model_args):
+    """analogy hands A and A′ to the scorer: with K = 2 it draws seeds 0 and 1 and keeps one."""
+    from diffinv.pipeline import DifferenceInversion
+
+    seen = []
+    original = DifferenceInversion.candidate_scores
+
+    def spying(self, *args, **kwargs):
+        scores = original(self, *args, **kwargs)
+        seen.append(len(scores))
+        return scores
+
+    captions = ["--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME, "--prompt", PROMPT_B]
+    argv = analogy_argv(image_files, tmp_path / "out.png", *model_args, *captions, "--prompt-source", "caption")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DifferenceInversion, "candidate_scores", spying)
+        code, _, err = run(capsys, argv + ["--steps", "1", "--sampling-steps", "2", "--candidates", "2"])
+    assert code == 0, err
+    assert seen == [2]
+    assert (tmp_path / "out.png").is_file()

@@ -52,7 +52,7 @@ class Blip2Captioner:
             self._model = Blip2ForConditionalGeneration.from_pretrained(
                 self.model_name, dtype=self.dtype, local_files_only=self.local_files_only
             ).to(self.device)
-        except OSError:
+        except (OSError, ValueError):  # not found, or not even a valid hub id
             where = "in the hub cache (offline)" if self.local_files_only else "in the hub cache or on the hub"
             raise DiffinvError(
                 f"the captioner {self.model_name} (BLIP-2) is not {where}; give the captions instead "

@@ -563,8 +563,6 @@ def run_analogy(args: argparse.Namespace) -> None:
     from .pipeline import as_rgb
 
     di = _load(args)
-    # TODO(analogy wiring): for --candidates K > 1, DifferenceInversion.analogy must pass
-    # reference=(A, A′) to apply(); until it does, apply refuses candidates > 1 with a DiffinvError.
     b_prime, tokens = di.analogy(
         args.a,
         args.a_prime,

@@ -16,6 +16,7 @@ from typing import Any
 from .errors import DiffinvError
 
 INITS = ("zeros", "random")
+TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean")
 PROMPT_SOURCES = ("pez", "caption")
 SAMPLING_MODES = ("img2img", "noise", "inversion")
@@ -51,6 +52,10 @@ class InversionConfig:
             `inversion.init_diff_tokens`).
         use_token_consistency: ablation switch for L_tc (Fig. 5).
         use_clip_loss: ablation switch for L_clip.
+        tc_reduction: L_tc per latent element ("mean", as diffusers' training scripts average) or
+            summed over the latent ("sum", the paper's ‖·‖² read literally: ×256 in the shapes
+            world, ×16,384 for SD 1.5 at 512 px). Not stated; "mean" kept by measurement
+            (docs/results.md).
 
     Prompts
         prompt_source: "pez" (*paper*: PEZ hard-prompt inversion for prompt_A, prompt_A′ and
@@ -105,6 +110,7 @@ class InversionConfig:
     hard_tokens: bool = False
     use_token_consistency: bool = True
     use_clip_loss: bool = True
+    tc_reduction: str = "mean"
 
     prompt_source: str = "pez"
     pez_prompt_len: int = 16
@@ -148,6 +154,10 @@ class InversionConfig:
             f"clip_loss_space must be one of {CLIP_LOSS_SPACES}, got {self.clip_loss_space!r}",
         )
         need(self.use_token_consistency or self.use_clip_loss, "at least one of the two losses must be on")
+        need(
+            self.tc_reduction in TC_REDUCTIONS,
+            f"tc_reduction must be one of {TC_REDUCTIONS}, got {self.tc_reduction!r}",
+        )
         need(
             self.prompt_source in PROMPT_SOURCES,
             f"prompt_source must be one of {PROMPT_SOURCES}, got {self.prompt_source!r}",

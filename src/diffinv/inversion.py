@@ -214,6 +214,7 @@ def token_consistency_loss(
     noisy: torch.Tensor,
     timesteps: torch.Tensor,
     targets: torch.Tensor,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """L_tc (eqs. 7–9) of K pairs (K,), both branches of all pairs in one text-encoder and one
     UNet call.
@@ -221,11 +222,14 @@ def token_consistency_loss(
     For pair k, row 2k ("before"): z_A,t denoised with {prompt_A′, −D̃_k}; row 2k+1 ("after"):
     z_A′,t with {prompt_A, +D̃_k}. diff: (K, n, d); `ids`/`slot_mask` (2K, L) hold prompt_A′ and
     prompt_A of each pair in that order; noisy/targets (2K, C, h, w), timesteps (2K,).
-    Each pair's loss is the sum of its two rows' mean squared errors and depends on its own D̃_k only.
+    Each pair's loss is the sum of its two rows' squared errors, averaged over the latent's
+    elements (`reduction="mean"`, as diffusers' training scripts do) or summed over them ("sum",
+    the paper's ‖·‖² read literally: C·h·w times larger); it depends on its own D̃_k only.
     """
     text_states = backbone.encode_prompt(ids, slot_mask, signed_pair(diff))
     prediction = backbone.predict(noisy, timesteps, text_states)
-    row_errors = (prediction.float() - targets.float()).pow(2).mean(dim=(1, 2, 3))
+    squared = (prediction.float() - targets.float()).pow(2)
+    row_errors = squared.sum(dim=(1, 2, 3)) if reduction == "sum" else squared.mean(dim=(1, 2, 3))
     return row_errors.view(-1, 2).sum(dim=1)
 
 
@@ -316,12 +320,14 @@ def fit_diff_tokens(
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
     for step in bar:
         used = table.project(diff)[0] if config.hard_tokens else diff
-        loss_tc = (
-            token_consistency_loss(backbone, used, ids, slot_mask, *noised_pair(backbone, latents, generator))
-            if config.use_token_consistency
-            else zero
-        )
-        loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space) if config.use_clip_loss else zero
+        loss_tc = loss_clip = zero
+        if config.use_token_consistency:
+            noisy, timesteps, targets = noised_pair(backbone, latents, generator)
+            loss_tc = token_consistency_loss(
+                backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction
+            )
+        if config.use_clip_loss:
+            loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
 
         optimizer.zero_grad(set_to_none=True)

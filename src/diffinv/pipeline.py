@@ -467,4 +467,5 @@ class DifferenceInversion:
             )
             prompts = (prompt_a, prompt_a_prime)
         tokens = self.fit(a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress)
-        return self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress), tokens
+        b_prime = self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress, reference=(a, a_prime))
+        return b_prime, tokens

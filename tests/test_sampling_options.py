@@ -1,0 +1,374 @@
+"""Apply-time options meant to keep more of B in B′: the edit strength s ({prompt_B, s·D̃}), the
+negative DIFF (guidance's unconditional branch {prompt_B, −s·D̃}), B′ from B's DDIM inversion,
+and the best of k candidates by CLIP direction; their validation, flags and bench variants."""
+
+import dataclasses
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from PIL import Image
+
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
+from diffinv.bench.methods import PRESETS, expand_methods, parse_method
+from diffinv.cli import main
+from diffinv.config import SAMPLING_MODES, InversionConfig
+from diffinv.errors import DiffinvError
+from diffinv.pipeline import DifferenceInversion
+from diffinv.tokens import DiffTokens
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def tokens(fitted_tokens):
+    """Fitted tokens with D̃ replaced by clearly non-zero rows (two fitting steps barely move D̃
+    from 0), so that +D̃, −D̃ and 0 give clearly different text states."""
+    generator = torch.Generator().manual_seed(0)
+    return dataclasses.replace(
+        fitted_tokens, embeddings=torch.randn(fitted_tokens.embeddings.shape, generator=generator)
+    )
+
+
+@contextmanager
+def token_embeddings_seen(backbone):
+    """Every text-encoder call's token embeddings (B, L, d), after the DIFF tokens went into the slots."""
+    calls = []
+    token_embedding = backbone.text_encoder.get_input_embeddings()
+    embeddings = next(
+        m for m in backbone.text_encoder.modules() if getattr(m, "token_embedding", None) is token_embedding
+    )
+
+    def hook(module, inputs, output):
+        calls.append((output - module.position_embedding.weight[: output.shape[1]]).detach().clone())
+
+    handle = embeddings.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def unet_calls(backbone):
+    """(timestep, encoder_hidden_states) of every UNet call, from diffusers' pipelines or our own loop."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        states = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        calls.append((int(torch.as_tensor(timestep).reshape(-1)[0]), states.detach().clone()))
+
+    handle = backbone.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def encoded(backbone, tokens, scale: float) -> torch.Tensor:
+    """{PROMPT_B, scale·D̃} through the text encoder."""
+    ids, mask = backbone.slot_ids([PROMPT_B], tokens.n_tokens)
+    with torch.no_grad():
+        return backbone.encode_prompt(ids, mask, scale * tokens.embeddings)
+
+
+# --- validation ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(edit_strength=-0.5), "edit_strength"),
+        (dict(edit_strength=math.nan), "edit_strength"),
+        (dict(edit_strength=math.inf), "edit_strength"),
+        (dict(edit_strength="2"), "edit_strength"),
+        (dict(edit_strength=True), "edit_strength"),
+        (dict(negative_diff="yes"), "negative_diff"),
+        (dict(negative_diff=1), "negative_diff"),
+        (dict(candidates=0), "candidates"),
+        (dict(candidates=2.0), "candidates"),
+        (dict(candidates=True), "candidates"),
+        (dict(candidates=2, sampling_mode="inversion"), "inversion"),
+        (dict(sampling_mode="inversion", sampling_steps=2, strength=0.4), "sampling_steps × strength"),
+    ],
+)
+def test_invalid_option_values_raise_naming_the_field(changes, field):
+    with pytest.raises(DiffinvError) as raised:
+        InversionConfig(**changes)
+    assert str(raised.value).startswith("invalid configuration:") and field in str(raised.value)
+
+
+def test_defaults_are_todays_behaviour_and_the_options_round_trip():
+    config = InversionConfig()
+    assert (config.edit_strength, config.negative_diff, config.candidates) == (1.0, False, 1)
+    assert config.sampling_mode == "img2img" and "inversion" in SAMPLING_MODES
+    changed = InversionConfig(edit_strength=0.0, negative_diff=True, candidates=3)
+    assert InversionConfig.from_json(changed.to_json()) == changed
+    assert InversionConfig(sampling_mode="inversion", edit_strength=2).edit_strength == 2
+
+
+# --- edit strength ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [0.0, 0.5, 2.0])
+def test_edit_strength_scales_what_reaches_the_slots(di, backbone, tokens, images, monkeypatch, scale):
+    sampled = []
+    real_sample = backbone.sample
+
+    def sample(states, *args, **kwargs):
+        sampled.append(states)
+        return real_sample(states, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "sample", sample)
+    with token_embeddings_seen(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=fast_config(edit_strength=scale), progress=False)
+    # the first text-encoder call is apply's {prompt_B, s·D̃}; diffusers then encodes its empty prompt
+    assert len(calls) == 2 and calls[0].shape[0] == 1
+    ids, mask = backbone.slot_ids([PROMPT_B], tokens.n_tokens)
+    assert torch.allclose(calls[0][0][mask[0]], scale * tokens.embeddings, atol=1e-5)
+    # the words of prompt_B are untouched
+    words = backbone.vocabulary[ids[0][~mask[0]]]
+    assert torch.allclose(calls[0][0][~mask[0]], words, atol=1e-5)
+    # what is drawn from: {prompt_B, s·D̃}; at s = 0 that is prompt_B with its slots zeroed
+    assert torch.allclose(sampled[0], encoded(backbone, tokens, scale), atol=1e-6)
+    if scale == 0:
+        with torch.no_grad():
+            zeroed = backbone.encode_prompt(ids, mask, torch.zeros_like(tokens.embeddings))
+        assert torch.allclose(sampled[0], zeroed, atol=1e-6)
+    assert not torch.allclose(sampled[0], encoded(backbone, tokens, 1.0), atol=1e-3)
+
+
+# --- negative DIFF ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", SAMPLING_MODES)
+def test_negative_diff_is_the_unconditional_branch_the_unet_sees(di, backbone, tokens, images, mode):
+    config = fast_config(sampling_mode=mode, negative_diff=True, edit_strength=0.5, guidance_scale=7.5)
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    positive, negative = encoded(backbone, tokens, 0.5), encoded(backbone, tokens, -0.5)
+    guided = [states for _, states in calls if states.shape[0] == 2]
+    assert guided, "guidance 7.5: the UNet sees an unconditional and a conditional branch"
+    for states in guided:  # diffusers' order: [unconditional, conditional]
+        assert torch.allclose(states[0], negative[0], atol=1e-6)
+        assert torch.allclose(states[1], positive[0], atol=1e-6)
+
+    # without the option the unconditional branch is the empty prompt, as before
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config.replace(negative_diff=False), progress=False)
+    with torch.no_grad():
+        empty = backbone.encode_plain([""])
+    first = next(states for _, states in calls if states.shape[0] == 2)
+    assert torch.allclose(first[0], empty[0], atol=1e-6)
+    assert not torch.allclose(first[0], negative[0], atol=1e-3)
+
+
+# --- DDIM inversion -----------------------------------------------------------------------------------------
+@contextmanager
+def decoded_latents(backbone, monkeypatch):
+    """The final latents (scaled as the VAE encoder gives them) of every B′ drawn."""
+    latents = []
+    real_decode = backbone.vae.decode
+
+    def decode(z, *args, **kwargs):
+        latents.append(z.detach().clone() * backbone.vae.config.scaling_factor)
+        return real_decode(z, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backbone.vae, "decode", decode)
+        yield latents
+
+
+def test_inversion_round_trip_reconstructs_b_far_better_than_img2img(di, backbone, tokens, images, monkeypatch):
+    """D̃ = 0 and guidance 1: inversion and denoising use the same condition, so B′'s latent
+    comes back close to B's; img2img at the same strength redraws the noised part."""
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+    config = fast_config(sampling_steps=30, strength=0.3, guidance_scale=1.0)
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+
+    def error(mode: str) -> float:
+        with decoded_latents(backbone, monkeypatch) as latents:
+            di.apply(zero, images["b"], prompt=PROMPT_B, config=config.replace(sampling_mode=mode), progress=False)
+        return ((latents[-1] - b_latent).norm() / b_latent.norm()).item()
+
+    inversion, img2img = error("inversion"), error("img2img")
+    assert inversion < img2img / 5, (inversion, img2img)  # about 2.4 vs 28 on the tiny random model
+
+
+def test_inversion_is_exact_for_a_denoiser_that_ignores_its_input(di, backbone, images, monkeypatch):
+    """With a prediction that depends on the timestep only, DDIM inversion followed by DDIM
+    denoising on the same timesteps is exact: this pins the alignment of the two schedules."""
+
+    def by_timestep(sample, timestep, encoder_hidden_states=None, return_dict=True, **kwargs):
+        generator = torch.Generator().manual_seed(int(torch.as_tensor(timestep).reshape(-1)[0]))
+        out = torch.randn(sample.shape, generator=generator).to(sample)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.5, guidance_scale=1.0)
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+    monkeypatch.setattr(backbone.unet, "forward", by_timestep)
+    with decoded_latents(backbone, monkeypatch) as latents:
+        di.draw(PROMPT_B, images["b"], config, progress=False)
+    assert ((latents[-1] - b_latent).norm() / b_latent.norm()).item() < 1e-4
+
+
+def test_inversion_runs_img2img_timesteps_up_then_down_on_the_null_edit(di, backbone, tokens, images):
+    """k = int(steps × strength) UNet calls up (batch 1, {prompt_B, 0}, guidance 1), then k down
+    on the same timesteps (batch 2 when guided, {prompt_B, s·D̃})."""
+    config = fast_config(sampling_steps=10, strength=0.4, guidance_scale=7.5)
+    with unet_calls(backbone) as img2img:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    with unet_calls(backbone) as inversion:
+        di.apply(
+            tokens, images["b"], prompt=PROMPT_B, config=config.replace(sampling_mode="inversion"), progress=False
+        )
+    down = [t for t, _ in img2img]
+    assert len(down) == 4 and down == sorted(down, reverse=True)
+    assert [t for t, _ in inversion] == down[::-1] + down
+    zero = encoded(backbone, tokens, 0.0)
+    assert all(states.shape[0] == 1 and torch.allclose(states, zero, atol=1e-6) for _, states in inversion[:4])
+    assert all(torch.allclose(states[1], encoded(backbone, tokens, 1.0)[0], atol=1e-6) for _, states in inversion[4:])
+
+
+def test_inversion_draws_no_noise(di, tokens, images):
+    config = fast_config(sampling_mode="inversion", sampling_steps=4, strength=0.5)
+    first = di.apply(tokens, images["b"], seed=0, prompt=PROMPT_B, config=config, progress=False)
+    other = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=config, progress=False)
+    assert np.array_equal(pixels(first), pixels(other))
+    img2img = di.apply(
+        tokens, images["b"], seed=0, prompt=PROMPT_B, config=config.replace(sampling_mode="img2img"), progress=False
+    )
+    assert not np.array_equal(pixels(first), pixels(img2img))
+
+
+# --- candidates ---------------------------------------------------------------------------------------------
+def test_candidates_keep_the_argmax_of_the_score(di, tokens, images, monkeypatch):
+    seen = []
+
+    def scores(reference, b, candidates, config):
+        seen.append((reference, [pixels(c) for c in candidates]))
+        return torch.tensor([0.1, 0.9, 0.3])
+
+    monkeypatch.setattr(di, "candidate_scores", scores)
+    reference = (images["a"], images["a_prime"])
+    config = fast_config(candidates=3)
+    best = di.apply(tokens, images["b"], seed=5, prompt=PROMPT_B, config=config, progress=False, reference=reference)
+    singles = [
+        pixels(di.apply(tokens, images["b"], seed=seed, prompt=PROMPT_B, config=fast_config(), progress=False))
+        for seed in (5, 6, 7)
+    ]
+    assert len(seen) == 1 and seen[0][0] is reference
+    assert all(np.array_equal(drawn, single) for drawn, single in zip(seen[0][1], singles)), "seeds seed … seed+k−1"
+    assert np.array_equal(pixels(best), singles[1])
+
+
+def test_one_candidate_is_todays_draw_and_scores_nothing(di, tokens, images, monkeypatch):
+    today = di.apply(tokens, images["b"], seed=3, prompt=PROMPT_B, config=fast_config(), progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("one candidate needs no score")
+
+    monkeypatch.setattr(di, "candidate_scores", refuse)
+    again = di.apply(
+        tokens,
+        images["b"],
+        seed=3,
+        prompt=PROMPT_B,
+        config=fast_config(candidates=1),
+        progress=False,
+        reference=(images["a"], images["a_prime"]),
+    )
+    assert np.array_equal(pixels(today), pixels(again))
+
+
+def test_candidate_score_is_the_clip_direction_against_a_to_a_prime(di, images):
+    """A = B and A′ = a changed B: a candidate equal to B scores 0 (no change), one equal to
+    that change scores 1, any other less."""
+    config = fast_config()
+    b = images["b"]
+    changed = shape_image(b.size, "blue", "square", seed=3)
+    candidates = [di._working_image(image, config) for image in (b, changed, shape_image(b.size, "green", seed=4))]
+    scores = di.candidate_scores((b, changed), candidates[0], candidates, config)
+    assert scores.shape == (3,)
+    assert scores[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert scores[1].item() == pytest.approx(1.0, abs=1e-5)
+    assert scores[2].item() < 1 - 1e-3
+
+
+def test_candidates_without_a_and_a_prime_is_a_clear_error(di, tokens, images):
+    with pytest.raises(DiffinvError, match=r"reference=\(A, A′\)"):
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=fast_config(candidates=2), progress=False)
+    with pytest.raises(DiffinvError, match=r"reference=\(A, A′\)"):
+        di.draw(PROMPT_B, images["b"], fast_config(candidates=2), progress=False)
+
+
+# --- flags and bench variants -------------------------------------------------------------------------------
+def run(capsys, argv):
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model_args(tiny_model_dir):
+    model_dir, clip_dir = tiny_model_dir
+    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+
+
+def test_analogy_flags_reach_the_config_that_draws(capsys, tmp_path, image_files, model_args, monkeypatch):
+    drawn_with = []
+    real_sample = DifferenceInversion._sample
+
+    def spy(self, text_states, b, config, *args, **kwargs):
+        drawn_with.append(config)
+        return real_sample(self, text_states, b, config, *args, **kwargs)
+
+    monkeypatch.setattr(DifferenceInversion, "_sample", spy)
+    output = tmp_path / "b_prime.png"
+    argv = ["analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", output]
+    argv += ["--steps", "1", "--prompt-source", "caption", "--caption-a", CAPTION_A, "--caption-a-prime"]
+    argv += [CAPTION_A_PRIME, "--prompt", PROMPT_B, "--sampling-steps", "4", "--strength", "0.5"]
+    argv += ["--mode", "inversion", "--edit-strength", "0.5", "--negative-diff", *model_args]
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert len(drawn_with) == 1
+    config = drawn_with[0]
+    assert (config.sampling_mode, config.edit_strength, config.negative_diff) == ("inversion", 0.5, True)
+    assert DiffTokens.load(output.with_suffix(".safetensors")).config == config
+
+
+def test_apply_refuses_candidates_before_loading_a_model(capsys, tmp_path, fitted_tokens, image_files, model_args):
+    fitted_tokens.save(tmp_path / "t.safetensors")
+    argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--candidates", "2"]
+    code, _, err = run(capsys, [*argv, *model_args])
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--candidates 2" in err and "analogy" in err
+    assert not (tmp_path / "out").exists()
+    code, _, err = run(capsys, [*argv[:-2], "--candidates", "0", *model_args])
+    assert code == 2 and "candidates must be an integer ≥ 1" in err
+
+
+def test_apply_draws_one_b_prime_when_the_token_file_asks_for_candidates(
+    capsys, tmp_path, fitted_tokens, image_files, model_args, tiny_model_dir
+):
+    tokens = dataclasses.replace(
+        fitted_tokens, model_id=tiny_model_dir[0], config=fitted_tokens.config.replace(candidates=3)
+    )
+    tokens.save(tmp_path / "t.safetensors")
+    argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B]
+    code, _, err = run(capsys, [*argv, "--sampling-steps", "2", *model_args])
+    assert code == 0, err
+    assert "candidates = 3" in err and "candidates = 1" in err
+    assert Image.open(tmp_path / "out" / "b.png").mode == "RGB"
+
+
+def test_bench_variants_and_preset():
+    assert parse_method("edit-strength=1.5").changes == {"edit_strength": 1.5}
+    assert parse_method("edit-strength=0.5").changes == {"edit_strength": 0.5}
+    assert parse_method("negative-diff").changes == {"negative_diff": True}
+    assert parse_method("inversion").changes == {"sampling_mode": "inversion"}
+    assert parse_method("candidates=4").changes == {"candidates": 4}
+    methods = expand_methods(["keep-b"])
+    assert [m.spec for m in methods] == PRESETS["keep-b"]
+    for method in methods:
+        method.config(InversionConfig())  # every variant is a valid config
