@@ -107,3 +107,16 @@ def test_from_json_ignores_unknown_keys_but_validates_known_ones():
     values["alpha"] = 7
     with pytest.raises(DiffinvError, match="alpha"):
         InversionConfig.from_json(json.dumps(values))
+
+
+def test_the_paper_preset_is_the_papers_method_on_the_models_budget():
+    from diffinv.config import BUDGET_FIELDS, METHOD_FIELDS, preset
+
+    assert preset("paper") == InversionConfig()
+    assert set(BUDGET_FIELDS) | set(METHOD_FIELDS) == {f.name for f in dataclasses.fields(InversionConfig)}
+    model = InversionConfig(steps=50, learning_rate=1e-2, tc_reduction="sum", use_clip_loss=False, edit_strength=2.0)
+    paper = preset("paper", model)
+    assert (paper.steps, paper.learning_rate) == (50, 1e-2), "the model's budget is kept"
+    assert (paper.tc_reduction, paper.use_clip_loss, paper.edit_strength) == ("mean", True, 1.0)
+    with pytest.raises(DiffinvError, match="unknown preset"):
+        preset("best")

@@ -5,6 +5,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import diffinv.backbone
 import diffinv.inversion
@@ -532,3 +533,47 @@ def test_fitting_is_seeded_with_a_cpu_generator_whatever_the_device(di, pair, mo
     (generator,) = seen
     assert generator.device.type == "cpu" and generator.initial_seed() == 11
     assert tokens.n_tokens == fast_config().n_tokens
+
+
+def test_in_context_features_equal_the_text_with_those_words(backbone, clip):
+    """A slot holding the embedding of a word is the prompt with that word written out."""
+    from diffinv.text_slots import slot_token_ids
+
+    word = clip.tokenizer("blue", add_special_tokens=False).input_ids
+    ids, mask = slot_token_ids(clip.tokenizer, [CAPTION_A], len(word), clip.text_model.config.max_position_embeddings)
+    values = clip.vocabulary.detach()[torch.tensor(word)].unsqueeze(0)
+    with torch.no_grad():
+        slotted = clip.prompt_slot_features(ids, mask, values)
+    assert torch.allclose(slotted, clip.text_features([CAPTION_A + " blue"]), atol=1e-5)
+
+
+def test_in_context_clip_loss_is_per_pair_and_matches_its_definition(backbone, clip):
+    from diffinv.inversion import PreparedPair, clip_loss, prompt_context
+
+    torch.manual_seed(0)
+    pairs = [
+        PreparedPair(CAPTION_A, CAPTION_A_PRIME, CAPTION_A, CAPTION_A_PRIME, torch.randn(32), torch.zeros(2, 4, 4, 4)),
+        PreparedPair(
+            "a red square",
+            "a big red square",
+            "a red square",
+            "a big red square",
+            torch.randn(32),
+            torch.zeros(2, 4, 4, 4),
+        ),
+    ]
+    diff = torch.randn(2, 3, backbone.token_width) * 0.1
+    targets = torch.stack([p.target_delta for p in pairs])
+    batched = clip_loss(clip, diff, targets, "in-context", prompt_context(clip, pairs, 3))
+    for k, pair in enumerate(pairs):
+        context = prompt_context(clip, [pair], 3)
+        solo = clip_loss(clip, diff[k : k + 1], targets[k : k + 1], "in-context", context)
+        assert torch.allclose(batched[k], solo[0], atol=1e-5)
+        plus = clip.prompt_slot_features(context.ids[:1], context.slot_mask[:1], diff[k : k + 1])
+        minus = clip.prompt_slot_features(context.ids[1:], context.slot_mask[1:], -diff[k : k + 1])
+        by_hand = (
+            2
+            - F.cosine_similarity(plus - clip.text_features([pair.prompt_a]), targets[k : k + 1])
+            - F.cosine_similarity(minus - clip.text_features([pair.prompt_a_prime]), -targets[k : k + 1])
+        ) / 2
+        assert torch.allclose(solo, by_hand, atol=1e-5)

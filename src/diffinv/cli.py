@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import checks
 from .checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
-from .config import CLIP_LOSS_SPACES, INITS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig
+from .config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig, preset
 from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
 
 DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
@@ -137,6 +137,12 @@ def _add_flags(parser: argparse.ArgumentParser, flags, title: str) -> None:
 
 
 def _add_fit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a named method on the model's step budget; the flags below change it further "
+        "(paper: the paper's method; default: the model's)",
+    )
     _add_flags(parser, CONFIG_FLAGS, "Difference Inversion hyperparameters")
     group = parser.add_argument_group("fitting")
     group.add_argument(
@@ -368,7 +374,10 @@ def _fields(flags) -> list[str]:
 def _planned_config(args: argparse.Namespace, card, fields: list[str]) -> InversionConfig:
     """The model's defaults with the flags given, validated, and the resolution checked against
     the model's native size where the directory tells it."""
-    config = card.default_config().replace(**_given(args, fields))
+    config = card.default_config()
+    if getattr(args, "preset", None):
+        config = preset(args.preset, config)
+    config = config.replace(**_given(args, fields))
     checks.check_resolution(config.resolution, card.native_resolution())
     return config
 

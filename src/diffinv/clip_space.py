@@ -106,6 +106,14 @@ class ClipSpace:
             output = self.model.get_text_features(input_ids=ids)
         return F.normalize(output.pooler_output.float(), dim=-1)
 
+    def prompt_slot_features(self, ids: torch.Tensor, slot_mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Features of tokenized prompts `ids` (B, L) whose `slot_mask` (B, L) positions hold
+        `values` (B, n, d) (see `text_slots.slot_token_ids`); differentiable in `values`.
+        Returns (B, D), normalised. Used by the "in-context" CLIP loss."""
+        with replaced_token_embeddings(self.text_model, slot_mask.to(self.device), values):
+            output = self.model.get_text_features(input_ids=ids.to(self.device))
+        return F.normalize(output.pooler_output.float(), dim=-1)
+
 
 def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """E(after) − E(before) of normalised features, (D,) from two (D,) or (1, D)."""

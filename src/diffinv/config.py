@@ -17,7 +17,7 @@ from .errors import DiffinvError
 
 INITS = ("zeros", "random")
 TC_REDUCTIONS = ("mean", "sum")
-CLIP_LOSS_SPACES = ("text-tower", "token-mean")
+CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
 SAMPLING_MODES = ("img2img", "noise", "inversion")
 
@@ -42,6 +42,9 @@ class InversionConfig:
             (as VISII does for its instruction); works for every backbone.
             "token-mean": cosine between the mean of the DIFF token embeddings and the delta;
             only defined where token width equals the joint width (SD 1.x / 2.x with their CLIP).
+            "in-context" (beyond the paper): the change D̃ makes to CLIP's text feature of a
+            prompt, {prompt_A, +D̃} − prompt_A along D_inter and {prompt_A′, −D̃} − prompt_A′
+            along −D_inter (see `inversion.clip_loss`).
             Default text-tower by measurement: token-mean learned nothing usable in the shapes
             world (docs/results.md §4).
         hard_tokens: project D̃ onto the nearest vocabulary embeddings in every forward pass
@@ -220,3 +223,39 @@ class InversionConfig:
         values = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# Fields that size a run to its model — step counts, learning rates, where prompts come from,
+# guidance, resolution — rather than choose the method. A model's descriptor (diffinv.json) may
+# change them; a preset leaves them to the model.
+BUDGET_FIELDS = (
+    "steps",
+    "learning_rate",
+    "prompt_source",
+    "pez_prompt_len",
+    "pez_steps",
+    "pez_lr",
+    "pez_weight_decay",
+    "resolution",
+    "sampling_steps",
+    "guidance_scale",
+)
+METHOD_FIELDS = tuple(f.name for f in fields(InversionConfig) if f.name not in BUDGET_FIELDS)
+
+# Named presets: the method fields they set. "paper" sets every method field to the paper's value
+# (or, where the paper is silent, to the value this project kept for the paper's method).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {name: getattr(InversionConfig(), name) for name in METHOD_FIELDS},
+}
+
+
+def preset(name: str, base: InversionConfig | None = None) -> InversionConfig:
+    """`base` (default: the paper's configuration) with the method of preset `name`.
+
+    The budget fields (`BUDGET_FIELDS`) stay `base`'s, so a preset runs at the model's own step
+    counts. On a Stable Diffusion model, whose defaults are the paper's, `preset("paper")` is
+    exactly `InversionConfig()`.
+    """
+    if name not in PRESETS:
+        raise DiffinvError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return (base or InversionConfig()).replace(**PRESETS[name])

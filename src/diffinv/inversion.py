@@ -29,6 +29,7 @@ from .clip_space import ClipSpace, delta, slerp
 from .config import InversionConfig
 from .errors import DiffinvError, DiffinvWarning
 from .pez import TokenTable, invert_prompts, random_token_ids
+from .text_slots import slot_token_ids
 
 
 @dataclass
@@ -234,9 +235,43 @@ def token_consistency_loss(
 
 
 # ⑦ ---------------------------------------------------------------------------------------
-def clip_loss(clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, space: str) -> torch.Tensor:
+@dataclass
+class PromptContext:
+    """What the "in-context" CLIP loss needs of K pairs, computed once before the loop: the CLIP
+    tokenization of prompt_A and prompt_A′ of each pair followed by n slots (2K, L), and the
+    features of the two prompts alone (2K, D)."""
+
+    ids: torch.Tensor
+    slot_mask: torch.Tensor
+    plain: torch.Tensor
+
+
+def prompt_context(clip: ClipSpace, pairs: list[PreparedPair], n_tokens: int) -> PromptContext:
+    prompts = [prompt for p in pairs for prompt in (p.prompt_a, p.prompt_a_prime)]
+    length = clip.text_model.config.max_position_embeddings
+    ids, slot_mask = slot_token_ids(clip.tokenizer, prompts, n_tokens, length)
+    return PromptContext(ids.to(clip.device), slot_mask.to(clip.device), clip.text_features(prompts))
+
+
+def clip_loss(
+    clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, space: str, context: PromptContext | None = None
+) -> torch.Tensor:
     """L_clip (eq. 6) of K pairs (K,): cosine distance between D̃_k (K, n, d), brought into CLIP's
-    joint space, and D_inter of pair k (K, D)."""
+    joint space, and D_inter of pair k (K, D).
+
+    "text-tower": D̃ alone, "<bos> D̃ <eos>", through CLIP's text tower. "token-mean": the mean
+    token. "in-context" (beyond the paper): what D̃ changes in a prompt — the feature of
+    {prompt_A, +D̃} minus that of prompt_A should point along D_inter, and {prompt_A′, −D̃} minus
+    prompt_A′ along −D_inter (the mean of the two distances). Content of A that D̃ carries along
+    changes nothing in A's prompt, but its negation moves A′'s prompt away from the direction,
+    so the loss pushes it out — the text-space counterpart of the token consistency loss.
+    """
+    if space == "in-context":
+        signed = torch.stack([diff, -diff], dim=1).flatten(0, 1)  # (2K, n, d): +D̃_k for prompt_A, −D̃_k for A′
+        moved = clip.prompt_slot_features(context.ids, context.slot_mask, signed) - context.plain
+        targets = torch.stack([target_delta, -target_delta], dim=1).flatten(0, 1)  # (2K, D)
+        distances = 1 - F.cosine_similarity(moved.float(), targets.float(), dim=-1)
+        return distances.view(-1, 2).mean(dim=1)
     features = clip.slot_features(diff) if space == "text-tower" else diff.mean(dim=1)  # else "token-mean"
     return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=-1)
 
@@ -252,7 +287,7 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
     by about √2, and one mismatched row in the sample by ≥ 0.2.
     """
     clip_table, model_table = clip.vocabulary, backbone.vocabulary
-    if config.use_clip_loss and config.clip_loss_space == "text-tower":
+    if config.use_clip_loss and config.clip_loss_space in ("text-tower", "in-context"):
         use_matching_clip = "use the CLIP that matches the model (--clip-model)"
         if clip_table.shape[1] != model_table.shape[1]:
             raise DiffinvError(
@@ -314,6 +349,7 @@ def fit_diff_tokens(
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
+    context = prompt_context(clip, pairs, config.n_tokens) if config.clip_loss_space == "in-context" else None
     zero = torch.zeros(len(pairs), device=backbone.device)
     history, report_every = [], max(1, config.steps // 25)  # the bar's losses sync the host: ~25 times a run
 
@@ -327,7 +363,7 @@ def fit_diff_tokens(
                 backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction
             )
         if config.use_clip_loss:
-            loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space)
+            loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space, context)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
 
         optimizer.zero_grad(set_to_none=True)

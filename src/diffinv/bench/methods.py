@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..config import InversionConfig
+from ..config import PRESETS, InversionConfig
 from ..errors import DiffinvError
 
 REFERENCES = ("copy-b", "oracle-caption")
 
 VARIANTS: dict[str, dict] = {
     "difference-inversion": {},
+    # the named presets of config.PRESETS: their method on the model's budget
+    **PRESETS,
     # the ablations of Fig. 5
     "no-token-consistency": {"use_token_consistency": False},
     "image-delta-only": {"alpha": 0.0},
