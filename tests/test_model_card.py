@@ -31,7 +31,8 @@ def test_the_bundled_world_is_a_directory_with_a_descriptor():
     card = model_card("shapes")
     assert card.directory == BUNDLED["shapes"] and card.has_descriptor and card.name == "shapes"
     config = card.default_config()
-    assert (config.steps, config.prompt_source, config.n_tokens) == (50, "caption", InversionConfig().n_tokens)
+    assert (config.steps, config.prompt_source, config.n_tokens) == (200, "caption", InversionConfig().n_tokens)
+    assert (config.clip_loss_space, config.tc_reduction) == ("in-context", "sum")
     assert len(card.caption_candidates()) == 240
     assert card.native_resolution() == 32
     assert card.bench["classifier"] == "classifier" and card.path("classifier").is_dir()

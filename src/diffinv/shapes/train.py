@@ -52,13 +52,21 @@ from .world import (
 TEXT_LENGTH = 32  # tokens: longest caption (16) + up to 14 DIFF tokens + <bos>/<eos>
 WIDTH = 64  # text/token width = CLIP joint width, as in SD (token 768 = ViT-L joint 768)
 
-# The world's diffinv.json (see diffinv.model_card): defaults tuned for speed here (docs/shapes.md),
-# captions by exact CLIP retrieval among the world's canonical captions (so PEZ is not needed),
-# and what `diffinv bench` uses by default on this world.
+# The world's diffinv.json (see diffinv.model_card): step budget tuned for this world (docs/shapes.md),
+# the "in-context" method (chosen by measurement, docs/results.md §6), captions by exact CLIP
+# retrieval among the world's canonical captions (so PEZ is not needed), and what `diffinv bench`
+# uses by default on this world.
 DESCRIPTOR = dict(
     name="shapes",
     config=dict(
-        prompt_source="caption", steps=50, learning_rate=1e-2, sampling_steps=20, guidance_scale=4.0, strength=0.8
+        prompt_source="caption",
+        steps=200,
+        learning_rate=1e-2,
+        sampling_steps=20,
+        guidance_scale=4.0,
+        strength=0.8,
+        clip_loss_space="in-context",
+        tc_reduction="sum",
     ),
     captioner={"kind": "clip-retrieval", "captions": "captions.txt"},
     bench={"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
