@@ -654,3 +654,20 @@ def test_analogy_with_candidates_keeps_one_of_them(capsys, tmp_path, image_files
     assert code == 0, err
     assert seen == [2]
     assert (tmp_path / "out.png").is_file()
+
+
+def test_bench_report_from_the_command_line_never_imports_torch(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"dataset": {"name": "folder"}, "model": "m", "methods": ["copy-b"]}')
+    (run_dir / "results.jsonl").write_text(
+        '{"method": "copy-b", "id": "t0", "index": 0, "seconds": 0.0, "grid": "grids/copy-b/t0.png"}\n'
+    )
+    probe = (
+        "import sys; from diffinv.cli import main; "
+        f"code = main(['bench', 'report', {str(run_dir)!r}, '--baseline', 'copy-b']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "0 False", result.stdout + result.stderr
+    assert (run_dir / "summary.md").is_file()
