@@ -34,6 +34,11 @@ def check_resolution(resolution: int | None, native: int | None) -> None:
         )
 
 
+def hub_offline() -> bool:
+    """Whether the user asked for no network (`HF_HUB_OFFLINE=1`, as the hub libraries read it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def check_device(device: str | None) -> None:
     if device is not None and not DEVICE_PATTERN.match(device):
         raise DiffinvError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")

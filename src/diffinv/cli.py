@@ -405,7 +405,7 @@ def _caption_lines(args: argparse.Namespace) -> list[str] | None:
 def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> None:
     """Say now, not after minutes of retries, that a model is neither local nor cached while
     offline; say once that BLIP-2 is about to be downloaded and how to avoid it."""
-    offline = args.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = args.offline or checks.hub_offline()
     hub_model = card.directory is None
     blip2 = needs_captioner and card.captioner.get("kind") == "blip2" and not args.captions_from
     if not (hub_model or blip2):

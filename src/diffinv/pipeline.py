@@ -15,7 +15,7 @@ from PIL import Image
 
 from .backbone import StableDiffusionBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
-from .checks import check_device, check_resolution
+from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
 from .config import InversionConfig
 from .errors import DiffinvError
@@ -45,11 +45,6 @@ def as_rgb(image: ImageInput) -> Image.Image:
     if isinstance(image, Image.Image):
         return check_usable(to_rgb(image))
     return check_usable(load_image(image), str(image))
-
-
-def hub_offline() -> bool:
-    """Whether the user asked for no network (`HF_HUB_OFFLINE=1`, as the hub libraries read it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _loaded(name: str, offline: bool, load):
