@@ -403,6 +403,13 @@ def analogy_argv(image_files, output, *extra):
     return ["analogy", image_files["a"], image_files["a_prime"], image_files["b"], "-o", output, *extra]
 
 
+def fast_analogy_argv(image_files, output, *extra):
+    """An analogy of one step and two sampling steps, with every caption and prompt given."""
+    captions = ["--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME, "--prompt", PROMPT_B]
+    fast = ["--steps", "1", "--sampling-steps", "2", "--prompt-source", "caption"]
+    return analogy_argv(image_files, output, *captions, *fast, *extra)
+
+
 @pytest.mark.parametrize("companion", ["out.png", "out-grid.png", "out.safetensors"])
 def test_analogy_refuses_to_overwrite_any_of_its_outputs(
     capsys, tmp_path, image_files, model_args, no_model_loading, companion
@@ -503,23 +510,7 @@ def test_an_interrupted_write_leaves_nothing(capsys, tmp_path, image_files, mode
         raise KeyboardInterrupt
 
     monkeypatch.setattr(DiffTokens, "save", interrupted)
-    argv = analogy_argv(
-        image_files,
-        tmp_path / "out.png",
-        *model_args,
-        "--steps",
-        "1",
-        "--sampling-steps",
-        "2",
-        "--caption-a",
-        CAPTION_A,
-        "--caption-a-prime",
-        CAPTION_A_PRIME,
-        "--prompt-source",
-        "caption",
-        "--prompt",
-        PROMPT_B,
-    )
+    argv = fast_analogy_argv(image_files, tmp_path / "out.png", *model_args)
     code, _, err = run(capsys, argv)
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
@@ -530,24 +521,7 @@ def test_overwrite_replaces_all_three_outputs(capsys, tmp_path, image_files, mod
     companions = [output, tmp_path / "out-grid.png", tmp_path / "out.safetensors"]
     for path in companions:
         path.write_bytes(b"old")
-    argv = analogy_argv(
-        image_files,
-        output,
-        *model_args,
-        "--overwrite",
-        "--steps",
-        "1",
-        "--sampling-steps",
-        "2",
-        "--caption-a",
-        CAPTION_A,
-        "--caption-a-prime",
-        CAPTION_A_PRIME,
-        "--prompt-source",
-        "caption",
-        "--prompt",
-        PROMPT_B,
-    )
+    argv = fast_analogy_argv(image_files, output, *model_args, "--overwrite")
     code, _, err = run(capsys, argv)
     assert code == 0, err
     assert all(path.read_bytes() != b"old" for path in companions)
