@@ -645,3 +645,20 @@ def test_bench_report_from_the_command_line_never_imports_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "0 False", result.stdout + result.stderr
     assert (run_dir / "summary.md").is_file()
+
+
+def test_an_unreachable_hub_is_reported_at_once_not_after_retries(
+    capsys, tmp_path, image_files, model_args, no_model_loading, monkeypatch
+):
+    """Online mode, BLIP-2 not cached, and no network: one line within seconds, before loading."""
+    from huggingface_hub import HfApi
+
+    def no_network(self, repo, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "model_info", no_network)
+    code, _, err = run(
+        capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"] + model_args
+    )
+    assert_one_line_error(code, err, "blip2", "cannot be reached", "--caption-a")

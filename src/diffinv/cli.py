@@ -1,4 +1,4 @@
-"""The `diffinv` command: fit, apply, analogy, defaults, shapes, bench.
+"""The `diffinv` command: fit, apply, analogy, export, defaults, shapes, bench.
 
 Every argument, every output path and every hyperparameter is checked before torch or a model
 loads; a problem prints one line on stderr and exits with status 2. Outputs never replace an
@@ -211,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("b", metavar="B", nargs="+", help="images to change")
     apply.add_argument("-o", "--output", required=True, help="output directory")
     apply.add_argument("--prompt", help="prompt_B for every B (default: PEZ or caption, as at fitting)")
+    apply.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        type=_weighted_file,
+        metavar="FILE[:WEIGHT]",
+        help="repeatable: add WEIGHT (default 1) × the DIFF tokens of FILE, D̃ = w·D̃(TOKENS) + Σ wᵢ·D̃(FILEᵢ); "
+        "every file needs the same number and width of tokens and the same model",
+    )
+    apply.add_argument(
+        "--weight", type=float, default=1.0, help="weight w of TOKENS when combined with --also (default 1)"
+    )
     _add_overwrite(apply)
     _add_common(apply)
     _add_flags(apply, SAMPLING_FLAGS, "drawing B′")
@@ -234,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(analogy)
     _add_fit_flags(analogy)
     _add_flags(analogy, SAMPLING_FLAGS, "drawing B′")
+
+    export = commands.add_parser(
+        "export",
+        help="write DIFF tokens for diffusers, AUTOMATIC1111 / ComfyUI, or as words",
+        description="Write the DIFF tokens of a token file in another tool's format (no model is loaded).",
+    )
+    export.add_argument("tokens", metavar="TOKENS", help="token file written by `diffinv fit`")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["diffusers", "a1111", "words"],
+        help="diffusers: for pipe.load_textual_inversion (.safetensors); a1111: emb_params for AUTOMATIC1111 and "
+        "ComfyUI (.safetensors); words: the words of hard tokens (.txt)",
+    )
+    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.add_argument(
+        "--token", default="<diff>", help="diffusers: the prompt word the tokens load as (default <diff>)"
+    )
+    _add_overwrite(export)
+    export.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     defaults = commands.add_parser(
         "defaults",
@@ -362,6 +394,23 @@ def _add_bench_parser(commands) -> None:
     report.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
+def _weighted_file(text: str) -> tuple[str, float]:
+    """argparse type of --also: FILE or FILE:WEIGHT (a FILE whose name ends in :something that is not a
+    number is taken whole)."""
+    path, separator, weight = text.rpartition(":")
+    if separator and path:
+        try:
+            value = float(weight)
+        except ValueError:
+            return text, 1.0
+        import math
+
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"the weight of {path} must be a finite number, got {weight}")
+        return path, value
+    return text, 1.0
+
+
 # --- checks before any model loads --------------------------------------------------------------------
 def _given(args: argparse.Namespace, fields: list[str]) -> dict:
     return {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
@@ -403,14 +452,16 @@ def _caption_lines(args: argparse.Namespace) -> list[str] | None:
 
 
 def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> None:
-    """Say now, not after minutes of retries, that a model is neither local nor cached while
-    offline; say once that BLIP-2 is about to be downloaded and how to avoid it."""
+    """Say now, not after minutes of retries, that a model must be downloaded but cannot be
+    (offline, or the hub unreachable); say once that BLIP-2 is about to be downloaded, and how to
+    do without it."""
     offline = args.offline or checks.hub_offline()
     hub_model = card.directory is None
     blip2 = needs_captioner and card.captioner.get("kind") == "blip2" and not args.captions_from
     if not (hub_model or blip2):
         return
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
 
     from .captioners import DEFAULT_BLIP2
 
@@ -420,16 +471,33 @@ def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> N
         except Exception:  # a malformed id is reported by the loader, with its own message
             return True
 
-    if hub_model and offline and not cached(card.source, "model_index.json"):
-        raise DiffinvError(
-            f"{card.source}: not a local directory and not in the hub cache, and offline mode is on "
-            "(--offline or HF_HUB_OFFLINE=1); give a local directory or download it once online"
-        )
+    def reachable(repo: str) -> bool:
+        try:
+            HfApi().model_info(repo, timeout=10)
+        except HfHubHTTPError:  # the hub answered (gated, missing…): the loader says what
+            return True
+        except Exception:  # no network, DNS, time-out: the download would retry for minutes
+            return False
+        return True
+
+    skip = "give --caption-a and --caption-a-prime (and --prompt for B), or --captions-from FILE"
+    if hub_model and not cached(card.source, "model_index.json"):
+        if offline:
+            raise DiffinvError(
+                f"{card.source}: not a local directory and not in the hub cache, and offline mode is on "
+                "(--offline or HF_HUB_OFFLINE=1); give a local directory or download it once online"
+            )
+        if not reachable(card.source):
+            raise DiffinvError(f"{card.source}: not in the hub cache, and the hub cannot be reached to download it")
     if blip2 and not cached(DEFAULT_BLIP2, "config.json"):
-        skip = "give --caption-a and --caption-a-prime (and --prompt for B), or --captions-from FILE"
         if offline:
             raise DiffinvError(
                 f"captions are needed but the captioner {DEFAULT_BLIP2} is not in the hub cache; {skip}"
+            )
+        if not reachable(DEFAULT_BLIP2):
+            raise DiffinvError(
+                f"captions are needed but the captioner {DEFAULT_BLIP2} is not in the hub cache and the hub "
+                f"cannot be reached; {skip}"
             )
         print(f"diffinv: downloading the captioner {DEFAULT_BLIP2} (about 15 GB); to skip it, {skip}", file=sys.stderr)
 
@@ -523,7 +591,8 @@ def run_apply(args: argparse.Namespace) -> None:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise DiffinvError(f"{out_dir}: exists and is not a directory")
-    outputs = Outputs([args.tokens, *args.b], args.overwrite)
+    also = [path for path, _ in args.also]
+    outputs = Outputs([args.tokens, *also, *args.b], args.overwrite)
     paths = [outputs.add(out_dir / name, (".png",), "B′ image") for name in _apply_names(args.b)]
     _check_images(*args.b)
     _caption_lines(args)  # a bad caption file is reported now
@@ -531,6 +600,11 @@ def run_apply(args: argparse.Namespace) -> None:
     from .tokens import DiffTokens
 
     tokens = DiffTokens.load(args.tokens)
+    if args.also or args.weight != 1:
+        from .export import combine
+
+        others = [DiffTokens.load(path) for path in also]
+        tokens = combine([tokens, *others], [args.weight, *(weight for _, weight in args.also)])
     config = tokens.config.replace(**sampling)
     if config.candidates > 1:
         # Scoring candidates needs A and A′, which a token file does not hold.
@@ -591,6 +665,27 @@ def run_analogy(args: argparse.Namespace) -> None:
     print(f"wrote {b_prime_path}, {grid_path} and {tokens_path}")
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from .export import FORMATS, check_token
+
+    check_token(args.token)
+    outputs = Outputs([args.tokens], args.overwrite)
+    path = outputs.add(args.output, (FORMATS[args.format],), f"{args.format} export")
+
+    from .export import export, words_text
+    from .tokens import DiffTokens
+
+    tokens = DiffTokens.load(args.tokens)
+    if args.format == "words":
+        words_text(tokens)  # soft tokens are refused before anything is written
+    with outputs.writing() as write:
+        write(path, lambda temporary: export(tokens, args.format, temporary, token=args.token))
+    if args.format == "diffusers":
+        print(f'wrote {path}  (pipe.load_textual_inversion("{path}", token="{args.token}"); prompt: "… {args.token}")')
+    else:
+        print(f"wrote {path}")
+
+
 def run_defaults(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -635,7 +730,7 @@ def run_bench(args: argparse.Namespace) -> None:
     bench_command(args, _load)
 
 
-COMMANDS = {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "defaults": run_defaults}
+COMMANDS = {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "export": run_export, "defaults": run_defaults}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

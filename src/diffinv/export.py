@@ -1,0 +1,116 @@
+"""DIFF tokens for other tools: diffusers, AUTOMATIC1111 / ComfyUI, or plain words.
+
+- `diffusers`: a safetensors file `{token: D̃ (n, d) float32}` that
+  `StableDiffusionPipeline.load_textual_inversion(path, token="<diff>")` loads; a multi-vector
+  embedding becomes the tokens `<diff>`, `<diff>_1`, …, `<diff>_{n-1}`, and the prompt word
+  `<diff>` expands to all n of them, so "prompt_B <diff>" is exactly diffinv's `<bos> prompt_B
+  <slot>×n <eos>`.
+- `a1111`: a safetensors file `{"emb_params": D̃ (n, d) float32}`, the embedding layout
+  AUTOMATIC1111's web UI and ComfyUI read for SD 1.x / 2.x (a single tensor of n vectors; the file
+  name is the prompt word there). diffusers also loads it, given `token=`.
+- `words`: the vocabulary words of hard DIFF tokens (fitted with `hard_tokens`), as plain text.
+
+The exported D̃ is the fitted one, unscaled: an `edit_strength` s ≠ 1 or `negative_diff` of the
+token file are sampling settings of diffinv that the other tools do not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import DiffinvError
+from .tokens import DiffTokens
+
+# format → the suffix its file must have
+FORMATS = {"diffusers": ".safetensors", "a1111": ".safetensors", "words": ".txt"}
+DEFAULT_TOKEN = "<diff>"
+A1111_KEY = "emb_params"
+
+
+def check_token(token: str) -> str:
+    """The prompt word of a diffusers export: non-empty, one word (no whitespace)."""
+    if not token or any(character.isspace() for character in token):
+        raise DiffinvError(f"--token must be one word without spaces, got {token!r}")
+    return token
+
+
+def _vectors(tokens: DiffTokens) -> torch.Tensor:
+    return tokens.embeddings.detach().float().cpu().contiguous()
+
+
+def _metadata(tokens: DiffTokens, layout: str) -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "exported_by": f"diffinv {__version__}",
+        "layout": layout,
+        "model_id": tokens.model_id,
+        "n_tokens": str(tokens.n_tokens),
+        "token_width": str(tokens.token_width),
+    }
+
+
+def diffusers_state_dict(tokens: DiffTokens, token: str = DEFAULT_TOKEN) -> dict[str, torch.Tensor]:
+    """`{token: D̃}` with D̃ (n, d) float32: diffusers' one-key textual-inversion layout."""
+    return {check_token(token): _vectors(tokens)}
+
+
+def a1111_state_dict(tokens: DiffTokens) -> dict[str, torch.Tensor]:
+    """`{"emb_params": D̃}` with D̃ (n, d) float32: AUTOMATIC1111's / ComfyUI's safetensors layout."""
+    return {A1111_KEY: _vectors(tokens)}
+
+
+def words_text(tokens: DiffTokens) -> str:
+    """The hard DIFF tokens' words, one line; `DiffinvError` for soft tokens, which have none."""
+    if not tokens.hard_text:
+        raise DiffinvError(
+            "these DIFF tokens are soft (free vectors), so they have no words; fit with --hard-tokens to get "
+            "words, or export them with --format diffusers or a1111"
+        )
+    return tokens.hard_text + "\n"
+
+
+def export(tokens: DiffTokens, format: str, path: str | os.PathLike, token: str = DEFAULT_TOKEN) -> None:
+    """Write `tokens` to `path` in `format` (one of `FORMATS`)."""
+    path = Path(path)
+    if format == "diffusers":
+        save_file(diffusers_state_dict(tokens, token), str(path), metadata=_metadata(tokens, "diffusers"))
+    elif format == "a1111":
+        save_file(a1111_state_dict(tokens), str(path), metadata=_metadata(tokens, "a1111"))
+    elif format == "words":
+        path.write_text(words_text(tokens), encoding="utf-8")
+    else:
+        raise DiffinvError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+
+
+def combine(tokens: list[DiffTokens], weights: list[float]) -> DiffTokens:
+    """D̃ = Σ wᵢ·D̃ᵢ over token files of the same shape (n, d) and model.
+
+    The result keeps the first file's config, prompts, captions and measurements; it has no hard
+    tokens (a weighted sum of vocabulary embeddings is no vocabulary embedding) and no loss history.
+    """
+    if not tokens or len(tokens) != len(weights):
+        raise DiffinvError(f"give one weight per DIFF-token file: {len(tokens)} files, {len(weights)} weights")
+    for weight in weights:
+        if not math.isfinite(weight):
+            raise DiffinvError(f"weights must be finite numbers, got {weight}")
+    first = tokens[0]
+    for index, other in enumerate(tokens[1:], start=1):
+        if other.embeddings.shape != first.embeddings.shape:
+            raise DiffinvError(
+                f"cannot combine DIFF tokens of shape {tuple(other.embeddings.shape)} (file {index + 1}) with "
+                f"{tuple(first.embeddings.shape)} (file 1): all files need the same number and width of tokens"
+            )
+        if other.model_id != first.model_id:
+            raise DiffinvError(
+                f"cannot combine DIFF tokens fitted on {other.model_id!r} (file {index + 1}) with tokens fitted "
+                f"on {first.model_id!r} (file 1)"
+            )
+    total = sum(weight * t.embeddings.float() for weight, t in zip(weights, tokens))
+    return dataclasses.replace(first, embeddings=total, hard_token_ids=None, hard_text="", history={})
