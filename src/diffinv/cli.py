@@ -1,4 +1,4 @@
-"""The `diffinv` command: fit, apply, analogy, export, defaults, shapes, bench.
+"""The `diffinv` command: fit, apply, analogy, export, defaults, shapes, bench, demo.
 
 Every argument, every output path and every hyperparameter is checked before torch or a model
 loads; a problem prints one line on stderr and exits with status 2. Outputs never replace an
@@ -292,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (check, train):
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    demo = commands.add_parser(
+        "demo",
+        help="serve a web page for analogies (Gradio; pip install 'diffinv[demo]')",
+        description="A Gradio page: upload A, A′ and B (or pick an example), draw B′, download the tokens. "
+        "Requests are queued and share one loaded model per model name. Not shared publicly.",
+    )
+    demo.add_argument(
+        "--model", default=DEFAULT_MODEL, help="the page's initial model: hub id, directory or 'shapes' (default)"
+    )
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
+    )
+    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.add_argument("--offline", action="store_true", help="never use the network (also: HF_HUB_OFFLINE=1)")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     _add_bench_parser(commands)
     return parser
@@ -722,6 +738,22 @@ def run_shapes(args: argparse.Namespace) -> None:
             raise DiffinvError("some shapes-world gates fail")
 
 
+def run_demo(args: argparse.Namespace) -> None:
+    if not 0 < args.port < 65536:
+        raise DiffinvError(f"--port must be between 1 and 65535, got {args.port}")
+    from .model_card import model_card
+
+    model_card(args.model)  # a bad directory is reported before the page starts
+    try:
+        import gradio  # noqa: F401  (imported here only: `diffinv --help` stays fast)
+    except ImportError:
+        raise DiffinvError("the demo needs gradio: pip install 'diffinv[demo]' (or pip install gradio)") from None
+    from .demo import launch
+
+    print(f"diffinv demo on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    launch(args.model, host=args.host, port=args.port)
+
+
 def run_bench(args: argparse.Namespace) -> None:
     from .bench.command import bench_command
 
@@ -730,7 +762,14 @@ def run_bench(args: argparse.Namespace) -> None:
     bench_command(args, _load)
 
 
-COMMANDS = {"fit": run_fit, "apply": run_apply, "analogy": run_analogy, "export": run_export, "defaults": run_defaults}
+COMMANDS = {
+    "fit": run_fit,
+    "apply": run_apply,
+    "analogy": run_analogy,
+    "export": run_export,
+    "defaults": run_defaults,
+    "demo": run_demo,
+}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,0 +1,230 @@
+"""`diffinv demo`: a Gradio web page for one analogy A : A′ :: B : B′ at a time.
+
+The page uploads A, A′ and B (or takes one of the triplets in `examples/`), draws B′ with the
+public `DifferenceInversion` API and offers B′, the grid A | A′ | B | B′, the token file and its
+diffusers export. Requests wait in Gradio's queue and run one at a time on models that are loaded
+once per model name and shared by every visitor.
+
+`run_analogy` is the page's work without Gradio (tested on its own); gradio is imported only by
+`build_demo` and `launch`, so the rest of diffinv never needs it (`pip install "diffinv[demo]"`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import DiffinvError
+
+DEFAULT_MODEL = "shapes"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"  # a source checkout's examples/
+TRIPLET = ("a.png", "a_prime.png", "b.png")
+EXPORT_TOKEN = "<diff>"
+DISPLAY_HEIGHT = 256  # smaller B′ are shown enlarged (the token file and grid are unchanged)
+
+# progress(fraction, desc): gr.Progress in the page, None elsewhere.
+Progress = Callable[..., object] | None
+
+
+class ModelCache:
+    """One `DifferenceInversion` per model name, loaded on first use and then shared."""
+
+    def __init__(self, load: Callable[[str], object] | None = None):
+        self._load = load or _load_model
+        self._models: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        name = (name or "").strip() or DEFAULT_MODEL
+        with self._lock:  # two first requests for one model load it once
+            if name not in self._models:
+                self._models[name] = self._load(name)
+            return self._models[name]
+
+
+def _load_model(name: str):
+    import torch
+
+    from .model_card import model_card
+    from .pipeline import DifferenceInversion
+
+    model_card(name)  # a bad directory or descriptor: a DiffinvError before anything loads
+    torch.set_flush_denormal(True)
+    try:
+        return DifferenceInversion.from_pretrained(name)
+    except DiffinvError:
+        raise
+    except Exception as error:  # a missing hub id, no network, a damaged download: one readable line
+        first_line = (str(error).splitlines() or [""])[0]
+        raise DiffinvError(f"could not load model {name!r}: {type(error).__name__}: {first_line}") from error
+
+
+@dataclass
+class DemoResult:
+    b_prime: Image.Image
+    grid: Image.Image
+    tokens_path: Path
+    export_path: Path
+    message: str
+
+
+def _image(value, name: str) -> Image.Image:
+    if value is None:
+        raise DiffinvError(f"missing image: upload {name} (or pick an example)")
+    if isinstance(value, (str, Path)):
+        from .images import load_image
+
+        return load_image(value)
+    if not isinstance(value, Image.Image):
+        raise DiffinvError(f"{name}: not an image")
+    return value
+
+
+def run_analogy(
+    a,
+    a_prime,
+    b,
+    model: str = DEFAULT_MODEL,
+    steps: int | None = None,
+    seed: int = 0,
+    edit_strength: float = 1.0,
+    *,
+    cache: ModelCache,
+    out_dir: str | Path | None = None,
+    progress: Progress = None,
+) -> DemoResult:
+    """Fit DIFF tokens on (A, A′) and draw B′; write the token file and its diffusers export.
+
+    a, a_prime, b: PIL images or paths (None: a DiffinvError naming the missing one). steps:
+    optimisation steps (None: the model's default). Bad input raises DiffinvError.
+    """
+    from .export import export
+    from .grid import image_grid
+    from .pipeline import as_rgb
+
+    images = [_image(a, "A"), _image(a_prime, "A′"), _image(b, "B")]
+    seed = int(seed)
+    if seed < 0:
+        raise DiffinvError(f"seed must be ≥ 0, got {seed}")
+    report = progress or (lambda *args, **kwargs: None)
+    report(0.0, desc="loading model…")
+    di = cache.get(model)
+    changes = {"edit_strength": float(edit_strength)}
+    if steps is not None:
+        changes["steps"] = int(steps)
+    config = di.default_config.replace(**changes)  # bad values: DiffinvError
+
+    # fit, then apply: the same B′ and tokens as `analogy`, with a stage for each.
+    report(0.05, desc="fitting…")
+    bars = progress is not None  # tqdm bars, which gr.Progress(track_tqdm=True) shows in the page
+    tokens = di.fit(images[0], images[1], config, seed=seed, progress=bars)
+    report(0.7, desc="drawing…")
+    b_prime = di.apply(tokens, images[2], config=config, seed=seed, reference=(images[0], images[1]), progress=bars)
+    report(0.95, desc="writing files…")
+    grid = image_grid([*(as_rgb(image) for image in images), b_prime], ["A", "A'", "B", "B'"])
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="diffinv-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    tokens_path = out / "diff_tokens.safetensors"
+    export_path = out / "diff_tokens-diffusers.safetensors"
+    tokens.save(tokens_path)
+    export(tokens, "diffusers", export_path, token=EXPORT_TOKEN)
+    message = (
+        f"Done: model {tokens.model_id or model}, {config.steps} steps, seed {seed}, edit strength "
+        f"{config.edit_strength:g}. prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r}. "
+        f'diffusers: `pipe.load_textual_inversion(file, token="{EXPORT_TOKEN}")`'
+    )
+    return DemoResult(b_prime, grid, tokens_path, export_path, message)
+
+
+def example_triplets(examples_dir: str | Path | None = None) -> list[list[str]]:
+    """[A, A′, B] paths of every family folder in examples/ that holds a whole triplet."""
+    root = Path(examples_dir) if examples_dir is not None else EXAMPLES_DIR
+    if not root.is_dir():
+        return []
+    rows = []
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        paths = [folder / name for name in TRIPLET]
+        if all(path.is_file() for path in paths):
+            rows.append([str(path) for path in paths])
+    return rows
+
+
+def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, examples_dir: str | Path | None = None):
+    """The gr.Blocks page (not launched)."""
+    import gradio as gr
+
+    from .model_card import model_card
+
+    cache = cache or ModelCache()
+    defaults = model_card(model).default_config()
+
+    def work(a, a_prime, b, model_name, steps, seed, edit_strength, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio idiom)
+        try:
+            result = run_analogy(a, a_prime, b, model_name, steps, seed, edit_strength, cache=cache, progress=progress)
+        except DiffinvError as error:
+            raise gr.Error(str(error)) from None
+        except Exception as error:  # never a traceback in the page
+            first_line = (str(error).splitlines() or [""])[0]
+            raise gr.Error(f"unexpected error: {type(error).__name__}: {first_line}") from None
+        shown = result.b_prime
+        if shown.height < DISPLAY_HEIGHT:  # the shapes world's 32² pictures: enlarged with hard pixels to be seen
+            scale = -(-DISPLAY_HEIGHT // shown.height)
+            shown = shown.resize((shown.width * scale, shown.height * scale), Image.Resampling.NEAREST)
+        return shown, result.grid, str(result.tokens_path), str(result.export_path), result.message
+
+    with gr.Blocks(title="diffinv: image analogies") as demo:
+        gr.Markdown(
+            "# diffinv — Difference Inversion\n"
+            "Upload **A**, **A′** (A after some change) and **B**, or pick an example; diffinv learns "
+            "the change A → A′ as DIFF tokens and draws **B′** so that A : A′ :: B : B′."
+        )
+        with gr.Row():
+            a = gr.Image(type="pil", label="A", elem_id="input-a", height=200)
+            a_prime = gr.Image(type="pil", label="A′", elem_id="input-a-prime", height=200)
+            b = gr.Image(type="pil", label="B", elem_id="input-b", height=200)
+        triplets = example_triplets(examples_dir)
+        if triplets:
+            gr.Examples(examples=triplets, inputs=[a, a_prime, b], label="Examples (examples/<family>/)")
+        with gr.Row():
+            model_box = gr.Textbox(
+                value=model, label="model", info="'shapes' (bundled, offline) or a Stable Diffusion hub id / directory"
+            )
+            steps = gr.Slider(
+                1, max(1000, defaults.steps), value=defaults.steps, step=1, label="steps", elem_id="steps"
+            )
+            seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+            edit_strength = gr.Slider(0.0, 3.0, value=defaults.edit_strength, step=0.05, label="edit strength")
+        run = gr.Button("Draw B′", variant="primary", elem_id="run")
+        with gr.Row():
+            b_prime = gr.Image(
+                type="pil",
+                label="B′ (small images shown enlarged)",
+                format="png",
+                interactive=False,
+                elem_id="output-b-prime",
+            )
+            grid = gr.Image(type="pil", label="A | A′ | B | B′", format="png", interactive=False, elem_id="grid")
+        with gr.Row():
+            tokens_file = gr.File(label="token file (.safetensors)", elem_id="tokens-file")
+            export_file = gr.File(label="diffusers export (.safetensors)", elem_id="export-file")
+        message = gr.Markdown(elem_id="message")
+        run.click(
+            work,
+            inputs=[a, a_prime, b, model_box, steps, seed, edit_strength],
+            outputs=[b_prime, grid, tokens_file, export_file, message],
+        )
+    return demo
+
+
+def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+    """Build the page, queue its requests (one analogy at a time on the shared models) and serve it."""
+    demo = build_demo(model)
+    demo.queue(default_concurrency_limit=1)
+    allowed = [str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
+    return demo.launch(server_name=host, server_port=port, share=False, allowed_paths=allowed, **kwargs)
