@@ -368,7 +368,8 @@ def _add_bench_parser(commands) -> None:
             "repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, "
             "image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, "
             "clip-loss-token-mean, hard-tokens, sample-from-noise, edit-strength=0.5|1.5|2, negative-diff, inversion, "
-            "candidates=4), NAME:field=value,…, or a preset (fig5, n-sweep, alpha-sweep, open-choices, keep-b). "
+            "candidates=4), a named method (paper, in-context), NAME:field=value,…, or a set (fig5, n-sweep, "
+            "alpha-sweep, open-choices, keep-b). "
             "Default: difference-inversion and copy-b (+ oracle-caption on shapes)"
         ),
     )
