@@ -409,6 +409,30 @@ def _add_bench_parser(commands) -> None:
         help="method the paired differences are taken against (default difference-inversion)",
     )
     report.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    judge = bench_commands.add_parser(
+        "judge",
+        help="VLM judge: win rate of one method's B′ over another's (two options, both orders)",
+        description=(
+            "Show a judge A, A′, B and the B′ of two methods, in both orders, and report the win rate of --method "
+            "over --against (a win needs both orders; ties count half); see docs/bench.md."
+        ),
+    )
+    judge.add_argument("run_dir", metavar="RUN_DIR")
+    judge.add_argument("--against", required=True, metavar="METHOD", help="the method compared against")
+    judge.add_argument(
+        "--method", default="difference-inversion", metavar="METHOD", help="default difference-inversion"
+    )
+    judge.add_argument(
+        "--judge",
+        required=True,
+        metavar="MODEL|truth",
+        help="a transformers image-text-to-text model (hub id or directory), or truth (shapes: the ground truth)",
+    )
+    judge.add_argument("--device", help="device of the judge model (default cuda when present, else cpu)")
+    judge.add_argument("--seed", type=int, default=0, help="seeds the random order of the candidates (default 0)")
+    judge.add_argument("--data", help="a folder dataset to take A, A′ and B from (default: cut from the run's grids)")
+    judge.add_argument("--quiet", action="store_true", help="no line per triplet")
+    judge.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
 def _weighted_file(text: str) -> tuple[str, float]:
@@ -756,6 +780,11 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
+    if args.bench_command == "judge":
+        from .bench.judge import judge_command  # checks the run before any model loads
+
+        judge_command(args)
+        return
     from .bench.command import bench_command
 
     if args.bench_command == "run":
