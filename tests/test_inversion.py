@@ -569,8 +569,8 @@ def test_in_context_clip_loss_is_per_pair_and_matches_its_definition(backbone, c
         context = prompt_context(clip, [pair], 3)
         solo = clip_loss(clip, diff[k : k + 1], targets[k : k + 1], "in-context", context)
         assert torch.allclose(batched[k], solo[0], atol=1e-5)
-        plus = clip.prompt_slot_features(context.ids[:1], context.slot_mask[:1], diff[k : k + 1])
-        minus = clip.prompt_slot_features(context.ids[1:], context.slot_mask[1:], -diff[k : k + 1])
+        plus = clip.prompt_slot_features(context.ids[1:], context.slot_mask[1:], diff[k : k + 1])  # prompt_A
+        minus = clip.prompt_slot_features(context.ids[:1], context.slot_mask[:1], -diff[k : k + 1])  # prompt_A′
         by_hand = (
             2
             - F.cosine_similarity(plus - clip.text_features([pair.prompt_a]), targets[k : k + 1])

@@ -540,7 +540,7 @@ def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> N
                 f"captions are needed but the captioner {DEFAULT_BLIP2} is not in the hub cache and the hub "
                 f"cannot be reached; {skip}"
             )
-        print(f"diffinv: downloading the captioner {DEFAULT_BLIP2} (about 15 GB); to skip it, {skip}", file=sys.stderr)
+        print(f"diffinv: downloading the captioner {DEFAULT_BLIP2} (several GB); to skip it, {skip}", file=sys.stderr)
 
 
 def _needs_fit_captions(config: InversionConfig, captions) -> bool:

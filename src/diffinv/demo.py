@@ -50,10 +50,8 @@ class ModelCache:
 def _load_model(name: str):
     import torch
 
-    from .model_card import model_card
     from .pipeline import DifferenceInversion
 
-    model_card(name)  # a bad directory or descriptor: a DiffinvError before anything loads
     torch.set_flush_denormal(True)
     try:
         return DifferenceInversion.from_pretrained(name)

@@ -203,7 +203,7 @@ def noised_pair(
 
 # ⑥ ---------------------------------------------------------------------------------------
 def signed_pair(diff: torch.Tensor) -> torch.Tensor:
-    """(2K, n, d) from D̃ (K, n, d): rows −D̃_k ("before") and +D̃_k ("after") for each pair k."""
+    """(2K, …) from (K, …), e.g. D̃ (K, n, d): rows −D̃_k ("before") and +D̃_k ("after") for each pair k."""
     return torch.stack([-diff, diff], dim=1).flatten(0, 1)
 
 
@@ -238,8 +238,8 @@ def token_consistency_loss(
 @dataclass
 class PromptContext:
     """What the "in-context" CLIP loss needs of K pairs, computed once before the loop: the CLIP
-    tokenization of prompt_A and prompt_A′ of each pair followed by n slots (2K, L), and the
-    features of the two prompts alone (2K, D)."""
+    tokenization of prompt_A′ and prompt_A of each pair (the order of L_tc's rows, see
+    `signed_pair`) followed by n slots (2K, L), and the features of the two prompts alone (2K, D)."""
 
     ids: torch.Tensor
     slot_mask: torch.Tensor
@@ -247,7 +247,7 @@ class PromptContext:
 
 
 def prompt_context(clip: ClipSpace, pairs: list[PreparedPair], n_tokens: int) -> PromptContext:
-    prompts = [prompt for p in pairs for prompt in (p.prompt_a, p.prompt_a_prime)]
+    prompts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
     length = clip.text_model.config.max_position_embeddings
     ids, slot_mask = slot_token_ids(clip.tokenizer, prompts, n_tokens, length)
     return PromptContext(ids.to(clip.device), slot_mask.to(clip.device), clip.text_features(prompts))
@@ -267,9 +267,9 @@ def clip_loss(
     so the loss pushes it out — the text-space counterpart of the token consistency loss.
     """
     if space == "in-context":
-        signed = torch.stack([diff, -diff], dim=1).flatten(0, 1)  # (2K, n, d): +D̃_k for prompt_A, −D̃_k for A′
-        moved = clip.prompt_slot_features(context.ids, context.slot_mask, signed) - context.plain
-        targets = torch.stack([target_delta, -target_delta], dim=1).flatten(0, 1)  # (2K, D)
+        # Rows as in L_tc: {prompt_A′, −D̃_k} should move along −D_inter, {prompt_A, +D̃_k} along +D_inter.
+        moved = clip.prompt_slot_features(context.ids, context.slot_mask, signed_pair(diff)) - context.plain
+        targets = signed_pair(target_delta)  # (2K, D)
         distances = 1 - F.cosine_similarity(moved.float(), targets.float(), dim=-1)
         return distances.view(-1, 2).mean(dim=1)
     features = clip.slot_features(diff) if space == "text-tower" else diff.mean(dim=1)  # else "token-mean"
@@ -349,7 +349,8 @@ def fit_diff_tokens(
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
-    context = prompt_context(clip, pairs, config.n_tokens) if config.clip_loss_space == "in-context" else None
+    in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
+    context = prompt_context(clip, pairs, config.n_tokens) if in_context else None
     zero = torch.zeros(len(pairs), device=backbone.device)
     history, report_every = [], max(1, config.steps // 25)  # the bar's losses sync the host: ~25 times a run
 

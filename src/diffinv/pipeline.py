@@ -407,12 +407,11 @@ class DifferenceInversion:
                 generator=torch.Generator().manual_seed(candidate_seed),
                 progress=progress,
                 negative_states=negative_states,
-                invert_states=null_states if config.sampling_mode == "inversion" else None,
+                invert_states=null_states,
             )
 
         if config.candidates == 1:
             return draw_one(seed)
-        _check_reference(config, reference)
         drawn = [draw_one(seed + i) for i in range(config.candidates)]
         scores = self.candidate_scores(reference, b, drawn, config)
         return drawn[int(torch.argmax(scores))]
