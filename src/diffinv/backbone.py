@@ -3,7 +3,9 @@
 Difference Inversion needs five things from a text-to-image model: encode a prompt with DIFF
 tokens at given positions, encode images to latents, noise latents, predict with the UNet (and
 know what the prediction should be: ε, v or x₀), and sample an image from a prompt embedding.
-SDXL, with its two text encoders, will be a second implementation of the same interface.
+SDXL, with its two text encoders, is a second implementation of the same interface
+(`backbone_xl.StableDiffusionXLBackbone`). Text states are opaque to the rest of diffinv: what
+`encode_prompt` returns, `predict` and `sample` take.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class StableDiffusionBackbone:
         pipe: the pipeline; its modules are frozen (`requires_grad_(False)`, eval mode).
         model_id: the hub id or directory it came from, recorded in token files.
     """
+
+    family = "sd"  # recorded in token files; tokens of one family cannot condition another
+    encoder_widths: tuple[int, ...] | None = None  # one text encoder: its width is `token_width`
 
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str):
         self.pipe = pipe
@@ -80,6 +85,21 @@ class StableDiffusionBackbone:
         return self.text_encoder.get_input_embeddings().weight
 
     @property
+    def vocab_size(self) -> int:
+        return self.text_encoder.get_input_embeddings().num_embeddings
+
+    @property
+    def clip_vocabulary(self) -> torch.Tensor:
+        """(V, d_clip) token embeddings of the text encoder that CLIP's text tower must match: the
+        CLIP loss sees the columns `clip_dims` of D̃ through that tower (here all of them)."""
+        return self.vocabulary
+
+    @property
+    def clip_dims(self) -> slice:
+        """The columns of a DIFF token (…, d) that go into CLIP's text tower."""
+        return slice(None)
+
+    @property
     def sequence_length(self) -> int:
         return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
 
@@ -120,6 +140,16 @@ class StableDiffusionBackbone:
         with replaced_token_embeddings(self.text_encoder, slot_mask, diff):
             return self.text_encoder(ids, attention_mask=attention_mask).last_hidden_state
 
+    def unconditional_states(self) -> torch.Tensor:
+        """The unconditional branch of classifier-free guidance as the pipeline makes it when no
+        negative prompt is given: the empty prompt's states (1, L, d)."""
+        return self.encode_plain([""])
+
+    @staticmethod
+    def stack_states(states: list[torch.Tensor]) -> torch.Tensor:
+        """Text states of several batches as one batch, in order."""
+        return torch.cat(states)
+
     def encode_plain(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder hidden states (B, L, d) of plain prompts, as the pipeline encodes them."""
         tokens = self.tokenizer(
@@ -145,6 +175,12 @@ class StableDiffusionBackbone:
         """
         latents = self.vae.encode(self.to_pixels(images)).latent_dist.mean
         return latents * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Images from scaled latents (B, C, h, w)."""
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(decoded, output_type="pil")
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q(z_t | z_0): the forward process at integer `timesteps` (B,)."""
@@ -255,27 +291,26 @@ class StableDiffusionBackbone:
         inverse.set_timesteps(steps)  # its step size: num_train_timesteps // steps, as DDIM's
         k = min(int(steps * strength), steps)
         timesteps = scheduler.timesteps[steps - k :]  # descending, as img2img's
-        latents = self.encode_images([image])
+        latents = self.encode_images([image]).to(self.dtype)
         invert_states = invert_states.to(self.dtype)
         guided = guidance_scale > 1
         states = text_states.to(self.dtype)
         if guided:
-            uncond = self.encode_plain([""]) if negative_states is None else negative_states
-            states = torch.cat([uncond.to(self.dtype), states])
+            uncond = self.unconditional_states() if negative_states is None else negative_states
+            states = self.stack_states([uncond.to(self.dtype), states])
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
         with self.pipe.progress_bar(total=2 * k) as bar:
             for t in timesteps.flip(0):
-                noise_pred = self.unet(latents, t, encoder_hidden_states=invert_states).sample
+                noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
                 bar.update()
             for t in timesteps:
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=states).sample
+                noise_pred = self.predict(model_input, t.expand(len(model_input)), states)
                 if guided:
                     uncond_pred, cond_pred = noise_pred.chunk(2)
                     noise_pred = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
                 latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
                 bar.update()
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+        return self.decode_latents(latents)[0]

@@ -76,8 +76,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="Stable Diffusion 1.x/2.x hub id or local directory, e.g. stabilityai/stable-diffusion-2-1; "
-        "'shapes' (default) is the bundled offline demo world",
+        help="Stable Diffusion 1.x/2.x or SDXL hub id or local directory, e.g. stabilityai/stable-diffusion-2-1 "
+        "or stabilityai/stable-diffusion-xl-base-1.0; 'shapes' (default) is the bundled offline demo world",
     )
     group.add_argument(
         "--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)"

@@ -2,7 +2,8 @@
 
 All deltas of one run must live in one space, so the CLIP used here should be the one whose
 text tower is the backbone's text encoder (SD 1.x: OpenAI ViT-L/14; SD 2.x: OpenCLIP ViT-H/14
-trained on LAION-2B). `default_clip_for` picks it from the token width.
+trained on LAION-2B; SDXL: OpenCLIP ViT-bigG/14, its encoder 2). `default_clip_for` picks it from
+the width of that text encoder's tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_CLIP_BY_TOKEN_WIDTH = {
     768: "openai/clip-vit-large-patch14",  # SD 1.x text encoder = this model's text tower
     1024: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # SD 2.x text encoder = its text tower
+    1280: "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",  # SDXL text encoder 2 = its text tower
 }
 
 

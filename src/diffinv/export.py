@@ -10,6 +10,18 @@
   name is the prompt word there). diffusers also loads it, given `token=`.
 - `words`: the vocabulary words of hard DIFF tokens (fitted with `hard_tokens`), as plain text.
 
+SDXL tokens (two text encoders, D̃ = [D̃_l | D̃_g], n × (768 + 1280)) have one layout for both
+`diffusers` and `a1111`: `{"clip_l": D̃_l (n, 768), "clip_g": D̃_g (n, 1280)}` float32, which
+AUTOMATIC1111 and ComfyUI read for SDXL and which diffusers loads one encoder at a time:
+
+    state = safetensors.torch.load_file(path)
+    pipe.load_textual_inversion(state["clip_l"], token="<diff>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(
+        state["clip_g"], token="<diff>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
+
+The prompt word is then chosen at load time (`token=`), not stored in the file.
+
 The exported D̃ is the fitted one, unscaled: an `edit_strength` s ≠ 1 or `negative_diff` of the
 token file are sampling settings of diffinv that the other tools do not have.
 """
@@ -31,6 +43,7 @@ from .tokens import DiffTokens
 FORMATS = {"diffusers": ".safetensors", "a1111": ".safetensors", "words": ".txt"}
 DEFAULT_TOKEN = "<diff>"
 A1111_KEY = "emb_params"
+XL_KEYS = ("clip_l", "clip_g")
 
 
 def check_token(token: str) -> str:
@@ -56,14 +69,25 @@ def _metadata(tokens: DiffTokens, layout: str) -> dict[str, str]:
     }
 
 
+def xl_state_dict(tokens: DiffTokens) -> dict[str, torch.Tensor]:
+    """`{"clip_l": D̃[:, :d₁], "clip_g": D̃[:, d₁:]}` float32 for SDXL tokens: encoder 1's (ViT-L) and
+    encoder 2's (ViT-bigG) columns, the SDXL embedding layout of AUTOMATIC1111 / ComfyUI."""
+    vectors = _vectors(tokens)
+    width_l = tokens.encoder_widths[0]
+    return {XL_KEYS[0]: vectors[:, :width_l].contiguous(), XL_KEYS[1]: vectors[:, width_l:].contiguous()}
+
+
 def diffusers_state_dict(tokens: DiffTokens, token: str = DEFAULT_TOKEN) -> dict[str, torch.Tensor]:
-    """`{token: D̃}` with D̃ (n, d) float32: diffusers' one-key textual-inversion layout."""
-    return {check_token(token): _vectors(tokens)}
+    """`{token: D̃}` with D̃ (n, d) float32: diffusers' one-key textual-inversion layout (SDXL:
+    `xl_state_dict`, loaded one encoder at a time)."""
+    check_token(token)
+    return xl_state_dict(tokens) if tokens.family == "sdxl" else {token: _vectors(tokens)}
 
 
 def a1111_state_dict(tokens: DiffTokens) -> dict[str, torch.Tensor]:
-    """`{"emb_params": D̃}` with D̃ (n, d) float32: AUTOMATIC1111's / ComfyUI's safetensors layout."""
-    return {A1111_KEY: _vectors(tokens)}
+    """`{"emb_params": D̃}` with D̃ (n, d) float32: AUTOMATIC1111's / ComfyUI's safetensors layout
+    (SDXL: `xl_state_dict`)."""
+    return xl_state_dict(tokens) if tokens.family == "sdxl" else {A1111_KEY: _vectors(tokens)}
 
 
 def words_text(tokens: DiffTokens) -> str:

@@ -172,10 +172,10 @@ def init_diff_tokens(
     if generator is not None and generator.device.type != "cpu":
         generator = torch.Generator().manual_seed(generator.initial_seed())
     shape = (count, config.n_tokens, backbone.token_width)
-    vocabulary = backbone.vocabulary.detach()
     if config.init == "random":
-        tokens = torch.randn(shape, generator=generator) * vocabulary.float().std().item()
+        tokens = torch.randn(shape, generator=generator) * backbone.vocabulary.detach().float().std().item()
     elif config.hard_tokens:
+        vocabulary = backbone.vocabulary.detach()
         ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], shape[:2], generator)
         tokens = vocabulary[ids.to(vocabulary.device)].float()
     else:
@@ -279,20 +279,21 @@ def clip_loss(
 def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
     """Refuse combinations whose spaces do not match, before any work is done.
 
-    The `text-tower` CLIP loss needs a CLIP whose text tower *is* the model's text encoder. Besides
+    The `text-tower` CLIP loss needs a CLIP whose text tower *is* the model's text encoder (for
+    SDXL: encoder 2, whose columns `backbone.clip_dims` of D̃ the CLIP loss sees). Besides
     the widths, the token-embedding tables are compared cheaply: their shapes, then a fixed sample
     of rows (evenly spaced ids, first and last included), which must agree to a relative
     (Frobenius) error of 1e-2. bfloat16 storage rounds each entry by at most 2⁻⁹ relative (both
     tables in bf16: 2⁻⁸ ≈ 0.004), so a matching CLIP in fp16/bf16 passes; unrelated tables differ
     by about √2, and one mismatched row in the sample by ≥ 0.2.
     """
-    clip_table, model_table = clip.vocabulary, backbone.vocabulary
+    clip_table, model_table = clip.vocabulary, backbone.clip_vocabulary
     if config.use_clip_loss and config.clip_loss_space in ("text-tower", "in-context"):
         use_matching_clip = "use the CLIP that matches the model (--clip-model)"
         if clip_table.shape[1] != model_table.shape[1]:
             raise DiffinvError(
                 f"the CLIP text tower has token width {clip_table.shape[1]} but the model's text encoder "
-                f"{backbone.token_width}; {use_matching_clip}"
+                f"{model_table.shape[1]}; {use_matching_clip}"
             )
         if clip_table.shape[0] != model_table.shape[0]:
             raise DiffinvError(
@@ -310,9 +311,10 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
                 f"difference {error:.2g} on {len(rows)} sampled rows), so it is another text encoder (the "
                 f"text-tower CLIP loss needs the model's own); {use_matching_clip}"
             )
-    if config.use_clip_loss and config.clip_loss_space == "token-mean" and clip.joint_width != backbone.token_width:
+    clip_width = model_table.shape[1]
+    if config.use_clip_loss and config.clip_loss_space == "token-mean" and clip.joint_width != clip_width:
         raise DiffinvError(
-            f"clip_loss_space='token-mean' needs token width = CLIP joint width, got {backbone.token_width} "
+            f"clip_loss_space='token-mean' needs token width = CLIP joint width, got {clip_width} "
             f"and {clip.joint_width}; use clip_loss_space='text-tower'"
         )
 
@@ -364,7 +366,8 @@ def fit_diff_tokens(
                 backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction
             )
         if config.use_clip_loss:
-            loss_clip = clip_loss(clip, used, target_delta, config.clip_loss_space, context)
+            # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbone_xl).
+            loss_clip = clip_loss(clip, used[..., backbone.clip_dims], target_delta, config.clip_loss_space, context)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
 
         optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .backbone import StableDiffusionBackbone
+from .backbone_xl import StableDiffusionXLBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
@@ -96,6 +97,16 @@ def resolve_device_dtype(
     return device, dtype
 
 
+def backbone_class(source: str, local_files_only: bool) -> type[StableDiffusionBackbone]:
+    """The backbone for a model, from the pipeline class its `model_index.json` names: SDXL for
+    `StableDiffusionXL…`, SD 1.x / 2.x otherwise. Reads only that small file (from the hub or its
+    cache for a hub id); an OSError when it cannot be had, which `_loaded` words."""
+    from diffusers import DiffusionPipeline
+
+    class_name = DiffusionPipeline.load_config(source, local_files_only=local_files_only).get("_class_name", "")
+    return StableDiffusionXLBackbone if class_name.startswith("StableDiffusionXL") else StableDiffusionBackbone
+
+
 def _check_reference(config: InversionConfig, reference) -> None:
     """candidates > 1 scores each B′ against A → A′, so A and A′ must be given."""
     if config.candidates > 1 and reference is None:
@@ -139,18 +150,19 @@ class DifferenceInversion:
         offline: bool | None = None,
         **pipeline_kwargs,
     ) -> DifferenceInversion:
-        """Load a Stable Diffusion 1.x / 2.x model (hub id or local directory) and its CLIP.
+        """Load a Stable Diffusion 1.x / 2.x or SDXL model (hub id or local directory) and its CLIP.
 
         model: a hub id, a local directory, or "shapes" for the bundled offline shapes world. A
             directory's `diffinv.json` (see `model_card`) gives its defaults and captioner.
         clip_model: hub id or directory of a transformers `CLIPModel`; by default `clip/` inside
             a local model directory if present, else the CLIP matching the text encoder (OpenAI
-            ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x).
+            ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x, OpenCLIP ViT-bigG/14 — encoder 2 —
+            for SDXL).
         captioner: default the model card's (BLIP-2 unless the directory names another),
             loaded on first use.
         offline: never use the network, only local directories and the hub cache. Default:
             the `HF_HUB_OFFLINE` environment variable.
-        pipeline_kwargs: passed to `StableDiffusionPipeline.from_pretrained` (e.g. `variant`).
+        pipeline_kwargs: passed to the pipeline's `from_pretrained` (e.g. `variant="fp16"`).
         """
         card = model_card(model)
         offline = hub_offline() if offline is None else offline
@@ -160,12 +172,12 @@ class DifferenceInversion:
         backbone = _loaded(
             card.source,
             offline,
-            lambda: StableDiffusionBackbone.from_pretrained(
+            lambda: backbone_class(card.source, offline).from_pretrained(
                 card.source, device, dtype, local_files_only=offline, **pipeline_kwargs
             ),
         )
         backbone.model_id = card.name
-        clip_model = clip_model or default_clip_for(backbone.token_width)
+        clip_model = clip_model or default_clip_for(backbone.clip_vocabulary.shape[1])
         clip = _loaded(clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline))
         if captioner is None:
             candidates = card.caption_candidates()
@@ -300,7 +312,9 @@ class DifferenceInversion:
         return DiffTokens(
             embeddings=embeddings.cpu(),
             model_id=self.backbone.model_id,
-            vocab_size=self.backbone.vocabulary.shape[0],
+            vocab_size=self.backbone.vocab_size,
+            family=self.backbone.family,
+            encoder_widths=self.backbone.encoder_widths,
             config=config,
             prompt_a=pair.prompt_a,
             prompt_a_prime=pair.prompt_a_prime,
@@ -338,7 +352,9 @@ class DifferenceInversion:
         reference: (A, A′), needed when `config.candidates` > 1 to score the candidates (the
             tokens do not hold the images); unused otherwise.
         """
-        tokens.check_fits(self.backbone.model_id, self.backbone.token_width, self.backbone.vocabulary.shape[0])
+        tokens.check_fits(
+            self.backbone.model_id, self.backbone.token_width, self.backbone.vocab_size, self.backbone.family
+        )
         config = config or tokens.config
         _check_reference(config, reference)
         b = self._working_image(b, config)

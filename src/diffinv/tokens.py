@@ -4,8 +4,11 @@ File layout: one tensor `diff_tokens` (n, d) float32, plus string metadata:
 `format` ("diffinv.diff-tokens/1"), `model_id`, `token_width`, `vocab_size`, `n_tokens`,
 `alpha`, `prompt_a`, `prompt_a_prime`, `caption_a`, `caption_a_prime`, `config` (JSON),
 `hard_token_ids` (JSON list or ""), `hard_text`, `history` (JSON of the loss curves),
-`text_delta_norm` and `effective_alpha` (numbers, or "" where unknown), `diffinv_version`.
-Files written before `text_delta_norm` / `effective_alpha` existed load with both None.
+`text_delta_norm` and `effective_alpha` (numbers, or "" where unknown), `family` ("sd" for
+SD 1.x / 2.x, "sdxl": whose text encoders the tokens condition), `encoder_widths` (JSON [d₁, d₂]
+for SDXL, else ""), `diffinv_version`.
+Files written before `text_delta_norm` / `effective_alpha` existed load with both None; files
+written before `family` existed are SD 1.x / 2.x ones (diffinv had no other backbone then).
 safetensors holds no code, so loading a file cannot run any.
 """
 
@@ -25,6 +28,7 @@ from .config import InversionConfig
 from .errors import DiffinvError, DiffinvWarning
 
 FORMAT = "diffinv.diff-tokens/1"
+FAMILY_NAMES = {"sd": "SD 1.x / 2.x", "sdxl": "SDXL"}
 
 
 @dataclass
@@ -37,6 +41,9 @@ class DiffTokens:
     text_delta_norm: ‖D_T‖ of the captions (None: not computed, or an older file).
     effective_alpha: the α D_inter was built with — `config.alpha`, or 0 where the text delta was
     degenerate and the image delta was used alone (None: an older file).
+    family: the backbone family, "sd" (SD 1.x / 2.x: one text encoder, d wide) or "sdxl" (two:
+    d = d₁ + d₂, encoder 1's columns first).
+    encoder_widths: (d₁, d₂) for SDXL tokens, None for SD 1.x / 2.x.
     """
 
     embeddings: torch.Tensor
@@ -52,6 +59,20 @@ class DiffTokens:
     history: dict[str, list[float]] = field(default_factory=dict)
     text_delta_norm: float | None = None
     effective_alpha: float | None = None
+    family: str = "sd"
+    encoder_widths: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILY_NAMES:
+            raise DiffinvError(f"unknown model family {self.family!r}")
+        if (self.family == "sdxl") != (self.encoder_widths is not None):
+            raise DiffinvError("SDXL DIFF tokens need their two encoders' widths, other tokens none")
+        if self.encoder_widths is not None:
+            self.encoder_widths = tuple(int(width) for width in self.encoder_widths)
+            if sum(self.encoder_widths) != self.embeddings.shape[-1]:
+                raise DiffinvError(
+                    f"encoder widths {self.encoder_widths} do not add up to the token width {self.embeddings.shape[-1]}"
+                )
 
     @property
     def n_tokens(self) -> int:
@@ -81,6 +102,8 @@ class DiffTokens:
             "history": json.dumps(self.history),
             "text_delta_norm": _number_text(self.text_delta_norm),
             "effective_alpha": _number_text(self.effective_alpha),
+            "family": self.family,
+            "encoder_widths": json.dumps(list(self.encoder_widths)) if self.encoder_widths else "",
             "diffinv_version": __version__,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -116,13 +139,21 @@ class DiffTokens:
                 history=json.loads(metadata.get("history") or "{}"),
                 text_delta_norm=_number(metadata.get("text_delta_norm", "")),
                 effective_alpha=_number(metadata.get("effective_alpha", "")),
+                family=metadata.get("family", "sd"),
+                encoder_widths=json.loads(metadata["encoder_widths"]) if metadata.get("encoder_widths") else None,
             )
         except (KeyError, ValueError, DiffinvError) as error:
             raise DiffinvError(f"{path}: damaged DIFF-token metadata ({error})") from None
 
-    def check_fits(self, model_id: str, token_width: int, vocab_size: int) -> None:
-        """Raise `DiffinvError` if these tokens cannot condition that text encoder; warn if they
-        were fitted on another model of the same width (often fine: fine-tunes share SD's encoder)."""
+    def check_fits(self, model_id: str, token_width: int, vocab_size: int, family: str = "sd") -> None:
+        """Raise `DiffinvError` if these tokens cannot condition that model's text encoder(s) — another
+        family or width; warn if they were fitted on another model of the same family and width
+        (often fine: fine-tunes share their base model's encoders)."""
+        if family != self.family:
+            raise DiffinvError(
+                f"these DIFF tokens were fitted on an {FAMILY_NAMES[self.family]} model ({self.model_id!r}) and "
+                f"cannot condition {model_id!r}, an {FAMILY_NAMES[family]} model; fit them again on this model"
+            )
         if token_width != self.token_width:
             raise DiffinvError(
                 f"these DIFF tokens are {self.token_width} wide (fitted on {self.model_id!r}) but the text "
