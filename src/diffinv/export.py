@@ -15,10 +15,8 @@ SDXL tokens (two text encoders, D̃ = [D̃_l | D̃_g], n × (768 + 1280)) have o
 AUTOMATIC1111 and ComfyUI read for SDXL and which diffusers loads one encoder at a time:
 
     state = safetensors.torch.load_file(path)
-    pipe.load_textual_inversion(state["clip_l"], token="<diff>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-    pipe.load_textual_inversion(
-        state["clip_g"], token="<diff>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
-    )
+    pipe.load_textual_inversion(state["clip_l"], "<diff>", pipe.tokenizer, pipe.text_encoder)
+    pipe.load_textual_inversion(state["clip_g"], "<diff>", pipe.tokenizer_2, pipe.text_encoder_2)
 
 The prompt word is then chosen at load time (`token=`), not stored in the file.
 

@@ -71,7 +71,8 @@ class DiffTokens:
             self.encoder_widths = tuple(int(width) for width in self.encoder_widths)
             if sum(self.encoder_widths) != self.embeddings.shape[-1]:
                 raise DiffinvError(
-                    f"encoder widths {self.encoder_widths} do not add up to the token width {self.embeddings.shape[-1]}"
+                    f"encoder widths {self.encoder_widths} do not add up to the token width "
+                    f"{self.embeddings.shape[-1]}"
                 )
 
     @property
