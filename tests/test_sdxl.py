@@ -208,17 +208,22 @@ def test_exports_split_the_tokens_into_clip_l_and_clip_g(xl_tokens, tmp_path, la
     assert torch.equal(torch.cat([tensors["clip_l"], tensors["clip_g"]], dim=1), xl_tokens.embeddings)
 
 
-def test_diffusers_loads_the_export_into_both_encoders_with_diffinvs_text_states(xl_tokens, tmp_path):
+@pytest.mark.parametrize("legacy_eos", [False, True], ids=["eos-pooling", "legacy-argmax-pooling"])
+def test_diffusers_loads_the_export_into_both_encoders_with_diffinvs_text_states(xl_tokens, tmp_path, legacy_eos):
     """Loaded one encoder at a time, "prompt <diff>" in SDXL's own prompt encoding gives exactly
-    diffinv's hidden and pooled states (the tiny encoders pool at the `<eos>` id, as current
-    configs do)."""
+    diffinv's hidden states, and its pooled states where encoder 2 pools at the `<eos>` id. With
+    the old `eos_token_id: 2` in the config, transformers pools at the largest id instead: in
+    diffusers that is an added `<diff>` token, while diffinv's slots hold `<bos>` and still pool
+    at `<eos>` (the README says so)."""
     path = tmp_path / "d.safetensors"
     export(xl_tokens, "diffusers", path)
     state = load_file(str(path))
-    pipe = tiny_xl_pipeline()
+    pipe, reference = tiny_xl_pipeline(), tiny_xl_backbone()  # the reference stays untouched
+    if legacy_eos:
+        for encoder in (pipe.text_encoder_2, reference.text_encoder_2):
+            encoder.config.eos_token_id = encoder.text_model.eos_token_id = 2
     pipe.load_textual_inversion(state["clip_l"], "<diff>", pipe.tokenizer, pipe.text_encoder)
     pipe.load_textual_inversion(state["clip_g"], "<diff>", pipe.tokenizer_2, pipe.text_encoder_2)
-    reference = tiny_xl_backbone()  # an untouched copy
     with torch.no_grad():
         hidden, _, pooled, _ = pipe.encode_prompt(
             f"{PROMPT_B} <diff>", device="cpu", do_classifier_free_guidance=False
@@ -226,7 +231,7 @@ def test_diffusers_loads_the_export_into_both_encoders_with_diffinvs_text_states
         ids, slot_mask = reference.slot_ids([PROMPT_B], xl_tokens.n_tokens)
         ours = reference.encode_prompt(ids, slot_mask, xl_tokens.embeddings)
     assert torch.equal(hidden, ours.hidden)
-    assert torch.equal(pooled, ours.pooled)
+    assert torch.equal(pooled, ours.pooled) != legacy_eos
 
 
 # --- loading and the command line ------------------------------------------------------------------
