@@ -1,0 +1,181 @@
+"""What every baseline shares: its call shape, its cost, loading, input sizes and seeds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from ..checks import MAX_SEED, check_resolution, hub_offline
+from ..errors import DiffinvError
+from ..images import fit_to, working_size
+from ..pipeline import ImageInput, _loaded, as_rgb, resolve_device_dtype
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one A : A′ :: B triplet costs a method in UNet work, known before any model loads.
+
+    A forward hook on the UNet counts `unet_calls`. Each call carries a batch of latents (2 for
+    classifier-free guidance, 3 for InstructPix2Pix's text-and-image guidance, 1 without), and
+    calls made while learning from (A, A′) are each followed by a backward pass, which costs
+    about two forward passes.
+
+        sample_calls, sample_batch: drawing B′.
+        fit_calls, fit_batch: learning from (A, A′) (0 for methods that learn nothing).
+        other: work that is not the UNet's, in words (e.g. a PEZ prompt inversion).
+    """
+
+    sample_calls: int
+    sample_batch: int
+    fit_calls: int = 0
+    fit_batch: int = 0
+    other: str = ""
+
+    @property
+    def unet_calls(self) -> int:
+        """UNet forward calls per triplet (what a forward hook counts)."""
+        return self.sample_calls + self.fit_calls
+
+    @property
+    def latent_passes(self) -> int:
+        """Latent-sized UNet passes per triplet, a backward pass counted as two forward ones:
+        a device-independent measure to compare methods by."""
+        return self.sample_calls * self.sample_batch + 3 * self.fit_calls * self.fit_batch
+
+    def __str__(self) -> str:
+        parts = [f"{self.sample_calls} UNet calls × {self.sample_batch} latents to draw B′"]
+        if self.fit_calls:
+            parts.append(f"{self.fit_calls} calls × {self.fit_batch} latents with a backward pass to learn")
+        text = "; ".join(parts) + f" ≈ {self.latent_passes} latent passes"
+        return f"{text}; plus {self.other}" if self.other else text
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """The call shape of every baseline: B′ from A, A′ and B, plus what the method needs.
+
+    name: short name, as in the paper's tables. uses_text: whether the method needs words from
+    the user (`method_inputs`), i.e. is one of the paper's text-given (*) references.
+    """
+
+    name: str
+    uses_text: bool
+
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        **method_inputs,
+    ) -> Image.Image: ...
+
+    def cost(self) -> Cost: ...
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise `DiffinvError(message)` unless `condition` holds (for config checks)."""
+    if not condition:
+        raise DiffinvError(message)
+
+
+def number(value) -> bool:
+    """Whether `value` is a finite int or float (not a bool), so that range checks can follow."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_resolution_option(resolution) -> None:
+    require(
+        resolution is None or positive_int(resolution),
+        f"resolution must be a positive integer or None, got {resolution!r}",
+    )
+
+
+def check_seed(seed: int) -> None:
+    require(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
+        f"seed must be an integer in [0, 2^63 - 1], got {seed!r}",
+    )
+
+
+def check_text(text, what: str) -> str:
+    """`text` stripped, or a `DiffinvError` naming `what` is missing."""
+    require(isinstance(text, str) and text.strip() != "", f"{what} must be a non-empty text, got {text!r}")
+    return text.strip()
+
+
+def check_images(*images: ImageInput) -> None:
+    """Each input loads as a usable RGB image (`pipeline.as_rgb`), or one `DiffinvError` says why;
+    for the inputs a method does not look at, so that every method refuses the same triplets."""
+    for image in images:
+        as_rgb(image)
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU generator: noise is drawn on the CPU, so one seed gives one image on any device."""
+    check_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def load_pipeline(pipeline_class, model: str, device, dtype, offline: bool | None, **pipeline_kwargs):
+    """`pipeline_class.from_pretrained(model)` on `device` in `dtype` (defaults as
+    `pipeline.resolve_device_dtype`); a missing model is one `DiffinvError`. offline: hub cache
+    and local directories only (default: the `HF_HUB_OFFLINE` environment variable)."""
+    offline = hub_offline() if offline is None else offline
+    device, dtype = resolve_device_dtype(device, dtype)
+    return _loaded(
+        model,
+        offline,
+        lambda: pipeline_class.from_pretrained(
+            model, torch_dtype=dtype, local_files_only=offline, **pipeline_kwargs
+        ).to(device),
+    )
+
+
+def check_unet_channels(pipe, expected: int, method: str) -> None:
+    """InstructPix2Pix's UNet takes the noisy latent and the image latent (8 channels), a
+    text-to-image UNet only the noisy one (4): a model of the other kind cannot run `method`."""
+    channels = pipe.unet.config.in_channels
+    kind = "InstructPix2Pix" if expected == 2 * pipe.vae.config.latent_channels else "text-to-image Stable Diffusion"
+    require(
+        channels == expected,
+        f"{method} needs a {kind} model (a UNet with {expected} input channels); this one has {channels}",
+    )
+
+
+def native_resolution(pipe) -> int:
+    """The side the UNet was trained at, in pixels (512 for SD 1.5 and InstructPix2Pix)."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def size_multiple(pipe) -> int:
+    """Sides must be multiples of this: VAE factor × UNet downsampling, and of 8 (as
+    `StableDiffusionBackbone.size_multiple`)."""
+    return math.lcm(pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1), 8)
+
+
+def working_image(image: ImageInput, pipe, resolution: int | None) -> Image.Image:
+    """`image` as RGB at the project's working size for `pipe`: aspect ratio kept, area about
+    `resolution`² (None: the model's native size), sides multiples of the UNet's stride — what
+    `DifferenceInversion` does with its inputs, so that all methods see the same pixels."""
+    image = as_rgb(image)
+    native = native_resolution(pipe)
+    check_resolution(resolution, native)
+    return fit_to(image, working_size(image.width, image.height, resolution or native, size_multiple(pipe)))
+
+
+def with_scheduler(pipe, scheduler):
+    """A pipeline of `pipe`'s class sharing its modules, with another scheduler (the caller's
+    pipeline is left as it was)."""
+    components = {**pipe.components, "scheduler": scheduler}
+    return type(pipe)(**components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))

@@ -1,0 +1,163 @@
+"""InstructPix2Pix (Brooks, Holynski & Efros, CVPR 2023) as the paper's text-given reference.
+
+B is edited by an instruction-following diffusion model (diffusers'
+`StableDiffusionInstructPix2PixPipeline`, `timbrooks/instruct-pix2pix` by default) given an
+instruction in words, which the user must supply; A and A′ are not looked at.
+
+    ip2p = InstructPix2Pix.from_pretrained()
+    b_prime = ip2p.analogy(a, a_prime, b, instruction="make it snowy", seed=0)
+
+Hyperparameters are those of the official command-line editor (`edit_cli.py` and the README of
+github.com/timothybrooks/instruct-pix2pix): 100 Euler-ancestral steps, text guidance 7.5, image
+guidance 1.2. (The official Gradio app starts at 50 steps and image guidance 1.5; diffusers'
+pipeline defaults to 100 steps and 1.5.) Guidance is InstructPix2Pix's three-branch
+classifier-free guidance: ε(∅, ∅) + s_I·(ε(∅, B) − ε(∅, ∅)) + s_T·(ε(text, B) − ε(∅, B)).
+
+Deviations from the official editor:
+- Size: the official script resizes B so that its longer side is about 512 with sides that are
+  multiples of 64; here B gets the project's working size (aspect kept, area about 512²,
+  multiples of the UNet's stride), as every method of this project does.
+- Sampler: diffusers' `EulerAncestralDiscreteScheduler` (the hub model's own) instead of
+  k-diffusion's `sample_euler_ancestral` on the same noise schedule; the noise comes from a
+  seeded CPU generator instead of the global CUDA one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+from PIL import Image
+
+from ..pipeline import ImageInput
+from .base import (
+    Cost,
+    check_images,
+    check_resolution_option,
+    check_text,
+    check_unet_channels,
+    cpu_generator,
+    load_pipeline,
+    number,
+    positive_int,
+    require,
+    with_scheduler,
+    working_image,
+)
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+def check_instruct_guidance(guidance_scale, image_guidance_scale, steps) -> None:
+    require(positive_int(steps), f"the number of sampling steps must be a positive integer, got {steps!r}")
+    require(number(guidance_scale) and guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {guidance_scale!r}")
+    require(
+        number(image_guidance_scale) and image_guidance_scale >= 0,
+        f"image_guidance_scale must be ≥ 0, got {image_guidance_scale!r}",
+    )
+
+
+def instruct_batch(guidance_scale: float, image_guidance_scale: float) -> int:
+    """Latents per UNet call: 3 with InstructPix2Pix's guidance (text and image, image only,
+    neither), which diffusers applies when guidance_scale > 1 and image_guidance_scale ≥ 1."""
+    return 3 if guidance_scale > 1 and image_guidance_scale >= 1 else 1
+
+
+def euler_ancestral(pipe: StableDiffusionInstructPix2PixPipeline) -> StableDiffusionInstructPix2PixPipeline:
+    """`pipe`'s modules with an Euler-ancestral scheduler on its noise schedule (the sampler of
+    InstructPix2Pix's and VISII's official code)."""
+    return with_scheduler(pipe, EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config))
+
+
+@dataclass(frozen=True)
+class InstructPix2PixConfig:
+    """Hyperparameters of InstructPix2Pix* (the official `edit_cli.py` defaults).
+
+    steps: Euler-ancestral sampling steps. Default 100.
+    guidance_scale: text guidance s_T. Default 7.5.
+    image_guidance_scale: image guidance s_I. Default 1.2.
+    resolution: side of the square whose area B is resized to (None: the model's native size).
+    """
+
+    steps: int = 100
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.2
+    resolution: int | None = None
+
+    def __post_init__(self):
+        check_instruct_guidance(self.guidance_scale, self.image_guidance_scale, self.steps)
+        check_resolution_option(self.resolution)
+
+    def cost(self) -> Cost:
+        return Cost(
+            sample_calls=self.steps, sample_batch=instruct_batch(self.guidance_scale, self.image_guidance_scale)
+        )
+
+
+class InstructPix2Pix:
+    """InstructPix2Pix*: B′ = edit(B, instruction).
+
+    Args:
+        pipe: an InstructPix2Pix pipeline (UNet with 8 input channels). It is not changed:
+            sampling uses a pipeline of the same modules with an Euler-ancestral scheduler.
+        config: hyperparameters (default `InstructPix2PixConfig()`).
+    """
+
+    name = "InstructPix2Pix"
+    uses_text = True
+
+    def __init__(self, pipe: StableDiffusionInstructPix2PixPipeline, config: InstructPix2PixConfig | None = None):
+        check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "InstructPix2Pix")
+        self.pipe = euler_ancestral(pipe)
+        self.config = config or InstructPix2PixConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offline: bool | None = None,
+        config: InstructPix2PixConfig | None = None,
+        **pipeline_kwargs,
+    ) -> InstructPix2Pix:
+        """An InstructPix2Pix model by hub id or local directory. offline: hub cache and local
+        directories only (default: `HF_HUB_OFFLINE`). pipeline_kwargs go to diffusers'
+        `from_pretrained`."""
+        pipe = load_pipeline(StableDiffusionInstructPix2PixPipeline, model, device, dtype, offline, **pipeline_kwargs)
+        return cls(pipe, config)
+
+    def cost(self) -> Cost:
+        return self.config.cost()
+
+    @torch.no_grad()
+    def edit(self, b: ImageInput, instruction: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
+        """B′: B edited by `instruction`, at B's working size."""
+        instruction = check_text(instruction, "InstructPix2Pix's instruction")
+        generator = cpu_generator(seed)
+        b = working_image(b, self.pipe, self.config.resolution)
+        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="InstructPix2Pix")
+        return self.pipe(
+            prompt=instruction,
+            image=b,
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            image_guidance_scale=self.config.image_guidance_scale,
+            generator=generator,
+        ).images[0]
+
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        instruction: str | None = None,
+    ) -> Image.Image:
+        """B′ for A : A′ :: B : B′. InstructPix2Pix does not look at A and A′ (they are only checked
+        to be usable images); `instruction`, the edit in words, carries the change."""
+        check_images(a, a_prime)
+        return self.edit(b, instruction, seed=seed, progress=progress)

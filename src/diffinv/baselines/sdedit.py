@@ -1,0 +1,166 @@
+"""SDEdit (Meng et al., ICLR 2022) as the paper's text-given reference "SDEdit*".
+
+B is noised part of the way (`strength`) and denoised by a text-to-image Stable Diffusion model
+conditioned on a text that describes the wanted B′ — words the user must supply; A and A′ are
+not looked at. This is diffusers' `StableDiffusionImg2ImgPipeline` with its defaults.
+
+    sdedit = SDEdit.from_pretrained("stabilityai/stable-diffusion-2-1")
+    b_prime = sdedit.analogy(a, a_prime, b, prompt="a photo of a snowy castle", seed=0)
+
+Choices and where they come from:
+- strength 0.8, 50 steps, guidance 7.5, η = 0: diffusers' img2img defaults. SDEdit's paper has
+  no single noise level for all edits (it trades faithfulness to B against realism).
+- Sampler: DDIM (η = 0) on the model's noise schedule, whatever scheduler the model ships with,
+  so that the number of UNet calls is exactly `min(int(steps × strength), steps)` for every
+  model. SDEdit's paper integrates the reverse SDE (stochastic); `eta=1` gives DDIM's
+  stochastic, DDPM-like variant.
+- Size: B at the project's working size (aspect kept, area about the model's native size²),
+  as Difference Inversion draws its B′.
+- Model: Stable Diffusion 2.1 by default, the paper's backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from ..pipeline import ImageInput
+from .base import (
+    Cost,
+    check_images,
+    check_resolution_option,
+    check_text,
+    check_unet_channels,
+    cpu_generator,
+    load_pipeline,
+    number,
+    positive_int,
+    require,
+    with_scheduler,
+    working_image,
+)
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """Hyperparameters of SDEdit* (diffusers' img2img defaults).
+
+    strength: fraction of the noise schedule B is noised to before denoising, in (0, 1];
+        1 ignores B entirely. Default 0.8.
+    steps: DDIM steps of a full schedule; `min(int(steps × strength), steps)` of them are run
+        (at least one). Default 50.
+    guidance_scale: classifier-free guidance on the prompt (≤ 1: none). Default 7.5.
+    eta: DDIM's η (0 deterministic given the start noise, 1 DDPM-like). Default 0.
+    resolution: side of the square whose area B is resized to (None: the model's native size).
+    """
+
+    strength: float = 0.8
+    steps: int = 50
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    resolution: int | None = None
+
+    def __post_init__(self):
+        require(positive_int(self.steps), f"steps must be a positive integer, got {self.steps!r}")
+        require(
+            number(self.strength) and 0 < self.strength <= 1, f"strength must lie in (0, 1], got {self.strength!r}"
+        )
+        require(
+            self.denoising_steps >= 1,
+            f"strength {self.strength} × {self.steps} steps runs no denoising step; raise one of them",
+        )
+        require(
+            number(self.guidance_scale) and self.guidance_scale >= 0,
+            f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}",
+        )
+        require(number(self.eta) and 0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta!r}")
+        check_resolution_option(self.resolution)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps img2img runs: the last int(steps × strength) of the schedule, as diffusers counts them."""
+        return min(int(self.steps * self.strength), self.steps)
+
+    def cost(self) -> Cost:
+        return Cost(sample_calls=self.denoising_steps, sample_batch=2 if self.guidance_scale > 1 else 1)
+
+
+class SDEdit:
+    """SDEdit*: B′ = img2img(B, prompt describing B′).
+
+    Args:
+        pipe: a text-to-image Stable Diffusion pipeline (`StableDiffusionImg2ImgPipeline`, or a
+            `StableDiffusionPipeline` whose modules are shared). It is not changed: sampling uses
+            a pipeline of the same modules with a DDIM scheduler on the model's noise schedule.
+        config: hyperparameters (default `SDEditConfig()`).
+    """
+
+    name = "SDEdit"
+    uses_text = True
+
+    def __init__(
+        self, pipe: StableDiffusionImg2ImgPipeline | StableDiffusionPipeline, config: SDEditConfig | None = None
+    ):
+        check_unet_channels(pipe, pipe.vae.config.latent_channels, "SDEdit")
+        if not isinstance(pipe, StableDiffusionImg2ImgPipeline):
+            pipe = StableDiffusionImg2ImgPipeline(
+                **pipe.components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False)
+            )
+        self.pipe = with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config))
+        self.config = config or SDEditConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offline: bool | None = None,
+        config: SDEditConfig | None = None,
+        **pipeline_kwargs,
+    ) -> SDEdit:
+        """A Stable Diffusion 1.x / 2.x model by hub id or local directory. offline: hub cache and
+        local directories only (default: `HF_HUB_OFFLINE`). pipeline_kwargs go to diffusers'
+        `from_pretrained` (e.g. `variant`)."""
+        pipe = load_pipeline(StableDiffusionImg2ImgPipeline, model, device, dtype, offline, **pipeline_kwargs)
+        return cls(pipe, config)
+
+    def cost(self) -> Cost:
+        return self.config.cost()
+
+    @torch.no_grad()
+    def edit(self, b: ImageInput, prompt: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
+        """B′ from B and a prompt describing B′, at B's working size."""
+        prompt = check_text(prompt, "SDEdit's prompt (a text describing the wanted B′)")
+        generator = cpu_generator(seed)
+        b = working_image(b, self.pipe, self.config.resolution)
+        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="SDEdit")
+        return self.pipe(
+            prompt=prompt,
+            image=b,
+            strength=self.config.strength,
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            eta=self.config.eta,
+            generator=generator,
+        ).images[0]
+
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        prompt: str | None = None,
+    ) -> Image.Image:
+        """B′ for A : A′ :: B : B′. SDEdit does not look at A and A′ (they are only checked to be
+        usable images); `prompt`, a text describing the wanted B′, carries the change."""
+        check_images(a, a_prime)
+        return self.edit(b, prompt, seed=seed, progress=progress)
