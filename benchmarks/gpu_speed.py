@@ -164,12 +164,11 @@ def clip_sized_tokenizer(vocab_size: int) -> CLIPTokenizer:
                 yield "".join(letters)
 
     for word in candidates():
-        pieces, new = [*word[:-1], word[-1] + "</w>"], []
-        current = pieces[0]
-        for piece in pieces[1:]:
-            current += piece
-            if current not in vocab:
-                new.append(current)
+        new, suffix = [], word[-1] + "</w>"  # the word's tokens as `word_tokenizer` grows them, from its end
+        for character in reversed(word[:-1]):
+            suffix = character + suffix
+            if suffix not in vocab:
+                new.append(suffix)
         if not new or len(new) > free:
             continue
         vocab.update(new)

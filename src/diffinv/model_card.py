@@ -7,7 +7,8 @@ A model directory may carry a small descriptor file, `diffinv.json`, beside `mod
       "name": "shapes",                                   # recorded in token files as model_id
       "config": {"steps": 50, "learning_rate": 0.01},     # InversionConfig fields that differ
       "captioner": {"kind": "clip-retrieval", "captions": "captions.txt"},
-      "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"}
+      "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
+      "world": {"version": 2, "layout_range": 5.0}        # shapes worlds only: which version
     }
 
 Every key but "format" is optional. Paths are relative to the directory, so a world that is
@@ -44,6 +45,7 @@ class ModelCard:
     config: InversionConfig fields that differ from the paper's defaults.
     captioner: {"kind": "blip2"} (default) or {"kind": "clip-retrieval", "captions": FILE}.
     bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
+    world: for a shapes world, its version and layout range (`shapes.world`); empty: v1.
     """
 
     source: str
@@ -52,6 +54,14 @@ class ModelCard:
     config: dict[str, Any] = field(default_factory=dict)
     captioner: dict[str, Any] = field(default_factory=lambda: {"kind": "blip2"})
     bench: dict[str, Any] = field(default_factory=dict)
+    world: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shapes_layout_range(self) -> float:
+        """The shapes-world version's offset range (`shapes.world.LAYOUT_RANGES`; v1 without a "world" entry)."""
+        from .shapes.world import LAYOUT_RANGES
+
+        return float(self.world.get("layout_range", LAYOUT_RANGES[int(self.world.get("version", 1))]))
 
     @property
     def has_descriptor(self) -> bool:
@@ -151,6 +161,7 @@ def model_card(model: str | os.PathLike) -> ModelCard:
         config=dict(values.get("config", {})),
         captioner=dict(values.get("captioner", {"kind": "blip2"})),
         bench=dict(values.get("bench", {})),
+        world=dict(values.get("world", {})),
     )
     try:
         card.default_config()

@@ -31,19 +31,23 @@ def word_tokenizer(words: Iterable[str], max_length: int = 77) -> CLIPTokenizer:
 
     Any text still tokenizes (unknown words fall back to bytes); listed words are one token.
     <|startoftext|> and <|endoftext|> are the last two ids, as in CLIP.
+
+    Each word's merges grow it from its end: (c_{k−1}, c_k</w>), then (c_{k−2}, c_{k−1}c_k</w>), …
+    Every merge has a word-final token on its right, and a word being tokenized has exactly one
+    word-final token, so at each step at most one merge applies and no word's merges can
+    preempt another's (merges grown from the start, (c₁, c₂) first, do: "make" has (m, a), which
+    then splits "small" as s·ma·l·l).
     """
     characters = list(_bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(characters)}
     vocab.update({c + "</w>": len(characters) + i for i, c in enumerate(characters)})
-    merges = []
+    merges = {}  # ordered, without repeats (words share suffixes)
     for word in dict.fromkeys(words):
-        pieces = list(word)
-        pieces[-1] += "</w>"
-        current = pieces[0]
-        for piece in pieces[1:]:
-            merges.append((current, piece))
-            current += piece
-            vocab.setdefault(current, len(vocab))
+        suffix = word[-1] + "</w>"
+        for character in reversed(word[:-1]):
+            merges.setdefault((character, suffix))
+            suffix = character + suffix
+            vocab.setdefault(suffix, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=max_length)

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import InversionConfig
 from ..errors import DiffinvError
 from ..model_card import ModelCard, model_card
+from ..shapes.world import JITTER
 from .datasets import BenchTriplet
 from .methods import Method
 from .report import write_reports
@@ -38,8 +39,11 @@ def build_dataset(args: argparse.Namespace) -> tuple[list[BenchTriplet], dict]:
         if args.data:
             raise DiffinvError("--data is for the folder and instructpix2pix datasets")
         families = tuple(args.families.split(",")) if args.families else None
-        triplets = shapes_dataset(args.n or 100, args.triplet_seed, families)
+        layout_range = model_card(args.model).shapes_layout_range
+        triplets = shapes_dataset(args.n or 100, args.triplet_seed, families, layout_range)
         dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
+        if layout_range != JITTER:  # world v2; v1 runs keep their record unchanged (and resumable)
+            dataset["layout_range"] = layout_range
         return triplets, dataset
     if not args.data:
         raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")

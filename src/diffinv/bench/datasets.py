@@ -64,9 +64,12 @@ def _from_file(path: Path) -> ImageSource:
 
 
 # --- the shapes world -----------------------------------------------------------------------------
-def shapes_dataset(n: int, seed: int = 0, families: tuple[str, ...] | None = None) -> list[BenchTriplet]:
-    """`n` seeded shapes-world triplets, the families taken in turn (all five by default)."""
-    from ..shapes.world import FAMILIES, canonical_caption, render, triplets
+def shapes_dataset(
+    n: int, seed: int = 0, families: tuple[str, ...] | None = None, layout_range: float | None = None
+) -> list[BenchTriplet]:
+    """`n` seeded shapes-world triplets, the families taken in turn (all five by default), with
+    offsets within ±`layout_range` (default v1's jitter; the model card says which world)."""
+    from ..shapes.world import FAMILIES, JITTER, canonical_caption, render, triplets
 
     families = tuple(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
@@ -75,7 +78,7 @@ def shapes_dataset(n: int, seed: int = 0, families: tuple[str, ...] | None = Non
     if n < 1:
         raise DiffinvError(f"--n must be at least 1, got {n}")
     out = []
-    for index, triplet in enumerate(triplets(n, seed, families)):
+    for index, triplet in enumerate(triplets(n, seed, families, JITTER if layout_range is None else layout_range)):
         a, a_prime, b, b_prime = (render(s) for s in (triplet.a, triplet.a_prime, triplet.b, triplet.b_prime))
         out.append(
             BenchTriplet(

@@ -23,6 +23,8 @@ METRIC_ORDER = (
     "correct",
     "edit",
     "preserved",
+    "layout",
+    "preserved_attributes",
     "clip_directional",
     "dinov2_directional",
     "clip_to_truth",
@@ -31,7 +33,7 @@ METRIC_ORDER = (
     "final_loss_clip",
 )
 NOT_METRICS = {"index", "seconds"}
-PERCENT = {"correct", "edit", "preserved"}
+PERCENT = {"correct", "edit", "preserved", "layout", "preserved_attributes"}
 
 
 RECORD_KEYS = ("dataset", "model", "methods", "base_config")

@@ -217,7 +217,8 @@ class BenchRunner:
         if triplet.truth is not None and self.classifier is not None:
             from ..shapes.evaluate import score
 
-            row.update(score(self.classifier.predict([b_prime])[0], triplet.truth))
+            threshold = getattr(self.classifier, "layout_threshold", None)  # world v2 classifiers have one
+            row.update(score(self.classifier.predict([b_prime])[0], triplet.truth, threshold))
         if triplet.info:
             row["info"] = triplet.info
         return row

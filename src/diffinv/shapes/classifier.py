@@ -1,4 +1,5 @@
-"""The attribute classifier: reads every attribute off a shapes-world picture.
+"""The attribute classifier: reads every attribute off a shapes-world picture, and (world v2) where
+the shape's centre is.
 
 Used only to *evaluate* (gates and analogy accuracy), never to train or steer the method.
 """
@@ -18,9 +19,15 @@ from .world import ATTRIBUTES, Scene
 
 
 class AttributeClassifier(nn.Module):
-    """Small CNN: (B, 3, 32, 32) in [0, 1] → one logit vector per attribute."""
+    """Small CNN: (B, 3, 32, 32) in [0, 1] → one logit vector per attribute, and with `centre` the
+    offset (dx, dy) of the shape's centre in pixels, (B, 2) under the key "centre".
 
-    def __init__(self, width: int = 32):
+    layout_threshold: the centre error (pixels) under which two pictures have the same layout,
+    chosen from this classifier's own error on true renders when it is trained (None: no centre
+    head, a world-v1 classifier).
+    """
+
+    def __init__(self, width: int = 32, centre: bool = False, layout_threshold: float | None = None):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1),
@@ -37,11 +44,16 @@ class AttributeClassifier(nn.Module):
             nn.GELU(),
         )
         self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in ATTRIBUTES.items()})
+        self.centre = nn.Linear(128, 2) if centre else None
         self.width = width
+        self.layout_threshold = layout_threshold
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         hidden = self.features(pixels)
-        return {name: head(hidden) for name, head in self.heads.items()}
+        outputs = {name: head(hidden) for name, head in self.heads.items()}
+        if self.centre is not None:
+            outputs["centre"] = self.centre(hidden)
+        return outputs
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image]) -> list[dict]:
@@ -53,14 +65,21 @@ class AttributeClassifier(nn.Module):
                 for image in images
             ]
         )
-        logits = self(torch.from_numpy(batch).permute(0, 3, 1, 2) / 255.0)
-        indices = {name: value.argmax(dim=-1).tolist() for name, value in logits.items()}
-        return [{name: ATTRIBUTES[name][indices[name][i]] for name in ATTRIBUTES} for i in range(len(images))]
+        outputs = self(torch.from_numpy(batch).permute(0, 3, 1, 2) / 255.0)
+        indices = {name: outputs[name].argmax(dim=-1).tolist() for name in ATTRIBUTES}
+        predictions = [{name: ATTRIBUTES[name][indices[name][i]] for name in ATTRIBUTES} for i in range(len(images))]
+        if self.centre is not None:
+            for prediction, centre in zip(predictions, outputs["centre"].tolist()):
+                prediction["centre"] = tuple(centre)
+        return predictions
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "classifier.safetensors"))
-        (directory / "classifier.json").write_text(json.dumps({"width": self.width}))
+        settings = {"width": self.width}
+        if self.centre is not None:
+            settings.update(centre=True, layout_threshold=self.layout_threshold)
+        (directory / "classifier.json").write_text(json.dumps(settings))
 
     @classmethod
     def load(cls, directory: Path) -> AttributeClassifier:

@@ -9,6 +9,7 @@ Gates (`diffinv shapes check`, exit 0 only when all hold):
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,31 @@ def check(model_dir: Path | None = None) -> list[Gate]:
 
 
 # --- analogy accuracy (scores used by `diffinv bench`) ------------------------------------------------------
-def score(predicted: dict, triplet) -> dict[str, float]:
+def centre_error(predicted: dict, scene: Scene) -> float:
+    """Pixels between the classifier's reading of the shape's centre and `scene`'s true centre."""
+    return math.dist(predicted["centre"], (scene.dx, scene.dy))
+
+
+def score(predicted: dict, triplet, layout_threshold: float | None = None) -> dict[str, float]:
     """edit: the changed attribute has the target value; preserved: every other attribute is
-    B's; correct: both (B′ is exactly the ground truth, up to jitter)."""
+    B's; correct: both.
+
+    With a centre reading in `predicted` and a `layout_threshold` (world v2): layout: B′'s centre
+    lies within the threshold of B's (= the ground truth's) centre; preserved then needs the four
+    other attributes *and* the layout, and preserved_attributes is the attributes alone (v1's
+    preserved, so v1 and v2 tables read side by side). Without them, v1's three scores.
+    """
     truth = triplet.b_prime
     edit = predicted[triplet.family] == getattr(truth, triplet.family)
-    preserved = all(predicted[k] == getattr(truth, k) for k in ATTRIBUTES if k != triplet.family)
-    return {"edit": float(edit), "preserved": float(preserved), "correct": float(edit and preserved)}
+    attributes = all(predicted[k] == getattr(truth, k) for k in ATTRIBUTES if k != triplet.family)
+    if "centre" not in predicted or layout_threshold is None:
+        return {"edit": float(edit), "preserved": float(attributes), "correct": float(edit and attributes)}
+    layout = centre_error(predicted, truth) <= layout_threshold
+    preserved = attributes and layout
+    return {
+        "edit": float(edit),
+        "preserved": float(preserved),
+        "correct": float(edit and preserved),
+        "layout": float(layout),
+        "preserved_attributes": float(attributes),
+    }

@@ -1,8 +1,18 @@
 """The shapes world: scenes, their pictures and captions, and analogy triplets with ground truth.
 
-A scene is one centred shape with five attributes — shape, colour, size, background and an
-optional black dot at the shape's centre — plus a small position jitter that is not an
-attribute. Pictures are drawn at 4× and box-downsampled, so edges are anti-aliased.
+A scene is one shape with five attributes — shape, colour, size, background and an optional
+black dot at the shape's centre — placed with an offset (dx, dy) of its centre from the
+picture's centre that no caption or instruction ever names. Pictures are drawn at 4× and
+box-downsampled, so edges are anti-aliased.
+
+Two versions of the world differ only in how far the offset ranges:
+- v1: a jitter of ±1.5 px (`JITTER`) — every picture nearly centred, so everything about a
+  picture is in its caption;
+- v2: ±5 px (`LAYOUT_RANGE`) on each axis, the widest range that keeps a large shape inside the
+  frame — a layout that is B's own and that only the picture carries, so methods that keep B's
+  layout can be told from those that redraw it. Ground-truth B′ keeps B's exact offset.
+A model directory's `diffinv.json` says which world it was trained on (`"world": {"version":
+2, "layout_range": 5.0}`); without it, v1.
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ SIZES = {"small": 6.5, "large": 10.5}  # radius in pixels at RESOLUTION
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 DOTS = (False, True)
 DOT_RADIUS = 2.5
-JITTER = 1.5  # maximal shift of the centre, pixels
+JITTER = 1.5  # v1: maximal shift of the centre, pixels
+LAYOUT_RANGE = 5.0  # v2: 16 − 10.5 (large radius) − 0.5 px margin
+LAYOUT_RANGES = {1: JITTER, 2: LAYOUT_RANGE}  # world version → offset range
 
 ATTRIBUTES = {
     "shape": SHAPES,
@@ -143,12 +155,48 @@ def caption_variants(scene: Scene) -> list[str]:
 
 
 def vocabulary_words() -> list[str]:
-    """Every word any caption uses (the tokenizer gives each one token)."""
+    """Every word any caption or instruction uses (the tokenizer gives each one token)."""
     words = set()
     for scene in all_scenes():
-        for text in caption_variants(scene):
+        texts = caption_variants(scene)
+        for family in FAMILIES:
+            for value in ATTRIBUTES[family]:
+                if value != getattr(scene, family):
+                    texts += instruction_variants(family, scene, value)
+        for text in texts:
             words.update(text.replace(",", " ").split())
     return sorted(words)
+
+
+# --- instructions (the world's InstructPix2Pix) --------------------------------------------------
+SIZE_CHANGE = {"small": ("smaller", "small"), "large": ("bigger", "large")}
+
+
+def instruction_variants(family: str, before: Scene, target) -> list[str]:
+    """Every wording of "set `family` of `before` to `target`"; the canonical one is first. None
+    names the position, and none names attributes the edit keeps beyond the one it changes."""
+    if family == "shape":
+        return [f"turn the {before.shape} into a {target}", f"make it a {target}", f"change the shape to {target}"]
+    if family == "colour":
+        return [f"make it {target}", f"turn the {before.shape} {target}", f"change the colour to {target}"]
+    if family == "size":
+        comparative, word = SIZE_CHANGE[target]
+        return [f"make it {comparative}", f"make the {before.shape} {word}", f"change the size to {word}"]
+    if family == "background":
+        return [
+            f"make the background {target}",
+            f"change the background to {target}",
+            f"put it on a {target} background",
+        ]
+    if family == "dot":
+        if target:
+            return ["add a dot", "put a dot on it", "add a black dot"]
+        return ["remove the dot", "take the dot away", "remove the black dot"]
+    raise ValueError(f"unknown family {family!r}")
+
+
+def canonical_instruction(family: str, before: Scene, target) -> str:
+    return instruction_variants(family, before, target)[0]
 
 
 # --- analogy triplets -------------------------------------------------------------------------
@@ -166,6 +214,11 @@ class Triplet:
     def target(self):
         return getattr(self.a_prime, self.family)
 
+    @property
+    def instruction(self) -> str:
+        """The canonical instruction that turns B into B′ (for text-using methods)."""
+        return canonical_instruction(self.family, self.b, self.target)
+
 
 def make_triplet(family: str, rng: random.Random, jitter: float = JITTER) -> Triplet:
     """A random triplet of one family. B shares A's source value of the changed attribute and
@@ -181,7 +234,10 @@ def make_triplet(family: str, rng: random.Random, jitter: float = JITTER) -> Tri
     return Triplet(family, a, a.with_(family, target), b, b.with_(family, target))
 
 
-def triplets(n: int, seed: int = 0, families: tuple[str, ...] = FAMILIES) -> list[Triplet]:
-    """`n` seeded triplets, families taken in turn."""
+def triplets(
+    n: int, seed: int = 0, families: tuple[str, ...] = FAMILIES, layout_range: float = JITTER
+) -> list[Triplet]:
+    """`n` seeded triplets, families taken in turn; offsets within ±`layout_range` (v1's jitter by
+    default, `LAYOUT_RANGE` for v2)."""
     rng = random.Random(seed)
-    return [make_triplet(families[i % len(families)], rng) for i in range(n)]
+    return [make_triplet(families[i % len(families)], rng, layout_range) for i in range(n)]
