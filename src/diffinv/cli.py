@@ -756,7 +756,7 @@ def run_shapes(args: argparse.Namespace) -> None:
         gates = check(Path(args.model_dir) if args.model_dir else None)
         for gate in gates:
             print(
-                f"{'PASS' if gate.passed else 'FAIL'}  {gate.name:<11} {gate.value:6.1%}  "
+                f"{'PASS' if gate.passed else 'FAIL'}  {gate.name:<16} {gate.value:6.1%}  "
                 f"(need ≥ {gate.threshold:.0%})  {gate.detail}"
             )
         if not all(gate.passed for gate in gates):

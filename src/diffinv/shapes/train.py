@@ -1,18 +1,27 @@
 """Training the shapes world's models from scratch on CPU: `diffinv shapes train`.
 
 Stages, each saved as soon as it is done and skipped when `training.json` says it finished (so
-an interrupted run resumes at the stage it was in; the UNet also resumes from its last
-checkpoint, and leaves a usable pipeline in the directory at each one):
+an interrupted run resumes at the stage it was in; the denoisers also resume from their last
+checkpoint, and leave a usable pipeline in the directory at each one):
 
-1. classifier  — attribute classifier on fresh renders (evaluation only)
+1. classifier  — attribute classifier on fresh renders (evaluation only); world v2: also the
+                 shape's centre, and the layout threshold chosen from its own error
 2. clip        — `CLIPModel` (image + text towers), contrastive on renders and caption variants
 3. vae         — `AutoencoderKL`, 32×32×3 → 8×8×4; then vae_decoder: the decoder alone refined
                  with the encoder frozen (sharper small details, unchanged latents)
 4. unet        — `UNet2DConditionModel`, v-prediction, on pre-encoded latents, conditioned on
                  the frozen CLIP text tower (which becomes the pipeline's text encoder)
+5. editor      — (v2) the world's InstructPix2Pix: the UNet with 8 input channels (noisy latent +
+                 the input picture's latent), on (B, instruction, B′) pairs, started from stage 4
+                 with zero weights on the new channels, as InstructPix2Pix started from SD
+6. inpainting  — (v2) an SD-style inpainting UNet with 9 input channels (noisy latent + mask +
+                 masked-picture latent) on 2×2 grids of world pictures (64×64) with one cell
+                 masked and that cell's caption, started from stage 4 likewise
 
 The output directory is a standard Stable Diffusion directory (`StableDiffusionPipeline.
-from_pretrained` loads it) with `clip/` and `classifier/` beside the usual components.
+from_pretrained` loads it) with `clip/` and `classifier/` beside the usual components, and for v2
+`editor/` (`StableDiffusionInstructPix2PixPipeline`) and `inpainting/`
+(`StableDiffusionInpaintPipeline`), each a complete pipeline directory of its own.
 """
 
 from __future__ import annotations
@@ -24,11 +33,21 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -40,10 +59,13 @@ from ..word_tokenizer import word_tokenizer
 from .classifier import AttributeClassifier, targets
 from .world import (
     ATTRIBUTES,
+    FAMILIES,
+    LAYOUT_RANGE,
     RESOLUTION,
     all_scenes,
     canonical_caption,
     caption_variants,
+    instruction_variants,
     random_scene,
     render,
     vocabulary_words,
@@ -71,20 +93,37 @@ DESCRIPTOR = dict(
     captioner={"kind": "clip-retrieval", "captions": "captions.txt"},
     bench={"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
 )
+# World v2 adds its version and the directories of its editor and inpainting model.
+EDITOR_DIR, INPAINTING_DIR = "editor", "inpainting"
 
 
 @dataclass
 class TrainingPlan:
+    """Every setting of `diffinv shapes train`. world 1 trains v1 (stages 1–4, ±1.5 px jitter);
+    world 2 trains v2 (all six stages, offsets within ±`LAYOUT_RANGE`)."""
+
     seed: int = 0
+    world: int = 2
     n_images: int = 12000
-    classifier_steps: int = 1000
+    classifier_steps: int = 2000  # v1: 1000; v2's wider layout left the shape head at 99.0 % after 1000
     clip_steps: int = 1000
     vae_steps: int = 800
     vae_decoder_steps: int = 1500
     unet_steps: int = 4000
+    editor_steps: int = 2000
+    n_edit_pairs: int = 12000
+    inpainting_steps: int = 2000
+    n_grids: int = 6000
+    inpainting_batch: int = 32
     checkpoint_every: int = 500
     batch: int = 64
     clip_batch: int = 128
+
+    @property
+    def layout_range(self) -> float:
+        from .world import LAYOUT_RANGES
+
+        return LAYOUT_RANGES[self.world]
 
 
 def _scene_key(scene) -> tuple:
@@ -102,9 +141,9 @@ def _cosine_lr(optimizer, step: int, total: int, base: float, warmup: int = 100)
         group["lr"] = base * max(scale, 0.02)
 
 
-def render_dataset(n: int, seed: int):
+def render_dataset(n: int, seed: int, layout_range: float = LAYOUT_RANGE):
     rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(n)]
+    scenes = [random_scene(rng, layout_range) for _ in range(n)]
     return scenes, np.stack([np.asarray(render(s)) for s in scenes])
 
 
@@ -123,18 +162,42 @@ def _perturb(pixels: torch.Tensor) -> torch.Tensor:
 
 # --- 1. classifier --------------------------------------------------------------------------------
 def train_classifier(scenes, images: np.ndarray, plan: TrainingPlan) -> AttributeClassifier:
-    model = AttributeClassifier()
+    """Cross-entropy per attribute on perturbed renders; world v2 adds the centre (smooth L1 in
+    pixels) and sets the layout threshold from the trained classifier's own centre error."""
+    model = AttributeClassifier(centre=plan.world >= 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     pixels, labels = _pixels(images), targets(scenes)
+    centres = torch.tensor([[s.dx, s.dy] for s in scenes], dtype=torch.float32)
     for step in tqdm(range(plan.classifier_steps), desc="classifier"):
         _cosine_lr(optimizer, step, plan.classifier_steps, 2e-3)
         index = torch.randint(len(scenes), (128,))
-        logits = model(_perturb(pixels[index]))
-        loss = sum(F.cross_entropy(logits[k], labels[k][index]) for k in ATTRIBUTES)
+        outputs = model(_perturb(pixels[index]))
+        loss = sum(F.cross_entropy(outputs[k], labels[k][index]) for k in ATTRIBUTES)
+        if model.centre is not None:
+            loss = loss + F.smooth_l1_loss(outputs["centre"], centres[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval()
+    model.eval()
+    if model.centre is not None:
+        errors = centre_errors(model, plan.layout_range, seed=plan.seed + 7)
+        model.layout_threshold = layout_threshold(errors)
+    return model
+
+
+def centre_errors(classifier: AttributeClassifier, layout_range: float, n: int = 1000, seed: int = 7) -> np.ndarray:
+    """(n,) pixels between the classifier's centre and the truth, on fresh renders (not trained on)."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, layout_range) for _ in range(n)]
+    predicted = classifier.predict([render(s) for s in scenes])
+    return np.array([math.dist(p["centre"], (s.dx, s.dy)) for p, s in zip(predicted, scenes)])
+
+
+def layout_threshold(errors: np.ndarray) -> float:
+    """Twice the classifier's 99th-percentile centre error on true renders, rounded up to 0.25 px
+    and at least 0.5 px: a B′ drawn exactly where B is passes with room for what decoding and
+    sampling blur, while a shape moved by more than that fails."""
+    return max(0.5, math.ceil(2 * float(np.quantile(errors, 0.99)) * 4) / 4)
 
 
 # --- 2. CLIP --------------------------------------------------------------------------------------
@@ -262,10 +325,11 @@ def refine_vae_decoder(vae: AutoencoderKL, images: np.ndarray, plan: TrainingPla
 
 
 # --- 4. UNet --------------------------------------------------------------------------------------
-def build_unet() -> UNet2DConditionModel:
+def build_unet(in_channels: int = 4, sample_size: int = RESOLUTION // 4) -> UNet2DConditionModel:
+    """The world's denoiser: 4 input channels for text-to-image, 8 for the editor, 9 for inpainting."""
     return UNet2DConditionModel(
-        sample_size=RESOLUTION // 4,
-        in_channels=4,
+        sample_size=sample_size,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(48, 96, 96),
@@ -275,6 +339,20 @@ def build_unet() -> UNet2DConditionModel:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+
+
+def widened_from(unet: UNet2DConditionModel, in_channels: int, sample_size: int) -> UNet2DConditionModel:
+    """A copy of the text-to-image `unet` taking `in_channels` inputs: the first 4 input channels
+    keep its weights, the added ones start at zero — so it starts as the text-to-image model,
+    ignoring its new inputs (how InstructPix2Pix and SD's inpainting models were started)."""
+    wide = build_unet(in_channels, sample_size)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat(
+        [weight, weight.new_zeros(weight.shape[0], in_channels - 4, *weight.shape[2:])], 1
+    )
+    wide.load_state_dict(state)
+    return wide
 
 
 def training_scheduler() -> DDPMScheduler:
@@ -299,23 +377,37 @@ def encode_captions(text_encoder: CLIPTextModel, tokenizer, texts: list[str]) ->
     return torch.cat(states)
 
 
-def train_unet(
-    scenes,
-    images: np.ndarray,
-    vae: AutoencoderKL,
-    text_encoder: CLIPTextModel,
-    tokenizer,
+@torch.no_grad()
+def encode_pictures(vae: AutoencoderKL, images: np.ndarray, scaled: bool = True) -> torch.Tensor:
+    """VAE posterior means of (N, H, W, 3) uint8 pictures, × the scaling factor when `scaled`
+    (the denoised latents) or not (InstructPix2Pix's image conditioning is the unscaled mode)."""
+    pixels = _pixels(images) * 2 - 1
+    latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+    return latents * vae.config.scaling_factor if scaled else latents
+
+
+class Batch(NamedTuple):
+    clean: torch.Tensor  # (B, 4, h, w) scaled latents to denoise
+    inputs: torch.Tensor | None  # (B, k, h, w) extra input channels, concatenated after the noisy latents
+    states: torch.Tensor  # (B, L, WIDTH) text states
+
+
+def train_denoiser(
+    unet: UNet2DConditionModel,
+    next_batch,
+    steps: int,
     plan: TrainingPlan,
     partial: Path,
+    desc: str,
     on_checkpoint=None,
 ) -> UNet2DConditionModel:
-    """v-prediction on fixed latents; 10 % of captions dropped for classifier-free guidance;
-    the saved weights are an exponential moving average (decay 0.999).
+    """v-prediction with AdamW (lr 1e-3, cosine, 200 warm-up steps), gradients clipped at 1; the
+    saved weights are an exponential moving average (decay 0.999). `next_batch(step)` gives a
+    `Batch`; classifier-free-guidance dropout is its business.
 
     Every `plan.checkpoint_every` steps the online and EMA weights go to `partial` (resumed from
     there, with a fresh optimiser) and `on_checkpoint(ema)` may write a usable snapshot.
     """
-    unet = build_unet()
     ema = copy.deepcopy(unet).requires_grad_(False)
     start = 0
     if partial.exists():
@@ -325,33 +417,18 @@ def train_unet(
         with safe_open(str(partial), framework="pt") as handle:
             start = int(handle.metadata()["step"]) + 1
     scheduler = training_scheduler()
-    with torch.no_grad():
-        pixels = _pixels(images) * 2 - 1
-        latents = (
-            torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
-            * vae.config.scaling_factor
-        )
-    keys = [_scene_key(s) for s in scenes]
-    texts, choices = [""], {}
-    for key, scene in zip(keys, scenes):
-        if key not in choices:
-            variants = caption_variants(scene)
-            choices[key] = list(range(len(texts), len(texts) + len(variants)))
-            texts.extend(variants)
-    states = encode_captions(text_encoder, tokenizer, texts)
-    options = [choices[k] for k in keys]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
-    rng = random.Random(plan.seed)
-    bar = tqdm(range(start, plan.unet_steps), desc="UNet", initial=start, total=plan.unet_steps)
+    unet.train()
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps)
     for step in bar:
-        _cosine_lr(optimizer, step, plan.unet_steps, 1e-3, warmup=200)
-        index = torch.randint(len(latents), (plan.batch,))
-        caption = torch.tensor([0 if rng.random() < 0.1 else rng.choice(options[i]) for i in index.tolist()])
-        z0 = latents[index]
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (plan.batch,))
-        prediction = unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=states[caption]).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(z0, noise, t))
+        _cosine_lr(optimizer, step, steps, 1e-3, warmup=200)
+        batch = next_batch(step)
+        noise = torch.randn_like(batch.clean)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch.clean),))
+        noisy = scheduler.add_noise(batch.clean, noise, t)
+        model_input = noisy if batch.inputs is None else torch.cat([noisy, batch.inputs], dim=1)
+        prediction = unet(model_input, t, encoder_hidden_states=batch.states).sample
+        loss = F.mse_loss(prediction, scheduler.get_velocity(batch.clean, noise, t))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -362,13 +439,131 @@ def train_unet(
                 target.lerp_(source, 1 - decay)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % plan.checkpoint_every == 0 and step + 1 < plan.unet_steps:
+        if (step + 1) % plan.checkpoint_every == 0 and step + 1 < steps:
             weights = {f"online.{k}": v.contiguous() for k, v in unet.state_dict().items()}
             weights.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
             save_file(weights, str(partial), metadata={"step": str(step)})
             if on_checkpoint is not None:
                 on_checkpoint(ema.eval())
     return ema.eval()
+
+
+def caption_batches(scenes, latents: torch.Tensor, states_of, plan: TrainingPlan):
+    """Text-to-image batches: a scene's latent and one of its caption variants, 10 % of captions
+    dropped (the empty caption) for classifier-free guidance."""
+    keys = [_scene_key(s) for s in scenes]
+    texts, choices = [""], {}
+    for key, scene in zip(keys, scenes):
+        if key not in choices:
+            variants = caption_variants(scene)
+            choices[key] = list(range(len(texts), len(texts) + len(variants)))
+            texts.extend(variants)
+    states = states_of(texts)
+    options = [choices[k] for k in keys]
+    rng = random.Random(plan.seed)
+
+    def next_batch(step: int) -> Batch:
+        index = torch.randint(len(latents), (plan.batch,))
+        caption = torch.tensor([0 if rng.random() < 0.1 else rng.choice(options[i]) for i in index.tolist()])
+        return Batch(latents[index], None, states[caption])
+
+    return next_batch
+
+
+# --- 5. editor ------------------------------------------------------------------------------------
+def edit_pairs(n: int, seed: int, layout_range: float):
+    """`n` random edits: (B, B′, the instruction variants), B′ = B with one attribute changed, same layout."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        before = random_scene(rng, layout_range)
+        family = rng.choice(FAMILIES)
+        target = rng.choice([v for v in ATTRIBUTES[family] if v != getattr(before, family)])
+        pairs.append((before, before.with_(family, target), instruction_variants(family, before, target)))
+    return pairs
+
+
+def editor_batches(pairs, vae: AutoencoderKL, states_of, plan: TrainingPlan):
+    """InstructPix2Pix batches: denoise B′'s latent given B's unscaled latent and an instruction.
+    As InstructPix2Pix's training script: the instruction is dropped for 5 % + 5 %, the input
+    picture for 5 % + 5 %, both for the 5 % in common (guidance on text and image needs all three)."""
+    clean = encode_pictures(vae, np.stack([np.asarray(render(after)) for _, after, _ in pairs]))
+    source = encode_pictures(vae, np.stack([np.asarray(render(before)) for before, _, _ in pairs]), scaled=False)
+    texts = [""] + sorted({text for _, _, variants in pairs for text in variants})
+    row = {text: i for i, text in enumerate(texts)}
+    states = states_of(texts)
+    options = [[row[text] for text in variants] for _, _, variants in pairs]
+    rng = random.Random(plan.seed + 1)
+
+    def next_batch(step: int) -> Batch:
+        index = torch.randint(len(pairs), (plan.batch,))
+        draws = [rng.random() for _ in range(plan.batch)]
+        instruction = torch.tensor([0 if p < 0.10 else rng.choice(options[i]) for p, i in zip(draws, index.tolist())])
+        keep_image = torch.tensor([not (0.05 <= p < 0.15) for p in draws], dtype=torch.float32).view(-1, 1, 1, 1)
+        return Batch(clean[index], source[index] * keep_image, states[instruction])
+
+    return next_batch
+
+
+# --- 6. inpainting ------------------------------------------------------------------------------
+CELLS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (column, row) of the 2×2 grid: A | A′ over B | B′
+
+
+def grid_picture(pictures: list[Image.Image]) -> Image.Image:
+    """Four same-sized pictures as a 2×2 grid, in `CELLS` order (top-left, top-right, bottom-left, bottom-right)."""
+    side = pictures[0].width
+    grid = Image.new("RGB", (2 * side, 2 * side))
+    for picture, (column, row) in zip(pictures, CELLS):
+        grid.paste(picture, (column * side, row * side))
+    return grid
+
+
+def cell_mask(cell: int, side: int) -> Image.Image:
+    """The inpainting mask of one cell of a 2×2 grid of `side`-pixel pictures: white (repaint) in
+    the cell, black elsewhere."""
+    mask = Image.new("L", (2 * side, 2 * side), 0)
+    column, row = CELLS[cell]
+    mask.paste(255, (column * side, row * side, (column + 1) * side, (row + 1) * side))
+    return mask
+
+
+def inpainting_grids(n: int, seed: int, layout_range: float):
+    """`n` grids of four independent random scenes, each with one random cell to repaint."""
+    rng = random.Random(seed)
+    return [([random_scene(rng, layout_range) for _ in CELLS], rng.randrange(len(CELLS))) for _ in range(n)]
+
+
+def inpainting_batches(grids, vae: AutoencoderKL, states_of, plan: TrainingPlan):
+    """SD-inpainting batches: denoise the grid's latent given the mask (1 channel) and the latent
+    of the grid with the masked cell blanked (4), captioned by the masked cell's caption (10 %
+    dropped). Blanking and mask follow `StableDiffusionInpaintPipeline`: pixels × (mask < 0.5) in
+    [−1, 1], the mask resized to the latent grid."""
+    pictures = np.stack([np.asarray(grid_picture([render(s) for s in scenes])) for scenes, _ in grids])
+    clean = encode_pictures(vae, pictures)
+    masks = np.stack([np.asarray(cell_mask(cell, RESOLUTION)) for _, cell in grids]) >= 128  # (N, 64, 64)
+    blanked = pictures.astype(np.float32) / 127.5 - 1
+    blanked[masks] = 0.0
+    with torch.no_grad():
+        pixels = torch.from_numpy(blanked).permute(0, 3, 1, 2)
+        masked_latents = (
+            torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+            * vae.config.scaling_factor
+        )
+    latent_masks = F.interpolate(torch.from_numpy(masks).float().unsqueeze(1), size=clean.shape[-2:])
+    texts, options = [""], []
+    for scenes, cell in grids:
+        variants = caption_variants(scenes[cell])
+        options.append(list(range(len(texts), len(texts) + len(variants))))
+        texts.extend(variants)
+    states = states_of(texts)
+    rng = random.Random(plan.seed + 2)
+
+    def next_batch(step: int) -> Batch:
+        index = torch.randint(len(grids), (plan.inpainting_batch,))
+        caption = torch.tensor([0 if rng.random() < 0.1 else rng.choice(options[i]) for i in index.tolist()])
+        return Batch(clean[index], torch.cat([latent_masks[index], masked_latents[index]], dim=1), states[caption])
+
+    return next_batch
 
 
 # --- orchestration --------------------------------------------------------------------------------
@@ -388,12 +583,13 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
     torch.manual_seed(plan.seed)
     timings_path = out / "training.json"
     timings = json.loads(timings_path.read_text())["seconds"] if timings_path.exists() else {}
-    scenes, images = render_dataset(plan.n_images, plan.seed)
+    scenes, images = render_dataset(plan.n_images, plan.seed, plan.layout_range)
     tokenizer = word_tokenizer(vocabulary_words(), max_length=TEXT_LENGTH)
 
     def stage(name: str, work) -> None:
         if name in timings:  # finished in an earlier run
             return
+        torch.manual_seed(plan.seed + len(timings))  # each stage's draws independent of how the run was split
         start = time.time()
         work()
         timings[name] = round(time.time() - start, 1)
@@ -415,15 +611,15 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
         ),
     )
 
-    def unet_stage():
+    def frozen_parts():
         clip = CLIPModel.from_pretrained(out / "clip")
         text_encoder = CLIPTextModel(clip.config.text_config)
         text_encoder.load_state_dict(clip.text_model.state_dict())
-        text_encoder.eval()
-        vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+        return text_encoder.eval(), AutoencoderKL.from_pretrained(out / "vae").eval()
 
+    def pipeline_saver(pipeline_class, directory: Path, text_encoder, vae):
         def save(unet: UNet2DConditionModel) -> None:
-            StableDiffusionPipeline(
+            pipeline_class(
                 vae=vae,
                 text_encoder=text_encoder,
                 tokenizer=tokenizer,
@@ -432,25 +628,65 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,
-            ).save_pretrained(out)
+            ).save_pretrained(directory)
 
-        save(
-            train_unet(
-                scenes,
-                images,
-                vae,
-                text_encoder,
-                tokenizer,
-                plan,
-                out / "unet-partial.safetensors",
-                on_checkpoint=save,
-            )
+        return save
+
+    def denoiser_stage(name, directory, pipeline_class, make_unet, make_batches, steps) -> None:
+        text_encoder, vae = frozen_parts()
+        save = pipeline_saver(pipeline_class, directory, text_encoder, vae)
+        partial = out / f"{name}-partial.safetensors"
+        next_batch = make_batches(vae, lambda texts: encode_captions(text_encoder, tokenizer, texts))
+        save(train_denoiser(make_unet(), next_batch, steps, plan, partial, name, on_checkpoint=save))
+        partial.unlink(missing_ok=True)
+
+    def text_to_image_unet() -> UNet2DConditionModel:
+        return UNet2DConditionModel.from_pretrained(out / "unet")
+
+    stage(
+        "unet",
+        lambda: denoiser_stage(
+            "unet",
+            out,
+            StableDiffusionPipeline,
+            build_unet,
+            lambda vae, states_of: caption_batches(scenes, encode_pictures(vae, images), states_of, plan),
+            plan.unet_steps,
+        ),
+    )
+    if plan.world >= 2:
+        stage(
+            "editor",
+            lambda: denoiser_stage(
+                "editor",
+                out / EDITOR_DIR,
+                StableDiffusionInstructPix2PixPipeline,
+                lambda: widened_from(text_to_image_unet(), 8, RESOLUTION // 4),
+                lambda vae, states_of: editor_batches(
+                    edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range), vae, states_of, plan
+                ),
+                plan.editor_steps,
+            ),
         )
-        (out / "unet-partial.safetensors").unlink(missing_ok=True)
-
-    stage("unet", unet_stage)
+        stage(
+            "inpainting",
+            lambda: denoiser_stage(
+                "inpainting",
+                out / INPAINTING_DIR,
+                StableDiffusionInpaintPipeline,
+                lambda: widened_from(text_to_image_unet(), 9, 2 * RESOLUTION // 4),
+                lambda vae, states_of: inpainting_batches(
+                    inpainting_grids(plan.n_grids, plan.seed + 2, plan.layout_range), vae, states_of, plan
+                ),
+                plan.inpainting_steps,
+            ),
+        )
     (out / "captions.txt").write_text("\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8")
-    write_descriptor(out, **DESCRIPTOR)
+    descriptor = dict(DESCRIPTOR)
+    if plan.world >= 2:
+        descriptor["world"] = {"version": plan.world, "layout_range": plan.layout_range}
+        descriptor["bench"] = {**DESCRIPTOR["bench"], "editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
+    write_descriptor(out, **descriptor)
     return timings
 
 

@@ -1,0 +1,239 @@
+"""Shapes world v2: the layout no caption names, the editor's instructions, the classifier's centre
+and layout threshold, the layout score, and the six training stages on a tiny plan (the editor and
+the inpainting model load with their diffusers classes, training resumes stage by stage)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    StableDiffusionInpaintPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+
+from diffinv.bench.datasets import shapes_dataset
+from diffinv.model_card import model_card
+from diffinv.shapes.classifier import AttributeClassifier
+from diffinv.shapes.evaluate import score
+from diffinv.shapes.train import (
+    CELLS,
+    TrainingPlan,
+    build_unet,
+    cell_mask,
+    grid_picture,
+    layout_threshold,
+    train_world,
+    widened_from,
+)
+from diffinv.shapes.world import (
+    ATTRIBUTES,
+    COLOURS,
+    FAMILIES,
+    LAYOUT_RANGE,
+    Scene,
+    all_scenes,
+    canonical_instruction,
+    caption_variants,
+    instruction_variants,
+    render,
+    triplets,
+)
+
+POSITION_WORDS = {"left", "right", "top", "bottom", "centre", "center", "corner", "middle", "up", "down"}
+
+
+# --- the world -----------------------------------------------------------------------------------
+def test_v2_triplets_spread_the_layout_and_b_prime_keeps_bs():
+    drawn = triplets(200, seed=3, layout_range=LAYOUT_RANGE)
+    offsets = np.array([(t.b.dx, t.b.dy) for t in drawn])
+    assert np.abs(offsets).max() <= LAYOUT_RANGE
+    assert np.abs(offsets).max() > 0.9 * LAYOUT_RANGE  # the range is used, not only the middle
+    for t in drawn:
+        assert (t.b_prime.dx, t.b_prime.dy) == (t.b.dx, t.b.dy)
+        assert (t.a_prime.dx, t.a_prime.dy) == (t.a.dx, t.a.dy)
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle", "cross"])
+def test_a_large_shape_at_the_edge_of_the_range_stays_inside_the_frame(shape):
+    """The shape's ink is the same at offset 0 and at the corners of the range: nothing is cut off."""
+
+    def ink(dx, dy):
+        picture = np.asarray(render(Scene(shape, "red", "large", "white", False, dx, dy)), dtype=np.float64)
+        return (255 * 3 - picture.sum(axis=-1)).sum()
+
+    centred = ink(0, 0)
+    for dx, dy in [(LAYOUT_RANGE, LAYOUT_RANGE), (-LAYOUT_RANGE, -LAYOUT_RANGE), (LAYOUT_RANGE, -LAYOUT_RANGE)]:
+        assert ink(dx, dy) == pytest.approx(centred, rel=0.02)
+
+
+def test_no_caption_or_instruction_names_a_position():
+    scene = all_scenes()[17]
+    texts = list(caption_variants(scene))
+    for family in FAMILIES:
+        for value in ATTRIBUTES[family]:
+            if value != getattr(scene, family):
+                texts += instruction_variants(family, scene, value)
+    for text in texts:
+        assert not POSITION_WORDS & set(text.replace(",", " ").split()), text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_instructions_name_the_target_and_the_canonical_one_comes_first(family):
+    scene = Scene("circle", "red", "small", "white", True)
+    target = next(v for v in ATTRIBUTES[family] if v != getattr(scene, family))
+    variants = instruction_variants(family, scene, target)
+    assert variants[0] == canonical_instruction(family, scene, target)
+    assert len(set(variants)) == len(variants) >= 3
+    if family in ("shape", "colour", "background"):
+        assert all(target in text for text in variants)
+    triplet = triplets(5, seed=0, layout_range=LAYOUT_RANGE)[FAMILIES.index(family)]
+    assert triplet.instruction == canonical_instruction(family, triplet.b, triplet.target)
+
+
+def test_the_bench_draws_v2_triplets_for_a_v2_model_card(tmp_path):
+    (tmp_path / "diffinv.json").write_text(
+        json.dumps({"format": "diffinv.model/1", "world": {"version": 2, "layout_range": 5.0}})
+    )
+    assert model_card(tmp_path).shapes_layout_range == 5.0
+    assert model_card("shapes").shapes_layout_range == 1.5  # the bundled world is v1 until v2 replaces it
+    wide = shapes_dataset(50, seed=1, layout_range=5.0)
+    assert max(abs(t.truth.b.dx) for t in wide) > 1.5
+
+
+# --- the classifier's centre and the layout score ----------------------------------------------------
+def test_layout_threshold_is_twice_the_99th_percentile_rounded_up():
+    assert layout_threshold(np.array([0.1] * 99 + [0.3])) >= 0.5
+    errors = np.linspace(0, 1.0, 101)  # 99th percentile 0.99 → 1.98 → 2.0
+    assert layout_threshold(errors) == 2.0
+
+
+def test_a_centre_classifier_saves_and_loads_its_threshold(tmp_path):
+    classifier = AttributeClassifier(centre=True, layout_threshold=1.25)
+    classifier.save(tmp_path / "c")
+    loaded = AttributeClassifier.load(tmp_path / "c")
+    assert loaded.layout_threshold == 1.25 and loaded.centre is not None
+    prediction = loaded.predict([render(all_scenes()[0])])[0]
+    assert set(prediction) == set(ATTRIBUTES) | {"centre"} and len(prediction["centre"]) == 2
+    AttributeClassifier(width=8).save(tmp_path / "v1")
+    v1 = AttributeClassifier.load(tmp_path / "v1")
+    assert v1.centre is None and "centre" not in v1.predict([render(all_scenes()[0])])[0]
+
+
+def test_preserved_needs_the_layout_and_preserved_attributes_does_not():
+    triplet = triplets(1, seed=0, layout_range=LAYOUT_RANGE)[0]
+    truth = triplet.b_prime
+    right = {**truth.attributes, "centre": (truth.dx + 0.3, truth.dy)}
+    moved = {**truth.attributes, "centre": (truth.dx + 3.0, truth.dy - 3.0)}
+    assert score(right, triplet, 1.0) == {
+        "edit": 1.0,
+        "preserved": 1.0,
+        "correct": 1.0,
+        "layout": 1.0,
+        "preserved_attributes": 1.0,
+    }
+    assert score(moved, triplet, 1.0) == {
+        "edit": 1.0,
+        "preserved": 0.0,
+        "correct": 0.0,
+        "layout": 0.0,
+        "preserved_attributes": 1.0,
+    }
+    assert set(score(right, triplet)) == {"edit", "preserved", "correct"}  # no threshold: v1's scores
+
+
+# --- the grids of the inpainting model -----------------------------------------------------------------
+def test_grid_cells_and_masks():
+    colours = list(COLOURS)
+    pictures = [Image.new("RGB", (32, 32), COLOURS[c]) for c in colours[:4]]
+    grid = grid_picture(pictures)
+    assert grid.size == (64, 64)
+    for cell, (column, row) in enumerate(CELLS):
+        assert grid.getpixel((column * 32 + 5, row * 32 + 5)) == COLOURS[colours[cell]]
+        mask = np.asarray(cell_mask(cell, 32))
+        assert mask[row * 32 : (row + 1) * 32, column * 32 : (column + 1) * 32].min() == 255
+        assert mask.sum() == 255 * 32 * 32
+    assert CELLS[3] == (1, 1)  # B′ is the bottom-right cell, as in Analogist
+
+
+def test_widened_unet_starts_as_the_text_to_image_one():
+    torch.manual_seed(0)
+    unet = build_unet()
+    wide = widened_from(unet, 9, 16)
+    latents = torch.randn(1, 4, 16, 16)
+    states = torch.randn(1, 5, 64)
+    with torch.no_grad():
+        plain = unet(latents, 10, encoder_hidden_states=states).sample
+        extra = wide(torch.cat([latents, torch.randn(1, 5, 16, 16)], dim=1), 10, encoder_hidden_states=states).sample
+    assert torch.allclose(plain, extra, atol=1e-5)  # the new channels start ignored
+
+
+# --- training --------------------------------------------------------------------------------------
+def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
+    plan = TrainingPlan(
+        n_images=48,
+        classifier_steps=2,
+        clip_steps=2,
+        vae_steps=2,
+        vae_decoder_steps=2,
+        unet_steps=2,
+        editor_steps=2,
+        n_edit_pairs=16,
+        inpainting_steps=2,
+        n_grids=8,
+        inpainting_batch=4,
+        batch=8,
+        clip_batch=16,
+    )
+    out = tmp_path / "world"
+    timings = train_world(out, plan)
+    assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting"]
+    card = model_card(out)
+    assert card.shapes_layout_range == LAYOUT_RANGE
+    assert card.bench["editor"] == "editor" and card.bench["inpainting"] == "inpainting"
+    assert AttributeClassifier.load(out / "classifier").layout_threshold >= 0.5
+    assert StableDiffusionPipeline.from_pretrained(out).unet.config.in_channels == 4
+    editor = StableDiffusionInstructPix2PixPipeline.from_pretrained(out / "editor")
+    inpainter = StableDiffusionInpaintPipeline.from_pretrained(out / "inpainting")
+    assert editor.unet.config.in_channels == 8 and inpainter.unet.config.in_channels == 9
+    scene = Scene("circle", "red", "small", "white", False, 2.0, -3.0)
+    edited = editor(
+        "make it blue", image=render(scene), num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    assert edited.size == (32, 32)
+    pictures = [render(scene)] * 4
+    repainted = inpainter(
+        "a small red circle on a white background",
+        image=grid_picture(pictures),
+        mask_image=cell_mask(3, 32),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert repainted.size == (64, 64)
+
+    # a rerun finds every stage done and trains nothing
+    before = UNet2DConditionModel.from_pretrained(out / "editor" / "unet").conv_in.weight.clone()
+    assert train_world(out, plan) == timings
+    assert torch.equal(UNet2DConditionModel.from_pretrained(out / "editor" / "unet").conv_in.weight, before)
+
+
+def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
+    plan = TrainingPlan(
+        world=1,
+        n_images=32,
+        classifier_steps=1,
+        clip_steps=1,
+        vae_steps=1,
+        vae_decoder_steps=1,
+        unet_steps=1,
+        batch=4,
+        clip_batch=8,
+    )
+    timings = train_world(tmp_path / "v1", plan)
+    assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet"]
+    assert model_card(tmp_path / "v1").shapes_layout_range == 1.5
+    assert AttributeClassifier.load(tmp_path / "v1" / "classifier").centre is None
+    assert not (tmp_path / "v1" / "editor").exists()
