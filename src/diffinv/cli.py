@@ -368,8 +368,9 @@ def _add_bench_parser(commands) -> None:
             "repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, "
             "image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, "
             "clip-loss-token-mean, hard-tokens, sample-from-noise, edit-strength=0.5|1.5|2, negative-diff, inversion, "
-            "candidates=4), a named method (paper, in-context), NAME:field=value,…, or a set (fig5, n-sweep, "
-            "alpha-sweep, open-choices, keep-b). "
+            "candidates=4), a named method (paper, in-context), a baseline (sdedit, instructpix2pix, visii, "
+            "analogist, dia; sdedit:strength=0.6 sets its own config), NAME:field=value,…, or a set (fig5, n-sweep, "
+            "alpha-sweep, open-choices, keep-b, baselines). "
             "Default: difference-inversion and copy-b (+ oracle-caption on shapes)"
         ),
     )
@@ -394,6 +395,16 @@ def _add_bench_parser(commands) -> None:
         "--batch",
         type=int,
         help="triplets fitted together in one optimisation (default: 8 on the shapes world, 1 otherwise)",
+    )
+    run.add_argument(
+        "--baseline-model",
+        action="append",
+        dest="baseline_models",
+        metavar="NAME=MODEL",
+        help=(
+            "repeatable: the model a baseline runs on, hub id or directory (default: the model card's editor / "
+            "inpainting model, else the baseline's published one; sdedit and dia: the bench's model)"
+        ),
     )
     run.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
     _add_common(run)

@@ -21,6 +21,7 @@ from ..config import InversionConfig
 from ..errors import DiffinvError
 from ..model_card import ModelCard, model_card
 from ..shapes.world import JITTER
+from .baselines import parse_baseline_models
 from .datasets import BenchTriplet
 from .methods import Method
 from .report import write_reports
@@ -58,6 +59,19 @@ def build_dataset(args: argparse.Namespace) -> tuple[list[BenchTriplet], dict]:
 def default_methods(args: argparse.Namespace) -> list[str]:
     """The full method and B′ = B; on shapes also the oracle caption (its truth is known)."""
     return ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
+
+
+def check_baselines(methods: list[Method], card: ModelCard, triplets: list[BenchTriplet]) -> None:
+    """Every baseline method's config built once (published values, the card's budget, the spec's
+    changes) and a text-using one's text found for every triplet, so that a bad setting or a
+    missing text stops the run before any model loads."""
+    from .baselines import baseline_config, text_inputs
+
+    for method in methods:
+        if method.is_baseline:
+            baseline_config(method.base, card.bench.get("baselines", {}).get(method.base, {}), method.changes)
+            for triplet in triplets:
+                text_inputs(method.base, triplet)
 
 
 def build_methods(args: argparse.Namespace, card: ModelCard) -> tuple[list[Method], InversionConfig]:
@@ -179,6 +193,8 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
     methods, base_config = build_methods(args, card)
+    check_baselines(methods, card, triplets)
+    baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
     classifier = classifier_path(card)
@@ -187,6 +203,13 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
     shard = Shard.from_environment()
     args.device = args.device or local_device()
     di = load_model(args)
+    baselines = None
+    if any(method.is_baseline for method in methods):
+        from ..checks import hub_offline
+        from .baselines import BaselineLoader
+
+        offline = getattr(args, "offline", False) or hub_offline()
+        baselines = BaselineLoader(di, card, baseline_models, args.device, getattr(args, "dtype", None), offline)
     runner = BenchRunner(
         di,
         run_dir,
@@ -196,6 +219,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         batch,
         args.seed,
         progress=not args.quiet,
+        baselines=baselines,
     )
     with captioner_kept_loaded(di):
         count = runner.run(methods, triplets, shard)

@@ -39,7 +39,10 @@ class BenchTriplet:
 
     a, a_prime, b, b_prime: loaders returning RGB images (b_prime None: no ground truth).
     family: the kind of change (shapes: the changed attribute), used to group tables.
-    caption_b_prime: the ground-truth description of B′ (the oracle-caption reference needs it).
+    caption_b_prime: the ground-truth description of B′ (the oracle-caption reference needs it, and
+        the text-using baselines SDEdit and Analogist get it).
+    instruction: the edit in words (the text-using baseline InstructPix2Pix gets it; shapes: the
+        world's canonical instruction, InstructPix2Pix data: its own "edit").
     truth: the shapes-world `Triplet` when there is one (exact scoring by the classifier).
     info: anything else worth keeping in the results (never shown to a method).
     """
@@ -51,6 +54,7 @@ class BenchTriplet:
     b_prime: ImageSource | None = None
     family: str = ""
     caption_b_prime: str | None = None
+    instruction: str | None = None
     truth: object | None = None
     info: dict = field(default_factory=dict)
 
@@ -89,6 +93,7 @@ def shapes_dataset(
                 b_prime=_constant(b_prime),
                 family=triplet.family,
                 caption_b_prime=canonical_caption(triplet.b_prime),
+                instruction=triplet.instruction,
                 truth=triplet,
             )
         )
@@ -131,6 +136,7 @@ def folder_dataset(root: str | Path) -> list[BenchTriplet]:
                 b_prime=_from_file(found["b_prime"]) if found["b_prime"] else None,
                 family=captions.get("family", ""),
                 caption_b_prime=captions.get("b_prime"),
+                instruction=captions.get("instruction"),
             )
         )
     if not out:
@@ -149,15 +155,22 @@ def instructpix2pix_pairs(root: str | Path) -> list[dict]:
     for prompt_file in sorted(root.glob("*/prompt.json")):
         directory = prompt_file.parent
         try:
-            instruction = json.loads(prompt_file.read_text(encoding="utf-8"))["edit"]
-        except (ValueError, KeyError):
+            prompt = json.loads(prompt_file.read_text(encoding="utf-8"))
+            instruction, output = prompt["edit"], prompt.get("output")
+        except (ValueError, KeyError, TypeError):
             raise DiffinvError(f'{prompt_file}: not an InstructPix2Pix prompt.json (needs an "edit" field)') from None
         for before in sorted(directory.glob("*_0.*")):
             seed = before.name[: -len("_0" + before.suffix)]
             after = _find_image(directory, f"{seed}_1")
             if before.suffix.lower() in IMAGE_SUFFIXES and after:
                 pairs.append(
-                    {"id": f"{directory.name}-{seed}", "before": before, "after": after, "instruction": instruction}
+                    {
+                        "id": f"{directory.name}-{seed}",
+                        "before": before,
+                        "after": after,
+                        "instruction": instruction,
+                        "output": output,
+                    }
                 )
     if not pairs:
         raise DiffinvError(
@@ -168,8 +181,9 @@ def instructpix2pix_pairs(root: str | Path) -> list[dict]:
 
 def instructpix2pix_dataset(root: str | Path, n: int = 300, seed: int = 0) -> list[BenchTriplet]:
     """The paper's protocol: `n` seeded pairs (A = before, A′ = after); B = the before image of
-    another pair with the same instruction. The instruction is kept in `info` for the report and
-    is never given to a method."""
+    another pair with the same instruction. The instruction is kept in `info` for the report; only
+    the text-using baselines get it (`instruction`), and B's own "output" caption
+    (`caption_b_prime`); Difference Inversion never sees either."""
     by_instruction: dict[str, list[dict]] = {}
     for pair in instructpix2pix_pairs(root):
         by_instruction.setdefault(pair["instruction"].strip().lower(), []).append(pair)
@@ -188,6 +202,8 @@ def instructpix2pix_dataset(root: str | Path, n: int = 300, seed: int = 0) -> li
                 a=_from_file(pair["before"]),
                 a_prime=_from_file(pair["after"]),
                 b=_from_file(other["before"]),
+                caption_b_prime=other["output"],
+                instruction=pair["instruction"],
                 info={"instruction": pair["instruction"], "b_from": other["id"]},
             )
         )

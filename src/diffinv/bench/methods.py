@@ -7,6 +7,9 @@ A method is named by a spec: a base name, optionally followed by config changes,
     copy-b                 reference: B′ = B (no change at all)
     oracle-caption         reference: B′ drawn from the ground-truth caption of B′, no DIFF
                            tokens, exactly as Difference Inversion draws (needs that caption)
+    sdedit, instructpix2pix, visii, analogist, dia
+                           the paper's baselines (`bench.baselines`); their spec's changes are
+                           fields of the baseline's own config (``sdedit:strength=0.6``)
 
 and the named variants of Difference Inversion below (the paper's ablations, its sweeps of n
 and α, and the points it leaves open).
@@ -18,6 +21,7 @@ from dataclasses import dataclass, fields
 
 from ..config import PRESETS, InversionConfig
 from ..errors import DiffinvError
+from .baselines import BASELINE_METHODS
 
 REFERENCES = ("copy-b", "oracle-caption")
 
@@ -59,6 +63,7 @@ PRESETS: dict[str, list[str]] = {
     "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
+    "baselines": ["difference-inversion", "paper", "copy-b", *BASELINE_METHODS],
     "keep-b": [
         "difference-inversion",
         "copy-b",
@@ -82,17 +87,19 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def parse_changes(text: str) -> dict:
-    """'alpha=0.5,n_tokens=3' → {'alpha': 0.5, 'n_tokens': 3}, checked against InversionConfig."""
-    known = {f.name for f in fields(InversionConfig)}
+def parse_changes(text: str, known: set[str] | None = None, owner: str = "InversionConfig") -> dict:
+    """'alpha=0.5,n_tokens=3' → {'alpha': 0.5, 'n_tokens': 3}, checked against the fields of
+    InversionConfig (or `known`, the fields of `owner`; None there: checked later)."""
+    if known is None and owner == "InversionConfig":
+        known = {f.name for f in fields(InversionConfig)}
     changes = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in known:
+        if not sep or (known is not None and name not in known):
             raise DiffinvError(
-                f"bad config change {item!r}: expected field=value with a field of InversionConfig "
-                f"({', '.join(sorted(known))})"
+                f"bad config change {item!r}: expected field=value with a field of {owner}"
+                + (f" ({', '.join(sorted(known))})" if known is not None else "")
             )
         changes[name] = parse_value(value.strip())
     return changes
@@ -103,12 +110,16 @@ class Method:
     """A parsed method spec. `changes` apply on top of the run's base config (DI methods only)."""
 
     spec: str
-    base: str  # "difference-inversion", "copy-b" or "oracle-caption"
+    base: str  # "difference-inversion", "copy-b", "oracle-caption" or a baseline's name
     changes: dict
 
     @property
     def fits_tokens(self) -> bool:
         return self.base == "difference-inversion"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.base in BASELINE_METHODS
 
     def config(self, base_config: InversionConfig) -> InversionConfig:
         return base_config.replace(**self.changes)
@@ -121,9 +132,11 @@ def parse_method(spec: str) -> Method:
         if extra:
             raise DiffinvError(f"the reference {name!r} takes no config changes")
         return Method(spec, name, {})
+    if name in BASELINE_METHODS:  # its changes are checked against its config when it is built
+        return Method(spec, name, parse_changes(extra, known=None, owner=f"{name}'s config"))
     if name not in VARIANTS:
         raise DiffinvError(
-            f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES])} "
+            f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES, *BASELINE_METHODS])} "
             f"(or a preset: {', '.join(PRESETS)})"
         )
     return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)})

@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from ..config import InversionConfig
 from ..errors import DiffinvError
 from ..grid import image_grid
+from .baselines import BASELINE_METHODS
+from .baselines import text_inputs as baseline_text
 from .datasets import BenchTriplet
 from .methods import Method
 from .metrics import Embedder, directional_score, similarity_to_truth
@@ -84,6 +86,7 @@ class BenchRunner:
     embedders: image embedders for the directional score (named columns `<name>_directional`).
     classifier: the shapes world's attribute classifier, for exact scores of shapes triplets.
     batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
+    baselines: `bench.baselines.BaselineLoader` (name, changes) → a baseline, for baseline methods.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class BenchRunner:
         batch_size: int = 1,
         seed: int = 0,
         progress: bool = True,
+        baselines=None,
     ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
@@ -107,6 +111,7 @@ class BenchRunner:
             seed,
             progress,
         )
+        self.baselines = baselines
 
     def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
@@ -115,6 +120,12 @@ class BenchRunner:
                 raise DiffinvError(
                     "oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)"
                 )
+            if method.is_baseline:
+                if self.baselines is None:
+                    raise DiffinvError(f"{method.spec}: this runner has no baselines")
+                for triplet in triplets:
+                    baseline_text(method.base, triplet)  # a text-using baseline without its text raises here
+                continue
             method.config(self.base_config)  # an invalid change raises here, before any work
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
@@ -142,7 +153,7 @@ class BenchRunner:
 
     def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):
         """Yields one result row per triplet of `chunk` as soon as its B′ is drawn."""
-        config = method.config(self.base_config)
+        config = self.base_config if method.is_baseline else method.config(self.base_config)
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
         fit_seconds, tokens = 0.0, [None] * len(chunk)
         if method.fits_tokens:
@@ -158,7 +169,11 @@ class BenchRunner:
             start = time.perf_counter()
             # A and A′ score the candidates B′ when config.candidates > 1
             reference = {"reference": (a, a_prime)} if config.candidates > 1 else {}
-            if method.base == "copy-b":
+            if method.is_baseline:
+                baseline = self.baselines(method.base, method.changes)
+                inputs = baseline_text(method.base, triplet)
+                b_prime = baseline.analogy(a, a_prime, b, seed=self.seed + index, progress=False, **inputs)
+            elif method.base == "copy-b":
                 b_prime = b
             elif method.base == "oracle-caption":
                 b_prime = self.di.draw(
@@ -199,6 +214,8 @@ class BenchRunner:
             "seconds": round(seconds, 4),
             **paths,
         }
+        if method.is_baseline and BASELINE_METHODS[method.base].text is not None:
+            row["uses_text"] = True  # told the edit in words: not an analogy from images alone
         if tokens is not None and tokens.history.get("loss"):
             paths_loss = f"loss/{name}/{triplet.id}.svg"
             (self.run_dir / paths_loss).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,147 @@
+"""The paper's baselines as `diffinv bench` methods, offline on tiny saved models: text-using
+baselines get the dataset's text and are marked so, their settings are checked before any model
+loads, each runs on the model its card or `--baseline-model` names, and one missing text stops
+the run before any work."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffinv.bench.baselines import BaselineLoader, baseline_config, parse_baseline_models, text_inputs
+from diffinv.bench.datasets import BenchTriplet, shapes_dataset
+from diffinv.bench.methods import expand_methods, parse_method
+from diffinv.bench.report import read_results
+from diffinv.cli import main
+from diffinv.errors import DiffinvError
+from diffinv.model_card import model_card
+from diffinv.testing import tiny_pipeline
+from test_baselines import tiny_instruct_pix2pix
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture
+def model_args(tiny_model_dir):
+    model_dir, clip_dir = tiny_model_dir
+    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("diffinv: error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def dataset_with_instructions(tmp_path_factory) -> Path:
+    """Two of the examples, their captions.txt with the instruction turning B into B′ added."""
+    root = tmp_path_factory.mktemp("triplets")
+    for name, instruction in (("colour", "make it blue"), ("dot", "add a dot")):
+        shutil.copytree(EXAMPLES / name, root / name)
+        with open(root / name / "captions.txt", "a", encoding="utf-8") as handle:
+            handle.write(f"instruction: {instruction}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def editor_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("editor") / "ip2p"
+    tiny_instruct_pix2pix(tiny_pipeline()).save_pretrained(directory)
+    return directory
+
+
+def bench_args(out, model_args, data, *methods):
+    argv = ["bench", "run", "--out", out, "--dataset", "folder", "--data", data, "--embedder", "clip"]
+    for method in methods:
+        argv += ["--method", method]
+    return argv + model_args
+
+
+# --- parsing and checking ----------------------------------------------------------------------------
+def test_baseline_specs_parse_and_their_settings_are_checked_against_their_config():
+    method = parse_method("sdedit:strength=0.6,steps=4")
+    assert method.is_baseline and not method.fits_tokens
+    assert method.base == "sdedit" and method.changes == {"strength": 0.6, "steps": 4}
+    config = baseline_config("sdedit", {"steps": 20, "guidance_scale": 4.0}, method.changes)
+    assert (config.strength, config.steps, config.guidance_scale) == (0.6, 4, 4.0)  # the spec wins over the card
+    with pytest.raises(DiffinvError, match="sdedit has no setting strenght"):
+        baseline_config("sdedit", {}, {"strenght": 0.5})
+    assert [m.base for m in expand_methods(["baselines"])][-5:] == [
+        "sdedit",
+        "instructpix2pix",
+        "visii",
+        "analogist",
+        "dia",
+    ]
+
+
+def test_text_using_baselines_get_the_datasets_text():
+    triplet = shapes_dataset(1, seed=0)[0]
+    assert text_inputs("sdedit", triplet) == {"prompt": triplet.caption_b_prime}
+    assert text_inputs("instructpix2pix", triplet) == {"instruction": triplet.truth.instruction}
+    assert text_inputs("visii", triplet) == {}  # learns from the images alone
+    bare = BenchTriplet(id="x", a=None, a_prime=None, b=None)
+    with pytest.raises(DiffinvError, match="instruction"):
+        text_inputs("instructpix2pix", bare)
+
+
+def test_baseline_models_come_from_the_card_or_the_command_line(tmp_path):
+    (tmp_path / "editor").mkdir()
+    (tmp_path / "diffinv.json").write_text(json.dumps({"format": "diffinv.model/1", "bench": {"editor": "editor"}}))
+    loader = BaselineLoader(None, model_card(tmp_path), {}, "cpu", None, True)
+    assert loader.model_for("instructpix2pix") == str(tmp_path / "editor")
+    assert loader.model_for("analogist") is None  # no inpainting model named: the published one
+    assert loader.model_for("sdedit") is None  # the bench's own pipeline
+    given = BaselineLoader(None, model_card(tmp_path), parse_baseline_models(["visii=other/ip2p"]), "cpu", None, True)
+    assert given.model_for("visii") == "other/ip2p"
+    with pytest.raises(DiffinvError, match="NAME=MODEL"):
+        parse_baseline_models(["pix2pix=x"])
+
+
+def test_a_bad_baseline_setting_stops_the_run_before_any_model_loads(capsys, tmp_path, model_args):
+    err = one_line_error(capsys, bench_args(tmp_path / "run", model_args, EXAMPLES, "sdedit:strenght=0.5"))
+    assert "strenght" in err
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+# --- running ------------------------------------------------------------------------------------------
+def test_sdedit_and_instructpix2pix_run_in_the_bench_and_are_marked_text_using(
+    capsys, tmp_path, model_args, dataset_with_instructions, editor_dir
+):
+    out = tmp_path / "run"
+    argv = bench_args(
+        out,
+        model_args,
+        dataset_with_instructions,
+        "sdedit:steps=2",
+        "instructpix2pix:steps=2",
+        "copy-b",
+    )
+    argv += ["--baseline-model", f"instructpix2pix={editor_dir}"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    rows = read_results(out)
+    by_method = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(row)
+    assert sorted(by_method) == ["copy-b", "instructpix2pix:steps=2", "sdedit:steps=2"]
+    for method in ("sdedit:steps=2", "instructpix2pix:steps=2"):
+        assert len(by_method[method]) == 2
+        assert all(row["uses_text"] for row in by_method[method])
+        for row in by_method[method]:
+            assert (
+                Image.open(out / row["b_prime"]).size
+                == Image.open(dataset_with_instructions / row["id"] / "b.png").size
+            )
+    assert not any("uses_text" in row for row in by_method["copy-b"])
+
+
+def test_a_missing_text_stops_the_run_before_any_work(capsys, tmp_path, model_args, editor_dir):
+    argv = bench_args(tmp_path / "run", model_args, EXAMPLES, "instructpix2pix:steps=2")
+    argv += ["--baseline-model", f"instructpix2pix={editor_dir}"]
+    err = one_line_error(capsys, argv)
+    assert "instruction" in err
+    assert not (tmp_path / "run" / "results.jsonl").exists()
