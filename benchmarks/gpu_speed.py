@@ -3,32 +3,41 @@
 The models are built from the published configurations kept in `benchmarks/configs/` (see its
 README for their sources) with random weights, so nothing is downloaded; speed and memory do
 not depend on the weights' values. Everything runs in `--dtype` (default bfloat16 on CUDA) at
-the model's native resolution.
+the model's native resolution. Both sizes run diffinv's real code, timed the same way:
 
-SD 2.1 size (768 px, v-prediction; OpenCLIP ViT-H text encoder; the ViT-H CLIP for the deltas):
+  - SD 2.1 size (768 px, v-prediction): OpenCLIP ViT-H text encoder, DDIM, a
+    `StableDiffusionPipeline` → `StableDiffusionBackbone`; the ViT-H CLIP for the deltas and the
+    CLIP loss (its text tower holds the text encoder's weights);
+  - SDXL size (1024 px, ε): CLIP-L and bigG text encoders, Euler, a `StableDiffusionXLPipeline` →
+    `StableDiffusionXLBackbone` (DIFF tokens 768 + 1280 wide, pooled text and size conditioning);
+    the ViT-bigG CLIP, whose text tower holds encoder 2's weights and projection, so that the
+    CLIP loss sees encoder 2's 1280 columns of D̃ as in diffinv.
+
+For each size (`bench`):
   - floor: one batched UNet forward + backward on the two latents (z_A, z_A′) at two timesteps,
-    the gradient reaching the text states — the least any implementation of step ⑥ must do;
-  - step: one step of diffinv's real loop (`inversion.fit_diff_tokens` on a
-    `StableDiffusionBackbone`): text encoder with ±D̃, the UNet call, the CLIP loss through the
-    ViT-H text tower, AdamW. Floor and step are timed interleaved, `--repeats` times `--steps`
-    steps each, after a warm-up; medians are reported;
+    the gradient reaching the text states (for SDXL also the pooled embedding; the size numbers
+    as the backbone makes them) — the least any implementation of step ⑥ must do;
+  - step: one step of diffinv's real loop (`inversion.fit_diff_tokens` on the backbone): text
+    encoder(s) with ±D̃, the UNet call, the CLIP loss through the CLIP's text tower, AdamW. Floor
+    and step are timed interleaved, `--repeats` times `--steps` steps each, after a warm-up;
+    medians are reported, and their ratio;
   - one analogy, phase by phase: PEZ on A and A′, the CLIP deltas and VAE latents, the fit,
-    PEZ on B, drawing B′ (img2img at the default strength, classifier-free guidance);
+    PEZ on B, drawing B′ (img2img at the default strength, classifier-free guidance), and the
+    same analogy extrapolated to the paper's counts (PEZ, N and sampling steps of the defaults);
   - peak GPU memory per phase (`torch.cuda.max_memory_allocated`).
-SDXL size (1024 px): diffinv has no SDXL backbone yet, so only the parts a step will need: the
-  UNet floor with its added text/time embeddings, the two text encoders (forward, and forward +
-  backward to DIFF-token slots), one UNet forward (one guided sampling step), peak memory.
 
     python benchmarks/gpu_speed.py --models sd21,sdxl --json gpu.json
     python benchmarks/gpu_speed.py --tiny --device cpu --dtype float32 --steps 2 --pez-steps 2 --sampling-steps 2
 
-`--tiny` shrinks every configuration (few layers and channels, 64 px) so that the whole script
-runs on a CPU in seconds: a smoke test of the code path, meaningless as a speed figure.
+`--tiny` shrinks every configuration (few layers and channels, 64 px; SDXL's encoders 16 and 32
+wide, the bigG CLIP's text tower still encoder 2) so that the whole script runs on a CPU in
+seconds: a smoke test of the code path, meaningless as a speed figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import itertools
 import json
@@ -44,8 +53,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DDPMScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
@@ -59,18 +69,19 @@ from transformers import (
 )
 
 from diffinv.backbone import StableDiffusionBackbone
+from diffinv.backbone_xl import StableDiffusionXLBackbone, XLTextStates
 from diffinv.clip_space import ClipSpace
 from diffinv.config import InversionConfig
 from diffinv.errors import DiffinvError
 from diffinv.inversion import (
     PreparedPair,
+    check_compatible,
     fit_diff_tokens,
     noised_pair,
     prompt_pair,
 )
 from diffinv.pipeline import DifferenceInversion, resolve_device_dtype
 from diffinv.testing import WORDS, word_tokenizer
-from diffinv.text_slots import replaced_token_embeddings, slot_token_ids
 from diffinv.tokens import DiffTokens
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -227,8 +238,9 @@ def picture(size: int, colour: str, shape: str, seed: int) -> Image.Image:
     return image
 
 
-# --- SD 2.1 size ----------------------------------------------------------------------------
+# --- the two model sizes ------------------------------------------------------------------
 def build_sd21(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[StableDiffusionBackbone, ClipSpace]:
+    """SD 2.1 size: UNet (v-prediction), OpenCLIP ViT-H text encoder, VAE, DDIM; the ViT-H CLIP."""
     text = load_config("sd21_text_encoder")
     tokenizer = word_tokenizer(WORDS) if tiny else clip_sized_tokenizer(text["vocab_size"])
     unet, vae, clip = load_config("sd21_unet"), load_config("sd21_vae"), load_config("sd21_clip_vit_h")
@@ -257,29 +269,81 @@ def build_sd21(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[St
     return StableDiffusionBackbone(pipe, model_id="random-sd21-size"), ClipSpace(clip_model, tokenizer)
 
 
+def build_sdxl(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[StableDiffusionXLBackbone, ClipSpace]:
+    """SDXL size: UNet (ε, added text/time embeddings), CLIP-L and bigG text encoders, VAE, Euler;
+    the ViT-bigG CLIP, whose text tower is encoder 2. --tiny: encoders 16 and 32 wide (unequal,
+    so that a mixed-up split of D̃ fails), the CLIP's text tower 32 wide like encoder 2."""
+    text_1, text_2 = load_config("sdxl_text_encoder"), load_config("sdxl_text_encoder_2")
+    tokenizer = word_tokenizer(WORDS) if tiny else clip_sized_tokenizer(text_1["vocab_size"])
+    tokenizer_2 = copy.deepcopy(tokenizer)  # one vocabulary; SDXL's second tokenizer pads with "!"
+    tokenizer_2.pad_token = "!"
+    unet, vae, clip = load_config("sdxl_unet"), load_config("sdxl_vae"), load_config("sdxl_clip_vit_bigg")
+    if tiny:
+        text_1, text_2 = tiny_text(text_1, 16, len(tokenizer)), tiny_text(text_2, 32, len(tokenizer))
+        unet = tiny_unet(unet, 16 + 32, pooled_width=32)
+        vae, clip = tiny_vae(vae), tiny_clip(clip, 32, len(tokenizer))
+    with torch.device(device):
+        modules = dict(
+            vae=frozen(AutoencoderKL.from_config(vae), dtype),
+            text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**text_1)), dtype),
+            text_encoder_2=frozen(CLIPTextModelWithProjection(CLIPTextConfig(**text_2)), dtype),
+            unet=frozen(UNet2DConditionModel.from_config(unet), dtype),
+        )
+        clip_model = frozen(CLIPModel(CLIPConfig(**clip)), dtype)
+    # ViT-bigG's text tower *is* SDXL's encoder 2, all its layers and its projection: copy both in
+    # (strictly: the two configurations must agree), so that `inversion.check_compatible` passes.
+    encoder_2 = modules["text_encoder_2"]
+    clip_model.text_model.load_state_dict(encoder_2.text_model.state_dict())
+    clip_model.text_projection.load_state_dict(encoder_2.text_projection.state_dict())
+    pipe = StableDiffusionXLPipeline(
+        **modules,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=EulerDiscreteScheduler.from_config(load_config("sdxl_scheduler")),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    return StableDiffusionXLBackbone(pipe, model_id="random-sdxl-size"), ClipSpace(clip_model, tokenizer)
+
+
+BUILDERS = {"sd21": build_sd21, "sdxl": build_sdxl}
+
+
+def leaf(text_states):
+    """Text states cut from their graph, as a leaf that takes a gradient (both fields of SDXL's)."""
+    if isinstance(text_states, XLTextStates):
+        return XLTextStates(leaf(text_states.hidden), leaf(text_states.pooled))
+    return text_states.detach().requires_grad_(True)
+
+
 def unet_floor(backbone, latents, text_states, steps: int, generator) -> float:
     """Seconds per step of the floor: batched UNet forward + backward on the latents, the gradient
-    reaching the text states (timesteps, noise and targets drawn as the fit draws them)."""
+    reaching the text states (timesteps, noise and targets drawn as the fit draws them; SDXL's
+    pooled embedding and size numbers go in as the backbone gives them)."""
 
     def run():
         for _ in range(steps):
             noisy, timesteps, targets = noised_pair(backbone, latents, generator)
-            leaf = text_states.detach().requires_grad_(True)
-            (backbone.predict(noisy, timesteps, leaf).float() - targets.float()).pow(2).mean().backward()
+            prediction = backbone.predict(noisy, timesteps, leaf(text_states))
+            (prediction.float() - targets.float()).pow(2).mean().backward()
 
     return timed(backbone.device, run)[1] / steps
 
 
-def bench_sd21(args, device: torch.device, dtype: torch.dtype) -> dict:
+def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
+    """Build the `name`-size models, then time diffinv's real loop on them: floor against step,
+    one analogy phase by phase, peak memory, and the analogy extrapolated to the paper's counts."""
     torch.manual_seed(0)
-    (backbone, clip), build_s = timed(device, build_sd21, args.tiny, device, dtype)
+    (backbone, clip), build_s = timed(device, BUILDERS[name], args.tiny, device, dtype)
     weights = allocated_gib(device)
     di = DifferenceInversion(backbone, clip, captioner=None)
     size = backbone.native_resolution
     a, a_prime = picture(size, "red", "circle", 1), picture(size, "blue", "circle", 2)
     b = picture(size, "red", "square", 3)
     config = InversionConfig(steps=args.steps, pez_steps=args.pez_steps, sampling_steps=args.sampling_steps)
-    noise_generator = torch.Generator(device=device).manual_seed(0)
+    check_compatible(backbone, clip, config)  # the CLIP's text tower is the (second) text encoder
+    # Timesteps and noise are drawn on the CPU (`noised_pair`), as `DifferenceInversion.fit` does.
+    noise_generator = torch.Generator().manual_seed(0)
 
     def prepare(cfg) -> tuple[PreparedPair, dict]:
         """Steps ①–③ with the captions given: PEZ on A and A′, then the CLIP deltas and VAE latents."""
@@ -297,7 +361,9 @@ def bench_sd21(args, device: torch.device, dtype: torch.dtype) -> dict:
         return DiffTokens(
             embeddings=diff.cpu(),
             model_id=backbone.model_id,
-            vocab_size=backbone.vocabulary.shape[0],
+            vocab_size=backbone.vocab_size,
+            family=backbone.family,
+            encoder_widths=backbone.encoder_widths,
             config=cfg,
             prompt_a=pair.prompt_a,
             prompt_a_prime=pair.prompt_a_prime,
@@ -351,12 +417,20 @@ def bench_sd21(args, device: torch.device, dtype: torch.dtype) -> dict:
         "sampling": phases["sampling"] * PAPER.sampling_steps / args.sampling_steps,
     }
     paper["total"] = sum(paper.values())
+    encoders = {"text_encoder": backbone.text_encoder}
+    if isinstance(backbone, StableDiffusionXLBackbone):
+        encoders["text_encoder_2"] = backbone.text_encoder_2
     return {
+        "backbone": type(backbone).__name__,
+        "family": backbone.family,
+        "token_width": backbone.token_width,
+        "encoder_widths": list(backbone.encoder_widths) if backbone.encoder_widths else None,
+        "clip_text_tower_matches": True,  # `check_compatible` above passed
         "resolution": size,
         "latents": list(pair.latents.shape),
         "parameters": {
             "unet": parameters(backbone.unet),
-            "text_encoder": parameters(backbone.text_encoder),
+            **{key: parameters(module) for key, module in encoders.items()},
             "vae": parameters(backbone.vae),
             "clip": parameters(clip.model),
         },
@@ -382,121 +456,6 @@ def bench_sd21(args, device: torch.device, dtype: torch.dtype) -> dict:
     }
 
 
-# --- SDXL size ------------------------------------------------------------------------------
-def bench_sdxl(args, device: torch.device, dtype: torch.dtype) -> dict:
-    torch.manual_seed(0)
-    unet_config, text_1, text_2 = (
-        load_config("sdxl_unet"),
-        load_config("sdxl_text_encoder"),
-        load_config("sdxl_text_encoder_2"),
-    )
-    tokenizer = word_tokenizer(WORDS) if args.tiny else clip_sized_tokenizer(text_1["vocab_size"])
-    if args.tiny:
-        text_1, text_2 = tiny_text(text_1, 16, len(tokenizer)), tiny_text(text_2, 32, len(tokenizer))
-        unet_config = tiny_unet(unet_config, 16 + 32, pooled_width=32)
-
-    def build():
-        with torch.device(device):
-            return (
-                frozen(UNet2DConditionModel.from_config(unet_config), dtype),
-                frozen(CLIPTextModel(CLIPTextConfig(**text_1)), dtype),
-                frozen(CLIPTextModelWithProjection(CLIPTextConfig(**text_2)), dtype),
-            )
-
-    (unet, encoder_1, encoder_2), build_s = timed(device, build)
-    weights = allocated_gib(device)
-    scheduler = DDPMScheduler.from_config(load_config("sdxl_scheduler"))  # training-time noising, as the backbone
-    resolution = unet.config.sample_size * 8
-    n = PAPER.n_tokens
-    length = min(tokenizer.model_max_length, encoder_1.config.max_position_embeddings)
-    ids, slot_mask = slot_token_ids(tokenizer, list(CAPTIONS), n, length)
-    ids, slot_mask = ids.to(device), slot_mask.to(device)
-
-    def encode(diff_1, diff_2):
-        """SDXL's conditioning: both encoders' penultimate layers side by side (B, L, 768 + 1280) and
-        the second one's projected pooled output (B, 1280), with DIFF tokens at the slots."""
-        with (
-            replaced_token_embeddings(encoder_1, slot_mask, diff_1),
-            replaced_token_embeddings(encoder_2, slot_mask, diff_2),
-        ):
-            out_1 = encoder_1(ids, output_hidden_states=True)
-            out_2 = encoder_2(ids, output_hidden_states=True)
-        return torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
-
-    def diff_tokens():
-        return [
-            torch.zeros(2, n, encoder.config.hidden_size, device=device, requires_grad=True)
-            for encoder in (encoder_1, encoder_2)
-        ]
-
-    def encoders_forward(count: int):
-        with torch.no_grad():
-            for _ in range(count):
-                encode(*diff_tokens())
-
-    def encoders_backward(count: int):
-        for _ in range(count):
-            states, pooled = encode(*diff_tokens())
-            (states.float().pow(2).mean() + pooled.float().pow(2).mean()).backward()
-
-    with torch.no_grad():
-        text_states, pooled = encode(*diff_tokens())
-    latents = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, device=device)
-    latents = latents.to(dtype)
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * 2, device=device, dtype=dtype)
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def floor_steps(count: int):
-        for _ in range(count):
-            timesteps = torch.randint(
-                0, scheduler.config.num_train_timesteps, (2,), generator=generator, device=device
-            )
-            noise = torch.randn(latents.shape, generator=generator, device=device, dtype=dtype)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            states = text_states.detach().requires_grad_(True)
-            embeds = pooled.detach().requires_grad_(True)
-            added = {"text_embeds": embeds, "time_ids": time_ids}
-            prediction = unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=added).sample
-            (prediction.float() - noise.float()).pow(2).mean().backward()
-
-    def unet_forward(count: int):
-        with torch.no_grad():
-            timesteps = torch.full((2,), scheduler.config.num_train_timesteps // 2, device=device)
-            for _ in range(count):
-                added = {"text_embeds": pooled, "time_ids": time_ids}
-                unet(latents, timesteps, encoder_hidden_states=text_states, added_cond_kwargs=added)
-
-    for warm in (floor_steps, unet_forward, encoders_forward, encoders_backward):
-        warm(1)
-    peak, runs = {}, {"floor": [], "unet_forward": [], "encoders_forward": [], "encoders_forward_backward": []}
-    for name, fn in (
-        ("floor", floor_steps),
-        ("unet_forward", unet_forward),
-        ("encoders_forward", encoders_forward),
-        ("encoders_forward_backward", encoders_backward),
-    ):
-        reset_peak(device)
-        for _ in range(args.repeats):
-            runs[name].append(timed(device, fn, args.steps)[1] / args.steps)
-        peak[name] = peak_gib(device)
-    known = [value for value in peak.values() if value is not None]
-    medians = {f"{name}_s": statistics.median(values) for name, values in runs.items()}
-    return {
-        "resolution": resolution,
-        "latents": list(latents.shape),
-        "parameters": {
-            "unet": parameters(unet),
-            "text_encoder": parameters(encoder_1),
-            "text_encoder_2": parameters(encoder_2),
-        },
-        "build_s": build_s,
-        **medians,
-        "runs_s": runs,
-        "memory_gib": {"weights": weights, "peak": peak, "peak_overall": max(known) if known else None},
-        "full_step": "not measured: awaits diffinv's SDXL backbone (two text encoders, pooled and size conditioning)",
-    }
-
-
 # --- report ---------------------------------------------------------------------------------
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
@@ -518,6 +477,70 @@ def _table(title: str, rows: list[tuple[str, str]]) -> list[str]:
     return ["", f"### {title}", "", "| what | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
 
 
+# What the report says of each model size.
+DESCRIPTIONS = {
+    "sd21": {
+        "title": "SD 2.1 size",
+        "floor": "",
+        "step": "text encoder ±D̃, UNet, CLIP loss through the ViT-H text tower, AdamW",
+    },
+    "sdxl": {
+        "title": "SDXL size",
+        "floor": ", pooled text + size embeddings",
+        "step": "both text encoders ±D̃, UNet with pooled text + size conditioning, CLIP loss on encoder 2's "
+        "columns through the ViT-bigG text tower, AdamW",
+    },
+}
+PART_NAMES = {
+    "unet": "UNet",
+    "text_encoder": "text encoder",
+    "text_encoder_2": "text encoder 2",
+    "vae": "VAE",
+    "clip": "CLIP",
+}
+
+
+def analogy_rows(name: str, model: dict) -> list[tuple[str, str]]:
+    """One model size's table: parameters, floor, step, step / floor, the analogy phase by phase and
+    extrapolated to the paper's counts, memory."""
+    text = DESCRIPTIONS[name]
+    counts, phases, paper, memory = (
+        model["analogy_counts"],
+        model["analogy_s"],
+        model["paper_defaults_estimate_s"],
+        model["memory_gib"],
+    )
+    h, w = model["latents"][-2:]
+    parts = " / ".join(PART_NAMES[part] for part in model["parameters"])
+    widths = f"DIFF tokens {model['token_width']} wide"
+    if model["encoder_widths"]:
+        widths += " = " + " + ".join(str(width) for width in model["encoder_widths"])
+    return [
+        ("backbone", f"`{model['backbone']}` ({widths})"),
+        (f"parameters: {parts}", " / ".join(_millions(v) for v in model["parameters"].values())),
+        (f"floor: UNet forward + backward, batch 2, {h}×{w} latents{text['floor']}", _ms(model["floor_s"])),
+        (f"step of `fit_diff_tokens` ({text['step']})", _ms(model["step_s"])),
+        ("**step / floor**", f"**{model['step_over_floor']:.3f}**"),
+        (f"PEZ on A and A′ ({counts['pez_steps']} steps)", _s(phases["pez_a_a_prime"])),
+        ("CLIP deltas (slerp) + VAE latents", _s(phases["clip_deltas_vae_latents"])),
+        (f"fit ({counts['fit_steps']} steps)", _s(phases["fit"])),
+        (f"PEZ on B ({counts['pez_steps']} steps)", _s(phases["pez_b"])),
+        (
+            f"drawing B′ ({counts['sampling_mode']}, strength {counts['strength']}, {counts['sampling_steps']} "
+            f"steps: {counts['unet_calls_sampling']} UNet calls at batch 2 for guidance, VAE encode + decode)",
+            _s(phases["sampling"]),
+        ),
+        ("one analogy as run (captions given)", _s(phases["total"])),
+        (
+            f"one analogy at the defaults (PEZ {PAPER.pez_steps} steps, N = {PAPER.steps}, "
+            f"{PAPER.sampling_steps} sampling steps), extrapolated",
+            f"{_s(paper['total'])} (PEZ {_s(paper['pez'])}, fit {_s(paper['fit'])}, sampling {_s(paper['sampling'])})",
+        ),
+        ("memory: weights", _gib(memory["weights"])),
+        *((f"peak memory: {part.replace('_', ' ')}", _gib(value)) for part, value in memory["peak"].items()),
+    ]
+
+
 def markdown(report: dict) -> str:
     """The report as markdown tables, one per model size."""
     lines = [
@@ -527,64 +550,9 @@ def markdown(report: dict) -> str:
     ]
     if report["tiny"]:
         lines.append(f"**{TINY_NOTE}**")
-    sd = report["models"].get("sd21")
-    if sd:
-        counts, phases, paper, memory = (
-            sd["analogy_counts"],
-            sd["analogy_s"],
-            sd["paper_defaults_estimate_s"],
-            sd["memory_gib"],
-        )
-        h, w = sd["latents"][-2:]
-        rows = [
-            (
-                "parameters: UNet / text encoder / VAE / CLIP",
-                " / ".join(_millions(v) for v in sd["parameters"].values()),
-            ),
-            (f"floor: UNet forward + backward, batch 2, {h}×{w} latents", _ms(sd["floor_s"])),
-            ("step of `fit_diff_tokens` (text encoder ±D̃, UNet, CLIP loss, AdamW)", _ms(sd["step_s"])),
-            ("**step / floor**", f"**{sd['step_over_floor']:.3f}**"),
-            (f"PEZ on A and A′ ({counts['pez_steps']} steps)", _s(phases["pez_a_a_prime"])),
-            ("CLIP deltas (slerp) + VAE latents", _s(phases["clip_deltas_vae_latents"])),
-            (f"fit ({counts['fit_steps']} steps)", _s(phases["fit"])),
-            (f"PEZ on B ({counts['pez_steps']} steps)", _s(phases["pez_b"])),
-            (
-                f"drawing B′ ({counts['sampling_mode']}, strength {counts['strength']}, {counts['sampling_steps']} "
-                f"steps: {counts['unet_calls_sampling']} UNet calls at batch 2 for guidance, VAE encode + decode)",
-                _s(phases["sampling"]),
-            ),
-            ("one analogy as run (captions given)", _s(phases["total"])),
-            (
-                f"one analogy at the defaults (PEZ {PAPER.pez_steps} steps, N = {PAPER.steps}, "
-                f"{PAPER.sampling_steps} sampling steps), extrapolated",
-                f"{_s(paper['total'])} (PEZ {_s(paper['pez'])}, fit {_s(paper['fit'])}, "
-                f"sampling {_s(paper['sampling'])})",
-            ),
-            ("memory: weights", _gib(memory["weights"])),
-            *((f"peak memory: {name.replace('_', ' ')}", _gib(value)) for name, value in memory["peak"].items()),
-        ]
-        lines += _table(f"SD 2.1 size ({sd['resolution']} px, random weights)", rows)
-    xl = report["models"].get("sdxl")
-    if xl:
-        h, w = xl["latents"][-2:]
-        memory = xl["memory_gib"]
-        rows = [
-            (
-                "parameters: UNet / text encoder / text encoder 2",
-                " / ".join(_millions(v) for v in xl["parameters"].values()),
-            ),
-            (f"floor: UNet forward + backward, batch 2, {h}×{w} latents, text + time embeddings", _ms(xl["floor_s"])),
-            ("UNet forward, batch 2 (one guided sampling step)", _ms(xl["unet_forward_s"])),
-            ("both text encoders, forward, batch 2", _ms(xl["encoders_forward_s"])),
-            (
-                "both text encoders, forward + backward to DIFF-token slots, batch 2",
-                _ms(xl["encoders_forward_backward_s"]),
-            ),
-            ("full step of Difference Inversion", "awaits the SDXL backbone"),
-            ("memory: weights", _gib(memory["weights"])),
-            *((f"peak memory: {name.replace('_', ' ')}", _gib(value)) for name, value in memory["peak"].items()),
-        ]
-        lines += _table(f"SDXL size ({xl['resolution']} px, random weights)", rows)
+    for name, model in report["models"].items():
+        title = f"{DESCRIPTIONS[name]['title']} ({model['resolution']} px, random weights)"
+        lines += _table(title, analogy_rows(name, model))
     return "\n".join(lines)
 
 
@@ -647,7 +615,7 @@ def run(argv: list[str] | None = None) -> dict:
     if args.tiny:
         report["note"] = TINY_NOTE
     for name in args.models:
-        report["models"][name] = (bench_sd21 if name == "sd21" else bench_sdxl)(args, device, dtype)
+        report["models"][name] = bench(name, args, device, dtype)
         gc.collect()  # the next model size starts from an empty device
         if device.type == "cuda":
             torch.cuda.empty_cache()

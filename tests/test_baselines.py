@@ -76,13 +76,18 @@ def clip(sd_pipe):
     return tiny_clip_for(sd_pipe)  # its text tower is a copy of the (shared) text encoder
 
 
+MINE = ("sdedit", "instructpix2pix", "visii")  # the baselines of this file (Analogist, DIA: test_baselines_analogy)
+
+
 def make(method: str, sd_pipe, ip2p_pipe, clip, **changes):
     """(baseline, its method inputs) with the fast config plus `changes`."""
     if method == "sdedit":
         return SDEdit(sd_pipe, dataclasses.replace(FAST_SDEDIT, **changes)), {"prompt": PROMPT}
     if method == "instructpix2pix":
         return InstructPix2Pix(ip2p_pipe, dataclasses.replace(FAST_IP2P, **changes)), {"instruction": INSTRUCTION}
-    return Visii(ip2p_pipe, clip, config=dataclasses.replace(FAST_VISII, **changes)), {}
+    if method == "visii":
+        return Visii(ip2p_pipe, clip, config=dataclasses.replace(FAST_VISII, **changes)), {}
+    raise ValueError(f"not a baseline of this file: {method}")
 
 
 @contextmanager
@@ -124,12 +129,12 @@ def test_published_defaults_and_their_costs():
 
 
 def test_every_baseline_has_the_shared_call_shape(sd_pipe, ip2p_pipe, clip):
-    assert set(BASELINES) == {"sdedit", "instructpix2pix", "visii"}
-    for name in BASELINES:
+    assert set(BASELINES) == {*MINE, "analogist", "dia"}
+    for name in MINE:
         method, _ = make(name, sd_pipe, ip2p_pipe, clip)
         assert isinstance(method, Baseline) and isinstance(method, BASELINES[name])
         assert method.cost() == method.config.cost()
-    assert [make(n, sd_pipe, ip2p_pipe, clip)[0].uses_text for n in BASELINES] == [True, True, False]
+    assert [make(n, sd_pipe, ip2p_pipe, clip)[0].uses_text for n in MINE] == [True, True, False]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ def test_unet_calls_are_what_the_cost_says(sd_pipe, ip2p_pipe, clip, images, met
 # --- outputs and seeds ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", list(BASELINES))
+@pytest.mark.parametrize("method", MINE)
 def test_b_prime_has_the_working_size_of_b_and_seeds_fix_it(sd_pipe, ip2p_pipe, clip, images, method):
     baseline, inputs = make(method, sd_pipe, ip2p_pipe, clip)
     draw = lambda seed: baseline.analogy(
@@ -172,7 +177,7 @@ def test_b_prime_has_the_working_size_of_b_and_seeds_fix_it(sd_pipe, ip2p_pipe, 
 
 
 def test_the_callers_pipeline_keeps_its_scheduler(sd_pipe, ip2p_pipe, clip):
-    sdedit, ip2p, visii = (make(n, sd_pipe, ip2p_pipe, clip)[0] for n in BASELINES)
+    sdedit, ip2p, visii = (make(n, sd_pipe, ip2p_pipe, clip)[0] for n in MINE)
     assert isinstance(sd_pipe.scheduler, DDIMScheduler) and isinstance(ip2p_pipe.scheduler, DDIMScheduler)
     assert isinstance(sdedit.pipe.scheduler, DDIMScheduler)
     assert isinstance(ip2p.pipe.scheduler, EulerAncestralDiscreteScheduler)
@@ -213,7 +218,7 @@ def test_invalid_hyperparameters_are_refused(config_class, changes):
         config_class(**changes)
 
 
-@pytest.mark.parametrize("method", list(BASELINES))
+@pytest.mark.parametrize("method", MINE)
 def test_bad_inputs_are_refused_with_one_message(sd_pipe, ip2p_pipe, clip, images, method):
     baseline, inputs = make(method, sd_pipe, ip2p_pipe, clip)
     too_large, _ = make(method, sd_pipe, ip2p_pipe, clip, resolution=1000)  # > 2 × the native 32

@@ -79,6 +79,16 @@ def test_baseline_specs_parse_and_their_settings_are_checked_against_their_confi
     ]
 
 
+@pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia"])
+def test_every_baseline_method_has_its_class_and_published_config(name):
+    from diffinv.bench.baselines import BASELINE_METHODS, baseline_class
+
+    cls = baseline_class(name)
+    config = baseline_config(name, {}, {})
+    assert type(config).__name__ == f"{cls.__name__}Config"
+    assert cls.uses_text == (BASELINE_METHODS[name].text is not None)
+
+
 def test_text_using_baselines_get_the_datasets_text():
     triplet = shapes_dataset(1, seed=0)[0]
     assert text_inputs("sdedit", triplet) == {"prompt": triplet.caption_b_prime}

@@ -37,7 +37,7 @@ BASELINE_METHODS: dict[str, BaselineSpec] = {
     "instructpix2pix": BaselineSpec("InstructPix2Pix", "editor", "instruction", "instruction"),
     "visii": BaselineSpec("Visii", "editor"),
     "analogist": BaselineSpec("Analogist", "inpainting", "caption_b_prime", "prompt"),
-    "dia": BaselineSpec("DIA", "main"),
+    "dia": BaselineSpec("Dia", "main"),
 }
 
 
