@@ -237,3 +237,14 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
     assert model_card(tmp_path / "v1").shapes_layout_range == 1.5
     assert AttributeClassifier.load(tmp_path / "v1" / "classifier").centre is None
     assert not (tmp_path / "v1" / "editor").exists()
+
+
+@pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia"])
+def test_the_v2_baseline_budgets_are_valid_settings_of_each_baseline(name):
+    from diffinv.bench.baselines import baseline_config
+    from diffinv.shapes.train import V2_BASELINE_BUDGETS, world_descriptor
+
+    budget = world_descriptor(TrainingPlan())["bench"]["baselines"][name]
+    assert budget == V2_BASELINE_BUDGETS[name]
+    config = baseline_config(name, budget, {})
+    assert all(getattr(config, field) == value for field, value in budget.items())

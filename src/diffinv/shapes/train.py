@@ -93,8 +93,50 @@ DESCRIPTOR = dict(
     captioner={"kind": "clip-retrieval", "captions": "captions.txt"},
     bench={"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
 )
-# World v2 adds its version and the directories of its editor and inpainting model.
+# World v2 adds its version, the directories of its editor and inpainting model, and the budget
+# its baselines run at in `diffinv bench`: the world's sampling steps (20) and guidance (4; the
+# editor's image guidance 1.5), as Difference Inversion gets them; VISII's fit on the budget
+# Difference Inversion's fit gets here (200 steps at lr 1e-2, docs/shapes.md), its PEZ start at a
+# tenth of its 3000 steps; the grids of Analogist at the inpainting model's 64 px without gutters
+# (its training grids have none) and without its English quality phrases (no word of them is in
+# the world's vocabulary). Everything else stays at each baseline's published values.
 EDITOR_DIR, INPAINTING_DIR = "editor", "inpainting"
+V2_BASELINE_BUDGETS = {
+    "sdedit": {"steps": 20, "guidance_scale": 4.0},
+    "instructpix2pix": {"steps": 20, "guidance_scale": 4.0, "image_guidance_scale": 1.5},
+    "visii": {
+        "steps": 200,
+        "learning_rate": 1e-2,
+        "pez_steps": 300,
+        "train_guidance_scale": 4.0,
+        "sample_steps": 20,
+        "guidance_scale": 4.0,
+        "image_guidance_scale": 1.5,
+    },
+    "analogist": {
+        "steps": 20,
+        "guidance_scale": 4.0,
+        "resolution": 2 * RESOLUTION,
+        "gutter": 0,
+        "added_prompt": "",
+        "negative_prompt": "",
+    },
+    "dia": {"guidance_scale": 4.0},
+}
+
+
+def world_descriptor(plan: TrainingPlan) -> dict:
+    """The world's `diffinv.json` values for `plan`'s version."""
+    descriptor = dict(DESCRIPTOR)
+    if plan.world >= 2:
+        descriptor["world"] = {"version": plan.world, "layout_range": plan.layout_range}
+        descriptor["bench"] = {
+            **DESCRIPTOR["bench"],
+            "editor": EDITOR_DIR,
+            "inpainting": INPAINTING_DIR,
+            "baselines": V2_BASELINE_BUDGETS,
+        }
+    return descriptor
 
 
 @dataclass
@@ -682,11 +724,7 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
             ),
         )
     (out / "captions.txt").write_text("\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8")
-    descriptor = dict(DESCRIPTOR)
-    if plan.world >= 2:
-        descriptor["world"] = {"version": plan.world, "layout_range": plan.layout_range}
-        descriptor["bench"] = {**DESCRIPTOR["bench"], "editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
-    write_descriptor(out, **descriptor)
+    write_descriptor(out, **world_descriptor(plan))
     return timings
 
 
