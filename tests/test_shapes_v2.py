@@ -16,6 +16,7 @@ from diffusers import (
 from PIL import Image
 
 from diffinv.bench.datasets import shapes_dataset
+from diffinv.errors import DiffinvError
 from diffinv.model_card import model_card
 from diffinv.shapes.classifier import AttributeClassifier
 from diffinv.shapes.evaluate import score
@@ -172,6 +173,45 @@ def test_widened_unet_starts_as_the_text_to_image_one():
 
 
 # --- training --------------------------------------------------------------------------------------
+TINY_PLAN = dict(
+    n_images=48,
+    classifier_steps=2,
+    clip_steps=2,
+    vae_steps=2,
+    vae_decoder_steps=2,
+    unet_steps=2,
+    editor_steps=2,
+    n_edit_pairs=16,
+    inpainting_steps=2,
+    n_grids=8,
+    inpainting_batch=4,
+    batch=8,
+    clip_batch=16,
+)
+
+
+def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
+    plan, out = TrainingPlan(**TINY_PLAN), tmp_path / "world"
+    with pytest.raises(DiffinvError, match="stage editor needs unet"):
+        train_world(out, plan, stages=["editor"])
+    with pytest.raises(DiffinvError, match="unknown stage"):
+        train_world(out, plan, stages=["refiner"])
+    assert list(train_world(out, plan, stages=["classifier", "clip"])) == ["classifier", "clip"]
+    assert not (out / "diffinv.json").exists()  # not a complete world yet
+    train_world(out, plan, stages=["vae", "vae_decoder", "unet"])
+    train_world(out, plan, stages=["inpainting"])  # as a second process would, before the editor
+    assert set(train_world(out, plan, stages=["editor"])) == {
+        "classifier",
+        "clip",
+        "vae",
+        "vae_decoder",
+        "unet",
+        "inpainting",
+        "editor",
+    }
+    assert model_card(out).shapes_layout_range == LAYOUT_RANGE  # complete now: described
+
+
 def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
     plan = TrainingPlan(
         n_images=48,

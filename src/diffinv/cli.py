@@ -289,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, help="output directory (a Stable Diffusion directory with clip/ and classifier/)"
     )
+    train.add_argument(
+        "--stage",
+        action="append",
+        dest="stages",
+        metavar="NAME",
+        help="repeatable: train only these stages (their earlier stages must be done), e.g. two processes with "
+        "--stage editor and --stage inpainting --threads 1 each; default: every stage not yet done",
+    )
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     for action in (check, train):
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -759,7 +768,9 @@ def run_shapes(args: argparse.Namespace) -> None:
     if args.shapes_command == "train":
         from .shapes.train import train_world
 
-        print(train_world(Path(args.out)))
+        if args.threads is not None and args.threads < 1:
+            raise DiffinvError(f"--threads must be at least 1, got {args.threads}")
+        print(train_world(Path(args.out), stages=args.stages))
         return
     if args.shapes_command == "check":
         from .shapes.evaluate import check

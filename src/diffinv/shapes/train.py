@@ -615,27 +615,54 @@ def sampling_scheduler() -> DDIMScheduler:
     )
 
 
-def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
-    """Train (or resume) every stage into `out`; returns the seconds each stage took."""
+STAGES = ("classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting")
+NEEDS = {"clip": (), "classifier": (), "vae": (), "vae_decoder": ("vae",), "unet": ("clip", "vae_decoder")}
+NEEDS.update(editor=("unet",), inpainting=("unet",))  # independent of each other: two processes can share them
+
+
+def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] | None = None) -> dict:
+    """Train (or resume) every stage into `out` — or only `stages`, whose prerequisites must be
+    done; returns the seconds each finished stage took. Several processes may train different
+    stages of one directory at once (`training.json` is updated under a lock)."""
+    from filelock import FileLock
+
+    from ..errors import DiffinvError
+
     plan = plan or TrainingPlan()
+    known = STAGES if plan.world >= 2 else STAGES[:5]
+    unknown = [name for name in stages or () if name not in known]
+    if unknown:
+        raise DiffinvError(f"unknown stage(s) {', '.join(unknown)}; the stages: {', '.join(known)}")
     out.mkdir(parents=True, exist_ok=True)
     # Tiny weights and softmax gradients drift into subnormal floats, which x86 CPUs compute
     # tens of times slower; flushing them to zero changes nothing measurable in the result.
     torch.set_flush_denormal(True)
     torch.manual_seed(plan.seed)
     timings_path = out / "training.json"
-    timings = json.loads(timings_path.read_text())["seconds"] if timings_path.exists() else {}
+    lock = FileLock(str(out / "training.json.lock"))
+
+    def finished() -> dict:
+        with lock:
+            return json.loads(timings_path.read_text())["seconds"] if timings_path.exists() else {}
+
+    timings = finished()
+    for name in stages or ():
+        missing = [need for need in NEEDS[name] if need not in timings and need not in stages]
+        if missing:
+            raise DiffinvError(f"stage {name} needs {', '.join(missing)} trained first")
     scenes, images = render_dataset(plan.n_images, plan.seed, plan.layout_range)
     tokenizer = word_tokenizer(vocabulary_words(), max_length=TEXT_LENGTH)
 
     def stage(name: str, work) -> None:
-        if name in timings:  # finished in an earlier run
+        if name in timings or (stages and name not in stages):  # finished earlier, or not asked for
             return
-        torch.manual_seed(plan.seed + len(timings))  # each stage's draws independent of how the run was split
+        torch.manual_seed(plan.seed + STAGES.index(name))  # each stage's draws independent of how the run was split
         start = time.time()
         work()
-        timings[name] = round(time.time() - start, 1)
-        timings_path.write_text(json.dumps({"plan": asdict(plan), "seconds": timings}, indent=1))
+        with lock:  # another process may have finished a stage meanwhile
+            done = json.loads(timings_path.read_text())["seconds"] if timings_path.exists() else {}
+            timings.update({**done, name: round(time.time() - start, 1)})
+            timings_path.write_text(json.dumps({"plan": asdict(plan), "seconds": timings}, indent=1))
 
     stage("classifier", lambda: train_classifier(scenes, images, plan).save(out / "classifier"))
 
@@ -723,8 +750,12 @@ def train_world(out: Path, plan: TrainingPlan | None = None) -> dict:
                 plan.inpainting_steps,
             ),
         )
-    (out / "captions.txt").write_text("\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8")
-    write_descriptor(out, **world_descriptor(plan))
+    timings = finished()
+    if all(name in timings for name in known):  # the directory is a complete world: describe it
+        (out / "captions.txt").write_text(
+            "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
+        )
+        write_descriptor(out, **world_descriptor(plan))
     return timings
 
 
