@@ -288,3 +288,15 @@ def test_the_v2_baseline_budgets_are_valid_settings_of_each_baseline(name):
     assert budget == V2_BASELINE_BUDGETS[name]
     config = baseline_config(name, budget, {})
     assert all(getattr(config, field) == value for field, value in budget.items())
+
+
+def test_the_editor_and_inpainting_unets_are_stored_in_half_precision_and_load_in_float32(tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "world"
+    train_world(out, TrainingPlan(**TINY_PLAN))
+    for directory, dtype in (("unet", "F32"), ("editor/unet", "F16"), ("inpainting/unet", "F16")):
+        with safe_open(str(out / directory / "diffusion_pytorch_model.safetensors"), framework="pt") as handle:
+            key = next(iter(handle.keys()))
+            assert handle.get_slice(key).get_dtype() == dtype
+        assert UNet2DConditionModel.from_pretrained(out / directory).dtype == torch.float32

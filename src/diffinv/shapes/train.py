@@ -686,13 +686,16 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
         text_encoder.load_state_dict(clip.text_model.state_dict())
         return text_encoder.eval(), AutoencoderKL.from_pretrained(out / "vae").eval()
 
-    def pipeline_saver(pipeline_class, directory: Path, text_encoder, vae):
+    def pipeline_saver(pipeline_class, directory: Path, text_encoder, vae, half: bool = False):
+        """Saves a complete pipeline around a UNet; `half`: the UNet's weights stored in float16
+        (diffusers loads them into a float32 model by default), which keeps the bundle small."""
+
         def save(unet: UNet2DConditionModel) -> None:
             pipeline_class(
                 vae=vae,
                 text_encoder=text_encoder,
                 tokenizer=tokenizer,
-                unet=unet,
+                unet=copy.deepcopy(unet).half() if half else unet,
                 scheduler=sampling_scheduler(),
                 safety_checker=None,
                 feature_extractor=None,
@@ -703,7 +706,9 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
 
     def denoiser_stage(name, directory, pipeline_class, make_unet, make_batches, steps) -> None:
         text_encoder, vae = frozen_parts()
-        save = pipeline_saver(pipeline_class, directory, text_encoder, vae)
+        # The editor and the inpainting model repeat the world's VAE and text encoder (each is a
+        # complete pipeline directory): their UNets are stored in float16 to keep the bundle small.
+        save = pipeline_saver(pipeline_class, directory, text_encoder, vae, half=directory != out)
         partial = out / f"{name}-partial.safetensors"
         next_batch = make_batches(vae, lambda texts: encode_captions(text_encoder, tokenizer, texts))
         save(train_denoiser(make_unet(), next_batch, steps, plan, partial, name, on_checkpoint=save))
