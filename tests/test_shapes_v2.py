@@ -300,3 +300,22 @@ def test_the_editor_and_inpainting_unets_are_stored_in_half_precision_and_load_i
             key = next(iter(handle.keys()))
             assert handle.get_slice(key).get_dtype() == dtype
         assert UNet2DConditionModel.from_pretrained(out / directory).dtype == torch.float32
+
+
+def test_the_examples_are_one_off_centre_triplet_per_family_with_its_truth(tmp_path):
+    from diffinv.bench.datasets import folder_dataset
+    from diffinv.shapes.examples import write_examples
+
+    folders = write_examples(tmp_path)
+    assert sorted(folder.name for folder in folders) == sorted(FAMILIES)
+    loaded = {t.id: t for t in folder_dataset(tmp_path)}
+    for family in FAMILIES:
+        lines = dict(line.split(": ", 1) for line in (tmp_path / family / "captions.txt").read_text().splitlines())
+        assert lines["family"] == family == loaded[family].family
+        assert (
+            loaded[family].instruction == lines["instruction"] and loaded[family].caption_b_prime == lines["b_prime"]
+        )
+        b = np.asarray(Image.open(tmp_path / family / "b.png"), dtype=np.float64)
+        assert Image.open(tmp_path / family / "b_prime.png").size == (32, 32)
+        # off-centre: the picture is not symmetric about its centre
+        assert np.abs(b - b[::-1, ::-1]).mean() > 5
