@@ -177,6 +177,7 @@ TINY_PLAN = dict(
     n_images=48,
     classifier_steps=2,
     clip_steps=2,
+    clip_vision_steps=2,
     vae_steps=2,
     vae_decoder_steps=2,
     unet_steps=2,
@@ -200,6 +201,8 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     assert not (out / "diffinv.json").exists()  # not a complete world yet
     train_world(out, plan, stages=["vae", "vae_decoder", "unet"])
     train_world(out, plan, stages=["inpainting"])  # as a second process would, before the editor
+    train_world(out, plan, stages=["clip_vision"])
+    assert not (out / "diffinv.json").exists()
     assert set(train_world(out, plan, stages=["editor"])) == {
         "classifier",
         "clip",
@@ -207,6 +210,7 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
         "vae_decoder",
         "unet",
         "inpainting",
+        "clip_vision",
         "editor",
     }
     assert model_card(out).shapes_layout_range == LAYOUT_RANGE  # complete now: described
@@ -217,6 +221,7 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
         n_images=48,
         classifier_steps=2,
         clip_steps=2,
+        clip_vision_steps=2,
         vae_steps=2,
         vae_decoder_steps=2,
         unet_steps=2,
@@ -230,7 +235,7 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
     )
     out = tmp_path / "world"
     timings = train_world(out, plan)
-    assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting"]
+    assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting", "clip_vision"]
     card = model_card(out)
     assert card.shapes_layout_range == LAYOUT_RANGE
     assert card.bench["editor"] == "editor" and card.bench["inpainting"] == "inpainting"
