@@ -70,16 +70,17 @@ def test_baseline_specs_parse_and_their_settings_are_checked_against_their_confi
     assert (config.strength, config.steps, config.guidance_scale) == (0.6, 4, 4.0)  # the spec wins over the card
     with pytest.raises(DiffinvError, match="sdedit has no setting strenght"):
         baseline_config("sdedit", {}, {"strenght": 0.5})
-    assert [m.base for m in expand_methods(["baselines"])][-5:] == [
+    assert [m.base for m in expand_methods(["baselines"])][-6:] == [
         "sdedit",
         "instructpix2pix",
         "visii",
         "analogist",
         "dia",
+        "oracle-instruction",
     ]
 
 
-@pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia"])
+@pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia", "oracle-instruction"])
 def test_every_baseline_method_has_its_class_and_published_config(name):
     from diffinv.bench.baselines import BASELINE_METHODS, baseline_class
 
@@ -106,6 +107,7 @@ def test_baseline_models_come_from_the_card_or_the_command_line(tmp_path):
     assert loader.model_for("instructpix2pix") == str(tmp_path / "editor")
     assert loader.model_for("analogist") is None  # no inpainting model named: the published one
     assert loader.model_for("sdedit") is None  # the bench's own pipeline
+    assert loader.model_for("oracle-instruction") == str(tmp_path / "editor")  # InstructPix2Pix's model
     given = BaselineLoader(None, model_card(tmp_path), parse_baseline_models(["visii=other/ip2p"]), "cpu", None, True)
     assert given.model_for("visii") == "other/ip2p"
     with pytest.raises(DiffinvError, match="NAME=MODEL"):

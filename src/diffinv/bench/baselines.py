@@ -6,6 +6,9 @@
     analogist        text-using: A | A′ over B | ? inpainted, prompted with the description of B′
                      (the official code asks GPT-4V for it; here the dataset's text stands in)
     dia              Diffusion Image Analogies on the text-to-image model
+    oracle-instruction  reference: InstructPix2Pix told the true instruction (the shapes world's
+                     editor with its canonical instruction) — what a perfect reading of A → A′
+                     in words would give with that editor
 
 Models: SDEdit and DIA run on the bench's own text-to-image model (the same pipeline object, not
 a second copy). InstructPix2Pix and VISII run on an InstructPix2Pix model, Analogist on an
@@ -30,6 +33,10 @@ class BaselineSpec:
     model: str  # "main" (the bench's model), "editor" or "inpainting"
     text: str | None = None  # the BenchTriplet field a text-using baseline is given
     keyword: str | None = None  # the `analogy` keyword that text goes to
+    settings_of: str | None = None  # another method whose card budget and model this one shares
+
+    def budget_key(self, name: str) -> str:
+        return self.settings_of or name
 
 
 BASELINE_METHODS: dict[str, BaselineSpec] = {
@@ -38,6 +45,9 @@ BASELINE_METHODS: dict[str, BaselineSpec] = {
     "visii": BaselineSpec("Visii", "editor"),
     "analogist": BaselineSpec("Analogist", "inpainting", "caption_b_prime", "prompt"),
     "dia": BaselineSpec("Dia", "main"),
+    # a reference rather than a baseline: the editor told exactly what to do (on the shapes world,
+    # its canonical instruction); InstructPix2Pix's settings and budget
+    "oracle-instruction": BaselineSpec("InstructPix2Pix", "editor", "instruction", "instruction", "instructpix2pix"),
 }
 
 
@@ -95,6 +105,11 @@ def text_inputs(name: str, triplet) -> dict:
     return {spec.keyword: text}
 
 
+def card_budget(card, name: str) -> dict:
+    """The settings a model card gives a baseline (`"bench": {"baselines": {NAME: {…}}}`)."""
+    return dict(card.bench.get("baselines", {}).get(BASELINE_METHODS[name].budget_key(name), {}))
+
+
 def parse_baseline_models(items: list[str] | None) -> dict[str, str]:
     """`--baseline-model NAME=MODEL` items → {name: model}."""
     models = {}
@@ -125,6 +140,9 @@ class BaselineLoader:
         None (the class's published default; for "main" baselines: the bench's own pipeline)."""
         if name in self.models:
             return self.models[name]
+        shared = BASELINE_METHODS[name].settings_of
+        if shared in self.models:
+            return self.models[shared]
         role = BASELINE_METHODS[name].model
         if role in ("editor", "inpainting") and role in self.card.bench:
             return str(self.card.path(self.card.bench[role]))
@@ -133,7 +151,7 @@ class BaselineLoader:
     def __call__(self, name: str, changes: dict):
         key = (name, tuple(sorted(changes.items())))
         if key not in self._loaded:
-            card_changes = self.card.bench.get("baselines", {}).get(name, {})
+            card_changes = card_budget(self.card, name)
             config = baseline_config(name, card_changes, changes)
             self._loaded[key] = self._load(name, config)
         return self._loaded[key]

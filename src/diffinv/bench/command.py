@@ -65,11 +65,11 @@ def check_baselines(methods: list[Method], card: ModelCard, triplets: list[Bench
     """Every baseline method's config built once (published values, the card's budget, the spec's
     changes) and a text-using one's text found for every triplet, so that a bad setting or a
     missing text stops the run before any model loads."""
-    from .baselines import baseline_config, text_inputs
+    from .baselines import baseline_config, card_budget, text_inputs
 
     for method in methods:
         if method.is_baseline:
-            baseline_config(method.base, card.bench.get("baselines", {}).get(method.base, {}), method.changes)
+            baseline_config(method.base, card_budget(card, method.base), method.changes)
             for triplet in triplets:
                 text_inputs(method.base, triplet)
 

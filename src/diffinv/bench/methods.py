@@ -63,7 +63,7 @@ PRESETS: dict[str, list[str]] = {
     "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
-    "baselines": ["difference-inversion", "paper", "copy-b", *BASELINE_METHODS],
+    "baselines": ["difference-inversion", "paper", "copy-b", *BASELINE_METHODS],  # oracle-instruction last
     "keep-b": [
         "difference-inversion",
         "copy-b",
