@@ -11,6 +11,7 @@ SDXL, with its two text encoders, is a second implementation of the same interfa
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from diffusers import (
@@ -24,6 +25,15 @@ from PIL import Image
 
 from .errors import DiffinvError
 from .text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
+
+
+def pipeline_from_pretrained(pipeline_class, model: str, dtype: torch.dtype, **kwargs):
+    """`pipeline_class.from_pretrained(model, …)` in `dtype`. The argument is passed as
+    `torch_dtype`, which every diffusers version this project admits reads; recent versions call
+    it `dtype` and warn about the old name, a warning meant for us, not for our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        return pipeline_class.from_pretrained(model, torch_dtype=dtype, **kwargs)
 
 
 class StableDiffusionBackbone:
@@ -59,8 +69,8 @@ class StableDiffusionBackbone:
         """Load a Stable Diffusion 1.x / 2.x pipeline by hub id or local directory.
 
         local_files_only: use the hub cache only, never the network."""
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, local_files_only=local_files_only, **kwargs
+        pipe = pipeline_from_pretrained(
+            StableDiffusionPipeline, model, dtype, local_files_only=local_files_only, **kwargs
         )
         pipe.to(device)
         return cls(pipe, model)

@@ -28,7 +28,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone
+from .backbone import StableDiffusionBackbone, pipeline_from_pretrained
 from .errors import DiffinvError
 from .text_slots import replaced_token_embeddings, slot_token_ids
 
@@ -82,8 +82,8 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         cls, model: str, device: str | torch.device, dtype: torch.dtype, local_files_only: bool = False, **kwargs
     ) -> StableDiffusionXLBackbone:
         """Load an SDXL pipeline by hub id or local directory (`local_files_only`: cache only)."""
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            model, torch_dtype=dtype, local_files_only=local_files_only, **kwargs
+        pipe = pipeline_from_pretrained(
+            StableDiffusionXLPipeline, model, dtype, local_files_only=local_files_only, **kwargs
         )
         pipe.to(device)
         return cls(pipe, model)

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from ..backbone import pipeline_from_pretrained
 from ..checks import MAX_SEED, check_resolution, hub_offline
 from ..errors import DiffinvError
 from ..images import fit_to, working_size
@@ -136,9 +137,9 @@ def load_pipeline(pipeline_class, model: str, device, dtype, offline: bool | Non
     return _loaded(
         model,
         offline,
-        lambda: pipeline_class.from_pretrained(
-            model, torch_dtype=dtype, local_files_only=offline, **pipeline_kwargs
-        ).to(device),
+        lambda: pipeline_from_pretrained(pipeline_class, model, dtype, local_files_only=offline, **pipeline_kwargs).to(
+            device
+        ),
     )
 
 
