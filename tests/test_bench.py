@@ -87,7 +87,8 @@ def test_folder_dataset_reads_the_examples_layout():
     triplets = folder_dataset(EXAMPLES)
     assert [t.id for t in triplets] == sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
     colour = next(t for t in triplets if t.id == "colour")
-    assert colour.family == "colour" and colour.caption_b_prime.startswith("a large blue triangle")
+    lines = dict(line.split(": ", 1) for line in (EXAMPLES / "colour" / "captions.txt").read_text().splitlines())
+    assert colour.family == "colour" and colour.caption_b_prime == lines["b_prime"]
     assert colour.a().mode == "RGB" and colour.b_prime is not None
 
 
