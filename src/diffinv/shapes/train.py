@@ -154,7 +154,7 @@ class TrainingPlan:
     clip_vision_steps: int = 1000  # v2 only: retrieval of v2's pictures was 93.0 % after the CLIP stage
     vae_steps: int = 800
     vae_decoder_steps: int = 1500
-    unet_steps: int = 4000
+    unet_steps: int = 6000  # v1: 4000 (of a 6000-step schedule, see docs/shapes.md); v2 needed 6000
     editor_steps: int = 2000
     n_edit_pairs: int = 12000
     inpainting_steps: int = 2000
@@ -681,10 +681,11 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
         torch.manual_seed(plan.seed + STAGES.index(name))  # each stage's draws independent of how the run was split
         start = time.time()
         work()
-        with lock:  # another process may have finished a stage meanwhile
-            done = json.loads(timings_path.read_text())["seconds"] if timings_path.exists() else {}
-            timings.update({**done, name: round(time.time() - start, 1)})
-            timings_path.write_text(json.dumps({"plan": asdict(plan), "seconds": timings}, indent=1))
+        with lock:  # another process may have finished a stage meanwhile; other keys (notes) are kept
+            record = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+            timings.update({**record.get("seconds", {}), name: round(time.time() - start, 1)})
+            record.update(plan=asdict(plan), seconds=timings)
+            timings_path.write_text(json.dumps(record, indent=1))
 
     stage("classifier", lambda: train_classifier(scenes, images, plan).save(out / "classifier"))
 
