@@ -180,6 +180,7 @@ TINY_PLAN = dict(
     clip_vision_steps=2,
     vae_steps=2,
     vae_decoder_steps=2,
+    vae_grid_steps=2,
     unet_steps=2,
     editor_steps=2,
     n_edit_pairs=16,
@@ -201,7 +202,7 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     assert not (out / "diffinv.json").exists()  # not a complete world yet
     train_world(out, plan, stages=["vae", "vae_decoder", "unet"])
     train_world(out, plan, stages=["inpainting"])  # as a second process would, before the editor
-    train_world(out, plan, stages=["clip_vision"])
+    train_world(out, plan, stages=["clip_vision", "vae_grids"])
     assert not (out / "diffinv.json").exists()
     assert set(train_world(out, plan, stages=["editor"])) == {
         "classifier",
@@ -211,6 +212,7 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
         "unet",
         "inpainting",
         "clip_vision",
+        "vae_grids",
         "editor",
     }
     assert model_card(out).shapes_layout_range == LAYOUT_RANGE  # complete now: described
@@ -224,6 +226,7 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
         clip_vision_steps=2,
         vae_steps=2,
         vae_decoder_steps=2,
+        vae_grid_steps=2,
         unet_steps=2,
         editor_steps=2,
         n_edit_pairs=16,
@@ -235,7 +238,21 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
     )
     out = tmp_path / "world"
     timings = train_world(out, plan)
-    assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting", "clip_vision"]
+    assert list(timings) == [
+        "classifier",
+        "clip",
+        "vae",
+        "vae_decoder",
+        "unet",
+        "editor",
+        "inpainting",
+        "clip_vision",
+        "vae_grids",
+    ]
+    # the refined decoder is in every pipeline directory of the world
+    main_vae = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    for directory in ("editor", "inpainting"):
+        assert (out / directory / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == main_vae
     card = model_card(out)
     assert card.shapes_layout_range == LAYOUT_RANGE
     assert card.bench["editor"] == "editor" and card.bench["inpainting"] == "inpainting"

@@ -35,10 +35,12 @@ def method_comparison(
     methods: list[str] | None = None,
     ids: list[str] | None = None,
     height: int = 96,
+    labels: dict[str, str] | None = None,
 ) -> Path:
     """One row per triplet (default: the first of each family that every method ran): A, A′, B,
     the true B′ when the run has one, then each method's B′ (default: every method of the run, in
-    the run's order), labelled; written to `out` (PNG)."""
+    the run's order), labelled (by the method spec, or `labels[spec]`); written to `out` (PNG)."""
+    labels = labels or {}
     run_dir = Path(run_dir)
     rows = read_results(run_dir)
     methods = methods or list(dict.fromkeys(row["method"] for row in rows))
@@ -48,12 +50,12 @@ def method_comparison(
     for number, triplet_id in enumerate(ids):
         any_row = next(row for (method, rid), row in by_key.items() if rid == triplet_id)
         grid = Image.open(run_dir / any_row["grid"])  # A | A′ | B | B′ | true B′, as the run drew it
-        tiles, labels = _inputs(grid, run_dir, any_row), ["A", "A'", "B", "true B'"]
-        tiles, labels = tiles[: len(labels)], labels[: len(tiles)]
+        tiles, names = _inputs(grid, run_dir, any_row), ["A", "A'", "B", "true B'"]
+        tiles, names = tiles[: len(names)], names[: len(tiles)]
         for method in methods:
             tiles.append(Image.open(run_dir / by_key[(method, triplet_id)]["b_prime"]).convert("RGB"))
-            labels.append(method)
-        lines.append(image_grid(tiles, labels if number == 0 else [""] * len(tiles), height=height))
+            names.append(labels.get(method, method))
+        lines.append(image_grid(tiles, names if number == 0 else [""] * len(tiles), height=height))
     width = max(line.width for line in lines)
     figure = Image.new("RGB", (width, sum(line.height for line in lines)), "white")
     y = 0

@@ -19,6 +19,8 @@ checkpoint, and leave a usable pipeline in the directory at each one):
                  masked and that cell's caption, started from stage 4 likewise
 7. clip_vision — (v2) the CLIP's image tower trained further with its text tower frozen (better
                  retrieval of v2's pictures; the text encoder every denoiser reads is unchanged)
+8. vae_grids   — (v2) the VAE decoder again, encoder frozen, on single pictures and 2×2 grids in
+                 turn: grids' latents are not their cells' latents side by side
 
 The output directory is a standard Stable Diffusion directory (`StableDiffusionPipeline.
 from_pretrained` loads it) with `clip/` and `classifier/` beside the usual components, and for v2
@@ -154,8 +156,9 @@ class TrainingPlan:
     clip_vision_steps: int = 1000  # v2 only: retrieval of v2's pictures was 93.0 % after the CLIP stage
     vae_steps: int = 800
     vae_decoder_steps: int = 1500
+    vae_grid_steps: int = 1500  # v2: the decoder again, on single pictures and 2×2 grids in turn
     unet_steps: int = 6000  # v1: 4000 (of a 6000-step schedule, see docs/shapes.md); v2 needed 6000
-    editor_steps: int = 2000
+    editor_steps: int = 6000  # 2000 kept the other attributes in only 42 % of development edits
     n_edit_pairs: int = 12000
     inpainting_steps: int = 2000
     n_grids: int = 6000
@@ -362,22 +365,29 @@ def train_vae(images: np.ndarray, plan: TrainingPlan) -> AutoencoderKL:
     return vae
 
 
-def refine_vae_decoder(vae: AutoencoderKL, images: np.ndarray, plan: TrainingPlan) -> AutoencoderKL:
+def refine_vae_decoder(
+    vae: AutoencoderKL, images: np.ndarray, plan: TrainingPlan, grids: np.ndarray | None = None
+) -> AutoencoderKL:
     """Train the decoder further with the encoder frozen: sharper details (the dot) at the cost
-    of decoder passes only, and latents — hence anything trained on them — unchanged."""
+    of decoder passes only, and latents — hence anything trained on them — unchanged.
+
+    With `grids` (N, 64, 64, 3) (world v2's `vae_grids` stage): every other step decodes 2×2
+    grids instead of single pictures. The VAE's mid-block attention and group norms see the whole
+    picture, so a grid's latent is not its four cells' latents side by side (40–56 % apart) and a
+    decoder trained on single pictures turns grids into colour-shifted ones; the inpainting model
+    works on grid latents."""
     vae.requires_grad_(False)
     decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for parameter in decoder:
         parameter.requires_grad_(True)
-    pixels = _pixels(images) * 2 - 1
-    with torch.no_grad():
-        posteriors = [vae.encode(pixels[i : i + 256]).latent_dist for i in range(0, len(pixels), 256)]
-        mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
+    sets = [_posteriors(vae, images)] + ([] if grids is None else [_posteriors(vae, grids)])
+    steps = plan.vae_decoder_steps if grids is None else plan.vae_grid_steps
     optimizer = torch.optim.AdamW(decoder, lr=1e-3)
     vae.decoder.train()
-    for step in tqdm(range(plan.vae_decoder_steps), desc="VAE decoder"):
-        _cosine_lr(optimizer, step, plan.vae_decoder_steps, 1e-3)
-        index = torch.randint(len(pixels), (32,))
+    for step in tqdm(range(steps), desc="VAE decoder" if grids is None else "VAE decoder (grids)"):
+        _cosine_lr(optimizer, step, steps, 1e-3)
+        pixels, mean, std = sets[step % len(sets)]
+        index = torch.randint(len(pixels), (32 if step % len(sets) == 0 else 8,))  # a grid is four pictures
         latents = mean[index] + std[index] * torch.randn_like(mean[index])
         reconstruction = vae.decode(latents).sample
         loss = F.mse_loss(reconstruction, pixels[index]) + 0.5 * F.l1_loss(reconstruction, pixels[index])
@@ -385,6 +395,14 @@ def refine_vae_decoder(vae: AutoencoderKL, images: np.ndarray, plan: TrainingPla
         loss.backward()
         optimizer.step()
     return vae.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def _posteriors(vae: AutoencoderKL, images: np.ndarray):
+    """(pixels in [−1, 1], posterior means, posterior stds) of (N, H, W, 3) uint8 pictures."""
+    pixels = _pixels(images) * 2 - 1
+    posteriors = [vae.encode(pixels[i : i + 256]).latent_dist for i in range(0, len(pixels), 256)]
+    return pixels, torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
 
 
 # --- 4. UNet --------------------------------------------------------------------------------------
@@ -636,10 +654,11 @@ def sampling_scheduler() -> DDIMScheduler:
     )
 
 
-# In training order, except clip_vision (v2), which came last into the plan and only needs the CLIP.
-STAGES = ("classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting", "clip_vision")
+# In training order, except clip_vision and vae_grids (v2), which came last into the plan: they
+# change no latent and no text state, so they may run before or after the denoisers.
+STAGES = ("classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting", "clip_vision", "vae_grids")
 NEEDS = {"clip": (), "classifier": (), "vae": (), "vae_decoder": ("vae",), "unet": ("clip", "vae_decoder")}
-NEEDS.update(editor=("unet",), inpainting=("unet",), clip_vision=("clip",))  # independent: may run side by side
+NEEDS.update(editor=("unet",), inpainting=("unet",), clip_vision=("clip",), vae_grids=("vae_decoder",))
 
 
 def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] | None = None) -> dict:
@@ -709,13 +728,15 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
         text_encoder.load_state_dict(clip.text_model.state_dict())
         return text_encoder.eval(), AutoencoderKL.from_pretrained(out / "vae").eval()
 
-    def pipeline_saver(pipeline_class, directory: Path, text_encoder, vae, half: bool = False):
+    def pipeline_saver(pipeline_class, directory: Path, text_encoder, half: bool = False):
         """Saves a complete pipeline around a UNet; `half`: the UNet's weights stored in float16
-        (diffusers loads them into a float32 model by default), which keeps the bundle small."""
+        (diffusers loads them into a float32 model by default), which keeps the bundle small. The
+        VAE is read from the world's directory at each save: another process's `vae_grids` stage
+        may have refined its decoder since this stage began."""
 
         def save(unet: UNet2DConditionModel) -> None:
             pipeline_class(
-                vae=vae,
+                vae=AutoencoderKL.from_pretrained(out / "vae").eval(),
                 text_encoder=text_encoder,
                 tokenizer=tokenizer,
                 unet=copy.deepcopy(unet).half() if half else unet,
@@ -731,7 +752,7 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
         text_encoder, vae = frozen_parts()
         # The editor and the inpainting model repeat the world's VAE and text encoder (each is a
         # complete pipeline directory): their UNets are stored in float16 to keep the bundle small.
-        save = pipeline_saver(pipeline_class, directory, text_encoder, vae, half=directory != out)
+        save = pipeline_saver(pipeline_class, directory, text_encoder, half=directory != out)
         partial = out / f"{name}-partial.safetensors"
         next_batch = make_batches(vae, lambda texts: encode_captions(text_encoder, tokenizer, texts))
         save(train_denoiser(make_unet(), next_batch, steps, plan, partial, name, on_checkpoint=save))
@@ -784,6 +805,21 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
             clip.save_pretrained(out / "clip")
 
         stage("clip_vision", clip_vision_stage)
+
+        def vae_grids_stage():
+            grids = np.stack(
+                [
+                    np.asarray(grid_picture([render(s) for s in scenes]))
+                    for scenes, _ in inpainting_grids(plan.n_grids, plan.seed + 3, plan.layout_range)
+                ]
+            )
+            vae = refine_vae_decoder(AutoencoderKL.from_pretrained(out / "vae"), images, plan, grids)
+            # every pipeline directory of the world holds a copy of the VAE
+            for directory in (out, out / EDITOR_DIR, out / INPAINTING_DIR):
+                if (directory / "vae").is_dir():
+                    vae.save_pretrained(directory / "vae")
+
+        stage("vae_grids", vae_grids_stage)
     timings = finished()
     if all(name in timings for name in known):  # the directory is a complete world: describe it
         (out / "captions.txt").write_text(
