@@ -219,23 +219,7 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
 
 
 def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
-    plan = TrainingPlan(
-        n_images=48,
-        classifier_steps=2,
-        clip_steps=2,
-        clip_vision_steps=2,
-        vae_steps=2,
-        vae_decoder_steps=2,
-        vae_grid_steps=2,
-        unet_steps=2,
-        editor_steps=2,
-        n_edit_pairs=16,
-        inpainting_steps=2,
-        n_grids=8,
-        inpainting_batch=4,
-        batch=8,
-        clip_batch=16,
-    )
+    plan = TrainingPlan(**TINY_PLAN)
     out = tmp_path / "world"
     timings = train_world(out, plan)
     assert list(timings) == [
