@@ -4,7 +4,6 @@ output sizes and seeds, the UNet calls they cost, VISII's learning, bad input, a
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ import torch
 from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
-    StableDiffusionInstructPix2PixPipeline,
-    UNet2DConditionModel,
 )
 
 from conftest import shape_image
@@ -33,7 +30,7 @@ from diffinv.baselines.base import working_image
 from diffinv.errors import DiffinvError
 from diffinv.images import fit_to, working_size
 from diffinv.pez import invert_prompt
-from diffinv.testing import tiny_clip_for, tiny_pipeline
+from diffinv.testing import tiny_clip_for, tiny_instruct_pix2pix, tiny_pipeline, unet_batches
 
 # Step counts a CPU test can afford; everything else as published.
 FAST_SDEDIT = SDEditConfig(steps=10)
@@ -42,23 +39,6 @@ FAST_VISII = VisiiConfig(steps=3, pez_steps=3, pez_prompt_len=4, sample_steps=3)
 PROMPT = "a photo of a blue square"
 INSTRUCTION = "make it blue"
 INIT_PROMPT = "a blue circle"
-
-
-def tiny_instruct_pix2pix(sd_pipe) -> StableDiffusionInstructPix2PixPipeline:
-    """`sd_pipe`'s tiny VAE, text encoder and tokenizer with a random UNet that, like
-    InstructPix2Pix's, takes the noisy latent and the image latent (8 channels)."""
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_config({**sd_pipe.unet.config, "in_channels": 8})
-    return StableDiffusionInstructPix2PixPipeline(
-        vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder,
-        tokenizer=sd_pipe.tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler.from_config(sd_pipe.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +68,6 @@ def make(method: str, sd_pipe, ip2p_pipe, clip, **changes):
     if method == "visii":
         return Visii(ip2p_pipe, clip, config=dataclasses.replace(FAST_VISII, **changes)), {}
     raise ValueError(f"not a baseline of this file: {method}")
-
-
-@contextmanager
-def unet_batches(unet):
-    """Yields a list that receives the batch size of every UNet forward call."""
-    batches: list[int] = []
-    handle = unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    try:
-        yield batches
-    finally:
-        handle.remove()
 
 
 def pixels(image) -> np.ndarray:

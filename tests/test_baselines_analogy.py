@@ -5,12 +5,10 @@ the UNet calls they cost, bad input, and loading."""
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 
@@ -39,7 +37,7 @@ from diffinv.baselines.analogist import (
 from diffinv.baselines.dia import random_views, square_padded
 from diffinv.errors import DiffinvError
 from diffinv.images import working_size
-from diffinv.testing import tiny_pipeline
+from diffinv.testing import tiny_inpainting, tiny_pipeline, unet_batches
 
 PROMPT = "a photo of a blue square"
 # Step counts a CPU test can afford; everything else as published. The tiny UNet has 4
@@ -47,23 +45,6 @@ PROMPT = "a photo of a blue square"
 FAST_ANALOGIST = AnalogistConfig(steps=10, sac_layers=(0, 4), cam_layers=(0, 4))
 FAST_DIA = DiaConfig(steps=2, token_steps=2, views=2, noise_steps=2, lbfgs_iterations=2, sufficient_loss=0.0)
 B_SIZE = working_size(60, 30, 32, 8)  # B is 60 × 30; the tiny models' native side is 32
-
-
-def tiny_inpainting(sd_pipe) -> StableDiffusionInpaintPipeline:
-    """`sd_pipe`'s tiny VAE, text encoder and tokenizer with a random UNet that, like SD
-    inpainting's, takes the noisy latent, the mask and the masked image's latent (9 channels)."""
-    torch.manual_seed(2)
-    unet = UNet2DConditionModel.from_config({**sd_pipe.unet.config, "in_channels": 9})
-    return StableDiffusionInpaintPipeline(
-        vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder,
-        tokenizer=sd_pipe.tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler.from_config(sd_pipe.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +55,6 @@ def sd_pipe():
 @pytest.fixture(scope="module")
 def inpaint_pipe(sd_pipe):
     return tiny_inpainting(sd_pipe)
-
-
-@contextmanager
-def unet_batches(unet):
-    """Yields a list that receives the batch size of every UNet forward call."""
-    batches: list[int] = []
-    handle = unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    try:
-        yield batches
-    finally:
-        handle.remove()
 
 
 def pixels(image) -> np.ndarray:

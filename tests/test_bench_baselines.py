@@ -17,8 +17,7 @@ from diffinv.bench.report import read_results
 from diffinv.cli import main
 from diffinv.errors import DiffinvError
 from diffinv.model_card import model_card
-from diffinv.testing import tiny_pipeline
-from test_baselines import tiny_instruct_pix2pix
+from diffinv.testing import tiny_instruct_pix2pix, tiny_pipeline
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -6,11 +6,16 @@ text encoder, as for real Stable Diffusion models and their matching CLIP.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -52,6 +57,20 @@ def tiny_text_config(tokenizer: CLIPTokenizer, width: int = 32, **changes) -> CL
     )
 
 
+def tiny_unet(sample_size: int, **config) -> UNet2DConditionModel:
+    """A random 2-level UNet (32 and 64 channels, one layer per block, 4 latent channels in and
+    out) on `sample_size`² latents; `config` gives the blocks, the cross-attention width and the rest."""
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        **config,
+    )
+
+
 def tiny_pipeline(
     prediction_type: str = "epsilon", seed: int = 0, width: int = 32, sample_size: int = 16
 ) -> StableDiffusionPipeline:
@@ -59,23 +78,23 @@ def tiny_pipeline(
     torch.manual_seed(seed)
     tokenizer = word_tokenizer(WORDS)
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer, width))
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
+    unet = tiny_unet(
+        sample_size,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=width,
         attention_head_dim=8,
-        norm_num_groups=8,
     )
     vae = tiny_vae(sample_size)
     scheduler = DDIMScheduler(
         prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
-    return StableDiffusionPipeline(
+    return _assembled(StableDiffusionPipeline, vae, text_encoder, tokenizer, unet, scheduler)
+
+
+def _assembled(pipeline_class, vae, text_encoder, tokenizer, unet, scheduler):
+    """A `pipeline_class` (Stable Diffusion 1.x-style) of these modules, without a safety checker."""
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -101,6 +120,27 @@ def tiny_vae(sample_size: int) -> AutoencoderKL:
     )
 
 
+def _tiny_sibling(sd_pipe: StableDiffusionPipeline, pipeline_class, in_channels: int, seed: int):
+    """A `pipeline_class` of `sd_pipe`'s tiny VAE, text encoder and tokenizer, a DDIM scheduler on
+    its schedule, and a random UNet of its UNet's configuration taking `in_channels` channels."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**sd_pipe.unet.config, "in_channels": in_channels})
+    scheduler = DDIMScheduler.from_config(sd_pipe.scheduler.config)
+    return _assembled(pipeline_class, sd_pipe.vae, sd_pipe.text_encoder, sd_pipe.tokenizer, unet, scheduler)
+
+
+def tiny_instruct_pix2pix(sd_pipe: StableDiffusionPipeline) -> StableDiffusionInstructPix2PixPipeline:
+    """`sd_pipe`'s tiny VAE, text encoder and tokenizer with a random UNet that, like
+    InstructPix2Pix's, takes the noisy latent and the image latent (8 channels)."""
+    return _tiny_sibling(sd_pipe, StableDiffusionInstructPix2PixPipeline, in_channels=8, seed=1)
+
+
+def tiny_inpainting(sd_pipe: StableDiffusionPipeline) -> StableDiffusionInpaintPipeline:
+    """`sd_pipe`'s tiny VAE, text encoder and tokenizer with a random UNet that, like SD
+    inpainting's, takes the noisy latent, the mask and the masked image's latent (9 channels)."""
+    return _tiny_sibling(sd_pipe, StableDiffusionInpaintPipeline, in_channels=9, seed=2)
+
+
 def tiny_xl_pipeline(
     prediction_type: str = "epsilon", seed: int = 0, widths: tuple[int, int] = (32, 48), sample_size: int = 16
 ) -> StableDiffusionXLPipeline:
@@ -116,12 +156,8 @@ def tiny_xl_pipeline(
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer, widths[0]))
     text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(tokenizer_2, widths[1], projection_dim=widths[1]))
     time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
+    unet = tiny_unet(
+        sample_size,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=sum(widths),
@@ -131,7 +167,6 @@ def tiny_xl_pipeline(
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + widths[1],
         transformer_layers_per_block=(1, 2),
-        norm_num_groups=8,
     )
     scheduler = EulerDiscreteScheduler(
         prediction_type=prediction_type,
@@ -187,3 +222,14 @@ def tiny_backbone(prediction_type: str = "epsilon", seed: int = 0) -> StableDiff
 
 def tiny_xl_backbone(prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionXLBackbone:
     return StableDiffusionXLBackbone(tiny_xl_pipeline(prediction_type, seed), model_id=f"tiny-xl-{prediction_type}")
+
+
+@contextmanager
+def unet_batches(unet) -> Iterator[list[int]]:
+    """Yields a list that receives the batch size of every UNet forward call."""
+    batches: list[int] = []
+    handle = unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        yield batches
+    finally:
+        handle.remove()

@@ -78,24 +78,22 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from ..checks import check_resolution
 from ..errors import DiffinvError
 from ..pipeline import ImageInput, as_rgb
 from .base import (
-    Cost,
+    Img2ImgSettings,
+    PipelineBaseline,
     check_resolution_option,
     check_text,
     cpu_generator,
-    load_pipeline,
-    native_resolution,
     number,
-    positive_int,
     require,
     size_multiple,
-    with_scheduler,
+    square_side,
+    with_ddim,
     working_image,
 )
 
@@ -117,7 +115,7 @@ def _layer_range(value) -> bool:
 
 
 @dataclass(frozen=True)
-class AnalogistConfig:
+class AnalogistConfig(Img2ImgSettings):
     """Analogist's published hyperparameters (see the module docstring for their sources).
 
     steps: DDIM steps of a full schedule; the last min(int(steps × strength), steps) are run. 50.
@@ -151,19 +149,7 @@ class AnalogistConfig:
     resolution: int | None = None
 
     def __post_init__(self):
-        require(positive_int(self.steps), f"steps must be a positive integer, got {self.steps!r}")
-        require(
-            number(self.strength) and 0 < self.strength <= 1, f"strength must lie in (0, 1], got {self.strength!r}"
-        )
-        require(
-            self.denoising_steps >= 1,
-            f"strength {self.strength} × {self.steps} steps runs no denoising step; raise one of them",
-        )
-        require(
-            number(self.guidance_scale) and self.guidance_scale >= 0,
-            f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}",
-        )
-        require(number(self.eta) and 0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta!r}")
+        self.check_img2img()
         require(isinstance(self.sac, bool) and isinstance(self.cam, bool), "sac and cam must be True or False")
         require(number(self.sac_scale) and self.sac_scale > 0, f"sac_scale must be > 0, got {self.sac_scale!r}")
         for name in ("sac_layers", "cam_layers", "control_steps"):
@@ -180,14 +166,6 @@ class AnalogistConfig:
             f"gutter must be an integer in [0, 16], got {self.gutter!r}",
         )
         check_resolution_option(self.resolution)
-
-    @property
-    def denoising_steps(self) -> int:
-        """The steps the inpainting pipeline runs, as diffusers counts them."""
-        return min(int(self.steps * self.strength), self.steps)
-
-    def cost(self) -> Cost:
-        return Cost(sample_calls=self.denoising_steps, sample_batch=2 if self.guidance_scale > 1 else 1)
 
 
 # --- the grid -----------------------------------------------------------------------------------
@@ -423,7 +401,7 @@ def analogist_attention(unet, config: AnalogistConfig, record: list | None = Non
 # --- the method -------------------------------------------------------------------------------------
 
 
-class Analogist:
+class Analogist(PipelineBaseline):
     """Analogist: B′ inpainted into a 2 × 2 grid [A A′; B ?] with SAC and CAM.
 
     Args:
@@ -436,6 +414,8 @@ class Analogist:
 
     name = "Analogist"
     uses_text = True
+    pipeline_class = StableDiffusionInpaintPipeline  # SD 2 or SD 1.5 inpainting
+    default_model = DEFAULT_MODEL
 
     def __init__(self, pipe: StableDiffusionInpaintPipeline, config: AnalogistConfig | None = None):
         channels = pipe.unet.config.in_channels
@@ -444,11 +424,7 @@ class Analogist:
             f"Analogist needs a Stable Diffusion inpainting model (a UNet with {INPAINT_CHANNELS} input "
             f"channels); this one has {channels}",
         )
-        if not isinstance(pipe, StableDiffusionInpaintPipeline):
-            pipe = StableDiffusionInpaintPipeline(
-                **pipe.components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False)
-            )
-        self.pipe = with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config))
+        self.pipe = with_ddim(pipe, StableDiffusionInpaintPipeline)
         self.config = config or AnalogistConfig()
         blocks = len(transformer_blocks(pipe.unet))
         for name in ("sac_layers", "cam_layers"):
@@ -458,29 +434,9 @@ class Analogist:
                 f"{name} starts at block {start}, but this model's UNet has only {blocks} transformer blocks",
             )
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        offline: bool | None = None,
-        config: AnalogistConfig | None = None,
-        **pipeline_kwargs,
-    ) -> Analogist:
-        """A Stable Diffusion inpainting model (SD 2 or SD 1.5 inpainting) by hub id or local
-        directory. offline: hub cache and local directories only (default: `HF_HUB_OFFLINE`).
-        pipeline_kwargs go to diffusers' `from_pretrained` (e.g. `variant`)."""
-        pipe = load_pipeline(StableDiffusionInpaintPipeline, model, device, dtype, offline, **pipeline_kwargs)
-        return cls(pipe, config)
-
-    def cost(self) -> Cost:
-        return self.config.cost()
-
     def grid_side(self) -> int:
         """The grid's side in pixels: `resolution`, or the model's native size."""
-        side = self.config.resolution or native_resolution(self.pipe)
-        check_resolution(side, native_resolution(self.pipe))
+        side = square_side(self.pipe, self.config.resolution)
         multiple = 2 * size_multiple(self.pipe)
         require(
             side % multiple == 0,

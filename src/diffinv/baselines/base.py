@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from ..backbone import pipeline_from_pretrained
@@ -95,6 +96,30 @@ def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def check_positive_ints(config, *names: str) -> None:
+    """Each field `names` of `config` is a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        require(positive_int(value), f"{name} must be a positive integer, got {value!r}")
+
+
+def check_positive(config, *names: str) -> None:
+    """Each field `names` of `config` is a finite number > 0."""
+    for name in names:
+        require(number(getattr(config, name)) and getattr(config, name) > 0, f"{name} must be > 0")
+
+
+def check_non_negative(config, *names: str) -> None:
+    """Each field `names` of `config` is a finite number ≥ 0."""
+    for name in names:
+        require(number(getattr(config, name)) and getattr(config, name) >= 0, f"{name} must be ≥ 0")
+
+
+def check_guidance(value, name: str = "guidance_scale") -> None:
+    """A guidance scale is a finite number ≥ 0 (≤ 1: no guidance)."""
+    require(number(value) and value >= 0, f"{name} must be ≥ 0, got {value!r}")
+
+
 def check_resolution_option(resolution) -> None:
     require(
         resolution is None or positive_int(resolution),
@@ -128,6 +153,19 @@ def cpu_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def pipeline_edit(
+    pipe, b: ImageInput, resolution: int | None, *, seed: int, progress: bool, desc: str, **call
+) -> Image.Image:
+    """B′ = `pipe(image=B, generator=…, **call).images[0]`, for the methods that hand B to a
+    diffusers pipeline: the noise from a CPU generator seeded with `seed` (the seed is checked
+    first), B (any `ImageInput`) as RGB at its working size for `pipe` (`working_image`), the
+    progress bar named `desc`. B′ comes out at B's working size."""
+    generator = cpu_generator(seed)
+    b = working_image(b, pipe, resolution)
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc=desc)
+    return pipe(image=b, generator=generator, **call).images[0]
+
+
 def load_pipeline(pipeline_class, model: str, device, dtype, offline: bool | None, **pipeline_kwargs):
     """`pipeline_class.from_pretrained(model)` on `device` in `dtype` (defaults as
     `pipeline.resolve_device_dtype`); a missing model is one `DiffinvError`. offline: hub cache
@@ -154,6 +192,21 @@ def check_unet_channels(pipe, expected: int, method: str) -> None:
     )
 
 
+def freeze(pipe) -> None:
+    """`pipe`'s UNet, VAE and text encoder without gradients and in eval mode, for the methods
+    that learn something through the frozen model."""
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+
+
+def loss_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict for `latents` (N, C, h, w) noised with `noise` (same
+    shape) at `timesteps` (N,) or (1,): v for a v-prediction `scheduler`, else the noise ε."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
 def native_resolution(pipe) -> int:
     """The side the UNet was trained at, in pixels (512 for SD 1.5 and InstructPix2Pix)."""
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -163,6 +216,14 @@ def size_multiple(pipe) -> int:
     """Sides must be multiples of this: VAE factor × UNet downsampling, and of 8 (as
     `StableDiffusionBackbone.size_multiple`)."""
     return math.lcm(pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1), 8)
+
+
+def square_side(pipe, resolution: int | None) -> int:
+    """The side of the square a method works at: `resolution`, or the model's native size,
+    checked against the native size (`checks.check_resolution`)."""
+    side = resolution or native_resolution(pipe)
+    check_resolution(side, native_resolution(pipe))
+    return side
 
 
 def working_image(image: ImageInput, pipe, resolution: int | None) -> Image.Image:
@@ -175,8 +236,91 @@ def working_image(image: ImageInput, pipe, resolution: int | None) -> Image.Imag
     return fit_to(image, working_size(image.width, image.height, resolution or native, size_multiple(pipe)))
 
 
+def _rebuilt(pipeline_class, pipe, **components):
+    """A `pipeline_class` pipeline of `pipe`'s modules, `components` replacing some of them."""
+    components = {**pipe.components, **components}
+    return pipeline_class(**components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
+
+
 def with_scheduler(pipe, scheduler):
     """A pipeline of `pipe`'s class sharing its modules, with another scheduler (the caller's
     pipeline is left as it was)."""
-    components = {**pipe.components, "scheduler": scheduler}
-    return type(pipe)(**components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
+    return _rebuilt(type(pipe), pipe, scheduler=scheduler)
+
+
+def with_ddim(pipe, pipeline_class):
+    """A `pipeline_class` pipeline sharing `pipe`'s modules (`pipe` may be another pipeline of
+    the same modules, e.g. a `StableDiffusionPipeline`), with a DDIM scheduler on `pipe`'s noise
+    schedule; the caller's pipeline is left as it was."""
+    if not isinstance(pipe, pipeline_class):
+        pipe = _rebuilt(pipeline_class, pipe)
+    return with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config))
+
+
+class Img2ImgSettings:
+    """For the config dataclasses of diffusers img2img-style DDIM runs (SDEdit, Analogist), whose
+    fields include steps, strength, guidance_scale and eta: their checks, the denoising steps
+    the pipeline runs and the cost."""
+
+    def check_img2img(self) -> None:
+        """steps a positive integer, strength in (0, 1] leaving at least one denoising step,
+        guidance ≥ 0, η in [0, 1]."""
+        steps, strength = self.steps, self.strength
+        require(positive_int(steps), f"steps must be a positive integer, got {steps!r}")
+        require(number(strength) and 0 < strength <= 1, f"strength must lie in (0, 1], got {strength!r}")
+        require(
+            self.denoising_steps >= 1,
+            f"strength {strength} × {steps} steps runs no denoising step; raise one of them",
+        )
+        check_guidance(self.guidance_scale)
+        require(number(self.eta) and 0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta!r}")
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps the pipeline runs: the last int(steps × strength) of the schedule, as diffusers
+        counts them."""
+        return min(int(self.steps * self.strength), self.steps)
+
+    def cost(self) -> Cost:
+        """denoising_steps UNet calls of 2 latents with classifier-free guidance (> 1), else 1."""
+        return Cost(sample_calls=self.denoising_steps, sample_batch=2 if self.guidance_scale > 1 else 1)
+
+
+_Method = TypeVar("_Method", bound="PipelineBaseline")
+
+
+class PipelineBaseline:
+    """What the baselines built on one diffusers pipeline share: loading that pipeline by hub id
+    or local directory, and the cost of their config.
+
+    A subclass sets `pipeline_class` (the diffusers class its model loads as) and
+    `default_model`, takes `(pipe, config)` in `__init__` (one that needs more, as VISII its
+    CLIPs, overrides `from_pretrained`), and keeps its hyperparameters in `self.config`, whose
+    `cost()` says what one triplet costs.
+    """
+
+    pipeline_class: ClassVar[type]
+    default_model: ClassVar[str]
+
+    @classmethod
+    def from_pretrained(
+        cls: type[_Method],
+        model: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offline: bool | None = None,
+        config=None,
+        **pipeline_kwargs,
+    ) -> _Method:
+        """The method on a model by hub id or local directory (None: the class's
+        `default_model`), loaded as its `pipeline_class` on `device` in `dtype` (defaults as
+        `pipeline.resolve_device_dtype`). offline: hub cache and local directories only
+        (default: `HF_HUB_OFFLINE`). config: the method's hyperparameters (None: published).
+        pipeline_kwargs go to diffusers' `from_pretrained` (e.g. `variant`)."""
+        model = cls.default_model if model is None else model
+        pipe = load_pipeline(cls.pipeline_class, model, device, dtype, offline, **pipeline_kwargs)
+        return cls(pipe, config)
+
+    def cost(self) -> Cost:
+        """What one A : A′ :: B triplet costs this method (its config's `cost()`)."""
+        return self.config.cost()

@@ -74,21 +74,25 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from ..checks import check_resolution
 from ..pipeline import ImageInput, as_rgb
 from ..text_slots import replaced_token_embeddings
 from .base import (
     Cost,
+    PipelineBaseline,
+    check_guidance,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
     check_resolution_option,
     check_seed,
     check_unet_channels,
     cpu_generator,
-    load_pipeline,
-    native_resolution,
+    freeze,
+    loss_target,
     number,
-    positive_int,
     require,
     size_multiple,
+    square_side,
     working_image,
 )
 
@@ -166,17 +170,15 @@ class DiaConfig:
     resolution: int | None = None
 
     def __post_init__(self):
-        for name in ("steps", "token_steps", "learned_tokens", "views", "noise_steps", "lbfgs_iterations"):
-            value = getattr(self, name)
-            require(positive_int(value), f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "steps", "token_steps", "learned_tokens", "views", "noise_steps", "lbfgs_iterations")
         require(
             self.views <= self.steps,
             f"views ({self.views}) must not exceed steps ({self.steps}): each view gets its own DDIM timestep",
         )
-        for name in ("token_lr", "noise_lr"):
-            require(number(getattr(self, name)) and getattr(self, name) > 0, f"{name} must be > 0")
-        for name in ("token_weight_decay", "latent_weight", "pixel_weight", "sufficient_loss", "guidance_scale"):
-            require(number(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be ≥ 0")
+        check_positive(self, "token_lr", "noise_lr")
+        check_non_negative(
+            self, "token_weight_decay", "latent_weight", "pixel_weight", "sufficient_loss", "guidance_scale"
+        )
         require(self.latent_weight + self.pixel_weight > 0, "latent_weight and pixel_weight cannot both be 0")
         require(number(self.analogy_strength), f"analogy_strength must be a number, got {self.analogy_strength!r}")
         low_high = self.crop_scale
@@ -252,7 +254,7 @@ def random_views(image: Image.Image, count: int, crop_scale: tuple[float, float]
     return views
 
 
-class Dia:
+class Dia(PipelineBaseline):
     """DIA on a text-to-image Stable Diffusion 1.x model.
 
     Args:
@@ -263,11 +265,12 @@ class Dia:
 
     name = "DIA"
     uses_text = False
+    pipeline_class = StableDiffusionPipeline  # a Stable Diffusion 1.x model
+    default_model = DEFAULT_MODEL
 
     def __init__(self, pipe: StableDiffusionPipeline, config: DiaConfig | None = None):
         check_unet_channels(pipe, pipe.vae.config.latent_channels, "DIA")
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False).eval()
+        freeze(pipe)
         self.pipe = pipe
         self.config = config or DiaConfig()
         # The LDM DDIM sampler's schedule: timesteps 1, 1 + T/k, …; no clipping; ᾱ_prev = ᾱ_0 at the end.
@@ -280,25 +283,6 @@ class Dia:
         )
         self.scheduler.set_timesteps(self.config.steps)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        offline: bool | None = None,
-        config: DiaConfig | None = None,
-        **pipeline_kwargs,
-    ) -> Dia:
-        """A Stable Diffusion 1.x model by hub id or local directory. offline: hub cache and
-        local directories only (default: `HF_HUB_OFFLINE`). pipeline_kwargs go to diffusers'
-        `from_pretrained` (e.g. `variant`)."""
-        pipe = load_pipeline(StableDiffusionPipeline, model, device, dtype, offline, **pipeline_kwargs)
-        return cls(pipe, config)
-
-    def cost(self) -> DiaCost:
-        return self.config.cost()
-
     # --- helpers ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -306,8 +290,7 @@ class Dia:
 
     def side(self) -> int:
         """The side of the square the images are worked at."""
-        side = self.config.resolution or native_resolution(self.pipe)
-        check_resolution(side, native_resolution(self.pipe))
+        side = square_side(self.pipe, self.config.resolution)
         multiple = size_multiple(self.pipe)
         require(side % multiple == 0, f"resolution {side} must be a multiple of {multiple}")
         return side
@@ -339,11 +322,6 @@ class Dia:
         """(1, L, d): the empty prompt's conditioning, the unconditional branch."""
         with torch.no_grad():
             return self.pipe.text_encoder(self._empty_ids())[0]
-
-    def _target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if self.scheduler.config.prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(latents, noise, timesteps)
-        return noise
 
     def ddim(
         self, noise: torch.Tensor, states: torch.Tensor, guidance_scale: float = 1.0, uncond=None
@@ -396,7 +374,7 @@ class Dia:
             prediction = unet(
                 noisy.to(unet.dtype), timesteps, encoder_hidden_states=states.expand(c.views, -1, -1).to(unet.dtype)
             ).sample
-            loss = F.mse_loss(prediction.float(), self._target(latents, noise, timesteps).float())
+            loss = F.mse_loss(prediction.float(), loss_target(self.scheduler, latents, noise, timesteps).float())
             history.append(loss.item())
             if history[-1] < c.sufficient_loss:
                 break
@@ -482,7 +460,7 @@ class Dia:
         analogy_strength: override the config's (to sweep them as the official grid does)."""
         s = self.config.guidance_scale if guidance_scale is None else guidance_scale
         strength = self.config.analogy_strength if analogy_strength is None else analogy_strength
-        require(number(s) and s >= 0, f"guidance_scale must be ≥ 0, got {s!r}")
+        check_guidance(s)
         require(number(strength), f"analogy_strength must be a number, got {strength!r}")
         states = c_b.states + strength * (c_a_prime.states - c_a.states)
         latents = self.ddim(x_t.noise.to(self.device), states.to(self.device), s, self.empty_states())

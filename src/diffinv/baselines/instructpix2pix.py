@@ -33,17 +33,16 @@ from PIL import Image
 from ..pipeline import ImageInput
 from .base import (
     Cost,
+    PipelineBaseline,
+    check_guidance,
     check_images,
     check_resolution_option,
     check_text,
     check_unet_channels,
-    cpu_generator,
-    load_pipeline,
-    number,
+    pipeline_edit,
     positive_int,
     require,
     with_scheduler,
-    working_image,
 )
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
@@ -51,11 +50,8 @@ DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 
 def check_instruct_guidance(guidance_scale, image_guidance_scale, steps) -> None:
     require(positive_int(steps), f"the number of sampling steps must be a positive integer, got {steps!r}")
-    require(number(guidance_scale) and guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {guidance_scale!r}")
-    require(
-        number(image_guidance_scale) and image_guidance_scale >= 0,
-        f"image_guidance_scale must be ≥ 0, got {image_guidance_scale!r}",
-    )
+    check_guidance(guidance_scale)
+    check_guidance(image_guidance_scale, "image_guidance_scale")
 
 
 def instruct_batch(guidance_scale: float, image_guidance_scale: float) -> int:
@@ -95,7 +91,7 @@ class InstructPix2PixConfig:
         )
 
 
-class InstructPix2Pix:
+class InstructPix2Pix(PipelineBaseline):
     """InstructPix2Pix*: B′ = edit(B, instruction).
 
     Args:
@@ -106,46 +102,31 @@ class InstructPix2Pix:
 
     name = "InstructPix2Pix"
     uses_text = True
+    pipeline_class = StableDiffusionInstructPix2PixPipeline
+    default_model = DEFAULT_MODEL
 
     def __init__(self, pipe: StableDiffusionInstructPix2PixPipeline, config: InstructPix2PixConfig | None = None):
         check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "InstructPix2Pix")
         self.pipe = euler_ancestral(pipe)
         self.config = config or InstructPix2PixConfig()
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        offline: bool | None = None,
-        config: InstructPix2PixConfig | None = None,
-        **pipeline_kwargs,
-    ) -> InstructPix2Pix:
-        """An InstructPix2Pix model by hub id or local directory. offline: hub cache and local
-        directories only (default: `HF_HUB_OFFLINE`). pipeline_kwargs go to diffusers'
-        `from_pretrained`."""
-        pipe = load_pipeline(StableDiffusionInstructPix2PixPipeline, model, device, dtype, offline, **pipeline_kwargs)
-        return cls(pipe, config)
-
-    def cost(self) -> Cost:
-        return self.config.cost()
-
     @torch.no_grad()
     def edit(self, b: ImageInput, instruction: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
-        """B′: B edited by `instruction`, at B's working size."""
+        """B′: B (any `ImageInput`) edited by `instruction`, an RGB image at B's working size."""
         instruction = check_text(instruction, "InstructPix2Pix's instruction")
-        generator = cpu_generator(seed)
-        b = working_image(b, self.pipe, self.config.resolution)
-        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="InstructPix2Pix")
-        return self.pipe(
+        c = self.config
+        return pipeline_edit(
+            self.pipe,
+            b,
+            c.resolution,
+            seed=seed,
+            progress=progress,
+            desc="InstructPix2Pix",
             prompt=instruction,
-            image=b,
-            num_inference_steps=self.config.steps,
-            guidance_scale=self.config.guidance_scale,
-            image_guidance_scale=self.config.image_guidance_scale,
-            generator=generator,
-        ).images[0]
+            num_inference_steps=c.steps,
+            guidance_scale=c.guidance_scale,
+            image_guidance_scale=c.image_guidance_scale,
+        )
 
     def analogy(
         self,

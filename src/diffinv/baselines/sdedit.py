@@ -24,30 +24,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from ..pipeline import ImageInput
 from .base import (
-    Cost,
+    Img2ImgSettings,
+    PipelineBaseline,
     check_images,
     check_resolution_option,
     check_text,
     check_unet_channels,
-    cpu_generator,
-    load_pipeline,
-    number,
-    positive_int,
-    require,
-    with_scheduler,
-    working_image,
+    pipeline_edit,
+    with_ddim,
 )
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
 
 
 @dataclass(frozen=True)
-class SDEditConfig:
+class SDEditConfig(Img2ImgSettings):
     """Hyperparameters of SDEdit* (diffusers' img2img defaults).
 
     strength: fraction of the noise schedule B is noised to before denoising, in (0, 1];
@@ -66,31 +62,11 @@ class SDEditConfig:
     resolution: int | None = None
 
     def __post_init__(self):
-        require(positive_int(self.steps), f"steps must be a positive integer, got {self.steps!r}")
-        require(
-            number(self.strength) and 0 < self.strength <= 1, f"strength must lie in (0, 1], got {self.strength!r}"
-        )
-        require(
-            self.denoising_steps >= 1,
-            f"strength {self.strength} × {self.steps} steps runs no denoising step; raise one of them",
-        )
-        require(
-            number(self.guidance_scale) and self.guidance_scale >= 0,
-            f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}",
-        )
-        require(number(self.eta) and 0 <= self.eta <= 1, f"eta must lie in [0, 1], got {self.eta!r}")
+        self.check_img2img()
         check_resolution_option(self.resolution)
 
-    @property
-    def denoising_steps(self) -> int:
-        """The steps img2img runs: the last int(steps × strength) of the schedule, as diffusers counts them."""
-        return min(int(self.steps * self.strength), self.steps)
 
-    def cost(self) -> Cost:
-        return Cost(sample_calls=self.denoising_steps, sample_batch=2 if self.guidance_scale > 1 else 1)
-
-
-class SDEdit:
+class SDEdit(PipelineBaseline):
     """SDEdit*: B′ = img2img(B, prompt describing B′).
 
     Args:
@@ -102,53 +78,34 @@ class SDEdit:
 
     name = "SDEdit"
     uses_text = True
+    pipeline_class = StableDiffusionImg2ImgPipeline  # a Stable Diffusion 1.x / 2.x model
+    default_model = DEFAULT_MODEL
 
     def __init__(
         self, pipe: StableDiffusionImg2ImgPipeline | StableDiffusionPipeline, config: SDEditConfig | None = None
     ):
         check_unet_channels(pipe, pipe.vae.config.latent_channels, "SDEdit")
-        if not isinstance(pipe, StableDiffusionImg2ImgPipeline):
-            pipe = StableDiffusionImg2ImgPipeline(
-                **pipe.components, requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False)
-            )
-        self.pipe = with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config))
+        self.pipe = with_ddim(pipe, StableDiffusionImg2ImgPipeline)
         self.config = config or SDEditConfig()
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        offline: bool | None = None,
-        config: SDEditConfig | None = None,
-        **pipeline_kwargs,
-    ) -> SDEdit:
-        """A Stable Diffusion 1.x / 2.x model by hub id or local directory. offline: hub cache and
-        local directories only (default: `HF_HUB_OFFLINE`). pipeline_kwargs go to diffusers'
-        `from_pretrained` (e.g. `variant`)."""
-        pipe = load_pipeline(StableDiffusionImg2ImgPipeline, model, device, dtype, offline, **pipeline_kwargs)
-        return cls(pipe, config)
-
-    def cost(self) -> Cost:
-        return self.config.cost()
 
     @torch.no_grad()
     def edit(self, b: ImageInput, prompt: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
-        """B′ from B and a prompt describing B′, at B's working size."""
+        """B′ from B (any `ImageInput`) and a prompt describing B′: an RGB image at B's working size."""
         prompt = check_text(prompt, "SDEdit's prompt (a text describing the wanted B′)")
-        generator = cpu_generator(seed)
-        b = working_image(b, self.pipe, self.config.resolution)
-        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="SDEdit")
-        return self.pipe(
+        c = self.config
+        return pipeline_edit(
+            self.pipe,
+            b,
+            c.resolution,
+            seed=seed,
+            progress=progress,
+            desc="SDEdit",
             prompt=prompt,
-            image=b,
-            strength=self.config.strength,
-            num_inference_steps=self.config.steps,
-            guidance_scale=self.config.guidance_scale,
-            eta=self.config.eta,
-            generator=generator,
-        ).images[0]
+            strength=c.strength,
+            num_inference_steps=c.steps,
+            guidance_scale=c.guidance_scale,
+            eta=c.eta,
+        )
 
     def analogy(
         self,

@@ -90,15 +90,21 @@ from ..pipeline import ImageInput, _loaded, as_rgb, resolve_device_dtype
 from ..text_slots import replaced_token_embeddings
 from .base import (
     Cost,
+    PipelineBaseline,
     check_images,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
     check_resolution_option,
     check_seed,
     check_text,
     check_unet_channels,
     cpu_generator,
+    freeze,
     load_pipeline,
+    loss_target,
     number,
-    positive_int,
+    pipeline_edit,
     require,
     working_image,
 )
@@ -157,14 +163,9 @@ class VisiiConfig:
     resolution: int | None = None
 
     def __post_init__(self):
-        for name in ("steps", "pez_prompt_len", "pez_steps"):
-            require(
-                positive_int(getattr(self, name)), f"{name} must be a positive integer, got {getattr(self, name)!r}"
-            )
-        for name in ("learning_rate", "pez_lr", "gradient_scale"):
-            require(number(getattr(self, name)) and getattr(self, name) > 0, f"{name} must be > 0")
-        for name in ("weight_decay", "pez_weight_decay", "lambda_mse", "lambda_clip"):
-            require(number(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be ≥ 0")
+        check_positive_ints(self, "steps", "pez_prompt_len", "pez_steps")
+        check_positive(self, "learning_rate", "pez_lr", "gradient_scale")
+        check_non_negative(self, "weight_decay", "pez_weight_decay", "lambda_mse", "lambda_clip")
         require(
             number(self.clip_similarity_cap) and -1 < self.clip_similarity_cap <= 1,
             f"clip_similarity_cap must lie in (-1, 1], got {self.clip_similarity_cap!r}",
@@ -232,7 +233,7 @@ def training_timesteps(steps: int, num_train_timesteps: int, generator: torch.Ge
     return torch.cat([torch.randperm(num_train_timesteps, generator=generator) for _ in range(rounds)])[:steps]
 
 
-class Visii:
+class Visii(PipelineBaseline):
     """VISII on an InstructPix2Pix model.
 
     Args:
@@ -247,6 +248,8 @@ class Visii:
 
     name = "VISII"
     uses_text = False
+    pipeline_class = StableDiffusionInstructPix2PixPipeline
+    default_model = DEFAULT_MODEL
 
     def __init__(
         self,
@@ -256,8 +259,7 @@ class Visii:
         config: VisiiConfig | None = None,
     ):
         check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "VISII")
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False).eval()
+        freeze(pipe)
         width = pipe.text_encoder.config.hidden_size
         if clip.model.text_projection.in_features != width:
             raise DiffinvError(
@@ -291,7 +293,7 @@ class Visii:
         """
         offline = hub_offline() if offline is None else offline
         device, dtype = resolve_device_dtype(device, dtype)
-        pipe = load_pipeline(StableDiffusionInstructPix2PixPipeline, model, device, dtype, offline, **pipeline_kwargs)
+        pipe = load_pipeline(cls.pipeline_class, model, device, dtype, offline, **pipeline_kwargs)
         check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "VISII")  # before loading the CLIPs
         clip_model = clip_model or default_clip_for(pipe.text_encoder.get_input_embeddings().embedding_dim)
         clip = _loaded(clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline))
@@ -301,9 +303,6 @@ class Visii:
                 pez_clip_model, offline, lambda: ClipSpace.from_pretrained(pez_clip_model, device, dtype, offline)
             )
         return cls(pipe, clip, pez_clip, config)
-
-    def cost(self) -> Cost:
-        return self.config.cost()
 
     # --- preparing ------------------------------------------------------------------------------
     @property
@@ -410,10 +409,7 @@ class Visii:
             prediction = neither + g_text * (both - image_only) + g_image * (image_only - neither)
         else:
             prediction = unet(torch.cat([noisy, pair.condition_latents], dim=1), t, encoder_hidden_states=text).sample
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(pair.target_latents, noise, t)
-        else:
-            target = noise
+        target = loss_target(self.noise_scheduler, pair.target_latents, noise, t)
         mse = F.mse_loss(prediction.float(), target.float())
         if pair.direction is None:
             return VisiiLoss(c.lambda_mse * mse, mse, None)
@@ -468,7 +464,7 @@ class Visii:
     def apply(
         self, instruction: VisiiInstruction, b: ImageInput, *, seed: int = 0, progress: bool = True
     ) -> Image.Image:
-        """B′: B edited by the learned instruction, at B's working size."""
+        """B′: B (any `ImageInput`) edited by the learned instruction, an RGB image at B's working size."""
         c = self.config
         expected = (1, self.sequence_length, self.pipe.text_encoder.config.hidden_size)
         if tuple(instruction.states.shape) != expected:
@@ -476,17 +472,18 @@ class Visii:
                 f"this instruction's states are {tuple(instruction.states.shape)}, this model takes {expected}: "
                 "it was learned with another model"
             )
-        generator = cpu_generator(seed)
-        b = working_image(b, self.pipe, c.resolution)
-        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="VISII sampling")
-        return self.pipe(
+        return pipeline_edit(
+            self.pipe,
+            b,
+            c.resolution,
+            seed=seed,
+            progress=progress,
+            desc="VISII sampling",
             prompt_embeds=instruction.states.to(self.pipe.device, self.pipe.text_encoder.dtype),
-            image=b,
             num_inference_steps=c.sample_steps,
             guidance_scale=c.guidance_scale,
             image_guidance_scale=c.image_guidance_scale,
-            generator=generator,
-        ).images[0]
+        )
 
     def analogy(
         self,
