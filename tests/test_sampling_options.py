@@ -149,6 +149,11 @@ def test_negative_diff_is_the_unconditional_branch_the_unet_sees(di, backbone, t
     positive, negative = encoded(backbone, tokens, 0.5), encoded(backbone, tokens, -0.5)
     guided = [states for _, states in calls if states.shape[0] == 2]
     assert guided, "guidance 7.5: the UNet sees an unconditional and a conditional branch"
+    if mode == "edit-friendly":  # its inversion is guided as its denoising, with {prompt_B, 0} as condition
+        inverting, guided = guided[: len(guided) // 2], guided[len(guided) // 2 :]
+        zero = encoded(backbone, tokens, 0.0)
+        assert all(torch.allclose(states[0], negative[0], atol=1e-6) for states in inverting)
+        assert all(torch.allclose(states[1], zero[0], atol=1e-6) for states in inverting)
     for states in guided:  # diffusers' order: [unconditional, conditional]
         assert torch.allclose(states[0], negative[0], atol=1e-6)
         assert torch.allclose(states[1], positive[0], atol=1e-6)
@@ -239,6 +244,55 @@ def test_inversion_draws_no_noise(di, tokens, images):
         tokens, images["b"], seed=0, prompt=PROMPT_B, config=config.replace(sampling_mode="img2img"), progress=False
     )
     assert not np.array_equal(pixels(first), pixels(img2img))
+
+
+# --- edit-friendly DDPM inversion ---------------------------------------------------------------------------
+@pytest.mark.parametrize("guidance_scale", [1.0, 7.5])
+def test_edit_friendly_inversion_gives_b_back_exactly_on_the_null_edit(di, backbone, tokens, images, monkeypatch,
+                                                                       guidance_scale):  # fmt: skip
+    """D̃ = 0: denoising uses the inversion's condition, so the residuals take it back to B's
+    latent exactly (float rounding only), guided or not — where DDIM inversion only comes close."""
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+    config = fast_config(sampling_steps=10, strength=0.6, guidance_scale=guidance_scale)
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+
+    def error(mode: str) -> float:
+        with decoded_latents(backbone, monkeypatch) as latents:
+            di.apply(zero, images["b"], prompt=PROMPT_B, config=config.replace(sampling_mode=mode), progress=False)
+        return ((latents[-1] - b_latent).norm() / b_latent.norm()).item()
+
+    assert error("edit-friendly") < 1e-6
+    assert error("inversion") > 1e-2  # the DDIM approximation on the tiny random model
+
+
+def test_edit_friendly_inversion_changes_b_with_the_tokens_and_draws_seeded_noise(di, tokens, images):
+    config = fast_config(sampling_mode="edit-friendly", sampling_steps=6, strength=0.5, guidance_scale=4.0)
+    edited = di.apply(tokens, images["b"], seed=0, prompt=PROMPT_B, config=config, progress=False)
+    again = di.apply(tokens, images["b"], seed=0, prompt=PROMPT_B, config=config, progress=False)
+    other_seed = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=config, progress=False)
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+    unedited = di.apply(zero, images["b"], seed=0, prompt=PROMPT_B, config=config, progress=False)
+    assert np.array_equal(pixels(edited), pixels(again))
+    assert not np.array_equal(pixels(edited), pixels(other_seed))
+    assert not np.array_equal(pixels(edited), pixels(unedited))
+    assert InversionConfig(sampling_mode="edit-friendly", candidates=2).candidates == 2  # noise drawn: allowed
+
+
+def test_edit_friendly_inversion_runs_the_img2img_timesteps_down_twice(di, backbone, tokens, images):
+    """k calls down the img2img timesteps under {prompt_B, 0} (guided as the denoising), then k
+    under {prompt_B, s·D̃}."""
+    config = fast_config(sampling_steps=10, strength=0.4, guidance_scale=7.5)
+    with unet_calls(backbone) as img2img:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    with unet_calls(backbone) as friendly:
+        di.apply(
+            tokens, images["b"], prompt=PROMPT_B, config=config.replace(sampling_mode="edit-friendly"), progress=False
+        )
+    down = [t for t, _ in img2img]
+    assert [t for t, _ in friendly] == down + down
+    zero, edit = encoded(backbone, tokens, 0.0), encoded(backbone, tokens, 1.0)
+    assert all(states.shape[0] == 2 and torch.allclose(states[1], zero[0], atol=1e-6) for _, states in friendly[:4])
+    assert all(torch.allclose(states[1], edit[0], atol=1e-6) for _, states in friendly[4:])
 
 
 # --- candidates ---------------------------------------------------------------------------------------------

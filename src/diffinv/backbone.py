@@ -225,22 +225,23 @@ class StableDiffusionBackbone:
         progress: bool = True,
         negative_states: torch.Tensor | None = None,
         invert_states: torch.Tensor | None = None,
+        inversion: str = "ddim",
     ) -> Image.Image:
         """Draw one image of `size` (width, height) conditioned on `text_states` (1, L, d).
 
         With `init_image` (already at `size`), SDEdit from it at `strength`; else from noise.
         Classifier-free guidance (guidance_scale > 1, as in diffusers) uses `negative_states`
         (1, L, d) as the unconditional branch, or the empty prompt when None.
-        With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but a DDIM inversion of
-        `init_image` conditioned on `invert_states`, then DDIM denoising (`_from_inversion`);
-        `generator` is then unused.
+        With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but an inversion of
+        `init_image` conditioned on `invert_states`, then denoising: `inversion` "ddim"
+        (deterministic, `_from_inversion`; `generator` unused) or "edit-friendly"
+        (`_from_edit_friendly_inversion`).
         """
         if invert_states is not None:
-            if init_image is None:
-                raise DiffinvError("DDIM inversion needs an image to invert")
-            return self._from_inversion(
-                text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps, progress
-            )
+            return self._from_inverted(
+                inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
+                generator, progress,
+            )  # fmt: skip
         width, height = size
         common = dict(
             prompt_embeds=text_states.to(self.dtype),
@@ -261,6 +262,20 @@ class StableDiffusionBackbone:
         pipe = self._img2img
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
         return pipe(image=init_image, strength=strength, **common).images[0]
+
+    def _from_inverted(
+        self, inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
+        generator, progress,
+    ) -> Image.Image:  # fmt: skip
+        """`sample` from an inversion of `init_image`: `inversion` "ddim" or "edit-friendly"."""
+        if init_image is None:
+            raise DiffinvError("inversion needs an image to invert")
+        common = (text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps)
+        if inversion == "edit-friendly":
+            return self._from_edit_friendly_inversion(*common, generator, progress)
+        if inversion != "ddim":
+            raise DiffinvError(f"inversion must be 'ddim' or 'edit-friendly', got {inversion!r}")
+        return self._from_inversion(*common, progress)
 
     def _ddim_config(self) -> dict:
         """The model's scheduler config for DDIM. DDIM and its inverse only space timesteps
@@ -299,28 +314,98 @@ class StableDiffusionBackbone:
         inverse = DDIMInverseScheduler.from_config(config)
         scheduler.set_timesteps(steps, device=self.device)
         inverse.set_timesteps(steps)  # its step size: num_train_timesteps // steps, as DDIM's
-        k = min(int(steps * strength), steps)
-        timesteps = scheduler.timesteps[steps - k :]  # descending, as img2img's
+        timesteps = self._last_timesteps(scheduler, steps, strength)
         latents = self.encode_images([image]).to(self.dtype)
         invert_states = invert_states.to(self.dtype)
-        guided = guidance_scale > 1
-        states = text_states.to(self.dtype)
-        if guided:
-            uncond = self.unconditional_states() if negative_states is None else negative_states
-            states = self.stack_states([uncond.to(self.dtype), states])
+        states = self._guidance_states(text_states, negative_states, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
-        with self.pipe.progress_bar(total=2 * k) as bar:
+        with self.pipe.progress_bar(total=2 * len(timesteps)) as bar:
             for t in timesteps.flip(0):
                 noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
                 bar.update()
             for t in timesteps:
-                model_input = torch.cat([latents] * 2) if guided else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                noise_pred = self.predict(model_input, t.expand(len(model_input)), states)
-                if guided:
-                    uncond_pred, cond_pred = noise_pred.chunk(2)
-                    noise_pred = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
+                noise_pred = self._guided_prediction(scheduler, latents, t, states, guidance_scale)
                 latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
                 bar.update()
         return self.decode_latents(latents)[0]
+
+    def _from_edit_friendly_inversion(
+        self,
+        text_states: torch.Tensor,
+        image: Image.Image,
+        invert_states: torch.Tensor,
+        negative_states: torch.Tensor | None,
+        strength: float,
+        guidance_scale: float,
+        steps: int,
+        generator: torch.Generator,
+        progress: bool,
+    ) -> Image.Image:
+        """Edit-friendly DDPM inversion of `image` (Huberman-Spiegelglas, Kulikov & Michaeli,
+        CVPR 2024), then DDPM denoising with `text_states` that adds its noise back.
+
+        On the timesteps `_from_inversion` uses, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε_t is drawn for each
+        t with its own noise ε_t from `generator` (x_0: the latent of `image`). The residual
+        r_t = x_{t−1} − μ(x_t) is what takes the DDPM step (DDIM at η = 1) under `invert_states`,
+        guided as the denoising is, exactly from x_t to x_{t−1}; the last step lands on x_0
+        itself. Denoising then starts from the top x_t and adds r_t to each step's mean under
+        `text_states`. With `text_states` = `invert_states` it gives back x_0 bit for bit,
+        whatever the guidance; other states change the picture only as far as
+        they change the means. Costs k UNet calls (batch 2 when guided) for the inversion and as
+        many for the denoising, k = int(steps × strength).
+        """
+        scheduler = DDIMScheduler.from_config(self._ddim_config())
+        scheduler.set_timesteps(steps, device=self.device)
+        timesteps = self._last_timesteps(scheduler, steps, strength)
+        clean = self.encode_images([image]).to(self.dtype)
+        noisy = [
+            scheduler.add_noise(clean, torch.randn(clean.shape, generator=generator).to(clean), t.reshape(1))
+            for t in timesteps
+        ] + [clean]
+        inversion_states = self._guidance_states(invert_states, negative_states, guidance_scale)
+        states = self._guidance_states(text_states, negative_states, guidance_scale)
+
+        def mean(latents: torch.Tensor, t: torch.Tensor, conditioning) -> torch.Tensor:
+            prediction = self._guided_prediction(scheduler, latents, t, conditioning, guidance_scale)
+            step = scheduler.step(prediction, int(t), latents, eta=1.0, variance_noise=torch.zeros_like(latents))
+            return step.prev_sample
+
+        self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
+        with self.pipe.progress_bar(total=2 * len(timesteps)) as bar:
+            inverted_means = []
+            for i, t in enumerate(timesteps):
+                inverted_means.append(mean(noisy[i], t, inversion_states))
+                bar.update()
+            latents = noisy[0]
+            for i, t in enumerate(timesteps):
+                # x_{t−1} + (μ − μ_inv) is μ + r_t, written so that equal means give x_{t−1} bit for bit
+                latents = noisy[i + 1] + (mean(latents, t, states) - inverted_means[i])
+                bar.update()
+        return self.decode_latents(latents)[0]
+
+    @staticmethod
+    def _last_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+        """The last k = int(steps × strength) of `scheduler`'s timesteps (descending): those
+        img2img at `strength` denoises."""
+        return scheduler.timesteps[steps - min(int(steps * strength), steps) :]
+
+    def _guidance_states(self, text_states, negative_states, guidance_scale: float):
+        """`text_states` in the model's dtype, with the unconditional branch (`negative_states`,
+        else the empty prompt's) stacked in front when guided (guidance_scale > 1)."""
+        states = text_states.to(self.dtype)
+        if guidance_scale <= 1:
+            return states
+        uncond = self.unconditional_states() if negative_states is None else negative_states
+        return self.stack_states([uncond.to(self.dtype), states])
+
+    def _guided_prediction(self, scheduler, latents, t, states, guidance_scale: float) -> torch.Tensor:
+        """The UNet's prediction for `latents` (1, C, h, w) at timestep `t` under
+        `_guidance_states` `states`, combined by classifier-free guidance when guided."""
+        guided = guidance_scale > 1
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+        prediction = self.predict(model_input, t.expand(len(model_input)), states)
+        if not guided:
+            return prediction
+        uncond_pred, cond_pred = prediction.chunk(2)
+        return uncond_pred + guidance_scale * (cond_pred - uncond_pred)

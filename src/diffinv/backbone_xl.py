@@ -235,16 +235,16 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         progress: bool = True,
         negative_states: XLTextStates | None = None,
         invert_states: XLTextStates | None = None,
+        inversion: str = "ddim",
     ) -> Image.Image:
         """Draw one image of `size` (width, height) from `text_states` (one row), as the SD backbone
-        does (from noise, SDEdit from `init_image`, or from its DDIM inversion under
-        `invert_states`); SDXL's pipelines get the pooled embeddings beside the hidden states."""
+        does (from noise, SDEdit from `init_image`, or from its `inversion` under `invert_states`);
+        SDXL's pipelines get the pooled embeddings beside the hidden states."""
         if invert_states is not None:
-            if init_image is None:
-                raise DiffinvError("DDIM inversion needs an image to invert")
-            return self._from_inversion(
-                text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps, progress
-            )
+            return self._from_inverted(
+                inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
+                generator, progress,
+            )  # fmt: skip
         width, height = size
         common = dict(
             prompt_embeds=text_states.hidden.to(self.dtype),

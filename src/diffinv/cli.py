@@ -39,7 +39,12 @@ CONFIG_FLAGS = [
     ("--resolution", "resolution", int, "working resolution: images get about this² pixels"),
 ]
 SAMPLING_FLAGS = [
-    ("--mode", "sampling_mode", str, "draw B′ by img2img from B, from noise, or from B's DDIM inversion"),
+    (
+        "--mode",
+        "sampling_mode",
+        str,
+        "draw B′ by img2img from B, from noise, or from B's DDIM or edit-friendly DDPM inversion",
+    ),
     ("--strength", "strength", float, "img2img (and inversion) strength in (0, 1]"),
     ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale"),
     ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′"),
@@ -377,6 +382,7 @@ def _add_bench_parser(commands) -> None:
             "repeatable: difference-inversion, copy-b, oracle-caption, a variant (no-token-consistency, "
             "image-delta-only, text-delta-only, random-init, no-clip-loss, n=1|3|5|8, alpha=0|0.5|0.8|1, "
             "clip-loss-token-mean, hard-tokens, sample-from-noise, edit-strength=0.5|1.5|2, negative-diff, inversion, "
+            "edit-friendly, "
             "candidates=4), a named method (paper, in-context), a baseline (sdedit, instructpix2pix, visii, "
             "analogist, dia; sdedit:strength=0.6 sets its own config), NAME:field=value,…, or a set (fig5, n-sweep, "
             "alpha-sweep, open-choices, keep-b, baselines). "

@@ -19,7 +19,9 @@ INITS = ("zeros", "random")
 TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
-SAMPLING_MODES = ("img2img", "noise", "inversion")
+SAMPLING_MODES = ("img2img", "noise", "inversion", "edit-friendly")
+# the sampling modes that draw from an inversion of B, and the backbone's inversion each uses
+INVERSION_MODES = {"inversion": "ddim", "edit-friendly": "edit-friendly"}
 
 
 @dataclass
@@ -81,8 +83,14 @@ class InversionConfig:
             keep as much of B as possible and it runs fewer steps; in the shapes world the
             modes and strengths 0.6–1.0 score the same (docs/results.md §4). "inversion": not
             stated in the paper; default chosen by measurement, docs/results.md.
-        strength: img2img strength; 1.0 is equivalent to starting from noise. In "inversion"
-            mode, B is inverted through the last int(sampling_steps × strength) steps of the
+            "edit-friendly": edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024)
+            of B under {prompt_B, 0} — noisy latents of B drawn independently at each timestep
+            (seeded) and the residuals that take the DDPM step (η = 1) under {prompt_B, 0} exactly
+            from one to the next — then the same steps with {prompt_B, s·D̃}, adding those
+            residuals back: B is reproduced exactly when D̃ = 0, and the DIFF tokens change only
+            what they must. Not stated in the paper; an option of this project (docs/results.md).
+        strength: img2img strength; 1.0 is equivalent to starting from noise. In the inversion
+            modes, B is inverted through the last int(sampling_steps × strength) steps of the
             schedule, as img2img denoises them.
         guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5.
         sampling_steps: denoising steps of the scheduler; 50.

@@ -18,7 +18,7 @@ from .backbone_xl import StableDiffusionXLBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
-from .config import InversionConfig
+from .config import INVERSION_MODES, InversionConfig
 from .errors import DiffinvError
 from .images import check_usable, fit_to, load_image, to_rgb, working_size
 from .inversion import (
@@ -367,9 +367,9 @@ class DifferenceInversion:
             text_states = self.backbone.encode_prompt(ids, slot_mask, diff)
             # Guidance away from the "before" side: {prompt_B, −s·D̃} as the unconditional branch.
             negative = self.backbone.encode_prompt(ids, slot_mask, -diff) if config.negative_diff else None
-            # DDIM inversion of B under {prompt_B, 0}: the denoising condition minus exactly the DIFF tokens.
+            # Inversion of B under {prompt_B, 0}: the denoising condition minus exactly the DIFF tokens.
             null = None
-            if config.sampling_mode == "inversion":
+            if config.sampling_mode in INVERSION_MODES:
                 null = self.backbone.encode_prompt(ids, slot_mask, torch.zeros_like(diff))
         return self._sample(text_states, b, config, seed, progress, negative, null, reference)
 
@@ -385,7 +385,7 @@ class DifferenceInversion:
         """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference).
 
         With no D̃, `edit_strength` and `negative_diff` do nothing here (the unconditional branch
-        stays the empty prompt); "inversion" inverts B under the prompt itself. reference: (A, A′)
+        stays the empty prompt); the inversion modes invert B under the prompt itself. reference: (A, A′)
         for `candidates` > 1, as in `apply`.
         """
         config = config or self.default_config
@@ -393,7 +393,7 @@ class DifferenceInversion:
         b = self._working_image(b, config)
         with torch.no_grad():
             text_states = self.backbone.encode_plain([prompt])
-        null = text_states if config.sampling_mode == "inversion" else None
+        null = text_states if config.sampling_mode in INVERSION_MODES else None
         return self._sample(text_states, b, config, seed, progress, None, null, reference)
 
     def _sample(
@@ -424,6 +424,7 @@ class DifferenceInversion:
                 progress=progress,
                 negative_states=negative_states,
                 invert_states=null_states,
+                inversion=INVERSION_MODES.get(config.sampling_mode, "ddim"),
             )
 
         if config.candidates == 1:

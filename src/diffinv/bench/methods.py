@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict] = {
     **{f"edit-strength={s:g}": {"edit_strength": s} for s in (0.5, 1.5, 2.0)},
     "negative-diff": {"negative_diff": True},
     "inversion": {"sampling_mode": "inversion"},
+    "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
 }
 
@@ -72,6 +73,7 @@ PRESETS: dict[str, list[str]] = {
         "edit-strength=2",
         "negative-diff",
         "inversion",
+        "edit-friendly",
         "candidates=4",
     ],
 }
