@@ -14,6 +14,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from PIL import Image
+from safetensors import safe_open
 
 from diffinv.bench.datasets import shapes_dataset
 from diffinv.errors import DiffinvError
@@ -264,6 +265,41 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
     before = UNet2DConditionModel.from_pretrained(out / "editor" / "unet").conv_in.weight.clone()
     assert train_world(out, plan) == timings
     assert torch.equal(UNet2DConditionModel.from_pretrained(out / "editor" / "unet").conv_in.weight, before)
+
+
+def test_a_finished_denoiser_stage_is_extended_from_its_saved_weights(tmp_path, capsys):
+    from diffinv.cli import main
+    from diffinv.shapes.train import extend_stage
+
+    plan, out = TrainingPlan(**TINY_PLAN), tmp_path / "world"
+    train_world(out, plan, stages=["classifier", "clip", "vae", "vae_decoder", "unet"])
+    saved = UNet2DConditionModel.from_pretrained(out / "unet").state_dict()
+    with pytest.raises(DiffinvError, match="denoiser stage"):
+        extend_stage(out, "vae", 4)
+    with pytest.raises(DiffinvError, match="has not been trained"):
+        extend_stage(out, "editor", 4)
+    with pytest.raises(DiffinvError, match="has had 2 steps"):
+        extend_stage(out, "unet", 2)
+
+    longer = extend_stage(out, "unet", 5)
+    assert longer.unet_steps == 5 and longer.editor_steps == plan.editor_steps
+    record = json.loads((out / "training.json").read_text())
+    assert "unet" not in record["seconds"] and "steps 2-4 of a 5-step schedule" in record["notes"]["unet"]
+    partial = out / "unet-partial.safetensors"
+    with safe_open(str(partial), framework="pt") as handle:
+        assert handle.metadata()["step"] == "1"  # the next step is 2
+        assert torch.equal(handle.get_tensor("online.conv_in.weight"), saved["conv_in.weight"])
+        assert torch.equal(handle.get_tensor("ema.conv_in.weight"), saved["conv_in.weight"])
+    assert extend_stage(out, "unet", 5) == longer  # the leg not trained yet: called again, nothing changes
+
+    assert main(["shapes", "train", "--out", str(out), "--stage", "unet", "--extend", "5"]) in (0, None)
+    record = json.loads((out / "training.json").read_text())
+    assert "unet" in record["seconds"] and record["plan"]["unet_steps"] == 5 and not partial.exists()
+    after = UNet2DConditionModel.from_pretrained(out / "unet").state_dict()
+    assert not torch.equal(after["conv_in.weight"], saved["conv_in.weight"])
+    capsys.readouterr()
+    assert main(["shapes", "train", "--out", str(out), "--extend", "8"]) == 2
+    assert "--extend needs exactly one --stage" in capsys.readouterr().err
 
 
 def test_v1_plans_train_only_the_four_v1_stages(tmp_path):

@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage editor and --stage inpainting --threads 1 each; default: every stage not yet done",
     )
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    train.add_argument(
+        "--extend",
+        type=int,
+        metavar="STEPS",
+        help="with one --stage (unet, editor or inpainting) that is finished: train it further, from the step it "
+        "reached to STEPS in all, on a STEPS-step cosine schedule (its saved weights are the starting point)",
+    )
     for action in (check, train):
         action.add_argument("--quiet", action="store_true", help="no progress bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -776,7 +783,14 @@ def run_shapes(args: argparse.Namespace) -> None:
 
         if args.threads is not None and args.threads < 1:
             raise DiffinvError(f"--threads must be at least 1, got {args.threads}")
-        print(train_world(Path(args.out), stages=args.stages))
+        plan = None
+        if args.extend is not None:
+            from .shapes.train import extend_stage
+
+            if len(args.stages or ()) != 1:
+                raise DiffinvError("--extend needs exactly one --stage: the denoiser stage to train further")
+            plan = extend_stage(Path(args.out), args.stages[0], args.extend)
+        print(train_world(Path(args.out), plan, stages=args.stages))
         return
     if args.shapes_command == "check":
         from .shapes.evaluate import check

@@ -35,7 +35,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -829,6 +829,58 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
         )
         write_descriptor(out, **world_descriptor(plan))
     return timings
+
+
+# The denoiser stages, the plan field that counts their steps, and the directory of their UNet.
+DENOISER_STAGES = {"unet": ("unet_steps", "."), "editor": ("editor_steps", EDITOR_DIR)}
+DENOISER_STAGES["inpainting"] = ("inpainting_steps", INPAINTING_DIR)
+
+
+def extend_stage(out: Path, name: str, steps: int) -> TrainingPlan:
+    """Make a finished denoiser stage of the world in `out` ready for another leg, to `steps` in all.
+
+    Its saved UNet (the EMA weights, float32 again if stored in float16) becomes the stage's
+    checkpoint at the step it had reached, as both online and EMA weights (the optimiser starts
+    afresh); the stage leaves `training.json`, where a note records the leg. Returns the plan
+    `training.json` recorded, with the stage's steps raised to `steps`: `train_world(out, plan,
+    [name])` then trains steps reached … steps − 1 of a `steps`-step cosine schedule. Called again
+    while that leg is unfinished (interrupted), it changes nothing and returns the same plan, so
+    the same command resumes the leg.
+    """
+    from filelock import FileLock
+
+    from ..errors import DiffinvError
+
+    if name not in DENOISER_STAGES:
+        raise DiffinvError(f"only a denoiser stage can be extended ({', '.join(DENOISER_STAGES)}), not {name!r}")
+    field, directory = DENOISER_STAGES[name]
+    timings_path, partial = out / "training.json", out / f"{name}-partial.safetensors"
+    with FileLock(str(out / "training.json.lock")):
+        record = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+        if name not in record.get("seconds", {}):
+            if not partial.exists():
+                raise DiffinvError(f"stage {name} has not been trained in {out}; train it first")
+            with safe_open(str(partial), framework="pt") as handle:
+                reached = int(handle.metadata()["step"]) + 1
+            if not isinstance(steps, int) or steps <= reached:
+                raise DiffinvError(f"stage {name} is at step {reached}; extend it to more than that, not {steps!r}")
+            return replace(TrainingPlan(**record["plan"]), **{field: steps})  # an unfinished leg: resume it
+        plan = TrainingPlan(**record["plan"])
+        reached = getattr(plan, field)
+        if not isinstance(steps, int) or steps <= reached:
+            raise DiffinvError(f"stage {name} has had {reached} steps; extend it to more than that, not {steps!r}")
+        unet = UNet2DConditionModel.from_pretrained(out / directory / "unet").float()
+        weights = {k: v.contiguous() for k, v in unet.state_dict().items()}
+        checkpoint = {f"online.{k}": v for k, v in weights.items()} | {
+            f"ema.{k}": v.clone() for k, v in weights.items()
+        }
+        save_file(checkpoint, str(partial), metadata={"step": str(reached - 1)})
+        del record["seconds"][name]
+        leg = f"resumed from the {reached}-step weights for steps {reached}-{steps - 1} of a {steps}-step schedule"
+        notes = record.setdefault("notes", {})
+        notes[name] = f"{notes[name]}; then {leg}" if name in notes else leg
+        timings_path.write_text(json.dumps(record, indent=1))
+    return replace(plan, **{field: steps})
 
 
 if __name__ == "__main__":
