@@ -94,6 +94,11 @@ def encoded(backbone, tokens, scale: float) -> torch.Tensor:
         (dict(candidates=True), "candidates"),
         (dict(candidates=2, sampling_mode="inversion"), "inversion"),
         (dict(sampling_mode="inversion", sampling_steps=2, strength=0.4), "sampling_steps × strength"),
+        (dict(sampling_mode="inversion", share_attention=1.5), "share_attention"),
+        (dict(sampling_mode="inversion", share_attention=-0.1), "share_attention"),
+        (dict(sampling_mode="inversion", share_attention=True), "share_attention"),
+        (dict(share_attention=0.5), "needs sampling_mode 'inversion'"),
+        (dict(sampling_mode="edit-friendly", share_attention=0.5), "needs sampling_mode 'inversion'"),
     ],
 )
 def test_invalid_option_values_raise_naming_the_field(changes, field):
@@ -293,6 +298,66 @@ def test_edit_friendly_inversion_runs_the_img2img_timesteps_down_twice(di, backb
     zero, edit = encoded(backbone, tokens, 0.0), encoded(backbone, tokens, 1.0)
     assert all(states.shape[0] == 2 and torch.allclose(states[1], zero[0], atol=1e-6) for _, states in friendly[:4])
     assert all(torch.allclose(states[1], edit[0], atol=1e-6) for _, states in friendly[4:])
+
+
+# --- self-attention sharing --------------------------------------------------------------------------------
+def test_shared_self_attention_gives_the_second_half_the_first_halfs_maps():
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from diffinv.shared_attention import SharedSelfAttention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    x = torch.randn(4, 5, 8)  # [source rows | edited rows]
+    shared = SharedSelfAttention()
+    with torch.no_grad():
+        plain = AttnProcessor()(attn, x)
+        assert torch.allclose(shared(attn, x), plain, atol=1e-6)  # inactive: plain attention
+        shared.active = True
+        out = shared(attn, x)
+        q, k, v = (attn.head_to_batch_dim(f(x)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        source_maps = attn.get_attention_scores(q, k).chunk(2)[0]
+        expected = attn.to_out[0](attn.batch_to_head_dim(torch.bmm(torch.cat([source_maps] * 2), v)))
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(out[:2], plain[:2], atol=1e-6) and not torch.allclose(out[2:], plain[2:], atol=1e-3)
+
+
+def test_attention_sharing_denoises_b_beside_b_prime_then_b_prime_alone(di, backbone, tokens, images):
+    """k = 5 denoising steps, share 0.4: the first 2 run [reconstruction | B′], each guided
+    ([uncond, {prompt_B, 0}, uncond, {prompt_B, D̃}]), the last 3 B′ alone; the UNet's own
+    attention processors are back afterwards."""
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.5, guidance_scale=7.5)
+    processors = dict(backbone.unet.attn_processors)
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config.replace(share_attention=0.4), progress=False)
+    down = calls[5:]
+    assert [states.shape[0] for _, states in down] == [4, 4, 2, 2, 2]
+    zero, edit, empty = (
+        encoded(backbone, tokens, 0.0)[0],
+        encoded(backbone, tokens, 1.0)[0],
+        backbone.encode_plain([""])[0],
+    )
+    for expected, row in zip((empty, zero, empty, edit), down[0][1]):
+        assert torch.allclose(row, expected, atol=1e-6)
+    assert {name: type(p) for name, p in backbone.unet.attn_processors.items()} == {
+        name: type(p) for name, p in processors.items()
+    }
+
+
+def test_attention_sharing_changes_b_prime_and_nothing_on_the_null_edit(di, backbone, tokens, images, monkeypatch):
+    """With D̃ = 0 B′'s branch is B's reconstruction itself, so sharing changes nothing; with D̃
+    it changes B′."""
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.6, guidance_scale=4.0)
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+
+    def final_latents(drawn_tokens, share: float) -> torch.Tensor:
+        with decoded_latents(backbone, monkeypatch) as latents:
+            di.apply(drawn_tokens, images["b"], prompt=PROMPT_B, config=config.replace(share_attention=share),
+                     progress=False)  # fmt: skip
+        return latents[-1]
+
+    assert torch.allclose(final_latents(zero, 1.0), final_latents(zero, 0.0), atol=1e-4)
+    assert not torch.allclose(final_latents(tokens, 1.0), final_latents(tokens, 0.0), atol=1e-3)
 
 
 # --- candidates ---------------------------------------------------------------------------------------------

@@ -158,8 +158,9 @@ def test_fit_and_apply_in_every_sampling_mode(prediction_type, images):
     tokens = di.fit(images["a"], images["a_prime"], config, captions=(CAPTION_A, CAPTION_A_PRIME), progress=False)
     assert tokens.family == "sdxl" and tokens.encoder_widths == (D1, D2)
     assert torch.isfinite(torch.tensor(tokens.history["loss"])).all()
-    for mode in ("noise", "img2img", "inversion"):
-        settings = config.replace(sampling_mode=mode)
+    modes = [dict(sampling_mode=mode) for mode in ("noise", "img2img", "inversion", "edit-friendly")]
+    for changes in modes + [dict(sampling_mode="inversion", share_attention=0.5)]:
+        settings = config.replace(**changes)
         first = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=settings, progress=False)
         again = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=settings, progress=False)
         assert first.size == (48, 24) and first.mode == "RGB"  # B is 2:1, about 32² pixels

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 
 import torch
 from diffusers import (
@@ -24,6 +25,7 @@ from diffusers import (
 from PIL import Image
 
 from .errors import DiffinvError
+from .shared_attention import sharing_self_attention
 from .text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
 
 
@@ -226,6 +228,7 @@ class StableDiffusionBackbone:
         negative_states: torch.Tensor | None = None,
         invert_states: torch.Tensor | None = None,
         inversion: str = "ddim",
+        share_attention: float = 0.0,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) conditioned on `text_states` (1, L, d).
 
@@ -235,12 +238,12 @@ class StableDiffusionBackbone:
         With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but an inversion of
         `init_image` conditioned on `invert_states`, then denoising: `inversion` "ddim"
         (deterministic, `_from_inversion`; `generator` unused) or "edit-friendly"
-        (`_from_edit_friendly_inversion`).
+        (`_from_edit_friendly_inversion`); `share_attention` with "ddim": see `_from_inversion`.
         """
         if invert_states is not None:
             return self._from_inverted(
                 inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress,
+                generator, progress, share_attention,
             )  # fmt: skip
         width, height = size
         common = dict(
@@ -265,17 +268,20 @@ class StableDiffusionBackbone:
 
     def _from_inverted(
         self, inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-        generator, progress,
+        generator, progress, share_attention=0.0,
     ) -> Image.Image:  # fmt: skip
-        """`sample` from an inversion of `init_image`: `inversion` "ddim" or "edit-friendly"."""
+        """`sample` from an inversion of `init_image`: `inversion` "ddim" or "edit-friendly"
+        (`share_attention`: DDIM only, see `_from_inversion`)."""
         if init_image is None:
             raise DiffinvError("inversion needs an image to invert")
         common = (text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps)
         if inversion == "edit-friendly":
+            if share_attention:
+                raise DiffinvError("attention sharing works with DDIM inversion only")
             return self._from_edit_friendly_inversion(*common, generator, progress)
         if inversion != "ddim":
             raise DiffinvError(f"inversion must be 'ddim' or 'edit-friendly', got {inversion!r}")
-        return self._from_inversion(*common, progress)
+        return self._from_inversion(*common, progress, share_attention)
 
     def _ddim_config(self) -> dict:
         """The model's scheduler config for DDIM. DDIM and its inverse only space timesteps
@@ -295,6 +301,7 @@ class StableDiffusionBackbone:
         guidance_scale: float,
         steps: int,
         progress: bool,
+        share_attention: float = 0.0,
     ) -> Image.Image:
         """Deterministic DDIM inversion of `image`, then DDIM denoising with guidance.
 
@@ -308,6 +315,11 @@ class StableDiffusionBackbone:
         `invert_states` and guidance ≤ 1 the round trip reconstructs the latent of `image` up to
         that approximation. Costs k UNet calls for the inversion plus k (batch 2 when guided)
         for the denoising.
+
+        share_attention: over the first round(k × share_attention) denoising steps, the
+        reconstruction of `image` (under `invert_states`, guided alike) is denoised beside the
+        drawing, in one batch, and the drawing's self-attention probabilities are the
+        reconstruction's (`shared_attention`); those steps cost a batch twice as large.
         """
         config = self._ddim_config()
         scheduler = DDIMScheduler.from_config(config)
@@ -324,10 +336,22 @@ class StableDiffusionBackbone:
                 noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
                 bar.update()
-            for t in timesteps:
-                noise_pred = self._guided_prediction(scheduler, latents, t, states, guidance_scale)
-                latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
-                bar.update()
+            shared_steps = round(len(timesteps) * share_attention)
+            source_states = self._guidance_states(invert_states, negative_states, guidance_scale)
+            source = latents  # B's reconstruction, denoised beside B′ while attention is shared
+            with sharing_self_attention(self.unet) if shared_steps else nullcontext() as sharing:
+                for i, t in enumerate(timesteps):
+                    if i < shared_steps:
+                        sharing.active = True
+                        both = torch.cat([source, latents])
+                        both_states = self.stack_states([source_states, states])
+                        noise_pred = self._guided_prediction(scheduler, both, t, both_states, guidance_scale)
+                        source, latents = scheduler.step(noise_pred, int(t), both, eta=0.0).prev_sample.chunk(2)
+                        sharing.active = False
+                    else:
+                        noise_pred = self._guided_prediction(scheduler, latents, t, states, guidance_scale)
+                        latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
+                    bar.update()
         return self.decode_latents(latents)[0]
 
     def _from_edit_friendly_inversion(
@@ -400,12 +424,15 @@ class StableDiffusionBackbone:
         return self.stack_states([uncond.to(self.dtype), states])
 
     def _guided_prediction(self, scheduler, latents, t, states, guidance_scale: float) -> torch.Tensor:
-        """The UNet's prediction for `latents` (1, C, h, w) at timestep `t` under
-        `_guidance_states` `states`, combined by classifier-free guidance when guided."""
+        """The UNet's predictions (n, C, h, w) for `latents` (n, C, h, w) at timestep `t`, row i
+        under the i-th of n `_guidance_states` stacked in `states` (2n rows when guided, n
+        otherwise), combined by classifier-free guidance when guided. The UNet's batch is the
+        rows in order, each latent repeated for its two branches: [x₁, x₁, x₂, x₂, …]."""
         guided = guidance_scale > 1
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+        model_input = latents.repeat_interleave(2, dim=0) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, t)
         prediction = self.predict(model_input, t.expand(len(model_input)), states)
         if not guided:
             return prediction
-        uncond_pred, cond_pred = prediction.chunk(2)
+        uncond_pred, cond_pred = prediction.view(len(latents), 2, *prediction.shape[1:]).unbind(1)
         return uncond_pred + guidance_scale * (cond_pred - uncond_pred)

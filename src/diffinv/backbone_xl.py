@@ -236,6 +236,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         negative_states: XLTextStates | None = None,
         invert_states: XLTextStates | None = None,
         inversion: str = "ddim",
+        share_attention: float = 0.0,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) from `text_states` (one row), as the SD backbone
         does (from noise, SDEdit from `init_image`, or from its `inversion` under `invert_states`);
@@ -243,7 +244,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         if invert_states is not None:
             return self._from_inverted(
                 inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress,
+                generator, progress, share_attention,
             )  # fmt: skip
         width, height = size
         common = dict(

@@ -61,6 +61,13 @@ SAMPLING_FLAGS = [
         int,
         "draw K B′ (seeds SEED … SEED+K−1) and keep the best CLIP direction against A → A′ (analogy only)",
     ),
+    (
+        "--share-attention",
+        "share_attention",
+        float,
+        "with --mode inversion: the fraction of denoising steps in which B′ takes the self-attention maps of B's "
+        "reconstruction (keeps B's layout); 0 = off",
+    ),
 ]
 FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
 CHOICES = {

@@ -107,6 +107,12 @@ class InversionConfig:
             (needs A and A′: `apply(..., reference=(a, a_prime))`); costs k draws. Not allowed
             with "inversion" (deterministic: every candidate would be the same). Not stated in
             the paper; default chosen by measurement, docs/results.md.
+        share_attention: with sampling_mode "inversion", the fraction of the denoising steps
+            (the first ones) in which B′'s self-attention probabilities are those of B's
+            reconstruction from the same inversion, denoised beside it under {prompt_B, 0}
+            (prompt-to-prompt / plug-and-play self-attention injection, `shared_attention.py`):
+            B′ is drawn on B's layout. 0: off. Those steps cost twice the batch. Not stated in
+            the paper; an option of this project (docs/results.md).
     """
 
     n_tokens: int = 5
@@ -138,6 +144,7 @@ class InversionConfig:
     edit_strength: float = 1.0
     negative_diff: bool = False
     candidates: int = 1
+    share_attention: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -213,6 +220,17 @@ class InversionConfig:
             self.candidates == 1 or self.sampling_mode != "inversion",
             f"candidates = {self.candidates} with sampling_mode 'inversion': inversion draws no noise, so every "
             "candidate would be the same image; use candidates = 1 or another mode",
+        )
+        need(
+            isinstance(self.share_attention, (int, float))
+            and not isinstance(self.share_attention, bool)
+            and 0 <= self.share_attention <= 1,
+            f"share_attention must lie in [0, 1], got {self.share_attention!r}",
+        )
+        need(
+            self.share_attention == 0 or self.sampling_mode == "inversion",
+            f"share_attention = {self.share_attention} needs sampling_mode 'inversion' (B's reconstruction from "
+            f"its DDIM inversion is what B′ shares attention with), not {self.sampling_mode!r}",
         )
 
     def replace(self, **changes: Any) -> InversionConfig:

@@ -425,6 +425,7 @@ class DifferenceInversion:
                 negative_states=negative_states,
                 invert_states=null_states,
                 inversion=INVERSION_MODES.get(config.sampling_mode, "ddim"),
+                share_attention=config.share_attention,
             )
 
         if config.candidates == 1:
