@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
+#
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | heldout | baselines | keep RUN
+#
+# Every step resumes where it stopped. A bench step may run in two shells at once (the two
+# processes share the run directory and take different triplets), one thread each.
+# WORLD (default runs/world-v2) is the v2 world's directory.
+set -euo pipefail
+WORLD=${WORLD:-runs/world-v2}
+BENCH=(diffinv bench run --model "$WORLD" --threads 1 --quiet)
+
+case "${1:-}" in
+  train-base)  # the classifier and CLIP beside the VAE, then the text-to-image UNet on both cores
+    diffinv shapes train --out "$WORLD" --stage classifier --stage clip --threads 1 &
+    diffinv shapes train --out "$WORLD" --stage vae --stage vae_decoder --threads 1
+    wait
+    diffinv shapes train --out "$WORLD" --stage unet --stage clip_vision --stage vae_grids ;;
+  train-denoisers)  # the editor beside the inpainting model (each only needs the UNet)
+    diffinv shapes train --out "$WORLD" --stage editor --threads 1 &
+    diffinv shapes train --out "$WORLD" --stage inpainting --threads 1
+    wait ;;
+  check)
+    diffinv shapes check --model-dir "$WORLD" ;;
+  heldout)  # issue 11: the choice frozen on development seeds 1-4, reported once on seed 120
+    "${BENCH[@]}" --out runs/heldout-v2-s120 --n 200 --triplet-seed 120 \
+      --method paper --method difference-inversion --method "inversion:strength=0.6,guidance_scale=2.5" ;;
+  baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
+    "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
+      --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
+      --method analogist --method visii --method dia ;;
+  keep)  # a finished run's records into docs/runs/ (small, in git), so that its tables can be rebuilt
+    run=${2:?give a run directory}
+    mkdir -p "docs/runs/$(basename "$run")"
+    cp "$run/run.json" "$run/results.jsonl" "$run/summary.md" "docs/runs/$(basename "$run")/" ;;
+  *)
+    sed -n 2,8p "$0"
+    exit 2 ;;
+esac
