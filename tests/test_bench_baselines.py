@@ -113,6 +113,21 @@ def test_baseline_models_come_from_the_card_or_the_command_line(tmp_path):
         parse_baseline_models(["pix2pix=x"])
 
 
+def test_a_world_without_the_model_a_baseline_needs_stops_the_run_before_it_loads(tmp_path):
+    from diffinv.bench.command import check_baselines
+
+    card = {"format": "diffinv.model/1", "world": {"version": 2}, "bench": {"inpainting": "inpainting"}}
+    (tmp_path / "diffinv.json").write_text(json.dumps(card))  # its editor still training, its inpainting dir gone
+    ip2p, analogist, sdedit = (parse_method(name) for name in ("oracle-instruction", "analogist", "sdedit"))
+    with pytest.raises(DiffinvError, match="needs this world's editor, which is not trained yet"):
+        check_baselines([ip2p], model_card(tmp_path), [], {})
+    with pytest.raises(DiffinvError, match="names 'inpainting', which is missing"):
+        check_baselines([analogist], model_card(tmp_path), [], {})
+    (tmp_path / "inpainting").mkdir()
+    check_baselines([analogist, sdedit], model_card(tmp_path), [], {})  # sdedit runs on the world's own UNet
+    check_baselines([ip2p], model_card(tmp_path), [], {"instructpix2pix": "some/editor"})  # given on the command line
+
+
 def test_a_bad_baseline_setting_stops_the_run_before_any_model_loads(capsys, tmp_path, model_args):
     err = one_line_error(capsys, bench_args(tmp_path / "run", model_args, EXAMPLES, "sdedit:strenght=0.5"))
     assert "strenght" in err

@@ -203,8 +203,10 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     assert not (out / "diffinv.json").exists()  # not a complete world yet
     train_world(out, plan, stages=["vae", "vae_decoder", "unet"])
     train_world(out, plan, stages=["inpainting"])  # as a second process would, before the editor
+    assert not (out / "diffinv.json").exists()  # text-to-image world not complete: no vae_grids yet
     train_world(out, plan, stages=["clip_vision", "vae_grids"])
-    assert not (out / "diffinv.json").exists()
+    # a world now, for benches and checks, naming only the denoiser it has
+    assert model_card(out).bench["inpainting"] == "inpainting" and "editor" not in model_card(out).bench
     assert set(train_world(out, plan, stages=["editor"])) == {
         "classifier",
         "clip",
@@ -216,7 +218,8 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
         "vae_grids",
         "editor",
     }
-    assert model_card(out).shapes_layout_range == LAYOUT_RANGE  # complete now: described
+    assert model_card(out).shapes_layout_range == LAYOUT_RANGE
+    assert model_card(out).bench["editor"] == "editor"  # complete now: both named
 
 
 def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):

@@ -61,17 +61,32 @@ def default_methods(args: argparse.Namespace) -> list[str]:
     return ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
 
 
-def check_baselines(methods: list[Method], card: ModelCard, triplets: list[BenchTriplet]) -> None:
+def check_baselines(
+    methods: list[Method], card: ModelCard, triplets: list[BenchTriplet], models: dict[str, str]
+) -> None:
     """Every baseline method's config built once (published values, the card's budget, the spec's
-    changes) and a text-using one's text found for every triplet, so that a bad setting or a
-    missing text stops the run before any model loads."""
-    from .baselines import baseline_config, card_budget, text_inputs
+    changes), a text-using one's text found for every triplet, and on a shapes world its editor or
+    inpainting model there (models: --baseline-model), so that a bad setting, a missing text or a
+    model still training stops the run before any model loads."""
+    from .baselines import BASELINE_METHODS, baseline_config, card_budget, text_inputs
 
     for method in methods:
-        if method.is_baseline:
-            baseline_config(method.base, card_budget(card, method.base), method.changes)
-            for triplet in triplets:
-                text_inputs(method.base, triplet)
+        if not method.is_baseline:
+            continue
+        baseline_config(method.base, card_budget(card, method.base), method.changes)
+        for triplet in triplets:
+            text_inputs(method.base, triplet)
+        spec = BASELINE_METHODS[method.base]
+        if spec.model == "main" or {method.base, spec.settings_of} & set(models):
+            continue
+        if spec.model in card.bench:
+            if not card.path(card.bench[spec.model]).is_dir():
+                raise DiffinvError(f"{method.spec}: the model card names {card.bench[spec.model]!r}, which is missing")
+        elif card.world:  # a shapes world without it: the hub's default would not fit this world
+            raise DiffinvError(
+                f"{method.spec} needs this world's {spec.model}, which is not trained yet "
+                f"(diffinv shapes train --out DIR --stage {spec.model})"
+            )
 
 
 def build_methods(args: argparse.Namespace, card: ModelCard) -> tuple[list[Method], InversionConfig]:
@@ -193,8 +208,8 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
     methods, base_config = build_methods(args, card)
-    check_baselines(methods, card, triplets)
     baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
+    check_baselines(methods, card, triplets, baseline_models)
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
     classifier = classifier_path(card)

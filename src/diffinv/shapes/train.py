@@ -131,15 +131,16 @@ V2_BASELINE_BUDGETS = {
 }
 
 
-def world_descriptor(plan: TrainingPlan) -> dict:
-    """The world's `diffinv.json` values for `plan`'s version."""
+def world_descriptor(plan: TrainingPlan, trained=None) -> dict:
+    """The world's `diffinv.json` values for `plan`'s version. trained: the stages done (default:
+    all); the editor and the inpainting model are named only once their stage is."""
     descriptor = dict(DESCRIPTOR)
     if plan.world >= 2:
         descriptor["world"] = {"version": plan.world, "layout_range": plan.layout_range}
+        denoisers = {"editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
         descriptor["bench"] = {
             **DESCRIPTOR["bench"],
-            "editor": EDITOR_DIR,
-            "inpainting": INPAINTING_DIR,
+            **{name: directory for name, directory in denoisers.items() if trained is None or name in trained},
             "baselines": V2_BASELINE_BUDGETS,
         }
     return descriptor
@@ -823,11 +824,13 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
 
         stage("vae_grids", vae_grids_stage)
     timings = finished()
-    if all(name in timings for name in known):  # the directory is a complete world: describe it
+    # Once its text-to-image models are done the directory is a world (benches and checks can run
+    # while the editor and the inpainting model still train): describe it, and again as they finish.
+    if all(name in timings for name in known if name not in ("editor", "inpainting")):
         (out / "captions.txt").write_text(
             "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
         )
-        write_descriptor(out, **world_descriptor(plan))
+        write_descriptor(out, **world_descriptor(plan, trained=timings))
     return timings
 
 
