@@ -106,6 +106,17 @@ def test_the_bench_draws_v2_triplets_for_a_v2_model_card(tmp_path):
     assert max(abs(t.truth.b.dx) for t in wide) > 1.5
 
 
+def test_v2_draws_b_prime_from_bs_inversion_and_v1_keeps_img2img():
+    from diffinv.config import InversionConfig
+    from diffinv.shapes.train import DESCRIPTOR, world_descriptor
+
+    v2 = InversionConfig().replace(**world_descriptor(TrainingPlan())["config"])
+    assert (v2.sampling_mode, v2.strength, v2.guidance_scale) == ("inversion", 0.6, 2.5)
+    assert v2.clip_loss_space == "in-context" and v2.steps == DESCRIPTOR["config"]["steps"]  # the rest unchanged
+    v1 = InversionConfig().replace(**world_descriptor(TrainingPlan(world=1))["config"])
+    assert (v1.sampling_mode, v1.strength, v1.guidance_scale) == ("img2img", 0.8, 4.0)
+
+
 # --- the classifier's centre and the layout score ----------------------------------------------------
 def test_layout_threshold_is_twice_the_99th_percentile_rounded_up():
     assert layout_threshold(np.array([0.1] * 99 + [0.3])) >= 0.5
