@@ -100,8 +100,9 @@ DESCRIPTOR = dict(
 )
 # World v2 adds its version, the directories of its editor and inpainting model, and the budget
 # its baselines run at in `diffinv bench`: the world's sampling steps (20) and guidance (4; the
-# editor's image guidance 3.0, chosen for it in shapes/evaluate.py), as Difference Inversion gets
-# them; VISII's fit on the budget Difference Inversion's fit gets here (200 steps at lr 1e-2,
+# editor's image guidance 3.0, chosen for it in shapes/evaluate.py), as Difference Inversion got
+# them before V2_SAMPLING lowered its own guidance to 2.5 for drawing from an inversion; VISII's
+# fit on the budget Difference Inversion's fit gets here (200 steps at lr 1e-2,
 # docs/shapes.md), its PEZ start at a tenth of its 3000 steps; the grids of Analogist at the
 # inpainting model's 64 px without gutters (its training grids have none) and without its English
 # quality phrases (no word of them is in the world's vocabulary). Everything else stays at each
