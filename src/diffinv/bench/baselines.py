@@ -123,6 +123,21 @@ def parse_baseline_models(items: list[str] | None) -> dict[str, str]:
     return models
 
 
+def baseline_model(name: str, card, models: dict[str, str]) -> str | None:
+    """The model baseline `name` runs on: given in `models` (--baseline-model), else the card's
+    editor / inpainting directory, else None (the class's published default; for "main"
+    baselines: the bench's own pipeline)."""
+    if name in models:
+        return models[name]
+    shared = BASELINE_METHODS[name].settings_of
+    if shared in models:
+        return models[shared]
+    role = BASELINE_METHODS[name].model
+    if role in ("editor", "inpainting") and role in card.bench:
+        return str(card.path(card.bench[role]))
+    return None
+
+
 class BaselineLoader:
     """Loads each baseline once, on the bench's device, from the card's or the given models.
 
@@ -136,17 +151,7 @@ class BaselineLoader:
         self._loaded: dict[tuple, object] = {}
 
     def model_for(self, name: str) -> str | None:
-        """The model a baseline runs on: given, else the card's editor / inpainting directory, else
-        None (the class's published default; for "main" baselines: the bench's own pipeline)."""
-        if name in self.models:
-            return self.models[name]
-        shared = BASELINE_METHODS[name].settings_of
-        if shared in self.models:
-            return self.models[shared]
-        role = BASELINE_METHODS[name].model
-        if role in ("editor", "inpainting") and role in self.card.bench:
-            return str(self.card.path(self.card.bench[role]))
-        return None
+        return baseline_model(name, self.card, self.models)
 
     def __call__(self, name: str, changes: dict):
         key = (name, tuple(sorted(changes.items())))

@@ -68,7 +68,7 @@ def check_baselines(
     changes), a text-using one's text found for every triplet, and on a shapes world its editor or
     inpainting model there (models: --baseline-model), so that a bad setting, a missing text or a
     model still training stops the run before any model loads."""
-    from .baselines import BASELINE_METHODS, baseline_config, card_budget, text_inputs
+    from .baselines import BASELINE_METHODS, baseline_config, baseline_model, card_budget, text_inputs
 
     for method in methods:
         if not method.is_baseline:
@@ -76,17 +76,15 @@ def check_baselines(
         baseline_config(method.base, card_budget(card, method.base), method.changes)
         for triplet in triplets:
             text_inputs(method.base, triplet)
-        spec = BASELINE_METHODS[method.base]
-        if spec.model == "main" or {method.base, spec.settings_of} & set(models):
-            continue
-        if spec.model in card.bench:
-            if not card.path(card.bench[spec.model]).is_dir():
-                raise DiffinvError(f"{method.spec}: the model card names {card.bench[spec.model]!r}, which is missing")
-        elif card.world:  # a shapes world without it: the hub's default would not fit this world
+        role, model = BASELINE_METHODS[method.base].model, baseline_model(method.base, card, models)
+        if role != "main" and model is None and card.world:  # the hub's default would not fit a shapes world
             raise DiffinvError(
-                f"{method.spec} needs this world's {spec.model}, which is not trained yet "
-                f"(diffinv shapes train --out DIR --stage {spec.model})"
+                f"{method.spec} needs this world's {role}, which is not trained yet "
+                f"(diffinv shapes train --out DIR --stage {role})"
             )
+        named = card.path(card.bench[role]) if role in card.bench else None
+        if named is not None and model == str(named) and not named.is_dir():
+            raise DiffinvError(f"{method.spec}: the model card names {card.bench[role]!r}, which is missing")
 
 
 def build_methods(args: argparse.Namespace, card: ModelCard) -> tuple[list[Method], InversionConfig]:

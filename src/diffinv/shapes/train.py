@@ -108,6 +108,8 @@ DESCRIPTOR = dict(
 # quality phrases (no word of them is in the world's vocabulary). Everything else stays at each
 # baseline's published values.
 EDITOR_DIR, INPAINTING_DIR = "editor", "inpainting"
+# The world's models besides text-to-image, each named in the descriptor once its stage is done.
+BENCH_MODELS = {"editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
 # How v2 draws B′: from B's DDIM inversion at strength 0.6 and guidance 2.5 instead of img2img at
 # 0.8 and guidance 4 — chosen on development triplet seeds 1-4 and then measured once on held-out
 # seed 120 (docs/results.md §7: correct 28 % against 5.5 %, layout 53 % against 12.5 %). v1 keeps
@@ -144,10 +146,9 @@ def world_descriptor(plan: TrainingPlan, trained=None) -> dict:
     if plan.world >= 2:
         descriptor["world"] = {"version": plan.world, "layout_range": plan.layout_range}
         descriptor["config"] = {**DESCRIPTOR["config"], **V2_SAMPLING}
-        denoisers = {"editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
         descriptor["bench"] = {
             **DESCRIPTOR["bench"],
-            **{name: directory for name, directory in denoisers.items() if trained is None or name in trained},
+            **{name: directory for name, directory in BENCH_MODELS.items() if trained is None or name in trained},
             "baselines": V2_BASELINE_BUDGETS,
         }
     return descriptor
@@ -833,7 +834,7 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
     timings = finished()
     # Once its text-to-image models are done the directory is a world (benches and checks can run
     # while the editor and the inpainting model still train): describe it, and again as they finish.
-    if all(name in timings for name in known if name not in ("editor", "inpainting")):
+    if all(name in timings for name in known if name not in BENCH_MODELS):
         (out / "captions.txt").write_text(
             "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
         )
