@@ -1,5 +1,6 @@
 """Apply-time options meant to keep more of B in B′: the edit strength s ({prompt_B, s·D̃}), the
-negative DIFF (guidance's unconditional branch {prompt_B, −s·D̃}), B′ from B's DDIM inversion,
+negative DIFF (guidance's unconditional branch {prompt_B, −s·D̃}), guidance on D̃ alone (the
+unconditional branch {prompt_B, 0}), B′ from B's DDIM inversion,
 and the best of k candidates by CLIP direction; their validation, flags and bench variants."""
 
 import dataclasses
@@ -89,6 +90,8 @@ def encoded(backbone, tokens, scale: float) -> torch.Tensor:
         (dict(edit_strength=True), "edit_strength"),
         (dict(negative_diff="yes"), "negative_diff"),
         (dict(negative_diff=1), "negative_diff"),
+        (dict(diff_guidance="yes"), "diff_guidance"),
+        (dict(negative_diff=True, diff_guidance=True), "choose one"),
         (dict(candidates=0), "candidates"),
         (dict(candidates=2.0), "candidates"),
         (dict(candidates=True), "candidates"),
@@ -114,6 +117,33 @@ def test_defaults_are_todays_behaviour_and_the_options_round_trip():
     changed = InversionConfig(edit_strength=0.0, negative_diff=True, candidates=3)
     assert InversionConfig.from_json(changed.to_json()) == changed
     assert InversionConfig(sampling_mode="inversion", edit_strength=2).edit_strength == 2
+
+
+# --- guidance on D̃ alone --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["img2img", "inversion"])
+def test_diff_guidance_makes_prompt_b_with_empty_slots_the_unconditional_branch(di, backbone, tokens, images, mode):
+    config = fast_config(sampling_mode=mode, diff_guidance=True, edit_strength=0.5, guidance_scale=7.5)
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    zero, positive = encoded(backbone, tokens, 0.0), encoded(backbone, tokens, 0.5)
+    guided = [states for _, states in calls if states.shape[0] == 2]
+    assert guided
+    for states in guided:  # diffusers' order: [unconditional, conditional]
+        assert torch.allclose(states[0], zero[0], atol=1e-6)
+        assert torch.allclose(states[1], positive[0], atol=1e-6)
+
+
+def test_with_diff_guidance_and_no_edit_the_guidance_scale_changes_nothing(di, tokens, images):
+    """At s = 0 both branches are {prompt_B, 0}: B′ is the reconstruction from B's inversion,
+    whatever the guidance scale, where the empty unconditional branch lets guidance move it."""
+    base = fast_config(sampling_mode="inversion", edit_strength=0.0, strength=0.75, sampling_steps=4)
+
+    def drawn(**changes):
+        return pixels(di.apply(tokens, images["b"], prompt=PROMPT_B, config=base.replace(**changes), progress=False))
+
+    unguided = drawn(guidance_scale=1.0, diff_guidance=True)
+    assert np.abs(drawn(guidance_scale=7.5, diff_guidance=True) - unguided).max() <= 1
+    assert np.abs(drawn(guidance_scale=7.5) - unguided).max() > 1
 
 
 # --- edit strength ------------------------------------------------------------------------------------------
@@ -485,6 +515,7 @@ def test_bench_variants_and_preset():
     assert parse_method("edit-strength=1.5").changes == {"edit_strength": 1.5}
     assert parse_method("edit-strength=0.5").changes == {"edit_strength": 0.5}
     assert parse_method("negative-diff").changes == {"negative_diff": True}
+    assert parse_method("diff-guidance").changes == {"diff_guidance": True}
     assert parse_method("inversion").changes == {"sampling_mode": "inversion"}
     assert parse_method("candidates=4").changes == {"candidates": 4}
     methods = expand_methods(["keep-b"])

@@ -56,6 +56,12 @@ SAMPLING_FLAGS = [
         "guide away from the 'before' side: unconditional branch {prompt_B, −s·D̃} instead of the empty prompt",
     ),
     (
+        "--diff-guidance",
+        "diff_guidance",
+        bool,
+        "guide on the DIFF tokens alone: unconditional branch {prompt_B, 0} (B's reconstruction when D̃ = 0)",
+    ),
+    (
         "--candidates",
         "candidates",
         int,

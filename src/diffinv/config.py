@@ -102,6 +102,12 @@ class InversionConfig:
             keeps prompt_B's content on both branches. No effect at guidance_scale ≤ 1 (no
             unconditional branch) nor in `draw` (no D̃). Not stated in the paper; default chosen
             by measurement, docs/results.md.
+        diff_guidance: classifier-free guidance on D̃ alone: the unconditional branch is
+            {prompt_B, 0}, the condition B is inverted under, so guidance scales only what the
+            DIFF tokens add, and with D̃ = 0 B′ is B's reconstruction at any guidance scale
+            (negative-prompt inversion, Miyake et al. 2023, with prompt_B as the negative prompt).
+            Excludes negative_diff; no effect at guidance_scale ≤ 1 nor in `draw`. Not stated in
+            the paper; an option of this project (docs/results.md).
         candidates: draw k B′ with seeds seed … seed + k − 1 and keep the one with the best CLIP
             directional score cos(E(A′) − E(A), E(B′) − E(B)) in the pipeline's CLIP image space
             (needs A and A′: `apply(..., reference=(a, a_prime))`); costs k draws. Not allowed
@@ -143,6 +149,7 @@ class InversionConfig:
     sampling_steps: int = 50
     edit_strength: float = 1.0
     negative_diff: bool = False
+    diff_guidance: bool = False
     candidates: int = 1
     share_attention: float = 0.0
 
@@ -212,6 +219,12 @@ class InversionConfig:
             f"edit_strength must be a finite number ≥ 0, got {self.edit_strength!r}",
         )
         need(isinstance(self.negative_diff, bool), f"negative_diff must be true or false, got {self.negative_diff!r}")
+        need(isinstance(self.diff_guidance, bool), f"diff_guidance must be true or false, got {self.diff_guidance!r}")
+        need(
+            not (self.negative_diff and self.diff_guidance),
+            "negative_diff and diff_guidance each set guidance's unconditional branch ({prompt_B, −s·D̃} or "
+            "{prompt_B, 0}); choose one",
+        )
         need(
             isinstance(self.candidates, int) and not isinstance(self.candidates, bool) and self.candidates >= 1,
             f"candidates must be an integer ≥ 1, got {self.candidates!r}",

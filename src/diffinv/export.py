@@ -20,8 +20,8 @@ AUTOMATIC1111 and ComfyUI read for SDXL and which diffusers loads one encoder at
 
 The prompt word is then chosen at load time (`token=`), not stored in the file.
 
-The exported D̃ is the fitted one, unscaled: an `edit_strength` s ≠ 1 or `negative_diff` of the
-token file are sampling settings of diffinv that the other tools do not have.
+The exported D̃ is the fitted one, unscaled: an `edit_strength` s ≠ 1, `negative_diff` or
+`diff_guidance` of the token file are sampling settings of diffinv that the other tools do not have.
 """
 
 from __future__ import annotations

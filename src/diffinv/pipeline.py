@@ -365,12 +365,15 @@ class DifferenceInversion:
             diff = config.edit_strength * diff
         with torch.no_grad():
             text_states = self.backbone.encode_prompt(ids, slot_mask, diff)
-            # Guidance away from the "before" side: {prompt_B, −s·D̃} as the unconditional branch.
-            negative = self.backbone.encode_prompt(ids, slot_mask, -diff) if config.negative_diff else None
-            # Inversion of B under {prompt_B, 0}: the denoising condition minus exactly the DIFF tokens.
-            null = None
-            if config.sampling_mode in INVERSION_MODES:
-                null = self.backbone.encode_prompt(ids, slot_mask, torch.zeros_like(diff))
+            # {prompt_B, 0}: the denoising condition minus exactly the DIFF tokens. The inversion
+            # modes invert B under it; diff_guidance makes it guidance's unconditional branch.
+            zeroed = None
+            if config.sampling_mode in INVERSION_MODES or config.diff_guidance:
+                zeroed = self.backbone.encode_prompt(ids, slot_mask, torch.zeros_like(diff))
+            null = zeroed if config.sampling_mode in INVERSION_MODES else None
+            negative = zeroed if config.diff_guidance else None
+            if config.negative_diff:  # guidance away from the "before" side: {prompt_B, −s·D̃}
+                negative = self.backbone.encode_prompt(ids, slot_mask, -diff)
         return self._sample(text_states, b, config, seed, progress, negative, null, reference)
 
     def draw(
@@ -384,9 +387,9 @@ class DifferenceInversion:
     ) -> Image.Image:
         """B′ from a plain prompt and no DIFF tokens, drawn exactly as `apply` draws (a reference).
 
-        With no D̃, `edit_strength` and `negative_diff` do nothing here (the unconditional branch
-        stays the empty prompt); the inversion modes invert B under the prompt itself. reference: (A, A′)
-        for `candidates` > 1, as in `apply`.
+        With no D̃, `edit_strength`, `negative_diff` and `diff_guidance` do nothing here (the
+        unconditional branch stays the empty prompt); the inversion modes invert B under the prompt
+        itself. reference: (A, A′) for `candidates` > 1, as in `apply`.
         """
         config = config or self.default_config
         _check_reference(config, reference)

@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict] = {
     # apply-time options that may keep more of B in B′
     **{f"edit-strength={s:g}": {"edit_strength": s} for s in (0.5, 1.5, 2.0)},
     "negative-diff": {"negative_diff": True},
+    "diff-guidance": {"diff_guidance": True},
     "inversion": {"sampling_mode": "inversion"},
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
@@ -72,6 +73,7 @@ PRESETS: dict[str, list[str]] = {
         "edit-strength=1.5",
         "edit-strength=2",
         "negative-diff",
+        "diff-guidance",
         "inversion",
         "edit-friendly",
         "candidates=4",
