@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | heldout | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -22,6 +22,11 @@ case "${1:-}" in
     wait ;;
   check)
     diffinv shapes check --model-dir "$WORLD" ;;
+  bundle)  # the checked world into the package, as `--model shapes` (training's partial checkpoints and locks left out)
+    dest=src/diffinv/shapes/model
+    rm -rf "$dest" && mkdir -p "$dest"
+    (cd "$WORLD" && find . -type f ! -name '*-partial.safetensors' ! -name '*.lock' -print0 | xargs -0 cp --parents -t "$OLDPWD/$dest")
+    du -sh "$dest" ;;
   heldout)  # issue 11: the choice frozen on development seeds 1-4, reported once on seed 120
     "${BENCH[@]}" --out runs/heldout-v2-s120 --n 200 --triplet-seed 120 \
       --method paper --method difference-inversion --method "inversion:strength=0.6,guidance_scale=2.5" ;;

@@ -114,6 +114,16 @@ def test_score_separates_edit_from_preservation():
 
 
 @bundled
+def test_bundle_stays_small_and_holds_no_training_leftovers():
+    sizes = {
+        path.relative_to(MODEL_DIR).as_posix(): path.stat().st_size for path in MODEL_DIR.rglob("*") if path.is_file()
+    }
+    assert max(sizes.values()) <= 20_000_000, max(sizes, key=sizes.get)
+    assert sum(sizes.values()) <= 45_000_000
+    assert not [name for name in sizes if name.endswith(("-partial.safetensors", ".lock"))]
+
+
+@bundled
 @pytest.mark.slow
 def test_bundled_world_passes_its_gates():
     from diffinv.shapes.evaluate import check
