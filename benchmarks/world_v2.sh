@@ -22,10 +22,15 @@ case "${1:-}" in
     wait ;;
   check)
     diffinv shapes check --model-dir "$WORLD" ;;
-  bundle)  # the checked world into the package, as `--model shapes` (training's partial checkpoints and locks left out)
+  bundle)  # the checked world into the package, as `--model shapes`: training's partial checkpoints, locks
+    # and a denoiser still training (its directory not yet named in diffinv.json) left out
     dest=src/diffinv/shapes/model
     rm -rf "$dest" && mkdir -p "$dest"
-    (cd "$WORLD" && find . -type f ! -name '*-partial.safetensors' ! -name '*.lock' -print0 | xargs -0 cp --parents -t "$OLDPWD/$dest")
+    training=$(python -c "import json, sys; bench = json.load(open(sys.argv[1]))['bench']
+print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/diffinv.json")
+    (cd "$WORLD" && find . -type f ! -name '*-partial.safetensors' ! -name '*.lock' -print0 |
+      xargs -0 cp --parents -t "$OLDPWD/$dest")
+    for directory in $training; do rm -rf "${dest:?}/$directory"; done
     du -sh "$dest" ;;
   heldout)  # issue 11: the choice frozen on development seeds 1-4, reported once on seed 120
     "${BENCH[@]}" --out runs/heldout-v2-s120 --n 200 --triplet-seed 120 \

@@ -35,15 +35,27 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
+def examples_copy(root: Path, names, instructions: bool) -> Path:
+    """Some of the examples, with or without the `instruction:` line of their captions.txt."""
+    for name in names:
+        shutil.copytree(EXAMPLES / name, root / name)
+        captions = root / name / "captions.txt"
+        lines = captions.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if instructions or not line.startswith("instruction:")]
+        assert any(line.startswith("instruction:") for line in kept) == instructions
+        captions.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return root
+
+
 @pytest.fixture(scope="module")
 def dataset_with_instructions(tmp_path_factory) -> Path:
-    """Two of the examples, their captions.txt with the instruction turning B into B′ added."""
-    root = tmp_path_factory.mktemp("triplets")
-    for name, instruction in (("colour", "make it blue"), ("dot", "add a dot")):
-        shutil.copytree(EXAMPLES / name, root / name)
-        with open(root / name / "captions.txt", "a", encoding="utf-8") as handle:
-            handle.write(f"instruction: {instruction}\n")
-    return root
+    """Two of the examples, whose captions.txt give the instruction turning B into B′."""
+    return examples_copy(tmp_path_factory.mktemp("triplets"), ("colour", "dot"), instructions=True)
+
+
+@pytest.fixture(scope="module")
+def dataset_without_instructions(tmp_path_factory) -> Path:
+    return examples_copy(tmp_path_factory.mktemp("bare"), ("colour", "dot"), instructions=False)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +177,10 @@ def test_sdedit_and_instructpix2pix_run_in_the_bench_and_are_marked_text_using(
     assert not any("uses_text" in row for row in by_method["copy-b"])
 
 
-def test_a_missing_text_stops_the_run_before_any_work(capsys, tmp_path, model_args, editor_dir):
-    argv = bench_args(tmp_path / "run", model_args, EXAMPLES, "instructpix2pix:steps=2")
+def test_a_missing_text_stops_the_run_before_any_work(
+    capsys, tmp_path, model_args, editor_dir, dataset_without_instructions
+):
+    argv = bench_args(tmp_path / "run", model_args, dataset_without_instructions, "instructpix2pix:steps=2")
     argv += ["--baseline-model", f"instructpix2pix={editor_dir}"]
     err = one_line_error(capsys, argv)
     assert "instruction" in err

@@ -101,7 +101,7 @@ def test_the_bench_draws_v2_triplets_for_a_v2_model_card(tmp_path):
         json.dumps({"format": "diffinv.model/1", "world": {"version": 2, "layout_range": 5.0}})
     )
     assert model_card(tmp_path).shapes_layout_range == 5.0
-    assert model_card("shapes").shapes_layout_range == 1.5  # the bundled world is v1 until v2 replaces it
+    assert model_card("shapes").shapes_layout_range == LAYOUT_RANGE  # the bundled world is v2
     wide = shapes_dataset(50, seed=1, layout_range=5.0)
     assert max(abs(t.truth.b.dx) for t in wide) > 1.5
 
