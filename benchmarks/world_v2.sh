@@ -5,10 +5,12 @@
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
-# WORLD (default runs/world-v2) is the v2 world's directory.
+# WORLD (default runs/world-v2) is the directory the training steps write; MODEL (default shapes,
+# the bundled world) is the world the bench steps measure.
 set -euo pipefail
 WORLD=${WORLD:-runs/world-v2}
-BENCH=(diffinv bench run --model "$WORLD" --threads 1 --quiet)
+MODEL=${MODEL:-shapes}
+BENCH=(diffinv bench run --model "$MODEL" --threads 1 --quiet)
 
 case "${1:-}" in
   train-base)  # the classifier and CLIP beside the VAE, then the text-to-image UNet on both cores

@@ -124,6 +124,21 @@ def test_bundle_stays_small_and_holds_no_training_leftovers():
 
 
 @bundled
+def test_bundled_editor_and_inpainting_model_load_offline_by_their_diffusers_classes():
+    import json
+
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionInstructPix2PixPipeline
+
+    bench = json.loads((MODEL_DIR / "diffinv.json").read_text())["bench"]
+    for role, pipeline_class, in_channels in (
+        ("editor", StableDiffusionInstructPix2PixPipeline, 8),  # noisy latent + B's latent
+        ("inpainting", StableDiffusionInpaintPipeline, 9),  # noisy latent + mask + masked picture's latent
+    ):
+        pipeline = pipeline_class.from_pretrained(MODEL_DIR / bench[role], local_files_only=True)
+        assert pipeline.unet.config.in_channels == in_channels, role
+
+
+@bundled
 @pytest.mark.slow
 def test_bundled_world_passes_its_gates():
     from diffinv.shapes.evaluate import check
