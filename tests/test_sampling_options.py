@@ -102,6 +102,10 @@ def encoded(backbone, tokens, scale: float) -> torch.Tensor:
         (dict(sampling_mode="inversion", share_attention=True), "share_attention"),
         (dict(share_attention=0.5), "needs sampling_mode 'inversion'"),
         (dict(sampling_mode="edit-friendly", share_attention=0.5), "needs sampling_mode 'inversion'"),
+        (dict(sampling_mode="inversion", edit_mask=1.0), "edit_mask"),
+        (dict(sampling_mode="inversion", edit_mask=-0.1), "edit_mask"),
+        (dict(sampling_mode="inversion", edit_mask=True), "edit_mask"),
+        (dict(edit_mask=0.5), "needs sampling_mode 'inversion'"),
     ],
 )
 def test_invalid_option_values_raise_naming_the_field(changes, field):
@@ -390,6 +394,39 @@ def test_attention_sharing_changes_b_prime_and_nothing_on_the_null_edit(di, back
     assert not torch.allclose(final_latents(tokens, 1.0), final_latents(tokens, 0.0), atol=1e-3)
 
 
+# --- the edit mask ---------------------------------------------------------------------------------------------
+def test_edit_mask_keeps_bs_clean_latent_outside_the_mask_and_redraws_inside(
+    di, backbone, tokens, images, monkeypatch
+):
+    """Outside the mask the last step lands on B's clean latent exactly; the mask is where the
+    DIFF tokens change the UNet's prediction most, so a higher threshold keeps more of B."""
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.6, guidance_scale=4.0)
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+
+    def kept_fraction(threshold: float) -> float:
+        with decoded_latents(backbone, monkeypatch) as latents:
+            di.apply(tokens, images["b"], prompt=PROMPT_B, config=config.replace(edit_mask=threshold), progress=False)
+        same = (latents[-1] - b_latent).abs().amax(dim=1) < 1e-5  # (1, h, w): positions equal to B's in every channel
+        return same.float().mean().item()
+
+    unmasked, loose, tight = kept_fraction(0.0), kept_fraction(0.5), kept_fraction(0.9)
+    assert unmasked == 0.0  # off: B′ is redrawn everywhere
+    assert 0.0 < loose <= tight < 1.0  # some of B kept, more at a higher threshold, never all
+
+
+def test_edit_mask_on_the_null_edit_gives_b_back_and_doubles_only_the_inversion_batch(di, backbone, tokens, images,
+                                                                                       monkeypatch):  # fmt: skip
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.4, guidance_scale=4.0, edit_mask=0.5)
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+    with decoded_latents(backbone, monkeypatch) as latents:
+        di.apply(zero, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    assert torch.equal(latents[-1], b_latent)  # no difference, no mask: every step back on B's path
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    assert [states.shape[0] for _, states in calls] == [2] * 8  # 4 up beside {prompt_B, D̃}, 4 down guided
+
+
 # --- candidates ---------------------------------------------------------------------------------------------
 def test_candidates_keep_the_argmax_of_the_score(di, tokens, images, monkeypatch):
     seen = []
@@ -516,6 +553,7 @@ def test_bench_variants_and_preset():
     assert parse_method("edit-strength=0.5").changes == {"edit_strength": 0.5}
     assert parse_method("negative-diff").changes == {"negative_diff": True}
     assert parse_method("diff-guidance").changes == {"diff_guidance": True}
+    assert parse_method("edit-mask").changes == {"sampling_mode": "inversion", "edit_mask": 0.5}
     assert parse_method("inversion").changes == {"sampling_mode": "inversion"}
     assert parse_method("candidates=4").changes == {"candidates": 4}
     methods = expand_methods(["keep-b"])

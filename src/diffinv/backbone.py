@@ -229,6 +229,7 @@ class StableDiffusionBackbone:
         invert_states: torch.Tensor | None = None,
         inversion: str = "ddim",
         share_attention: float = 0.0,
+        edit_mask: float = 0.0,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) conditioned on `text_states` (1, L, d).
 
@@ -238,12 +239,13 @@ class StableDiffusionBackbone:
         With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but an inversion of
         `init_image` conditioned on `invert_states`, then denoising: `inversion` "ddim"
         (deterministic, `_from_inversion`; `generator` unused) or "edit-friendly"
-        (`_from_edit_friendly_inversion`); `share_attention` with "ddim": see `_from_inversion`.
+        (`_from_edit_friendly_inversion`); `share_attention` and `edit_mask` with "ddim": see
+        `_from_inversion`.
         """
         if invert_states is not None:
             return self._from_inverted(
                 inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress, share_attention,
+                generator, progress, share_attention, edit_mask,
             )  # fmt: skip
         width, height = size
         common = dict(
@@ -268,20 +270,20 @@ class StableDiffusionBackbone:
 
     def _from_inverted(
         self, inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-        generator, progress, share_attention=0.0,
+        generator, progress, share_attention=0.0, edit_mask=0.0,
     ) -> Image.Image:  # fmt: skip
         """`sample` from an inversion of `init_image`: `inversion` "ddim" or "edit-friendly"
-        (`share_attention`: DDIM only, see `_from_inversion`)."""
+        (`share_attention`, `edit_mask`: DDIM only, see `_from_inversion`)."""
         if init_image is None:
             raise DiffinvError("inversion needs an image to invert")
         common = (text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps)
         if inversion == "edit-friendly":
-            if share_attention:
-                raise DiffinvError("attention sharing works with DDIM inversion only")
+            if share_attention or edit_mask:
+                raise DiffinvError("attention sharing and the edit mask work with DDIM inversion only")
             return self._from_edit_friendly_inversion(*common, generator, progress)
         if inversion != "ddim":
             raise DiffinvError(f"inversion must be 'ddim' or 'edit-friendly', got {inversion!r}")
-        return self._from_inversion(*common, progress, share_attention)
+        return self._from_inversion(*common, progress, share_attention, edit_mask)
 
     def _ddim_config(self) -> dict:
         """The model's scheduler config for DDIM. DDIM and its inverse only space timesteps
@@ -302,6 +304,7 @@ class StableDiffusionBackbone:
         steps: int,
         progress: bool,
         share_attention: float = 0.0,
+        edit_mask: float = 0.0,
     ) -> Image.Image:
         """Deterministic DDIM inversion of `image`, then DDIM denoising with guidance.
 
@@ -320,6 +323,13 @@ class StableDiffusionBackbone:
         reconstruction of `image` (under `invert_states`, guided alike) is denoised beside the
         drawing, in one batch, and the drawing's self-attention probabilities are the
         reconstruction's (`shared_attention`); those steps cost a batch twice as large.
+
+        edit_mask > 0 (DiffEdit's mask and masked decoding, with the mask read off the inversion):
+        each inversion step also predicts the noise under `text_states`, in the same batch; the
+        mask (1, 1, h, w) is where the mean over channels of |ε(text_states) − ε(invert_states)|,
+        summed over the steps, reaches `edit_mask` × its maximum. After every denoising step the
+        latents outside the mask are replaced by the inversion's latents at that noise level (B's
+        clean latent after the last step), so only the masked region is redrawn.
         """
         config = self._ddim_config()
         scheduler = DDIMScheduler.from_config(config)
@@ -331,11 +341,20 @@ class StableDiffusionBackbone:
         invert_states = invert_states.to(self.dtype)
         states = self._guidance_states(text_states, negative_states, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
+        path, difference = [latents], torch.zeros_like(latents[:, :1])  # B's inversion, clean latent first
         with self.pipe.progress_bar(total=2 * len(timesteps)) as bar:
             for t in timesteps.flip(0):
-                noise_pred = self.predict(latents, t.expand(1), invert_states)
+                if edit_mask:
+                    both = self.stack_states([invert_states, text_states.to(self.dtype)])
+                    noise_pred, edited = self.predict(torch.cat([latents, latents]), t.expand(2), both).chunk(2)
+                    difference += (edited - noise_pred).abs().mean(dim=1, keepdim=True)
+                else:
+                    noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
+                path.append(latents)
                 bar.update()
+            # 1 where B′ is drawn; no difference at all (D̃ = 0) keeps all of B
+            mask = (difference >= edit_mask * difference.max()) & (difference.max() > 0) if edit_mask else None
             shared_steps = round(len(timesteps) * share_attention)
             source_states = self._guidance_states(invert_states, negative_states, guidance_scale)
             source = latents  # B's reconstruction, denoised beside B′ while attention is shared
@@ -351,6 +370,8 @@ class StableDiffusionBackbone:
                     else:
                         noise_pred = self._guided_prediction(scheduler, latents, t, states, guidance_scale)
                         latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
+                    if mask is not None:  # back on B's path outside the mask, at the level just reached
+                        latents = torch.where(mask, latents, path[len(timesteps) - 1 - i])
                     bar.update()
         return self.decode_latents(latents)[0]
 

@@ -74,6 +74,13 @@ SAMPLING_FLAGS = [
         "with --mode inversion: the fraction of denoising steps in which B′ takes the self-attention maps of B's "
         "reconstruction (keeps B's layout); 0 = off",
     ),
+    (
+        "--edit-mask",
+        "edit_mask",
+        float,
+        "with --mode inversion: redraw only where the DIFF tokens change the UNet's prediction by at least this "
+        "fraction of the most (DiffEdit-style mask), keep B's inversion elsewhere; 0 = off",
+    ),
 ]
 FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
 CHOICES = {

@@ -119,6 +119,12 @@ class InversionConfig:
             (prompt-to-prompt / plug-and-play self-attention injection, `shared_attention.py`):
             B′ is drawn on B's layout. 0: off. Those steps cost twice the batch. Not stated in
             the paper; an option of this project (docs/results.md).
+        edit_mask: with sampling_mode "inversion", a DiffEdit-style mask (Couairon et al., ICLR
+            2023): along B's inversion the UNet also predicts under {prompt_B, s·D̃}; where the
+            two predictions differ by at least `edit_mask` × their largest difference (mean over
+            latent channels) B′ is drawn, and everywhere else each denoising step is put back on
+            B's inversion path, so B′ equals B's reconstruction there. 0: off. Doubles the
+            inversion's batch. Not stated in the paper; an option of this project (docs/results.md).
     """
 
     n_tokens: int = 5
@@ -152,6 +158,7 @@ class InversionConfig:
     diff_guidance: bool = False
     candidates: int = 1
     share_attention: float = 0.0
+    edit_mask: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -244,6 +251,17 @@ class InversionConfig:
             self.share_attention == 0 or self.sampling_mode == "inversion",
             f"share_attention = {self.share_attention} needs sampling_mode 'inversion' (B's reconstruction from "
             f"its DDIM inversion is what B′ shares attention with), not {self.sampling_mode!r}",
+        )
+        need(
+            isinstance(self.edit_mask, (int, float))
+            and not isinstance(self.edit_mask, bool)
+            and 0 <= self.edit_mask < 1,
+            f"edit_mask must lie in [0, 1), got {self.edit_mask!r}",
+        )
+        need(
+            self.edit_mask == 0 or self.sampling_mode == "inversion",
+            f"edit_mask = {self.edit_mask} needs sampling_mode 'inversion' (outside the mask B′ follows B's DDIM "
+            f"inversion path), not {self.sampling_mode!r}",
         )
 
     def replace(self, **changes: Any) -> InversionConfig:

@@ -429,6 +429,7 @@ class DifferenceInversion:
                 invert_states=null_states,
                 inversion=INVERSION_MODES.get(config.sampling_mode, "ddim"),
                 share_attention=config.share_attention,
+                edit_mask=config.edit_mask,
             )
 
         if config.candidates == 1:
