@@ -40,11 +40,15 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
-      --method analogist --method visii --method dia ;;
+      --method analogist --method visii --method dia --method oracle-instruction
+    for method in paper sdedit instructpix2pix analogist visii dia; do  # the pairwise protocol, truth as judge
+      diffinv bench judge runs/v2-baselines-s110 --against "$method" --judge truth --quiet
+    done ;;
   keep)  # a finished run's records into docs/runs/ (small, in git), so that its tables can be rebuilt
     run=${2:?give a run directory}
     mkdir -p "docs/runs/$(basename "$run")"
-    cp "$run/run.json" "$run/results.jsonl" "$run/summary.md" "docs/runs/$(basename "$run")/" ;;
+    cp "$run/run.json" "$run/results.jsonl" "$run/summary.md" "docs/runs/$(basename "$run")/"
+    find "$run" -maxdepth 1 -name 'judge-*.md' -exec cp -t "docs/runs/$(basename "$run")/" {} + ;;
   *)
     sed -n 2,8p "$0"
     exit 2 ;;
