@@ -191,7 +191,7 @@ def summarize_decisions(decisions: list[dict]) -> dict:
     """Counts, win rate (ties half) ± 95 % Student-t interval, decisive win rate."""
     n = len(decisions)
     counts = {k: sum(d["outcome"] == k for d in decisions) for k in ("win", "tie", "loss")}
-    unparsed = sum(a["choice"] is None for d in decisions for a in d["asks"])
+    unparsed = sum(a["choice"] is None for d in decisions for a in d["asks"])  # a tie, or an answer not understood
     summary = {"n": n, "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"], "unparsed": unparsed}
     if n:
         rate, half = mean_interval([SCORE[d["outcome"]] for d in decisions])
@@ -214,7 +214,7 @@ def markdown_summary(result: dict) -> str:
         f" random); a win needs {method} preferred in both, a loss {against} in both, anything else is a tie"
         " (counted half). Win rate: mean over triplets ± 95 % interval (Student t); decisive: wins/(wins + losses).",
         "",
-        "| family | n | wins | ties | losses | unparsed answers | win rate (%) | decisive win rate (%) |",
+        "| family | n | wins | ties | losses | answers naming neither | win rate (%) | decisive win rate (%) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     groups = [("all", result["summary"])] + list(result.get("by_family", {}).items())
@@ -342,6 +342,6 @@ def judge_command(args) -> None:
         rate = f"{100 * s['win_rate']:.1f}%" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
     print(
         f"{args.method} vs {args.against}: win rate {rate} over {s['n']} triplets "
-        f"({s['wins']} wins, {s['ties']} ties, {s['losses']} losses, {s['unparsed']} unparsed answers); "
+        f"({s['wins']} wins, {s['ties']} ties, {s['losses']} losses, {s['unparsed']} answers naming neither); "
         f"wrote {json_path} and {md_path}"
     )
