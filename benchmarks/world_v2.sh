@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -37,6 +37,9 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
   heldout)  # issue 11: the choice frozen on development seeds 1-4, reported once on seed 120
     "${BENCH[@]}" --out runs/heldout-v2-s120 --n 200 --triplet-seed 120 \
       --method paper --method difference-inversion --method "inversion:strength=0.6,guidance_scale=2.5" ;;
+  heldout-mask)  # issue 11: the edit mask, frozen on development seeds 5-6, reported once on seed 130
+    "${BENCH[@]}" --out runs/heldout-v2-s130 --n 200 --triplet-seed 130 \
+      --method paper --method difference-inversion --method "difference-inversion:edit_mask=0.3" ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \

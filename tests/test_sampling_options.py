@@ -553,7 +553,7 @@ def test_bench_variants_and_preset():
     assert parse_method("edit-strength=0.5").changes == {"edit_strength": 0.5}
     assert parse_method("negative-diff").changes == {"negative_diff": True}
     assert parse_method("diff-guidance").changes == {"diff_guidance": True}
-    assert parse_method("edit-mask").changes == {"sampling_mode": "inversion", "edit_mask": 0.5}
+    assert parse_method("edit-mask").changes == {"sampling_mode": "inversion", "edit_mask": 0.3}
     assert parse_method("inversion").changes == {"sampling_mode": "inversion"}
     assert parse_method("candidates=4").changes == {"candidates": 4}
     methods = expand_methods(["keep-b"])

@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict] = {
     **{f"edit-strength={s:g}": {"edit_strength": s} for s in (0.5, 1.5, 2.0)},
     "negative-diff": {"negative_diff": True},
     "diff-guidance": {"diff_guidance": True},
-    "edit-mask": {"sampling_mode": "inversion", "edit_mask": 0.5},
+    "edit-mask": {"sampling_mode": "inversion", "edit_mask": 0.3},  # the threshold measured best, results.md §7
     "inversion": {"sampling_mode": "inversion"},
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
