@@ -159,7 +159,10 @@ def test_fit_and_apply_in_every_sampling_mode(prediction_type, images):
     assert tokens.family == "sdxl" and tokens.encoder_widths == (D1, D2)
     assert torch.isfinite(torch.tensor(tokens.history["loss"])).all()
     modes = [dict(sampling_mode=mode) for mode in ("noise", "img2img", "inversion", "edit-friendly")]
-    for changes in modes + [dict(sampling_mode="inversion", share_attention=0.5)]:
+    for changes in modes + [
+        dict(sampling_mode="inversion", share_attention=0.5),
+        dict(sampling_mode="inversion", edit_mask=0.3),
+    ]:
         settings = config.replace(**changes)
         first = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=settings, progress=False)
         again = di.apply(tokens, images["b"], seed=1, prompt=PROMPT_B, config=settings, progress=False)
