@@ -341,20 +341,24 @@ class StableDiffusionBackbone:
         invert_states = invert_states.to(self.dtype)
         states = self._guidance_states(text_states, negative_states, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
-        path, difference = [latents], torch.zeros_like(latents[:, :1])  # B's inversion, clean latent first
+        if edit_mask:  # B's inversion path (clean latent first) and where D̃ changes the prediction
+            path, difference = [latents], torch.zeros_like(latents[:, :1])
+            both_states = self.stack_states([invert_states, text_states.to(self.dtype)])
         with self.pipe.progress_bar(total=2 * len(timesteps)) as bar:
             for t in timesteps.flip(0):
                 if edit_mask:
-                    both = self.stack_states([invert_states, text_states.to(self.dtype)])
-                    noise_pred, edited = self.predict(torch.cat([latents, latents]), t.expand(2), both).chunk(2)
+                    noise_pred, edited = self.predict(torch.cat([latents, latents]), t.expand(2), both_states).chunk(2)
                     difference += (edited - noise_pred).abs().mean(dim=1, keepdim=True)
                 else:
                     noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
-                path.append(latents)
+                if edit_mask:
+                    path.append(latents)
                 bar.update()
-            # 1 where B′ is drawn; no difference at all (D̃ = 0) keeps all of B
-            mask = (difference >= edit_mask * difference.max()) & (difference.max() > 0) if edit_mask else None
+            mask = None
+            if edit_mask:  # 1 where B′ is drawn; no difference at all (D̃ = 0) keeps all of B
+                largest = difference.max()
+                mask = (difference >= edit_mask * largest) & (largest > 0)
             shared_steps = round(len(timesteps) * share_attention)
             source_states = self._guidance_states(invert_states, negative_states, guidance_scale)
             source = latents  # B's reconstruction, denoised beside B′ while attention is shared
