@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -40,6 +40,10 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
   heldout-mask)  # issue 11: the edit mask, frozen on development seeds 5-6, reported once on seed 130
     "${BENCH[@]}" --out runs/heldout-v2-s130 --n 200 --triplet-seed 130 \
       --method paper --method difference-inversion --method "difference-inversion:edit_mask=0.3" ;;
+  heldout-steps)  # issue 9: the fit at 100 steps, equal to 200 on development seeds 5-8, reported once on seed 140
+    "${BENCH[@]}" --out runs/heldout-v2-s140 --n 200 --triplet-seed 140 \
+      --method "difference-inversion:steps=200" --method "difference-inversion:steps=100" \
+      --method "paper:steps=200" --method "paper:steps=100" ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \

@@ -353,6 +353,24 @@ def test_run_records_written_at_once_by_several_processes_merge(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_the_b_context_loss_fits_each_triplet_for_its_own_bs_prompt(bench_di, clip, tmp_path, monkeypatch):
+    seen = []
+    fit_many = bench_di.fit_many
+
+    def spy(pairs, config, seeds, progress=False, prompts_b=None):
+        seen.append((list(seeds), prompts_b))
+        return fit_many(pairs, config, seeds=seeds, progress=progress, prompts_b=prompts_b)
+
+    monkeypatch.setattr(bench_di, "fit_many", spy)
+    triplets = tiny_triplets(2)
+    methods = expand_methods(["difference-inversion:lambda_clip_b=6", "difference-inversion"])
+    assert runner_for(bench_di, clip, tmp_path).run(methods, triplets) == 4
+    (seeds, prompts_b), (_, plain) = seen
+    config = methods[0].config(fast_config(steps=2))
+    assert prompts_b == [bench_di.describe_b(t.b(), config, seed, False) for t, seed in zip(triplets, seeds)]
+    assert all(prompts_b) and plain is None
+
+
 def test_oracle_caption_needs_a_caption(bench_di, clip, tmp_path):
     triplet = tiny_triplets(1)[0]
     triplet.caption_b_prime = None
@@ -368,7 +386,7 @@ class FakeDI:
     def __init__(self, barrier=None):
         self.fits, self.barrier, self.local = [], barrier, threading.local()
 
-    def fit_many(self, pairs, config, seeds, progress=False):
+    def fit_many(self, pairs, config, seeds, progress=False, prompts_b=None):
         from types import SimpleNamespace
 
         self.fits.append(tuple(seeds))

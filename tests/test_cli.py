@@ -564,7 +564,7 @@ def test_defaults_lists_the_models_values_beside_the_papers(capsys):
     code, out, err = run(capsys, ["defaults", "--model", "shapes"])
     assert code == 0, err
     steps = next(line for line in out.splitlines() if line.startswith("steps "))
-    assert steps.split()[1:3] == ["200", "1000"] and "changed" in steps
+    assert steps.split()[1:3] == ["100", "1000"] and "changed" in steps
     alpha = next(line for line in out.splitlines() if line.startswith("alpha "))
     assert alpha.split()[1:3] == ["0.8", "0.8"] and "changed" not in alpha
 

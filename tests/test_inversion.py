@@ -1,6 +1,7 @@
 """Algorithm 1 step by step: frozen models, D̃ ← 0, the ± pairing of eqs. 7–8, the noising of
 step ⑤, the CLIP loss, and the fitting loop."""
 
+import dataclasses
 from contextlib import contextmanager
 
 import pytest
@@ -577,3 +578,51 @@ def test_in_context_clip_loss_is_per_pair_and_matches_its_definition(backbone, c
             - F.cosine_similarity(minus - clip.text_features([pair.prompt_a_prime]), -targets[k : k + 1])
         ) / 2
         assert torch.allclose(solo, by_hand, atol=1e-5)
+
+
+def test_clip_loss_on_b_measures_what_the_tokens_do_to_prompt_b(backbone, clip, pair):
+    from diffinv.inversion import clip_loss_on_b, prompt_b_context
+
+    torch.manual_seed(0)
+    pairs = [dataclasses.replace(pair, prompt_b="a red square"), dataclasses.replace(pair, prompt_b="a small circle")]
+    diff = torch.randn(2, 3, backbone.token_width) * 0.1
+    targets = torch.stack([pair.target_delta, -pair.target_delta])
+    context = prompt_b_context(clip, pairs, 3)
+    batched = clip_loss_on_b(clip, diff, targets, context)
+    for k, prompt_b in enumerate(["a red square", "a small circle"]):
+        moved = clip.prompt_slot_features(context.ids[k : k + 1], context.slot_mask[k : k + 1], diff[k : k + 1])
+        by_hand = 1 - F.cosine_similarity(moved - clip.text_features([prompt_b]), targets[k : k + 1])
+        assert torch.allclose(batched[k : k + 1], by_hand, atol=1e-5)
+    # another B, another loss: the tokens are judged where they are used
+    other = prompt_b_context(clip, [dataclasses.replace(pair, prompt_b="a red circle")] * 2, 3)
+    assert not torch.allclose(clip_loss_on_b(clip, diff, targets, other), batched)
+
+
+def test_fit_with_the_b_context_loss_needs_prompt_b_and_depends_on_it(backbone, clip, pair):
+    config = fast_config(steps=3, lambda_clip_b=6.0)
+    with pytest.raises(DiffinvError, match="prompt_B"):
+        fit_diff_tokens(backbone, clip, pair, config, progress=False)
+    fits = {}
+    for prompt_b in ("a red square", "a small circle"):
+        fits[prompt_b] = fit_diff_tokens(
+            backbone,
+            clip,
+            dataclasses.replace(pair, prompt_b=prompt_b),
+            config,
+            torch.Generator().manual_seed(0),
+            progress=False,
+        )
+    plain, plain_history = fit_diff_tokens(
+        backbone, clip, pair, config.replace(lambda_clip_b=0.0), torch.Generator().manual_seed(0), progress=False
+    )
+    (square, square_history), (small, _) = fits.values()
+    assert not torch.allclose(square, small) and not torch.allclose(square, plain)
+    # the first step's total holds the B term, at D̃'s zero start, on top of the paper's two
+    from diffinv.inversion import clip_loss_on_b, prompt_b_context
+
+    context = prompt_b_context(clip, [dataclasses.replace(pair, prompt_b="a red square")], config.n_tokens)
+    zero = torch.zeros(1, config.n_tokens, backbone.token_width)
+    b_term = clip_loss_on_b(clip, zero, pair.target_delta.unsqueeze(0), context).item()
+    first = config.lambda_tc * square_history["loss_tc"][0] + config.lambda_clip * square_history["loss_clip"][0]
+    assert square_history["loss"][0] == pytest.approx(first + config.lambda_clip_b * b_term, rel=1e-4)
+    assert plain_history["loss_tc"][0] == pytest.approx(square_history["loss_tc"][0], rel=1e-6)

@@ -31,7 +31,10 @@ def test_the_bundled_world_is_a_directory_with_a_descriptor():
     card = model_card("shapes")
     assert card.directory == BUNDLED["shapes"] and card.has_descriptor and card.name == "shapes"
     config = card.default_config()
-    assert (config.steps, config.prompt_source, config.n_tokens) == (200, "caption", InversionConfig().n_tokens)
+    assert (config.steps, config.prompt_source, config.n_tokens) == (100, "caption", InversionConfig().n_tokens)
+    from diffinv.shapes.train import TrainingPlan, world_descriptor
+
+    assert config == InversionConfig().replace(**world_descriptor(TrainingPlan())["config"])  # as training writes it
     assert (config.clip_loss_space, config.tc_reduction) == ("in-context", "sum")
     assert len(card.caption_candidates()) == 240
     assert card.native_resolution() == 32

@@ -228,3 +228,21 @@ def test_fit_many_batches_same_sized_pairs_and_keeps_the_order(di, images):
     assert not torch.allclose(tokens[0].embeddings, tokens[2].embeddings)  # A → A′ and A′ → A differ
     with pytest.raises(DiffinvError, match="one seed"):
         di.fit_many([square], config, captions=captions, progress=False)
+
+
+def test_the_b_context_loss_fits_for_bs_prompt_and_draws_with_it(di, images):
+    config = fast_config(steps=2, lambda_clip_b=6.0)
+    captions = (CAPTION_A, CAPTION_A_PRIME)
+    with pytest.raises(DiffinvError, match="needs its prompt"):
+        di.fit(images["a"], images["a_prime"], config, captions=captions, progress=False)
+    b_prime, tokens = di.analogy(
+        images["a"], images["a_prime"], images["b"], config, captions=captions, prompt_b=PROMPT_B, progress=False
+    )
+    fitted = di.fit(images["a"], images["a_prime"], config, captions=captions, prompt_b=PROMPT_B, progress=False)
+    assert torch.equal(tokens.embeddings, fitted.embeddings)
+    other = di.fit(
+        images["a"], images["a_prime"], config, captions=captions, prompt_b="a big red circle", progress=False
+    )
+    assert not torch.equal(other.embeddings, fitted.embeddings)
+    drawn = di.apply(fitted, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    assert np.array_equal(pixels(b_prime), pixels(drawn))

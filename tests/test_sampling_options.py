@@ -106,6 +106,11 @@ def encoded(backbone, tokens, scale: float) -> torch.Tensor:
         (dict(sampling_mode="inversion", edit_mask=-0.1), "edit_mask"),
         (dict(sampling_mode="inversion", edit_mask=True), "edit_mask"),
         (dict(edit_mask=0.5), "needs sampling_mode 'inversion'"),
+        (dict(direct_inversion=1), "direct_inversion"),
+        (dict(direct_inversion=True), "needs sampling_mode 'inversion'"),
+        (dict(lambda_clip_b=-1.0), "lambda_clip_b"),
+        (dict(lambda_clip_b=math.inf), "lambda_clip_b"),
+        (dict(lambda_clip_b=True), "lambda_clip_b"),
     ],
 )
 def test_invalid_option_values_raise_naming_the_field(changes, field):
@@ -425,6 +430,37 @@ def test_edit_mask_on_the_null_edit_gives_b_back_and_doubles_only_the_inversion_
     with unet_calls(backbone) as calls:
         di.apply(tokens, images["b"], prompt=PROMPT_B, config=config, progress=False)
     assert [states.shape[0] for _, states in calls] == [2] * 8  # 4 up beside {prompt_B, D̃}, 4 down guided
+
+
+# --- direct inversion ------------------------------------------------------------------------------------------
+def test_direct_inversion_gives_b_back_on_the_null_edit_at_any_guidance(di, backbone, tokens, images, monkeypatch):
+    """Without it, guidance 4 drifts the reconstruction away from B's latent; with it, the drift
+    is taken out at every step and B′ lands on B's latent. With D̃ it still changes B′, and the
+    denoising runs the reconstruction beside it."""
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.6, guidance_scale=4.0)
+    zero = dataclasses.replace(tokens, embeddings=torch.zeros_like(tokens.embeddings))
+    b_latent = backbone.encode_images([di._working_image(images["b"], config)])
+
+    def final_latent(drawn_tokens, direct: bool) -> torch.Tensor:
+        with decoded_latents(backbone, monkeypatch) as latents:
+            di.apply(drawn_tokens, images["b"], prompt=PROMPT_B, config=config.replace(direct_inversion=direct),
+                     progress=False)  # fmt: skip
+        return latents[-1]
+
+    drift = (final_latent(zero, False) - b_latent).abs().max().item()  # what it removes
+    corrected = (final_latent(zero, True) - b_latent).abs().max().item()  # float rounding of batched rows
+    assert drift > 1e-2 and corrected < 1e-4
+    assert not torch.allclose(final_latent(tokens, True), b_latent, atol=1e-3)
+    with unet_calls(backbone) as calls:
+        di.apply(tokens, images["b"], prompt=PROMPT_B, config=config.replace(direct_inversion=True), progress=False)
+    assert [states.shape[0] for _, states in calls] == [1] * 6 + [4] * 6  # 6 up, 6 down: (source, B′) × guidance
+
+
+@pytest.mark.parametrize("changes", [dict(direct_inversion=True), dict(edit_mask=0.3)])
+def test_drawing_a_plain_prompt_refuses_what_would_give_b_back(di, images, changes):
+    config = fast_config(sampling_mode="inversion", sampling_steps=10, strength=0.6, **changes)
+    with pytest.raises(DiffinvError, match="give B back unchanged"):
+        di.draw(PROMPT_B, images["b"], config, progress=False)
 
 
 # --- candidates ---------------------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ class StableDiffusionBackbone:
         inversion: str = "ddim",
         share_attention: float = 0.0,
         edit_mask: float = 0.0,
+        direct_inversion: bool = False,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) conditioned on `text_states` (1, L, d).
 
@@ -239,13 +240,13 @@ class StableDiffusionBackbone:
         With `invert_states` (1, L, d) and `init_image`: no SDEdit noise but an inversion of
         `init_image` conditioned on `invert_states`, then denoising: `inversion` "ddim"
         (deterministic, `_from_inversion`; `generator` unused) or "edit-friendly"
-        (`_from_edit_friendly_inversion`); `share_attention` and `edit_mask` with "ddim": see
-        `_from_inversion`.
+        (`_from_edit_friendly_inversion`); `share_attention`, `edit_mask` and `direct_inversion`
+        with "ddim": see `_from_inversion`.
         """
         if invert_states is not None:
             return self._from_inverted(
                 inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress, share_attention, edit_mask,
+                generator, progress, share_attention, edit_mask, direct_inversion,
             )  # fmt: skip
         width, height = size
         common = dict(
@@ -270,20 +271,22 @@ class StableDiffusionBackbone:
 
     def _from_inverted(
         self, inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-        generator, progress, share_attention=0.0, edit_mask=0.0,
+        generator, progress, share_attention=0.0, edit_mask=0.0, direct_inversion=False,
     ) -> Image.Image:  # fmt: skip
         """`sample` from an inversion of `init_image`: `inversion` "ddim" or "edit-friendly"
-        (`share_attention`, `edit_mask`: DDIM only, see `_from_inversion`)."""
+        (`share_attention`, `edit_mask`, `direct_inversion`: DDIM only, see `_from_inversion`)."""
         if init_image is None:
             raise DiffinvError("inversion needs an image to invert")
         common = (text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps)
         if inversion == "edit-friendly":
-            if share_attention or edit_mask:
-                raise DiffinvError("attention sharing and the edit mask work with DDIM inversion only")
+            if share_attention or edit_mask or direct_inversion:
+                raise DiffinvError(
+                    "attention sharing, the edit mask and direct inversion work with DDIM inversion only"
+                )
             return self._from_edit_friendly_inversion(*common, generator, progress)
         if inversion != "ddim":
             raise DiffinvError(f"inversion must be 'ddim' or 'edit-friendly', got {inversion!r}")
-        return self._from_inversion(*common, progress, share_attention, edit_mask)
+        return self._from_inversion(*common, progress, share_attention, edit_mask, direct_inversion)
 
     def _ddim_config(self) -> dict:
         """The model's scheduler config for DDIM. DDIM and its inverse only space timesteps
@@ -305,6 +308,7 @@ class StableDiffusionBackbone:
         progress: bool,
         share_attention: float = 0.0,
         edit_mask: float = 0.0,
+        direct_inversion: bool = False,
     ) -> Image.Image:
         """Deterministic DDIM inversion of `image`, then DDIM denoising with guidance.
 
@@ -330,6 +334,14 @@ class StableDiffusionBackbone:
         summed over the steps, reaches `edit_mask` × its maximum. After every denoising step the
         latents outside the mask are replaced by the inversion's latents at that noise level (B's
         clean latent after the last step), so only the masked region is redrawn.
+
+        direct_inversion (Direct Inversion, Ju et al., ICLR 2024): the reconstruction of `image` is
+        denoised beside the drawing at every step, as for attention sharing; after each step the
+        reconstruction's gap to the inversion path at that level — the error that guidance and the
+        inversion's approximation made — is added to the drawing, and the reconstruction is put
+        back on the path. With `text_states` = `invert_states` the drawing is B's latent exactly,
+        at any guidance; otherwise it moves from B only as far as the text states move the
+        predictions. The denoising batch doubles.
         """
         config = self._ddim_config()
         scheduler = DDIMScheduler.from_config(config)
@@ -341,8 +353,9 @@ class StableDiffusionBackbone:
         invert_states = invert_states.to(self.dtype)
         states = self._guidance_states(text_states, negative_states, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="inverting and sampling")
-        if edit_mask:  # B's inversion path (clean latent first) and where D̃ changes the prediction
-            path, difference = [latents], torch.zeros_like(latents[:, :1])
+        path = [latents] if edit_mask or direct_inversion else None  # B's inversion path, clean latent first
+        if edit_mask:  # where D̃ changes the prediction
+            difference = torch.zeros_like(latents[:, :1])
             both_states = self.stack_states([invert_states, text_states.to(self.dtype)])
         with self.pipe.progress_bar(total=2 * len(timesteps)) as bar:
             for t in timesteps.flip(0):
@@ -352,7 +365,7 @@ class StableDiffusionBackbone:
                 else:
                     noise_pred = self.predict(latents, t.expand(1), invert_states)
                 latents = inverse.step(noise_pred, int(t), latents).prev_sample
-                if edit_mask:
+                if path is not None:
                     path.append(latents)
                 bar.update()
             mask = None
@@ -361,21 +374,26 @@ class StableDiffusionBackbone:
                 mask = (difference >= edit_mask * largest) & (largest > 0)
             shared_steps = round(len(timesteps) * share_attention)
             source_states = self._guidance_states(invert_states, negative_states, guidance_scale)
-            source = latents  # B's reconstruction, denoised beside B′ while attention is shared
+            source = latents  # B's reconstruction, denoised beside B′ while attention is shared or corrected
             with sharing_self_attention(self.unet) if shared_steps else nullcontext() as sharing:
                 for i, t in enumerate(timesteps):
-                    if i < shared_steps:
-                        sharing.active = True
+                    level = path[len(timesteps) - 1 - i] if path is not None else None  # B's path, one step down
+                    if i < shared_steps or direct_inversion:
+                        if sharing is not None:
+                            sharing.active = i < shared_steps
                         both = torch.cat([source, latents])
                         both_states = self.stack_states([source_states, states])
                         noise_pred = self._guided_prediction(scheduler, both, t, both_states, guidance_scale)
                         source, latents = scheduler.step(noise_pred, int(t), both, eta=0.0).prev_sample.chunk(2)
-                        sharing.active = False
+                        if sharing is not None:
+                            sharing.active = False
+                        if direct_inversion:  # the reconstruction's error, taken out of B′ too
+                            latents, source = latents + (level - source), level
                     else:
                         noise_pred = self._guided_prediction(scheduler, latents, t, states, guidance_scale)
                         latents = scheduler.step(noise_pred, int(t), latents, eta=0.0).prev_sample
                     if mask is not None:  # back on B's path outside the mask, at the level just reached
-                        latents = torch.where(mask, latents, path[len(timesteps) - 1 - i])
+                        latents = torch.where(mask, latents, level)
                     bar.update()
         return self.decode_latents(latents)[0]
 

@@ -238,6 +238,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         inversion: str = "ddim",
         share_attention: float = 0.0,
         edit_mask: float = 0.0,
+        direct_inversion: bool = False,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) from `text_states` (one row), as the SD backbone
         does (from noise, SDEdit from `init_image`, or from its `inversion` under `invert_states`);
@@ -245,7 +246,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         if invert_states is not None:
             return self._from_inverted(
                 inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress, share_attention, edit_mask,
+                generator, progress, share_attention, edit_mask, direct_inversion,
             )  # fmt: skip
         width, height = size
         common = dict(

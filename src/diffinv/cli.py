@@ -81,6 +81,13 @@ SAMPLING_FLAGS = [
         "with --mode inversion: redraw only where the DIFF tokens change the UNet's prediction by at least this "
         "fraction of the most (DiffEdit-style mask), keep B's inversion elsewhere; 0 = off",
     ),
+    (
+        "--direct-inversion",
+        "direct_inversion",
+        bool,
+        "with --mode inversion: denoise B's reconstruction beside B′ and take its drift from B's inversion path "
+        "out of B′ at every step (Direct Inversion)",
+    ),
 ]
 FIT_ONLY = ["steps", "hard_tokens", "use_token_consistency", "use_clip_loss"]
 CHOICES = {

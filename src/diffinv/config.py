@@ -55,6 +55,11 @@ class InversionConfig:
             with the old all-zero start). With hard tokens, init="zeros" starts D̃ at n random usable
             vocabulary rows drawn with the seed, since a zero vector has no nearest token (see
             `inversion.init_diff_tokens`).
+        lambda_clip_b: weight of the CLIP loss taken in prompt_B's context (beyond the paper):
+            CLIP-text({prompt_B, +D̃}) − CLIP-text(prompt_B) along D_inter, beside the other
+            CLIP loss (`inversion.clip_loss_on_b`). The tokens are then fitted for one B (`analogy`
+            or the bench; `fit` needs prompt_b). 0: off. Not in the paper; an option of this
+            project (docs/results.md §7).
         use_token_consistency: ablation switch for L_tc (Fig. 5).
         use_clip_loss: ablation switch for L_clip.
         tc_reduction: L_tc per latent element ("mean", as diffusers' training scripts average) or
@@ -125,6 +130,12 @@ class InversionConfig:
             latent channels) B′ is drawn, and everywhere else each denoising step is put back on
             B's inversion path, so B′ equals B's reconstruction there. 0: off. Doubles the
             inversion's batch. Not stated in the paper; an option of this project (docs/results.md).
+        direct_inversion: with sampling_mode "inversion", Direct Inversion (Ju et al., ICLR 2024):
+            B's reconstruction under {prompt_B, 0} is denoised beside B′ with the same guidance,
+            and after every step its gap to B's inversion path is added to B′ (and the
+            reconstruction put back on the path), so the drift that guidance and the inversion's
+            approximation cause is taken out of B′; with D̃ = 0, B′ is B. Doubles the denoising
+            batch. Not stated in the paper; an option of this project (docs/results.md §7).
     """
 
     n_tokens: int = 5
@@ -137,6 +148,7 @@ class InversionConfig:
     weight_decay: float = 1e-2
     clip_loss_space: str = "text-tower"
     hard_tokens: bool = False
+    lambda_clip_b: float = 0.0
     use_token_consistency: bool = True
     use_clip_loss: bool = True
     tc_reduction: str = "mean"
@@ -159,6 +171,7 @@ class InversionConfig:
     candidates: int = 1
     share_attention: float = 0.0
     edit_mask: float = 0.0
+    direct_inversion: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -176,6 +189,13 @@ class InversionConfig:
         )
         need(0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha!r}")
         need(self.lambda_tc >= 0 and self.lambda_clip >= 0, "lambda_tc and lambda_clip must be ≥ 0")
+        need(
+            isinstance(self.lambda_clip_b, (int, float))
+            and not isinstance(self.lambda_clip_b, bool)
+            and math.isfinite(self.lambda_clip_b)
+            and self.lambda_clip_b >= 0,
+            f"lambda_clip_b must be a finite number ≥ 0, got {self.lambda_clip_b!r}",
+        )
         need(self.init in INITS, f"init must be one of {INITS}, got {self.init!r}")
         # Zero steps would leave D̃ at its start (zeros): B′ would be B redrawn, silently unedited.
         need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer ≥ 1, got {self.steps!r}")
@@ -262,6 +282,16 @@ class InversionConfig:
             self.edit_mask == 0 or self.sampling_mode == "inversion",
             f"edit_mask = {self.edit_mask} needs sampling_mode 'inversion' (outside the mask B′ follows B's DDIM "
             f"inversion path), not {self.sampling_mode!r}",
+        )
+
+        need(
+            isinstance(self.direct_inversion, bool),
+            f"direct_inversion must be true or false, got {self.direct_inversion!r}",
+        )
+        need(
+            not self.direct_inversion or self.sampling_mode == "inversion",
+            f"direct_inversion needs sampling_mode 'inversion' (it corrects B′ by B's DDIM inversion path), "
+            f"not {self.sampling_mode!r}",
         )
 
     def replace(self, **changes: Any) -> InversionConfig:

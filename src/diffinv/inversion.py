@@ -8,6 +8,7 @@
     ⑥ token_consistency_loss ε_θ(z_A,t, {prompt_A′, −D̃}) and ε_θ(z_A′,t, {prompt_A, +D̃}), one UNet call
     ⑦ clip_loss              1 − cos(D̃ in CLIP space, D_inter)
        fit_diff_tokens       the loop: L = λ_tc L_tc + λ_clip L_clip, AdamW on D̃ only
+       (beyond the paper: + λ_clip_b clip_loss_on_b, the CLIP loss in prompt_B's context)
 
 Everything else (UNet, VAE, text encoders, CLIP) is frozen; D̃ is the only leaf with a gradient.
 """
@@ -44,6 +45,7 @@ class PreparedPair:
     latents: torch.Tensor  # (2, C, h, w): z_A, z_A′ (scaled VAE latents)
     text_delta_norm: float | None = None  # ‖D_T‖; None where the text delta was not computed (α = 0)
     effective_alpha: float | None = None  # the α D_inter was made with: 0 where D_T was degenerate
+    prompt_b: str | None = None  # prompt_B, when the tokens are fitted for one B (`lambda_clip_b` > 0)
 
 
 # ① ---------------------------------------------------------------------------------------
@@ -248,6 +250,21 @@ class PromptContext:
 
 def prompt_context(clip: ClipSpace, pairs: list[PreparedPair], n_tokens: int) -> PromptContext:
     prompts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
+    return _context(clip, prompts, n_tokens)
+
+
+def prompt_b_context(clip: ClipSpace, pairs: list[PreparedPair], n_tokens: int) -> PromptContext:
+    """`PromptContext` of prompt_B of each pair (K rows), for `clip_loss_on_b`."""
+    missing = [i for i, p in enumerate(pairs) if not p.prompt_b]
+    if missing:
+        raise DiffinvError(
+            f"lambda_clip_b > 0 fits the DIFF tokens for one B, but pair(s) {missing} have no prompt_B; "
+            "fit them through `analogy` (or pass prompt_b)"
+        )
+    return _context(clip, [p.prompt_b for p in pairs], n_tokens)
+
+
+def _context(clip: ClipSpace, prompts: list[str], n_tokens: int) -> PromptContext:
     length = clip.text_model.config.max_position_embeddings
     ids, slot_mask = slot_token_ids(clip.tokenizer, prompts, n_tokens, length)
     return PromptContext(ids.to(clip.device), slot_mask.to(clip.device), clip.text_features(prompts))
@@ -276,6 +293,22 @@ def clip_loss(
     return 1 - F.cosine_similarity(features.float(), target_delta.float(), dim=-1)
 
 
+def clip_loss_on_b(
+    clip: ClipSpace, diff: torch.Tensor, target_delta: torch.Tensor, context: PromptContext
+) -> torch.Tensor:
+    """The in-context CLIP loss in prompt_B's context (beyond the paper), (K,): 1 − cos of
+    CLIP-text({prompt_B, +D̃_k}) − CLIP-text(prompt_B) with D_inter of pair k. diff (K, n, d),
+    target_delta (K, D), context from `prompt_b_context`.
+
+    The other CLIP losses judge D̃ where it was learned, beside prompt_A and prompt_A′; this one
+    where it is used. What D̃ does to a prompt depends on the prompt (the text encoder is
+    contextual), and B′ is drawn from {prompt_B, D̃}, so the direction is asked of that change:
+    the tokens then depend on B, and must be fitted again for another B.
+    """
+    moved = clip.prompt_slot_features(context.ids, context.slot_mask, diff) - context.plain
+    return 1 - F.cosine_similarity(moved.float(), target_delta.float(), dim=-1)
+
+
 def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config: InversionConfig) -> None:
     """Refuse combinations whose spaces do not match, before any work is done.
 
@@ -288,7 +321,7 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
     by about √2, and one mismatched row in the sample by ≥ 0.2.
     """
     clip_table, model_table = clip.vocabulary, backbone.clip_vocabulary
-    if config.use_clip_loss and config.clip_loss_space in ("text-tower", "in-context"):
+    if (config.use_clip_loss and config.clip_loss_space in ("text-tower", "in-context")) or config.lambda_clip_b > 0:
         use_matching_clip = "use the CLIP that matches the model (--clip-model)"
         if clip_table.shape[1] != model_table.shape[1]:
             raise DiffinvError(
@@ -334,7 +367,8 @@ def fit_diff_tokens(
     on its own D̃_k only and AdamW works element-wise, so each D̃_k follows the same dynamics as a
     fit on its own (with other noise draws). Latents of all pairs must have one size.
     Returns D̃ (K, n, d) float32 — (n, d) if one pair was passed — and each pair's per-step
-    history of the three losses. With `config.hard_tokens` the forward passes used the
+    history of the three losses (`loss` is the total, with `lambda_clip_b`'s term when it is on).
+    With `config.hard_tokens` the forward passes used the
     projection (and D̃ started at vocabulary rows, see `init_diff_tokens`); `harden` finishes it.
     """
     single = isinstance(pairs, PreparedPair)
@@ -353,6 +387,7 @@ def fit_diff_tokens(
     table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
     in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
     context = prompt_context(clip, pairs, config.n_tokens) if in_context else None
+    context_b = prompt_b_context(clip, pairs, config.n_tokens) if config.lambda_clip_b > 0 else None
     zero = torch.zeros(len(pairs), device=backbone.device)
     history, report_every = [], max(1, config.steps // 25)  # the bar's losses sync the host: ~25 times a run
 
@@ -369,6 +404,9 @@ def fit_diff_tokens(
             # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbone_xl).
             loss_clip = clip_loss(clip, used[..., backbone.clip_dims], target_delta, config.clip_loss_space, context)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
+        if context_b is not None:
+            loss_b = clip_loss_on_b(clip, used[..., backbone.clip_dims], target_delta, context_b)
+            loss = loss + config.lambda_clip_b * loss_b
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss.sum()).backward()

@@ -212,8 +212,15 @@ class DifferenceInversion:
         prompts: tuple[str, str] | None = None,
         seed: int = 0,
         progress: bool = True,
+        prompt_b: str | None = None,
     ) -> PreparedPair:
-        """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch."""
+        """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch.
+        prompt_b: prompt_B, which `lambda_clip_b` > 0 needs (the tokens are then fitted for that B)."""
+        if config.lambda_clip_b > 0 and not prompt_b:
+            raise DiffinvError(
+                f"lambda_clip_b = {config.lambda_clip_b} fits the DIFF tokens for one B and needs its prompt: "
+                "use analogy (or pass prompt_b)"
+            )
         a = self._working_image(a, config)
         a_prime = fit_to(as_rgb(a_prime), a.size)
         needs_captions = (config.use_clip_loss and config.alpha > 0) or (
@@ -234,6 +241,7 @@ class DifferenceInversion:
                 self.clip, a, a_prime, *captions, config.alpha if config.use_clip_loss else 0.0
             )._asdict(),
             latents=latent_pair(self.backbone, a, a_prime),
+            prompt_b=prompt_b,
         )
 
     def fit(
@@ -245,14 +253,16 @@ class DifferenceInversion:
         prompts: tuple[str, str] | None = None,
         seed: int = 0,
         progress: bool = True,
+        prompt_b: str | None = None,
     ) -> DiffTokens:
         """Learn DIFF tokens holding the difference A → A′.
 
         captions: (cap_A, cap_A′) instead of the captioner's. prompts: (prompt_A, prompt_A′)
         instead of PEZ / the captions. seed: fixes PEZ, the timesteps and the noise.
+        prompt_b: prompt_B (`describe_b`), needed only with `lambda_clip_b` > 0.
         """
         config = config or self.default_config
-        pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress)
+        pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress, prompt_b)
         return self._fit_prepared([pair], config, [seed], progress)[0]
 
     def fit_many(
@@ -262,6 +272,7 @@ class DifferenceInversion:
         captions: list[tuple[str, str] | None] | None = None,
         seeds: list[int] | None = None,
         progress: bool = True,
+        prompts_b: list[str] | None = None,
     ) -> list[DiffTokens]:
         """DIFF tokens for several independent (A, A′) pairs, fitted in one batched optimisation
         (one UNet call per step for all of them; see `fit_diff_tokens`). Each pair's tokens follow
@@ -269,18 +280,21 @@ class DifferenceInversion:
         another working size (aspect ratio) are fitted in a batch of their own.
 
         captions: per pair, or None for the captioner. seeds: per pair for its preparation (PEZ);
-        each batch's noise is seeded by its first pair's seed.
+        each batch's noise is seeded by its first pair's seed. prompts_b: prompt_B per pair,
+        needed only with `lambda_clip_b` > 0.
         """
         config = config or self.default_config
         seeds = list(range(len(pairs))) if seeds is None else seeds
         captions = captions or [None] * len(pairs)
-        if not (len(pairs) == len(seeds) == len(captions)) or not pairs:
+        prompts_b = prompts_b or [None] * len(pairs)
+        if not (len(pairs) == len(seeds) == len(captions) == len(prompts_b)) or not pairs:
             raise DiffinvError(
-                "fit_many needs one seed and one caption pair (or None) per pair, and at least one pair"
+                "fit_many needs one seed, one caption pair (or None) and one prompt_B (or None) per pair, "
+                "and at least one pair"
             )
         prepared = [
-            self.prepare(a, a_prime, config, caption, None, seed, progress)
-            for (a, a_prime), caption, seed in zip(pairs, captions, seeds)
+            self.prepare(a, a_prime, config, caption, None, seed, progress, prompt_b)
+            for (a, a_prime), caption, seed, prompt_b in zip(pairs, captions, seeds, prompts_b)
         ]
         return self._fit_prepared(prepared, config, seeds, progress)
 
@@ -333,6 +347,10 @@ class DifferenceInversion:
         if config.prompt_source == "caption":
             return self._caption([image])[0]
         return pez_prompt(self.clip, image, config, torch.Generator().manual_seed(seed), progress)
+
+    def describe_b(self, b: ImageInput, config: InversionConfig, seed: int = 0, progress: bool = True) -> str:
+        """prompt_B exactly as `apply` makes it when given no prompt: `describe` of B at its working size."""
+        return self.describe(self._working_image(b, config), config, seed, progress)
 
     def apply(
         self,
@@ -389,9 +407,15 @@ class DifferenceInversion:
 
         With no D̃, `edit_strength`, `negative_diff` and `diff_guidance` do nothing here (the
         unconditional branch stays the empty prompt); the inversion modes invert B under the prompt
-        itself. reference: (A, A′) for `candidates` > 1, as in `apply`.
+        itself, so the edit mask and direct inversion, which compare B′ with that inversion, would
+        give B back unchanged: they are refused. reference: (A, A′) for `candidates` > 1, as in `apply`.
         """
         config = config or self.default_config
+        if config.edit_mask or config.direct_inversion:
+            raise DiffinvError(
+                "drawing from a plain prompt inverts B under that prompt, so the edit mask and direct inversion "
+                "would give B back unchanged; turn them off (they are for DIFF tokens)"
+            )
         _check_reference(config, reference)
         b = self._working_image(b, config)
         with torch.no_grad():
@@ -430,6 +454,7 @@ class DifferenceInversion:
                 inversion=INVERSION_MODES.get(config.sampling_mode, "ddim"),
                 share_attention=config.share_attention,
                 edit_mask=config.edit_mask,
+                direct_inversion=config.direct_inversion,
             )
 
         if config.candidates == 1:
@@ -471,6 +496,7 @@ class DifferenceInversion:
         inversion of the three working images, each from the start `fit` and `apply` would draw
         (A, A′: first and second draw of a generator seeded with `seed`; B: the first draw of
         another), so the result is theirs, for about the time of one inversion instead of three.
+        With `lambda_clip_b` > 0 the tokens are fitted for B's prompt, the one B′ is drawn with.
         """
         config = config or self.default_config
         prompts = None
@@ -482,6 +508,10 @@ class DifferenceInversion:
                 self.clip, images, config, [pair_generator, pair_generator, b_generator], progress
             )
             prompts = (prompt_a, prompt_a_prime)
-        tokens = self.fit(a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress)
+        elif prompt_b is None and config.lambda_clip_b > 0:  # the fit needs prompt_B; apply then reuses it
+            prompt_b = self.describe_b(b, config, seed, progress)
+        tokens = self.fit(
+            a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress, prompt_b=prompt_b
+        )
         b_prime = self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress, reference=(a, a_prime))
         return b_prime, tokens

@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "negative-diff": {"negative_diff": True},
     "diff-guidance": {"diff_guidance": True},
     "edit-mask": {"sampling_mode": "inversion", "edit_mask": 0.3},  # the threshold measured best, results.md §7
+    "direct-inversion": {"sampling_mode": "inversion", "direct_inversion": True},
     "inversion": {"sampling_mode": "inversion"},
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},

@@ -158,11 +158,12 @@ class BenchRunner:
         fit_seconds, tokens = 0.0, [None] * len(chunk)
         if method.fits_tokens:
             start = time.perf_counter()
+            seeds = [self.seed + index for index, _ in chunk]
+            prompts_b = None  # the B-context CLIP loss fits each triplet's tokens for its B, as `analogy` does
+            if config.lambda_clip_b > 0:
+                prompts_b = [self.di.describe_b(b, config, seed, False) for (_, _, b), seed in zip(images, seeds)]
             tokens = self.di.fit_many(
-                [(a, a_prime) for a, a_prime, _ in images],
-                config,
-                seeds=[self.seed + index for index, _ in chunk],
-                progress=False,
+                [(a, a_prime) for a, a_prime, _ in images], config, seeds=seeds, progress=False, prompts_b=prompts_b
             )
             fit_seconds = (time.perf_counter() - start) / len(chunk)
         for (index, triplet), (a, a_prime, b), token in zip(chunk, images, tokens):
