@@ -76,6 +76,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shard", default="0/1", help="K/M: this shell takes every M-th triplet from K")
+    parser.add_argument(
+        "--draw",
+        action="append",
+        metavar="G,IG,S",
+        help="draw B′ at text guidance G, image guidance IG and edit strength S (D̃ scaled by S); repeat for "
+        "several draws from one fit, recorded with a 'draw' key (default: the world's budget, S = 1)",
+    )
     args = parser.parse_args()
     rank, world = (int(x) for x in args.shard.split("/"))
     torch.set_num_threads(1)
@@ -88,6 +95,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     classifier = AttributeClassifier.load(card.path("classifier"))
     baseline = card.bench["baselines"]["instructpix2pix"]
+    draws = [tuple(float(x) for x in d.split(",")) for d in args.draw or []]
+    draws = draws or [(baseline["guidance_scale"], baseline["image_guidance_scale"], 1.0)]
 
     done = set()
     if args.out.exists():
@@ -98,22 +107,28 @@ def main() -> None:
         start = time.perf_counter()
         a, a_prime, b = triplet.a(), triplet.a_prime(), triplet.b()
         diff = fit_on_editor(di, editor, pipe, a, a_prime, seed=index, steps=args.steps)
-        with torch.no_grad():
-            ids, slot_mask = editor.slot_ids([""], diff.shape[1])
-            states = editor.encode_prompt(ids, slot_mask, diff)
-            b_prime = pipe(
-                image=b,
-                prompt_embeds=states,
-                num_inference_steps=baseline["steps"],
-                guidance_scale=baseline["guidance_scale"],
-                image_guidance_scale=baseline["image_guidance_scale"],
-                generator=torch.Generator().manual_seed(index),
-            ).images[0]
-        row = {"id": triplet.id, "index": index, "family": triplet.family, "seconds": time.perf_counter() - start}
-        row.update(score(classifier.predict([b_prime])[0], triplet.truth, classifier.layout_threshold))
+        rows = []
+        for draw in draws:
+            guidance, image_guidance, strength = draw
+            with torch.no_grad():
+                ids, slot_mask = editor.slot_ids([""], diff.shape[1])
+                states = editor.encode_prompt(ids, slot_mask, strength * diff)
+                b_prime = pipe(
+                    image=b,
+                    prompt_embeds=states,
+                    num_inference_steps=baseline["steps"],
+                    guidance_scale=guidance,
+                    image_guidance_scale=image_guidance,
+                    generator=torch.Generator().manual_seed(index),
+                ).images[0]
+            row = {"id": triplet.id, "index": index, "family": triplet.family, "draw": ",".join(map(str, draw))}
+            row.update(score(classifier.predict([b_prime])[0], triplet.truth, classifier.layout_threshold))
+            rows.append(row)
+        for row in rows:
+            row["seconds"] = time.perf_counter() - start  # the fit and every draw
         with args.out.open("a") as out:
-            out.write(json.dumps(row) + "\n")
-        print(row, flush=True)
+            out.write("".join(json.dumps(row) + "\n" for row in rows))
+        print(rows, flush=True)
 
 
 if __name__ == "__main__":
