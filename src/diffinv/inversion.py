@@ -368,8 +368,8 @@ def fit_diff_tokens(
     fit on its own (with other noise draws). Latents of all pairs must have one size.
     Returns D̃ (K, n, d) float32 — (n, d) if one pair was passed — and each pair's per-step
     history of the three losses (`loss` is the total, with `lambda_clip_b`'s term when it is on).
-    With `config.hard_tokens` the forward passes used the
-    projection (and D̃ started at vocabulary rows, see `init_diff_tokens`); `harden` finishes it.
+    With `config.hard_tokens` the forward passes used the projection (and D̃ started at
+    vocabulary rows, see `init_diff_tokens`); `harden` finishes it.
     """
     single = isinstance(pairs, PreparedPair)
     pairs = [pairs] if single else pairs
