@@ -40,8 +40,10 @@ from diffinv.shapes.classifier import AttributeClassifier
 from diffinv.shapes.evaluate import score
 
 
-def fit_on_editor(di, editor, pipe, a, a_prime, seed: int, steps: int) -> torch.Tensor:
-    """D̃ (1, n, d) from (A, A′) with L_tc on the editor (both branches) and the in-context CLIP loss."""
+def fit_on_editor(di, editor, pipe, a, a_prime, seed: int, steps: int, with_prompts: bool = False) -> torch.Tensor:
+    """D̃ (1, n, d) from (A, A′) with L_tc on the editor (both branches) and the in-context CLIP loss.
+    with_prompts: the branches' text is {prompt_A, +D̃} and {prompt_A′, −D̃}, as in the paper's L_tc,
+    instead of the DIFF tokens alone."""
     config = di.default_config
     pair = di.prepare(a, a_prime, config, seed=seed, progress=False)
     with torch.no_grad():
@@ -49,7 +51,9 @@ def fit_on_editor(di, editor, pipe, a, a_prime, seed: int, steps: int) -> torch.
         shown = torch.cat(
             [pipe.vae.encode(pipe.image_processor.preprocess(x)).latent_dist.mode() for x in (a, a_prime)]
         )
-    ids, slot_mask = editor.slot_ids(["", ""], config.n_tokens)
+    ids, slot_mask = editor.slot_ids(
+        [pair.prompt_a, pair.prompt_a_prime] if with_prompts else ["", ""], config.n_tokens
+    )
     context = prompt_context(di.clip, [pair], config.n_tokens)
     generator = torch.Generator().manual_seed(seed)
     diff = torch.zeros(1, config.n_tokens, editor.token_width, requires_grad=True)
@@ -76,6 +80,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shard", default="0/1", help="K/M: this shell takes every M-th triplet from K")
+    parser.add_argument(
+        "--with-prompts",
+        action="store_true",
+        help="prompt_A / prompt_A′ beside the DIFF tokens in the fit, prompt_B beside them in the draw",
+    )
     parser.add_argument(
         "--draw",
         action="append",
@@ -106,12 +115,15 @@ def main() -> None:
             continue
         start = time.perf_counter()
         a, a_prime, b = triplet.a(), triplet.a_prime(), triplet.b()
-        diff = fit_on_editor(di, editor, pipe, a, a_prime, seed=index, steps=args.steps)
+        diff = fit_on_editor(
+            di, editor, pipe, a, a_prime, seed=index, steps=args.steps, with_prompts=args.with_prompts
+        )
+        prompt_b = di.describe_b(b, di.default_config, index, False) if args.with_prompts else ""
         rows = []
         for draw in draws:
             guidance, image_guidance, strength = draw
             with torch.no_grad():
-                ids, slot_mask = editor.slot_ids([""], diff.shape[1])
+                ids, slot_mask = editor.slot_ids([prompt_b], diff.shape[1])
                 states = editor.encode_prompt(ids, slot_mask, strength * diff)
                 b_prime = pipe(
                     image=b,
