@@ -40,11 +40,13 @@ from diffinv.shapes.classifier import AttributeClassifier
 from diffinv.shapes.evaluate import score
 
 
-def fit_on_editor(di, editor, pipe, a, a_prime, seed: int, steps: int, with_prompts: bool = False) -> torch.Tensor:
+def fit_on_editor(
+    di, editor, pipe, a, a_prime, seed: int, steps: int, with_prompts: bool = False, **changes
+) -> torch.Tensor:
     """D̃ (1, n, d) from (A, A′) with L_tc on the editor (both branches) and the in-context CLIP loss.
     with_prompts: the branches' text is {prompt_A, +D̃} and {prompt_A′, −D̃}, as in the paper's L_tc,
-    instead of the DIFF tokens alone."""
-    config = di.default_config
+    instead of the DIFF tokens alone. changes: to the world's configuration (n_tokens, lambda_clip)."""
+    config = di.default_config.replace(**changes)
     pair = di.prepare(a, a_prime, config, seed=seed, progress=False)
     with torch.no_grad():
         clean = editor.encode_images([a_prime, a])  # rows: "after" (z_A′), "before" (z_A)
@@ -80,6 +82,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shard", default="0/1", help="K/M: this shell takes every M-th triplet from K")
+    parser.add_argument("--n-tokens", type=int, default=5)
+    parser.add_argument("--lambda-clip", type=float, default=6.0)
     parser.add_argument(
         "--with-prompts",
         action="store_true",
@@ -116,8 +120,9 @@ def main() -> None:
         start = time.perf_counter()
         a, a_prime, b = triplet.a(), triplet.a_prime(), triplet.b()
         diff = fit_on_editor(
-            di, editor, pipe, a, a_prime, seed=index, steps=args.steps, with_prompts=args.with_prompts
-        )
+            di, editor, pipe, a, a_prime, seed=index, steps=args.steps, with_prompts=args.with_prompts,
+            n_tokens=args.n_tokens, lambda_clip=args.lambda_clip,
+        )  # fmt: skip
         prompt_b = di.describe_b(b, di.default_config, index, False) if args.with_prompts else ""
         rows = []
         for draw in draws:
