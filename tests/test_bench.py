@@ -395,7 +395,7 @@ class FakeDI:
             self.barrier.wait(timeout=20)  # both runners are fitting at once: both have work
         return [SimpleNamespace(history={}, hard_text=None) for _ in pairs]
 
-    def apply(self, tokens, b, seed=0, config=None, progress=False):
+    def apply(self, tokens, b, seed=0, prompt=None, config=None, progress=False):
         return b
 
 

@@ -183,19 +183,23 @@ class InversionConfig:
             if not ok:
                 raise DiffinvError(f"invalid configuration: {message}")
 
+        def number(value) -> bool:  # an int or a float, not a bool (True would pass as 1)
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        def finite_non_negative(name: str) -> None:
+            value = getattr(self, name)
+            need(
+                number(value) and math.isfinite(value) and value >= 0,
+                f"{name} must be a finite number ≥ 0, got {value!r}",
+            )
+
         need(
             isinstance(self.n_tokens, int) and self.n_tokens >= 1,
             f"n_tokens must be an integer ≥ 1, got {self.n_tokens!r}",
         )
         need(0.0 <= self.alpha <= 1.0, f"alpha must lie in [0, 1], got {self.alpha!r}")
         need(self.lambda_tc >= 0 and self.lambda_clip >= 0, "lambda_tc and lambda_clip must be ≥ 0")
-        need(
-            isinstance(self.lambda_clip_b, (int, float))
-            and not isinstance(self.lambda_clip_b, bool)
-            and math.isfinite(self.lambda_clip_b)
-            and self.lambda_clip_b >= 0,
-            f"lambda_clip_b must be a finite number ≥ 0, got {self.lambda_clip_b!r}",
-        )
+        finite_non_negative("lambda_clip_b")
         need(self.init in INITS, f"init must be one of {INITS}, got {self.init!r}")
         # Zero steps would leave D̃ at its start (zeros): B′ would be B redrawn, silently unedited.
         need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer ≥ 1, got {self.steps!r}")
@@ -238,13 +242,7 @@ class InversionConfig:
             f"{self.sampling_mode} runs int(sampling_steps × strength) = int({self.sampling_steps} × {self.strength}) "
             "= 0 denoising steps; raise sampling_steps or strength",
         )
-        need(
-            isinstance(self.edit_strength, (int, float))
-            and not isinstance(self.edit_strength, bool)
-            and math.isfinite(self.edit_strength)
-            and self.edit_strength >= 0,
-            f"edit_strength must be a finite number ≥ 0, got {self.edit_strength!r}",
-        )
+        finite_non_negative("edit_strength")
         need(isinstance(self.negative_diff, bool), f"negative_diff must be true or false, got {self.negative_diff!r}")
         need(isinstance(self.diff_guidance, bool), f"diff_guidance must be true or false, got {self.diff_guidance!r}")
         need(
@@ -262,9 +260,7 @@ class InversionConfig:
             "candidate would be the same image; use candidates = 1 or another mode",
         )
         need(
-            isinstance(self.share_attention, (int, float))
-            and not isinstance(self.share_attention, bool)
-            and 0 <= self.share_attention <= 1,
+            number(self.share_attention) and 0 <= self.share_attention <= 1,
             f"share_attention must lie in [0, 1], got {self.share_attention!r}",
         )
         need(
@@ -273,9 +269,7 @@ class InversionConfig:
             f"its DDIM inversion is what B′ shares attention with), not {self.sampling_mode!r}",
         )
         need(
-            isinstance(self.edit_mask, (int, float))
-            and not isinstance(self.edit_mask, bool)
-            and 0 <= self.edit_mask < 1,
+            number(self.edit_mask) and 0 <= self.edit_mask < 1,
             f"edit_mask must lie in [0, 1), got {self.edit_mask!r}",
         )
         need(
@@ -283,7 +277,6 @@ class InversionConfig:
             f"edit_mask = {self.edit_mask} needs sampling_mode 'inversion' (outside the mask B′ follows B's DDIM "
             f"inversion path), not {self.sampling_mode!r}",
         )
-
         need(
             isinstance(self.direct_inversion, bool),
             f"direct_inversion must be true or false, got {self.direct_inversion!r}",

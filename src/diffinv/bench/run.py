@@ -155,18 +155,18 @@ class BenchRunner:
         """Yields one result row per triplet of `chunk` as soon as its B′ is drawn."""
         config = self.base_config if method.is_baseline else method.config(self.base_config)
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
-        fit_seconds, tokens = 0.0, [None] * len(chunk)
+        fit_seconds, tokens, prompts_b = 0.0, [None] * len(chunk), None
         if method.fits_tokens:
             start = time.perf_counter()
             seeds = [self.seed + index for index, _ in chunk]
-            prompts_b = None  # the B-context CLIP loss fits each triplet's tokens for its B, as `analogy` does
-            if config.lambda_clip_b > 0:
+            if config.lambda_clip_b > 0:  # each triplet's tokens fitted for its B, as `analogy` does
                 prompts_b = [self.di.describe_b(b, config, seed, False) for (_, _, b), seed in zip(images, seeds)]
             tokens = self.di.fit_many(
                 [(a, a_prime) for a, a_prime, _ in images], config, seeds=seeds, progress=False, prompts_b=prompts_b
             )
             fit_seconds = (time.perf_counter() - start) / len(chunk)
-        for (index, triplet), (a, a_prime, b), token in zip(chunk, images, tokens):
+        prompts_b = prompts_b or [None] * len(chunk)  # None: `apply` describes B itself
+        for (index, triplet), (a, a_prime, b), token, prompt_b in zip(chunk, images, tokens, prompts_b):
             start = time.perf_counter()
             # A and A′ score the candidates B′ when config.candidates > 1
             reference = {"reference": (a, a_prime)} if config.candidates > 1 else {}
@@ -181,7 +181,9 @@ class BenchRunner:
                     triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False, **reference
                 )
             else:
-                b_prime = self.di.apply(token, b, seed=self.seed + index, config=config, progress=False, **reference)
+                b_prime = self.di.apply(
+                    token, b, seed=self.seed + index, prompt=prompt_b, config=config, progress=False, **reference
+                )
             seconds = fit_seconds + time.perf_counter() - start
             yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
 
