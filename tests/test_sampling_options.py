@@ -185,7 +185,7 @@ def test_edit_strength_scales_what_reaches_the_slots(di, backbone, tokens, image
 
 
 # --- negative DIFF ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", SAMPLING_MODES)
+@pytest.mark.parametrize("mode", [mode for mode in SAMPLING_MODES if mode != "editor"])  # editor: its own tests
 def test_negative_diff_is_the_unconditional_branch_the_unet_sees(di, backbone, tokens, images, mode):
     config = fast_config(sampling_mode=mode, negative_diff=True, edit_strength=0.5, guidance_scale=7.5)
     with unet_calls(backbone) as calls:

@@ -48,6 +48,8 @@ class StableDiffusionBackbone:
 
     family = "sd"  # recorded in token files; tokens of one family cannot condition another
     encoder_widths: tuple[int, ...] | None = None  # one text encoder: its width is `token_width`
+    takes_instructions = False  # True for an editor: the DIFF tokens are its whole instruction (backbone_editor)
+    sampling_modes = ("img2img", "noise", "inversion", "edit-friendly")  # the `sampling_mode`s it can draw in
 
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str):
         self.pipe = pipe
@@ -207,6 +209,11 @@ class StableDiffusionBackbone:
         if self.prediction_type == "sample":
             return latents
         raise DiffinvError(f"unsupported prediction type {self.prediction_type!r}")
+
+    def pair_conditioning(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """What L_tc's UNet calls take besides the text, for latents (2K, C, h, w) = (z_A, z_A′) of
+        K pairs: nothing for a text-to-image model (an editor's: the images edited from)."""
+        return None
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
         """UNet output (B, C, h, w) for noisy latents, integer timesteps (B,) and text states (B, L, d)."""

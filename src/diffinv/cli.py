@@ -19,6 +19,7 @@ from . import checks
 from .checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
 from .config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig, preset
 from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
+from .model_card import EDITOR_PIPELINE
 
 DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
 PAPER = InversionConfig()
@@ -43,10 +44,17 @@ SAMPLING_FLAGS = [
         "--mode",
         "sampling_mode",
         str,
-        "draw B′ by img2img from B, from noise, or from B's DDIM or edit-friendly DDPM inversion",
+        "draw B′ by img2img from B, from noise, or from B's DDIM or edit-friendly DDPM inversion; an "
+        "instruction editor (InstructPix2Pix, --model shapes-editor) draws in its own mode, editor",
     ),
     ("--strength", "strength", float, "img2img (and inversion) strength in (0, 1]"),
-    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale"),
+    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance scale (an editor's text guidance)"),
+    (
+        "--image-guidance-scale",
+        "image_guidance_scale",
+        float,
+        "an instruction editor's image guidance (--mode editor)",
+    ),
     ("--sampling-steps", "sampling_steps", int, "denoising steps when drawing B′"),
     ("--edit-strength", "edit_strength", float, "scale s of the DIFF tokens, {prompt_B, s·D̃}; 0 = no edit"),
     (
@@ -529,6 +537,13 @@ def _planned_config(args: argparse.Namespace, card, fields: list[str]) -> Invers
         config = preset(args.preset, config)
     config = config.replace(**_given(args, fields))
     checks.check_resolution(config.resolution, card.native_resolution())
+    pipeline_class = card.pipeline_class()  # None for a hub model not in the cache: the pipeline checks it
+    if pipeline_class is not None and (config.sampling_mode == "editor") != (pipeline_class == EDITOR_PIPELINE):
+        kind = "an instruction editor" if pipeline_class == EDITOR_PIPELINE else "a text-to-image model"
+        raise DiffinvError(
+            f"sampling mode {config.sampling_mode!r} does not apply to {card.name!r}, {kind}; "
+            + ("choose 'editor'" if pipeline_class == EDITOR_PIPELINE else "choose another --mode")
+        )
     return config
 
 

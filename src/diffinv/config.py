@@ -19,7 +19,7 @@ INITS = ("zeros", "random")
 TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
-SAMPLING_MODES = ("img2img", "noise", "inversion", "edit-friendly")
+SAMPLING_MODES = ("img2img", "noise", "inversion", "edit-friendly", "editor")
 # the sampling modes that draw from an inversion of B, and the backbone's inversion each uses
 INVERSION_MODES = {"inversion": "ddim", "edit-friendly": "edit-friendly"}
 
@@ -97,7 +97,14 @@ class InversionConfig:
         strength: img2img strength; 1.0 is equivalent to starting from noise. In the inversion
             modes, B is inverted through the last int(sampling_steps × strength) steps of the
             schedule, as img2img denoises them.
-        guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5.
+            "editor": the mode of an instruction-editing model (InstructPix2Pix; see
+            `backbone_editor`), and its only one: B is the editor's image condition and B′ is
+            drawn from noise with the instruction {"", s·D̃} (Euler-ancestral, `strength` unused).
+            Not in the paper; an option of this project (docs/results.md §7).
+        guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5. In "editor"
+            mode, InstructPix2Pix's text guidance s_T.
+        image_guidance_scale: InstructPix2Pix's image guidance s_I ("editor" mode only); the
+            official editor's 1.2.
         sampling_steps: denoising steps of the scheduler; 50.
         edit_strength: s in {prompt_B, s·D̃}: the DIFF token embeddings are scaled by s before
             encoding (0: no edit; > 1 pushes the difference harder). Not stated in the paper;
@@ -164,6 +171,7 @@ class InversionConfig:
     sampling_mode: str = "img2img"
     strength: float = 0.8
     guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.2
     sampling_steps: int = 50
     edit_strength: float = 1.0
     negative_diff: bool = False
@@ -233,12 +241,13 @@ class InversionConfig:
         )
         need(0.0 < self.strength <= 1.0, f"strength must lie in (0, 1], got {self.strength!r}")
         need(self.guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {self.guidance_scale!r}")
+        finite_non_negative("image_guidance_scale")
         need(
             isinstance(self.sampling_steps, int) and self.sampling_steps >= 1, "sampling_steps must be an integer ≥ 1"
         )
         # img2img denoises only the last int(steps × strength) of the schedule; zero fails deep in diffusers.
         need(
-            self.sampling_mode == "noise" or int(self.sampling_steps * self.strength) >= 1,
+            self.sampling_mode in ("noise", "editor") or int(self.sampling_steps * self.strength) >= 1,
             f"{self.sampling_mode} runs int(sampling_steps × strength) = int({self.sampling_steps} × {self.strength}) "
             "= 0 denoising steps; raise sampling_steps or strength",
         )
@@ -319,6 +328,7 @@ BUDGET_FIELDS = (
     "resolution",
     "sampling_steps",
     "guidance_scale",
+    "image_guidance_scale",
 )
 METHOD_FIELDS = tuple(f.name for f in fields(InversionConfig) if f.name not in BUDGET_FIELDS)
 
@@ -343,4 +353,8 @@ def preset(name: str, base: InversionConfig | None = None) -> InversionConfig:
     """
     if name not in PRESETS:
         raise DiffinvError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return (base or InversionConfig()).replace(**PRESETS[name])
+    base = base or InversionConfig()
+    changes = dict(PRESETS[name])
+    if base.sampling_mode == "editor":  # an instruction editor's only mode: the preset's method, drawn by it
+        changes["sampling_mode"] = "editor"
+    return base.replace(**changes)

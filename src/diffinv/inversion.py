@@ -6,6 +6,7 @@
     ④ init_diff_tokens       D̃ ← 0
     ⑤ noised_pair            t, ε ~ U{0…T−1}, N(0, I) independently for A and A′; q(z, t, ε)
     ⑥ token_consistency_loss ε_θ(z_A,t, {prompt_A′, −D̃}) and ε_θ(z_A′,t, {prompt_A, +D̃}), one UNet call
+                             (on an instruction editor: the image A′ or A, and {"", ∓D̃}; backbone_editor)
     ⑦ clip_loss              1 − cos(D̃ in CLIP space, D_inter)
        fit_diff_tokens       the loop: L = λ_tc L_tc + λ_clip L_clip, AdamW on D̃ only
        (beyond the paper: + λ_clip_b clip_loss_on_b, the CLIP loss in prompt_B's context)
@@ -218,6 +219,7 @@ def token_consistency_loss(
     timesteps: torch.Tensor,
     targets: torch.Tensor,
     reduction: str = "mean",
+    image_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_tc (eqs. 7–9) of K pairs (K,), both branches of all pairs in one text-encoder and one
     UNet call.
@@ -228,9 +230,14 @@ def token_consistency_loss(
     Each pair's loss is the sum of its two rows' squared errors, averaged over the latent's
     elements (`reduction="mean"`, as diffusers' training scripts do) or summed over them ("sum",
     the paper's ‖·‖² read literally: C·h·w times larger); it depends on its own D̃_k only.
+    image_latents (2K, C, h, w): for an instruction editor, the image each row is edited from
+    (`backbone.pair_conditioning`: A′ for row 2k, A for row 2k+1); None for a text-to-image model.
     """
     text_states = backbone.encode_prompt(ids, slot_mask, signed_pair(diff))
-    prediction = backbone.predict(noisy, timesteps, text_states)
+    if image_latents is None:
+        prediction = backbone.predict(noisy, timesteps, text_states)
+    else:
+        prediction = backbone.predict(noisy, timesteps, text_states, image_latents)
     squared = (prediction.float() - targets.float()).pow(2)
     row_errors = squared.sum(dim=(1, 2, 3)) if reduction == "sum" else squared.mean(dim=(1, 2, 3))
     return row_errors.view(-1, 2).sum(dim=1)
@@ -378,9 +385,10 @@ def fit_diff_tokens(
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
     target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
-    ids, slot_mask = backbone.slot_ids(
-        [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)], config.n_tokens
-    )
+    # An editor's instruction is the DIFF tokens alone; a text-to-image model's text is the paper's prompts.
+    texts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
+    ids, slot_mask = backbone.slot_ids([""] * len(texts) if backbone.takes_instructions else texts, config.n_tokens)
+    image_latents = backbone.pair_conditioning(latents)  # None for a text-to-image model
     diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
@@ -398,7 +406,7 @@ def fit_diff_tokens(
         if config.use_token_consistency:
             noisy, timesteps, targets = noised_pair(backbone, latents, generator)
             loss_tc = token_consistency_loss(
-                backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction
+                backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction, image_latents
             )
         if config.use_clip_loss:
             # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbone_xl).

@@ -7,6 +7,7 @@ A model directory may carry a small descriptor file, `diffinv.json`, beside `mod
       "name": "shapes",                                   # recorded in token files as model_id
       "config": {"steps": 50, "learning_rate": 0.01},     # InversionConfig fields that differ
       "captioner": {"kind": "clip-retrieval", "captions": "captions.txt"},
+      "clip": "clip",                                     # the CLIPModel directory (default: clip/)
       "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
       "world": {"version": 2, "layout_range": 5.0}        # shapes worlds only: which version
     }
@@ -31,8 +32,13 @@ from .errors import DiffinvError
 
 DESCRIPTOR = "diffinv.json"
 FORMAT = "diffinv.model/1"
-BUNDLED = {"shapes": Path(__file__).parent / "shapes" / "model"}  # names that need no path
+# names that need no path: the shapes world's text-to-image model and its instruction editor
+BUNDLED = {
+    "shapes": Path(__file__).parent / "shapes" / "model",
+    "shapes-editor": Path(__file__).parent / "shapes" / "model" / "editor",
+}
 CAPTIONER_KINDS = ("blip2", "clip-retrieval")
+EDITOR_PIPELINE = "StableDiffusionInstructPix2PixPipeline"  # an instruction editor: `backbone_editor`
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class ModelCard:
     captioner: {"kind": "blip2"} (default) or {"kind": "clip-retrieval", "captions": FILE}.
     bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
     world: for a shapes world, its version and layout range (`shapes.world`); empty: v1.
+    clip: the directory of the CLIP that matches the model's text encoder, relative to the
+        model's (None: `clip/` if there is one, else the published CLIP for its width).
     """
 
     source: str
@@ -55,6 +63,7 @@ class ModelCard:
     captioner: dict[str, Any] = field(default_factory=lambda: {"kind": "blip2"})
     bench: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
+    clip: str | None = None
 
     @property
     def shapes_layout_range(self) -> float:
@@ -68,8 +77,27 @@ class ModelCard:
         return self.directory is not None and (self.directory / DESCRIPTOR).is_file()
 
     def default_config(self) -> InversionConfig:
-        """The paper's defaults with this model's changes applied."""
-        return InversionConfig().replace(**self.config)
+        """The paper's defaults with this model's changes applied. An instruction editor
+        (InstructPix2Pix) draws in its only sampling mode, "editor", unless the descriptor says otherwise."""
+        config = InversionConfig().replace(**self.config)
+        if "sampling_mode" not in self.config and self.pipeline_class() == EDITOR_PIPELINE:
+            config = config.replace(sampling_mode="editor")
+        return config
+
+    def pipeline_class(self) -> str | None:
+        """The diffusers pipeline class the model's `model_index.json` names, read from the directory
+        or the hub cache (never the network); None where it cannot be read here."""
+        try:
+            if self.directory is not None:
+                index = self.directory / "model_index.json"
+            else:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(self.source, "model_index.json")
+                index = Path(cached) if isinstance(cached, str) else None
+            return json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def path(self, relative: str) -> Path:
         """A file named by the descriptor, inside the model directory."""
@@ -162,6 +190,7 @@ def model_card(model: str | os.PathLike) -> ModelCard:
         captioner=dict(values.get("captioner", {"kind": "blip2"})),
         bench=dict(values.get("bench", {})),
         world=dict(values.get("world", {})),
+        clip=values.get("clip"),
     )
     try:
         card.default_config()
@@ -171,6 +200,8 @@ def model_card(model: str | os.PathLike) -> ModelCard:
         raise DiffinvError(f"{descriptor}: captioner kind must be one of {CAPTIONER_KINDS}")
     if card.captioner["kind"] == "clip-retrieval" and not card.path(card.captioner.get("captions", "")).is_file():
         raise DiffinvError(f"{descriptor}: the captioner's caption file is missing")
+    if card.clip is not None and not (isinstance(card.clip, str) and card.path(card.clip).is_dir()):
+        raise DiffinvError(f"{descriptor}: the CLIP directory it names ({card.clip!r}) is missing")
     return card
 
 

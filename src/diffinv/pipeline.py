@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .backbone import StableDiffusionBackbone
+from .backbone_editor import InstructPix2PixBackbone
 from .backbone_xl import StableDiffusionXLBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
@@ -31,7 +32,7 @@ from .inversion import (
     pez_prompts,
     prompt_pair,
 )
-from .model_card import looks_like_a_path, model_card
+from .model_card import EDITOR_PIPELINE, looks_like_a_path, model_card
 from .pez import harden
 from .tokens import DiffTokens
 
@@ -99,11 +100,14 @@ def resolve_device_dtype(
 
 def backbone_class(source: str, local_files_only: bool) -> type[StableDiffusionBackbone]:
     """The backbone for a model, from the pipeline class its `model_index.json` names: SDXL for
-    `StableDiffusionXL…`, SD 1.x / 2.x otherwise. Reads only that small file (from the hub or its
-    cache for a hub id); an OSError when it cannot be had, which `_loaded` words."""
+    `StableDiffusionXL…`, the instruction editor for `StableDiffusionInstructPix2PixPipeline`,
+    SD 1.x / 2.x otherwise. Reads only that small file (from the hub or its cache for a hub id);
+    an OSError when it cannot be had, which `_loaded` words."""
     from diffusers import DiffusionPipeline
 
     class_name = DiffusionPipeline.load_config(source, local_files_only=local_files_only).get("_class_name", "")
+    if class_name == EDITOR_PIPELINE:
+        return InstructPix2PixBackbone
     return StableDiffusionXLBackbone if class_name.startswith("StableDiffusionXL") else StableDiffusionBackbone
 
 
@@ -153,11 +157,13 @@ class DifferenceInversion:
         """Load a Stable Diffusion 1.x / 2.x or SDXL model (hub id or local directory) and its CLIP.
 
         model: a hub id, a local directory, or "shapes" for the bundled offline shapes world. A
-            directory's `diffinv.json` (see `model_card`) gives its defaults and captioner.
-        clip_model: hub id or directory of a transformers `CLIPModel`; by default `clip/` inside
-            a local model directory if present, else the CLIP matching the text encoder (OpenAI
-            ViT-L/14 for SD 1.x, OpenCLIP ViT-H/14 for SD 2.x, OpenCLIP ViT-bigG/14 — encoder 2 —
-            for SDXL).
+            directory's `diffinv.json` (see `model_card`) gives its defaults and captioner. An
+            InstructPix2Pix model (e.g. timbrooks/instruct-pix2pix; "shapes-editor", the world's
+            editor) is fitted on and drawn with as an instruction editor (`backbone_editor`).
+        clip_model: hub id or directory of a transformers `CLIPModel`; by default the one the
+            descriptor names, else `clip/` inside a local model directory if present, else the
+            CLIP matching the text encoder (OpenAI ViT-L/14 for SD 1.x and InstructPix2Pix,
+            OpenCLIP ViT-H/14 for SD 2.x, OpenCLIP ViT-bigG/14 — encoder 2 — for SDXL).
         captioner: default the model card's (BLIP-2 unless the directory names another),
             loaded on first use.
         offline: never use the network, only local directories and the hub cache. Default:
@@ -167,7 +173,9 @@ class DifferenceInversion:
         card = model_card(model)
         offline = hub_offline() if offline is None else offline
         device, dtype = resolve_device_dtype(device, dtype)
-        if clip_model is None and card.directory is not None and (card.directory / "clip").is_dir():
+        if clip_model is None and card.clip is not None:
+            clip_model = str(card.path(card.clip))
+        elif clip_model is None and card.directory is not None and (card.directory / "clip").is_dir():
             clip_model = str(card.directory / "clip")
         backbone = _loaded(
             card.source,
@@ -185,7 +193,10 @@ class DifferenceInversion:
                 captioner = ClipRetrievalCaptioner(clip, candidates)
             else:
                 captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
-        return cls(backbone, clip, captioner, default_config=card.default_config())
+        default_config = card.default_config()
+        if backbone.takes_instructions and "sampling_mode" not in card.config:  # a hub editor not cached before
+            default_config = default_config.replace(sampling_mode="editor")
+        return cls(backbone, clip, captioner, default_config=default_config)
 
     # ------------------------------------------------------------------------------------------
     def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:
@@ -216,6 +227,11 @@ class DifferenceInversion:
     ) -> PreparedPair:
         """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch.
         prompt_b: prompt_B, which `lambda_clip_b` > 0 needs (the tokens are then fitted for that B)."""
+        if config.lambda_clip_b > 0 and self.backbone.takes_instructions:
+            raise DiffinvError(
+                "lambda_clip_b takes the CLIP loss in prompt_B's context, and an instruction editor draws B′ with no "
+                "prompt_B (its instruction is the DIFF tokens alone); set lambda_clip_b = 0"
+            )
         if config.lambda_clip_b > 0 and not prompt_b:
             raise DiffinvError(
                 f"lambda_clip_b = {config.lambda_clip_b} fits the DIFF tokens for one B and needs its prompt: "
@@ -223,6 +239,10 @@ class DifferenceInversion:
             )
         a = self._working_image(a, config)
         a_prime = fit_to(as_rgb(a_prime), a.size)
+        # An editor's L_tc has no prompts beside the tokens: only the in-context CLIP loss reads them.
+        in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
+        if prompts is None and self.backbone.takes_instructions and not in_context:
+            prompts = ("", "")
         needs_captions = (config.use_clip_loss and config.alpha > 0) or (
             prompts is None and config.prompt_source == "caption"
         )
@@ -370,13 +390,15 @@ class DifferenceInversion:
         reference: (A, A′), needed when `config.candidates` > 1 to score the candidates (the
             tokens do not hold the images); unused otherwise.
         """
+        config = config or tokens.config
+        self._check_sampling_mode(config)
         tokens.check_fits(
             self.backbone.model_id, self.backbone.token_width, self.backbone.vocab_size, self.backbone.family
         )
-        config = config or tokens.config
         _check_reference(config, reference)
         b = self._working_image(b, config)
-        prompt = self.describe(b, config, seed, progress) if prompt is None else prompt
+        if prompt is None:  # an editor's instruction is the DIFF tokens alone
+            prompt = "" if self.backbone.takes_instructions else self.describe(b, config, seed, progress)
         ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
         diff = tokens.embeddings.to(self.backbone.device)
         if config.edit_strength != 1:  # at s = 1 the tokens go in untouched (bit for bit as without the option)
@@ -411,6 +433,7 @@ class DifferenceInversion:
         give B back unchanged: they are refused. reference: (A, A′) for `candidates` > 1, as in `apply`.
         """
         config = config or self.default_config
+        self._check_sampling_mode(config)
         if config.edit_mask or config.direct_inversion:
             raise DiffinvError(
                 "drawing from a plain prompt inverts B under that prompt, so the edit mask and direct inversion "
@@ -439,6 +462,9 @@ class DifferenceInversion:
         guidance. With `config.candidates` = k > 1: k draws with seeds seed … seed + k − 1, and
         the one with the highest `candidate_scores` against `reference` = (A, A′)."""
 
+        # InstructPix2Pix's image guidance; the text-to-image backbones take no such argument
+        editor = {"image_guidance_scale": config.image_guidance_scale} if config.sampling_mode == "editor" else {}
+
         def draw_one(candidate_seed: int) -> Image.Image:
             return self.backbone.sample(
                 text_states,
@@ -455,6 +481,7 @@ class DifferenceInversion:
                 share_attention=config.share_attention,
                 edit_mask=config.edit_mask,
                 direct_inversion=config.direct_inversion,
+                **editor,
             )
 
         if config.candidates == 1:
@@ -462,6 +489,16 @@ class DifferenceInversion:
         drawn = [draw_one(seed + i) for i in range(config.candidates)]
         scores = self.candidate_scores(reference, b, drawn, config)
         return drawn[int(torch.argmax(scores))]
+
+    def _check_sampling_mode(self, config: InversionConfig) -> None:
+        """Refuse, before any work, a sampling mode this model cannot draw in: "editor" is an
+        instruction editor's only mode, and a text-to-image model has every other."""
+        if config.sampling_mode not in self.backbone.sampling_modes:
+            kind = "an instruction editor" if self.backbone.takes_instructions else "a text-to-image model"
+            raise DiffinvError(
+                f"sampling mode {config.sampling_mode!r} does not apply to {self.backbone.model_id!r}, {kind}; "
+                f"choose {' or '.join(repr(mode) for mode in self.backbone.sampling_modes)}"
+            )
 
     def candidate_scores(
         self,
@@ -499,7 +536,10 @@ class DifferenceInversion:
         With `lambda_clip_b` > 0 the tokens are fitted for B's prompt, the one B′ is drawn with.
         """
         config = config or self.default_config
+        self._check_sampling_mode(config)
         prompts = None
+        if prompt_b is None and self.backbone.takes_instructions:
+            prompt_b = ""  # no words beside the tokens in the instruction; A's and A′'s prompts as `fit` makes them
         if prompt_b is None and config.prompt_source == "pez":
             a_work = self._working_image(a, config)
             images = [a_work, fit_to(as_rgb(a_prime), a_work.size), self._working_image(b, config)]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from ..errors import DiffinvError
 
+DEFAULT_EDITOR = "timbrooks/instruct-pix2pix"  # = baselines.instructpix2pix.DEFAULT_MODEL, without importing torch
+
 
 @dataclass(frozen=True)
 class BaselineSpec:

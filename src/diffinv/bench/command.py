@@ -23,7 +23,7 @@ from ..model_card import ModelCard, model_card
 from ..shapes.world import JITTER
 from .baselines import parse_baseline_models
 from .datasets import BenchTriplet
-from .methods import Method
+from .methods import Method, expand_methods
 from .report import write_reports
 from .results import RESULTS, check_run_record
 
@@ -87,15 +87,36 @@ def check_baselines(
             raise DiffinvError(f"{method.spec}: the model card names {card.bench[role]!r}, which is missing")
 
 
-def build_methods(args: argparse.Namespace, card: ModelCard) -> tuple[list[Method], InversionConfig]:
+def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) -> ModelCard | None:
+    """The card of the instruction editor the `on-editor` methods run on (None when none does):
+    --baseline-model instructpix2pix=MODEL, else the card's editor, else InstructPix2Pix's
+    published model — except on a shapes world, whose editor must be its own."""
+    from .baselines import DEFAULT_EDITOR, baseline_model
+
+    if not any(method.on_editor for method in methods):
+        return None
+    source = baseline_model("instructpix2pix", card, models)
+    if source is None and card.world:
+        raise DiffinvError(
+            "on-editor needs this world's editor, which is not trained yet "
+            "(diffinv shapes train --out DIR --stage editor)"
+        )
+    return model_card(source or DEFAULT_EDITOR)
+
+
+def build_methods(
+    args: argparse.Namespace, card: ModelCard, editor: ModelCard | None = None
+) -> tuple[list[Method], InversionConfig]:
     """The methods of --method (or the defaults) and the base config: the model's defaults with
-    the --set changes. Every method's config is validated here."""
+    the --set changes. Every method's config is validated here (an `on-editor` one against the
+    defaults of `editor`, the editor's card)."""
     from .methods import expand_methods, parse_changes
 
     methods = expand_methods(args.methods or default_methods(args))
     base_config = card.default_config().replace(**parse_changes(args.base_changes))
+    editor_config = editor.default_config() if editor is not None else None
     for method in methods:
-        method.config(base_config)
+        method.config(base_config, editor_config)
     return methods, base_config
 
 
@@ -205,8 +226,10 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
 
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
-    methods, base_config = build_methods(args, card)
     baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
+    methods = expand_methods(args.methods or default_methods(args))
+    editor = editor_card(methods, card, baseline_models)
+    methods, base_config = build_methods(args, card, editor)
     check_baselines(methods, card, triplets, baseline_models)
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
@@ -223,6 +246,21 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
 
         offline = getattr(args, "offline", False) or hub_offline()
         baselines = BaselineLoader(di, card, baseline_models, args.device, getattr(args, "dtype", None), offline)
+    editor_model = None
+    if editor is not None:
+        from ..pipeline import DifferenceInversion
+        from .run import EditorModel
+
+        def load_editor():
+            # The bench model's captioner serves both (the same captions of the same images); an editor
+            # whose card names no CLIP shares its base model's text encoder, and so --clip-model.
+            return DifferenceInversion.from_pretrained(
+                editor.source, device=args.device, dtype=getattr(args, "dtype", None),
+                clip_model=None if editor.clip else getattr(args, "clip_model", None), captioner=di.captioner,
+                offline=getattr(args, "offline", False) or None,
+            )  # fmt: skip
+
+        editor_model = EditorModel(editor.default_config(), load_editor)
     runner = BenchRunner(
         di,
         run_dir,
@@ -233,6 +271,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         args.seed,
         progress=not args.quiet,
         baselines=baselines,
+        editor=editor_model,
     )
     with captioner_kept_loaded(di):
         count = runner.run(methods, triplets, shard)

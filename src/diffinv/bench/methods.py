@@ -13,6 +13,11 @@ A method is named by a spec: a base name, optionally followed by config changes,
 
 and the named variants of Difference Inversion below (the paper's ablations, its sweeps of n
 and α, and the points it leaves open).
+
+    on-editor              Difference Inversion fitted on, and drawn by, an instruction editor
+                           (`backbone_editor`): the model card's editor (a shapes world's own) or
+                           --baseline-model instructpix2pix=MODEL, else timbrooks/instruct-pix2pix.
+                           Its changes apply to that editor's defaults, not to the run's base config.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ VARIANTS: dict[str, dict] = {
     "inversion": {"sampling_mode": "inversion"},
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
+    "on-editor": {},
 }
+EDITOR_VARIANTS = ("on-editor",)  # run on the instruction editor (`Method.on_editor`)
 
 PRESETS: dict[str, list[str]] = {
     "fig5": [
@@ -119,6 +126,7 @@ class Method:
     spec: str
     base: str  # "difference-inversion", "copy-b", "oracle-caption" or a baseline's name
     changes: dict
+    on_editor: bool = False  # Difference Inversion on the instruction editor, from the editor's defaults
 
     @property
     def fits_tokens(self) -> bool:
@@ -128,7 +136,13 @@ class Method:
     def is_baseline(self) -> bool:
         return self.base in BASELINE_METHODS
 
-    def config(self, base_config: InversionConfig) -> InversionConfig:
+    def config(self, base_config: InversionConfig, editor_config: InversionConfig | None = None) -> InversionConfig:
+        """The method's config: its changes on `base_config`, or on `editor_config` (the editor's
+        defaults) for an `on_editor` method."""
+        if self.on_editor:
+            if editor_config is None:
+                raise DiffinvError(f"{self.spec} runs on an instruction editor, and none was given")
+            return editor_config.replace(**self.changes)
         return base_config.replace(**self.changes)
 
 
@@ -146,7 +160,7 @@ def parse_method(spec: str) -> Method:
             f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES, *BASELINE_METHODS])} "
             f"(or a preset: {', '.join(PRESETS)})"
         )
-    return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)})
+    return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)}, name in EDITOR_VARIANTS)
 
 
 def expand_methods(specs: list[str]) -> list[Method]:

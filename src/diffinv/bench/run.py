@@ -79,6 +79,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
+class EditorModel:
+    """The instruction editor the `on-editor` methods run on: its default config now (`config`),
+    its `DifferenceInversion` on first call (`load()`, which the runner calls only if it needs it)."""
+
+    def __init__(self, config: InversionConfig, load):
+        self.config, self._load, self._di = config, load, None
+
+    def __call__(self):
+        if self._di is None:
+            self._di = self._load()
+        return self._di
+
+
 # --- one method on a batch of triplets ------------------------------------------------------------------
 class BenchRunner:
     """Runs methods on triplets with one `DifferenceInversion`, writing as it goes.
@@ -87,6 +100,7 @@ class BenchRunner:
     classifier: the shapes world's attribute classifier, for exact scores of shapes triplets.
     batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
     baselines: `bench.baselines.BaselineLoader` (name, changes) → a baseline, for baseline methods.
+    editor: `EditorModel`, for the methods that run on an instruction editor (`Method.on_editor`).
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class BenchRunner:
         seed: int = 0,
         progress: bool = True,
         baselines=None,
+        editor: EditorModel | None = None,
     ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
@@ -111,7 +126,7 @@ class BenchRunner:
             seed,
             progress,
         )
-        self.baselines = baselines
+        self.baselines, self.editor = baselines, editor
 
     def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
@@ -126,7 +141,7 @@ class BenchRunner:
                 for triplet in triplets:
                     baseline_text(method.base, triplet)  # a text-using baseline without its text raises here
                 continue
-            method.config(self.base_config)  # an invalid change raises here, before any work
+            self._config(method)  # an invalid change raises here, before any work
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
         count = 0
@@ -153,15 +168,16 @@ class BenchRunner:
 
     def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):
         """Yields one result row per triplet of `chunk` as soon as its B′ is drawn."""
-        config = self.base_config if method.is_baseline else method.config(self.base_config)
+        config = self.base_config if method.is_baseline else self._config(method)
+        di = self.editor() if method.on_editor else self.di
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
         fit_seconds, tokens, prompts_b = 0.0, [None] * len(chunk), None
         if method.fits_tokens:
             start = time.perf_counter()
             seeds = [self.seed + index for index, _ in chunk]
             if config.lambda_clip_b > 0:  # each triplet's tokens fitted for its B, as `analogy` does
-                prompts_b = [self.di.describe_b(b, config, seed, False) for (_, _, b), seed in zip(images, seeds)]
-            tokens = self.di.fit_many(
+                prompts_b = [di.describe_b(b, config, seed, False) for (_, _, b), seed in zip(images, seeds)]
+            tokens = di.fit_many(
                 [(a, a_prime) for a, a_prime, _ in images], config, seeds=seeds, progress=False, prompts_b=prompts_b
             )
             fit_seconds = (time.perf_counter() - start) / len(chunk)
@@ -181,11 +197,14 @@ class BenchRunner:
                     triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False, **reference
                 )
             else:
-                b_prime = self.di.apply(
+                b_prime = di.apply(
                     token, b, seed=self.seed + index, prompt=prompt_b, config=config, progress=False, **reference
                 )
             seconds = fit_seconds + time.perf_counter() - start
             yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
+
+    def _config(self, method: Method) -> InversionConfig:
+        return method.config(self.base_config, self.editor.config if self.editor is not None else None)
 
     def _record(
         self,

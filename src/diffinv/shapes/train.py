@@ -61,7 +61,7 @@ from ..clip_space import CLIP_MEAN, CLIP_STD
 from ..model_card import write_descriptor
 from ..word_tokenizer import word_tokenizer
 from .classifier import AttributeClassifier, targets
-from .evaluate import IMAGE_GUIDANCE
+from .evaluate import GUIDANCE, IMAGE_GUIDANCE, SAMPLING_STEPS
 from .world import (
     ATTRIBUTES,
     FAMILIES,
@@ -156,6 +156,34 @@ def world_descriptor(plan: TrainingPlan, trained=None) -> dict:
             "baselines": V2_BASELINE_BUDGETS,
         }
     return descriptor
+
+
+# The editor as a Difference Inversion model of its own ("shapes-editor", `backbone_editor`): the
+# world's method and fit budget (V2_FIT), drawn as its InstructPix2Pix baseline draws (20 steps,
+# text guidance 4, image guidance 3), with the world's captions, CLIP and classifier one directory up.
+# A research option, not the world's default: docs/results.md §7 has its held-out figures.
+EDITOR_DESCRIPTOR = dict(
+    name="shapes-editor",
+    config=dict(
+        {
+            key: DESCRIPTOR["config"][key]
+            for key in ("prompt_source", "learning_rate", "clip_loss_space", "tc_reduction")
+        },
+        **V2_FIT,
+        sampling_mode="editor",
+        sampling_steps=SAMPLING_STEPS,
+        guidance_scale=GUIDANCE,
+        image_guidance_scale=IMAGE_GUIDANCE,
+    ),
+    captioner={"kind": "clip-retrieval", "captions": "../captions.txt"},
+    clip="../clip",
+    bench={"batch": 8, "embedders": ["clip"], "classifier": "../classifier"},
+)
+
+
+def editor_descriptor(plan: TrainingPlan) -> dict:
+    """The editor directory's `diffinv.json` values (world v2 and later)."""
+    return {**EDITOR_DESCRIPTOR, "world": {"version": plan.world, "layout_range": plan.layout_range}}
 
 
 @dataclass
@@ -843,6 +871,8 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
             "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
         )
         write_descriptor(out, **world_descriptor(plan, trained=timings))
+    if "editor" in timings:
+        write_descriptor(out / EDITOR_DIR, **editor_descriptor(plan))
     return timings
 
 
