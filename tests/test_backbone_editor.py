@@ -136,10 +136,22 @@ def test_modes_that_a_model_cannot_draw_in_are_refused_before_any_work(editor_di
         del editor_di.fit
     with pytest.raises(DiffinvError, match="'editor' does not apply to 'tiny-epsilon', a text-to-image model"):
         di.apply(editor_tokens, images["b"], prompt="a red square", config=config.replace(sampling_mode="editor"))
-    with pytest.raises(DiffinvError, match="lambda_clip_b"):
-        editor_di.analogy(
-            images["a"], images["a_prime"], images["b"], config.replace(lambda_clip_b=1.0, sampling_mode="editor")
-        )
+
+
+def test_on_an_editor_bs_description_serves_only_the_b_context_loss(editor_di, editor, images, monkeypatch):
+    calls = {}
+    editor_di.captioner = lambda pictures: ["a photo of a red square"] * len(pictures)
+    fit, apply = editor_di.fit, editor_di.apply
+    monkeypatch.setattr(editor_di, "fit", lambda *a, **k: calls.setdefault("fit", k["prompt_b"]) and fit(*a, **k))
+    monkeypatch.setattr(
+        editor_di, "apply", lambda *a, **k: calls.setdefault("apply", k["prompt"]) == "" and apply(*a, **k)
+    )
+    config = fast_config(sampling_mode="editor", prompt_source="caption", lambda_clip_b=1.0)
+    try:
+        editor_di.analogy(images["a"], images["a_prime"], images["b"], config, captions=CAPTIONS, progress=False)
+    finally:
+        editor_di.captioner = None
+    assert calls == {"fit": "a photo of a red square", "apply": ""}  # described for the fit, not drawn with
 
 
 def test_an_invalid_image_guidance_is_refused():

@@ -227,11 +227,6 @@ class DifferenceInversion:
     ) -> PreparedPair:
         """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch.
         prompt_b: prompt_B, which `lambda_clip_b` > 0 needs (the tokens are then fitted for that B)."""
-        if config.lambda_clip_b > 0 and self.backbone.takes_instructions:
-            raise DiffinvError(
-                "lambda_clip_b takes the CLIP loss in prompt_B's context, and an instruction editor draws B′ with no "
-                "prompt_B (its instruction is the DIFF tokens alone); set lambda_clip_b = 0"
-            )
         if config.lambda_clip_b > 0 and not prompt_b:
             raise DiffinvError(
                 f"lambda_clip_b = {config.lambda_clip_b} fits the DIFF tokens for one B and needs its prompt: "
@@ -534,12 +529,14 @@ class DifferenceInversion:
         (A, A′: first and second draw of a generator seeded with `seed`; B: the first draw of
         another), so the result is theirs, for about the time of one inversion instead of three.
         With `lambda_clip_b` > 0 the tokens are fitted for B's prompt, the one B′ is drawn with.
+        On an instruction editor, prompt_b is words given beside the DIFF tokens in its instruction
+        (default none), and B is described only for `lambda_clip_b`.
         """
         config = config or self.default_config
         self._check_sampling_mode(config)
+        if self.backbone.takes_instructions:
+            return self._edit_analogy(a, a_prime, b, config, seed, captions, prompt_b, progress)
         prompts = None
-        if prompt_b is None and self.backbone.takes_instructions:
-            prompt_b = ""  # no words beside the tokens in the instruction; A's and A′'s prompts as `fit` makes them
         if prompt_b is None and config.prompt_source == "pez":
             a_work = self._working_image(a, config)
             images = [a_work, fit_to(as_rgb(a_prime), a_work.size), self._working_image(b, config)]
@@ -554,4 +551,14 @@ class DifferenceInversion:
             a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress, prompt_b=prompt_b
         )
         b_prime = self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress, reference=(a, a_prime))
+        return b_prime, tokens
+
+    def _edit_analogy(self, a, a_prime, b, config, seed, captions, instruction, progress):
+        """`analogy` on an instruction editor: B′ is B edited by {instruction, D̃} (default: the
+        DIFF tokens alone). B's description serves only the CLIP loss in its context
+        (`lambda_clip_b` > 0), which then fits the tokens for this B; prompt_A and prompt_A′ are
+        made as `fit` makes them."""
+        description = self.describe_b(b, config, seed, progress) if config.lambda_clip_b > 0 else None
+        tokens = self.fit(a, a_prime, config, captions=captions, seed=seed, progress=progress, prompt_b=description)
+        b_prime = self.apply(tokens, b, seed=seed, prompt=instruction or "", progress=progress, reference=(a, a_prime))
         return b_prime, tokens

@@ -181,7 +181,9 @@ class BenchRunner:
                 [(a, a_prime) for a, a_prime, _ in images], config, seeds=seeds, progress=False, prompts_b=prompts_b
             )
             fit_seconds = (time.perf_counter() - start) / len(chunk)
-        prompts_b = prompts_b or [None] * len(chunk)  # None: `apply` describes B itself
+        # None: `apply` describes B itself (an editor: no words beside the tokens; prompt_B served the fit)
+        if prompts_b is None or di.backbone.takes_instructions:
+            prompts_b = [None] * len(chunk)
         for (index, triplet), (a, a_prime, b), token, prompt_b in zip(chunk, images, tokens, prompts_b):
             start = time.perf_counter()
             # A and A′ score the candidates B′ when config.candidates > 1
