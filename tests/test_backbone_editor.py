@@ -178,8 +178,9 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
     assert card.path(card.clip).is_dir() and card.caption_candidates()
     world = model_card("shapes").default_config()
     config = card.default_config()
-    for field in ("steps", "learning_rate", "clip_loss_space", "tc_reduction", "prompt_source", "n_tokens"):
-        assert getattr(config, field) == getattr(world, field)  # the world's method and fit budget
+    for field in ("learning_rate", "clip_loss_space", "tc_reduction", "prompt_source", "n_tokens", "lambda_tc"):
+        assert getattr(config, field) == getattr(world, field)  # the world's method at its learning rate
+    assert (config.steps, config.weight_decay) == (200, 1.0)  # the editor's own fit (results.md §7)
     assert (config.sampling_mode, config.guidance_scale, config.image_guidance_scale) == ("editor", 4.0, 3.0)
 
 

@@ -60,8 +60,9 @@ def test_run_analogy_on_the_shape_example(cache, tmp_path):
 def test_run_analogy_shares_one_model_per_name():
     loads = []
     cache = ModelCache(load=lambda name: loads.append(name) or object())
-    assert cache.get("shapes") is cache.get(" shapes ") is cache.get("")
-    assert loads == ["shapes"]
+    assert cache.get("shapes-editor") is cache.get(" shapes-editor ") is cache.get("")  # the default model
+    assert cache.get("shapes") is not cache.get("shapes-editor")
+    assert loads == ["shapes-editor", "shapes"]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,10 @@ from .config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_M
 from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
 from .model_card import EDITOR_PIPELINE
 
-DEFAULT_MODEL = "shapes"  # the bundled offline world; real use: a Stable Diffusion hub id or directory
+# The bundled offline world's instruction editor: its analogies come out right twice as often as
+# those of the world's text-to-image model ("shapes"), at twice the time (docs/results.md §7).
+# Real use: a Stable Diffusion or InstructPix2Pix hub id or directory.
+DEFAULT_MODEL = "shapes-editor"
 PAPER = InversionConfig()
 
 # (flag, InversionConfig field, type, help). Every flag defaults to None = "the model's default", which
@@ -33,6 +36,7 @@ CONFIG_FLAGS = [
     ("--lambda-clip", "lambda_clip", float, "weight of the CLIP delta loss"),
     ("--init", "init", str, "initial DIFF tokens"),
     ("--lr", "learning_rate", float, "AdamW learning rate"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay on the DIFF tokens (pulls them towards 0)"),
     ("--clip-loss-space", "clip_loss_space", str, "encode D̃ with CLIP's text tower, or average the tokens"),
     ("--prompt-source", "prompt_source", str, "prompts of A, A′ and B: PEZ hard prompts or the captions"),
     ("--pez-steps", "pez_steps", int, "PEZ optimisation steps per image"),
@@ -111,13 +115,14 @@ def _paper(field: str) -> str:
     return "the model's" if value is None else f"the model's; paper {value}"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
     group = parser.add_argument_group("model and run")
     group.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help="Stable Diffusion 1.x/2.x or SDXL hub id or local directory, e.g. stabilityai/stable-diffusion-2-1 "
-        "or stabilityai/stable-diffusion-xl-base-1.0; 'shapes' (default) is the bundled offline demo world",
+        default=default_model,
+        help="Stable Diffusion 1.x/2.x, SDXL or InstructPix2Pix hub id or local directory, e.g. "
+        "stabilityai/stable-diffusion-2-1 or timbrooks/instruct-pix2pix; the bundled offline shapes world: "
+        f"'shapes-editor' (its instruction editor) or 'shapes' (its text-to-image model); default {default_model!r}",
     )
     group.add_argument(
         "--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)"
@@ -312,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list a model's default hyperparameters beside the paper's",
         description="Print every hyperparameter with the model's default and the paper's (no model is loaded).",
     )
-    defaults.add_argument("--model", default=DEFAULT_MODEL, help="hub id, directory or 'shapes' (default)")
+    defaults.add_argument(
+        "--model", default=DEFAULT_MODEL, help="hub id, directory, 'shapes-editor' (default) or 'shapes'"
+    )
     defaults.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     shapes = commands.add_parser(
@@ -356,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Requests are queued and share one loaded model per model name. Not shared publicly.",
     )
     demo.add_argument(
-        "--model", default=DEFAULT_MODEL, help="the page's initial model: hub id, directory or 'shapes' (default)"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="the page's initial model: hub id, directory, 'shapes-editor' (default) or 'shapes'",
     )
     demo.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
@@ -464,7 +473,7 @@ def _add_bench_parser(commands) -> None:
         ),
     )
     run.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
-    _add_common(run)
+    _add_common(run, "shapes")  # the world whose card names its classifier, editor and inpainting model
     report = bench_commands.add_parser(
         "report", help="rewrite summary.md, summary.csv and report.html of a run directory"
     )

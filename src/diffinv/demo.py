@@ -21,7 +21,7 @@ from PIL import Image
 
 from .errors import DiffinvError
 
-DEFAULT_MODEL = "shapes"
+DEFAULT_MODEL = "shapes-editor"  # as the command line's (cli.DEFAULT_MODEL)
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"  # a source checkout's examples/
 TRIPLET = ("a.png", "a_prime.png", "b.png")
 EXPORT_TOKEN = "<diff>"
@@ -191,7 +191,10 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
             gr.Examples(examples=triplets, inputs=[a, a_prime, b], label="Examples (examples/<family>/)")
         with gr.Row():
             model_box = gr.Textbox(
-                value=model, label="model", info="'shapes' (bundled, offline) or a Stable Diffusion hub id / directory"
+                value=model,
+                label="model",
+                info="'shapes-editor' or 'shapes' (bundled, offline), or a Stable Diffusion / InstructPix2Pix "
+                "hub id or directory",
             )
             steps = gr.Slider(
                 1, max(1000, defaults.steps), value=defaults.steps, step=1, label="steps", elem_id="steps"
