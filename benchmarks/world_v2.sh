@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -44,6 +44,25 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/heldout-v2-s140 --n 200 --triplet-seed 140 \
       --method "difference-inversion:steps=200" --method "difference-inversion:steps=100" \
       --method "paper:steps=200" --method "paper:steps=100" ;;
+  heldout-editor)  # issue 11: DI on the editor, frozen on development seeds 7-9 (200 steps, weight decay 1), once on seed 150
+    "${BENCH[@]}" --out runs/heldout-v2-s150 --n 200 --triplet-seed 150 \
+      --method paper --method difference-inversion --method on-editor --method "on-editor:steps=200,weight_decay=1" ;;
+  dev-editor)  # issue 11: the development rows of DI on the editor, seeds 7 and 8 (50 triplets each) and 9
+    for seed in 7 8; do
+      "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" --method difference-inversion \
+        --method on-editor --method on-editor:use_clip_loss=false --method on-editor:candidates=4 \
+        --method on-editor:negative_diff=true --method on-editor:image_guidance_scale=5 \
+        --method on-editor:steps=200 --method on-editor:steps=400 --method on-editor:steps=200,learning_rate=0.02 \
+        --method on-editor:steps=200,alpha=1 --method on-editor:steps=200,n_tokens=8 \
+        --method on-editor:steps=200,n_tokens=3 --method on-editor:steps=200,lambda_tc=0.03 \
+        --method on-editor:steps=200,lambda_clip_b=2 --method on-editor:steps=200,lambda_clip_b=6 \
+        --method on-editor:weight_decay=1 --method on-editor:weight_decay=2 \
+        --method on-editor:steps=200,weight_decay=0.3 --method on-editor:steps=200,weight_decay=0.6 \
+        --method on-editor:steps=200,weight_decay=1 --method on-editor:steps=200,weight_decay=1.5 \
+        --method on-editor:steps=200,weight_decay=3 --method difference-inversion:weight_decay=1
+    done
+    "${BENCH[@]}" --out runs/ed-dev2-s9 --n 50 --triplet-seed 9 \
+      --method on-editor:steps=200 --method on-editor:steps=200,weight_decay=1 --method difference-inversion ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
