@@ -154,7 +154,7 @@ class DifferenceInversion:
         offline: bool | None = None,
         **pipeline_kwargs,
     ) -> DifferenceInversion:
-        """Load a Stable Diffusion 1.x / 2.x or SDXL model (hub id or local directory) and its CLIP.
+        """Load a Stable Diffusion 1.x / 2.x, SDXL or InstructPix2Pix model (hub id or local directory) and its CLIP.
 
         model: a hub id, a local directory, or "shapes" for the bundled offline shapes world. A
             directory's `diffinv.json` (see `model_card`) gives its defaults and captioner. An
