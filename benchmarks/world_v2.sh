@@ -61,6 +61,12 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
         --method on-editor:steps=200,weight_decay=1 --method on-editor:steps=200,weight_decay=1.5 \
         --method on-editor:steps=200,weight_decay=3 --method difference-inversion:weight_decay=1
     done
+    for seed in 7 8; do  # after the held-out report: variants of the frozen row
+      "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
+        --method on-editor:steps=200,weight_decay=1,candidates=4 --method on-editor:steps=200,weight_decay=1,lambda_tc=0.03 \
+        --method on-editor:steps=200,weight_decay=1,lambda_clip=3 \
+        --method on-editor:steps=200,weight_decay=1,image_guidance_scale=4
+    done
     "${BENCH[@]}" --out runs/ed-dev2-s9 --n 50 --triplet-seed 9 \
       --method on-editor:steps=200 --method on-editor:steps=200,weight_decay=1 --method difference-inversion ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
