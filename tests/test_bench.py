@@ -811,7 +811,7 @@ def test_bench_defaults_come_from_the_model_card(tmp_path):
     shapes = model_card("shapes")
     args = bench_args("run", "--out", tmp_path, "--set", "steps=7")
     assert embedder_specs(args, shapes) == [("clip", "")] and batch_size(args, shapes) == 8
-    methods, base = build_methods(args, shapes)
+    methods, base, _ = build_methods(args, shapes)
     assert base == shapes.default_config().replace(steps=7)
     assert [m.spec for m in methods] == ["difference-inversion", "copy-b", "oracle-caption"]
     assert classifier_path(shapes) == shapes.path("classifier")

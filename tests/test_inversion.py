@@ -76,7 +76,7 @@ def seen_unet_input(monkeypatch, backbone):
     records = []
     original = backbone.predict
 
-    def spy(noisy, timesteps, text_states):
+    def spy(noisy, timesteps, text_states, image_latents=None):
         records.append(
             {
                 "noisy": noisy.detach().clone(),
@@ -84,7 +84,7 @@ def seen_unet_input(monkeypatch, backbone):
                 "text_states": text_states.detach().clone(),
             }
         )
-        return original(noisy, timesteps, text_states)
+        return original(noisy, timesteps, text_states, image_latents)
 
     monkeypatch.setattr(backbone, "predict", spy)
     return records

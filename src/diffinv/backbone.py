@@ -49,7 +49,7 @@ class StableDiffusionBackbone:
     family = "sd"  # recorded in token files; tokens of one family cannot condition another
     encoder_widths: tuple[int, ...] | None = None  # one text encoder: its width is `token_width`
     takes_instructions = False  # True for an editor: the DIFF tokens are its whole instruction (backbone_editor)
-    sampling_modes = ("img2img", "noise", "inversion", "edit-friendly")  # the `sampling_mode`s it can draw in
+    pipeline_class = StableDiffusionPipeline  # what `from_pretrained` loads
 
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str):
         self.pipe = pipe
@@ -70,12 +70,10 @@ class StableDiffusionBackbone:
     def from_pretrained(
         cls, model: str, device: str | torch.device, dtype: torch.dtype, local_files_only: bool = False, **kwargs
     ) -> StableDiffusionBackbone:
-        """Load a Stable Diffusion 1.x / 2.x pipeline by hub id or local directory.
+        """Load the backbone's `pipeline_class` (SD 1.x / 2.x here) by hub id or local directory.
 
         local_files_only: use the hub cache only, never the network."""
-        pipe = pipeline_from_pretrained(
-            StableDiffusionPipeline, model, dtype, local_files_only=local_files_only, **kwargs
-        )
+        pipe = pipeline_from_pretrained(cls.pipeline_class, model, dtype, local_files_only=local_files_only, **kwargs)
         pipe.to(device)
         return cls(pipe, model)
 
@@ -215,8 +213,11 @@ class StableDiffusionBackbone:
         K pairs: nothing for a text-to-image model (an editor's: the images edited from)."""
         return None
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
-        """UNet output (B, C, h, w) for noisy latents, integer timesteps (B,) and text states (B, L, d)."""
+    def predict(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, image_latents: None = None
+    ) -> torch.Tensor:
+        """UNet output (B, C, h, w) for noisy latents, integer timesteps (B,) and text states (B, L, d).
+        image_latents: what `pair_conditioning` gives, None for a text-to-image model."""
         return self.unet(noisy, timesteps, encoder_hidden_states=text_states).sample
 
     # --- sampling ----------------------------------------------------------------------------

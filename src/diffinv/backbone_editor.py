@@ -25,7 +25,7 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone, pipeline_from_pretrained
+from .backbone import StableDiffusionBackbone
 from .errors import DiffinvError
 
 
@@ -39,7 +39,7 @@ class InstructPix2PixBackbone(StableDiffusionBackbone):
     """
 
     takes_instructions = True  # the DIFF tokens are the whole text: {"", ±D̃}, no prompt beside them
-    sampling_modes = ("editor",)
+    pipeline_class = StableDiffusionInstructPix2PixPipeline
 
     def __init__(self, pipe: StableDiffusionInstructPix2PixPipeline, model_id: str):
         latent_channels = pipe.vae.config.latent_channels
@@ -54,17 +54,6 @@ class InstructPix2PixBackbone(StableDiffusionBackbone):
             "scheduler": EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config),
         }
         self._sampler = StableDiffusionInstructPix2PixPipeline(**components)
-
-    @classmethod
-    def from_pretrained(
-        cls, model: str, device: str | torch.device, dtype: torch.dtype, local_files_only: bool = False, **kwargs
-    ) -> InstructPix2PixBackbone:
-        """Load an InstructPix2Pix pipeline by hub id or local directory (local_files_only: the hub cache only)."""
-        pipe = pipeline_from_pretrained(
-            StableDiffusionInstructPix2PixPipeline, model, dtype, local_files_only=local_files_only, **kwargs
-        )
-        pipe.to(device)
-        return cls(pipe, model)
 
     # --- the denoiser ------------------------------------------------------------------------
     def pair_conditioning(self, latents: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone, pipeline_from_pretrained
+from .backbone import StableDiffusionBackbone
 from .errors import DiffinvError
 from .text_slots import replaced_token_embeddings, slot_token_ids
 
@@ -59,6 +59,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
     """
 
     family = "sdxl"
+    pipeline_class = StableDiffusionXLPipeline
 
     def __init__(self, pipe: StableDiffusionXLPipeline, model_id: str):
         if pipe.text_encoder is None or pipe.tokenizer is None:
@@ -76,17 +77,6 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         self.text_encoder_2.requires_grad_(False)
         self.text_encoder_2.eval()
         self._img2img: StableDiffusionXLImg2ImgPipeline | None = None
-
-    @classmethod
-    def from_pretrained(
-        cls, model: str, device: str | torch.device, dtype: torch.dtype, local_files_only: bool = False, **kwargs
-    ) -> StableDiffusionXLBackbone:
-        """Load an SDXL pipeline by hub id or local directory (`local_files_only`: cache only)."""
-        pipe = pipeline_from_pretrained(
-            StableDiffusionXLPipeline, model, dtype, local_files_only=local_files_only, **kwargs
-        )
-        pipe.to(device)
-        return cls(pipe, model)
 
     # --- facts about the model -------------------------------------------------------------
     @property
@@ -214,8 +204,11 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
         return ids.expand(rows, -1)
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: XLTextStates) -> torch.Tensor:
-        """UNet output (B, C, h, w) for noisy latents, integer timesteps (B,) and text states of B rows."""
+    def predict(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: XLTextStates, image_latents: None = None
+    ) -> torch.Tensor:
+        """UNet output (B, C, h, w) for noisy latents, integer timesteps (B,) and text states of B rows
+        (image_latents: None, as `pair_conditioning` gives for a text-to-image model)."""
         height, width = (side * self.pipe.vae_scale_factor for side in noisy.shape[-2:])
         added = {"text_embeds": text_states.pooled, "time_ids": self.time_ids(height, width, noisy.shape[0])}
         return self.unet(noisy, timesteps, encoder_hidden_states=text_states.hidden, added_cond_kwargs=added).sample

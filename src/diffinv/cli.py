@@ -17,9 +17,17 @@ from pathlib import Path
 
 from . import checks
 from .checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
-from .config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig, preset
+from .config import (
+    CLIP_LOSS_SPACES,
+    INITS,
+    PRESETS,
+    PROMPT_SOURCES,
+    SAMPLING_MODES,
+    InversionConfig,
+    check_sampling_mode,
+    preset,
+)
 from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
-from .model_card import EDITOR_PIPELINE
 
 # The bundled offline world's instruction editor: its analogies come out right twice as often as
 # those of the world's text-to-image model ("shapes"), at twice the time (docs/results.md §7).
@@ -546,13 +554,9 @@ def _planned_config(args: argparse.Namespace, card, fields: list[str]) -> Invers
         config = preset(args.preset, config)
     config = config.replace(**_given(args, fields))
     checks.check_resolution(config.resolution, card.native_resolution())
-    pipeline_class = card.pipeline_class()  # None for a hub model not in the cache: the pipeline checks it
-    if pipeline_class is not None and (config.sampling_mode == "editor") != (pipeline_class == EDITOR_PIPELINE):
-        kind = "an instruction editor" if pipeline_class == EDITOR_PIPELINE else "a text-to-image model"
-        raise DiffinvError(
-            f"sampling mode {config.sampling_mode!r} does not apply to {card.name!r}, {kind}; "
-            + ("choose 'editor'" if pipeline_class == EDITOR_PIPELINE else "choose another --mode")
-        )
+    editor = card.is_editor()  # None for a hub model not in the cache: the pipeline checks it once loaded
+    if editor is not None:
+        check_sampling_mode(config.sampling_mode, card.name, editor)
     return config
 
 

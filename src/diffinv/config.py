@@ -20,6 +20,7 @@ TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
 SAMPLING_MODES = ("img2img", "noise", "inversion", "edit-friendly", "editor")
+TEXT_TO_IMAGE_MODES = tuple(mode for mode in SAMPLING_MODES if mode != "editor")  # "editor": an editor's only one
 # the sampling modes that draw from an inversion of B, and the backbone's inversion each uses
 INVERSION_MODES = {"inversion": "ddim", "edit-friendly": "edit-friendly"}
 
@@ -342,6 +343,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER_METHOD,
     "in-context": {**_PAPER_METHOD, "clip_loss_space": "in-context", "tc_reduction": "sum"},
 }
+
+
+def check_sampling_mode(mode: str, model: str, editor: bool) -> None:
+    """Refuse a sampling mode the model cannot draw in: "editor" is an instruction editor's only
+    mode (`backbone_editor`), and a text-to-image model has every other."""
+    allowed = ("editor",) if editor else TEXT_TO_IMAGE_MODES
+    if mode not in allowed:
+        kind = "an instruction editor" if editor else "a text-to-image model"
+        raise DiffinvError(
+            f"sampling mode {mode!r} does not apply to {model!r}, {kind}; "
+            f"choose {' or '.join(repr(choice) for choice in allowed)}"
+        )
 
 
 def preset(name: str, base: InversionConfig | None = None) -> InversionConfig:

@@ -234,10 +234,7 @@ def token_consistency_loss(
     (`backbone.pair_conditioning`: A′ for row 2k, A for row 2k+1); None for a text-to-image model.
     """
     text_states = backbone.encode_prompt(ids, slot_mask, signed_pair(diff))
-    if image_latents is None:
-        prediction = backbone.predict(noisy, timesteps, text_states)
-    else:
-        prediction = backbone.predict(noisy, timesteps, text_states, image_latents)
+    prediction = backbone.predict(noisy, timesteps, text_states, image_latents)
     squared = (prediction.float() - targets.float()).pow(2)
     row_errors = squared.sum(dim=(1, 2, 3)) if reduction == "sum" else squared.mean(dim=(1, 2, 3))
     return row_errors.view(-1, 2).sum(dim=1)

@@ -76,13 +76,21 @@ class ModelCard:
     def has_descriptor(self) -> bool:
         return self.directory is not None and (self.directory / DESCRIPTOR).is_file()
 
-    def default_config(self) -> InversionConfig:
+    def default_config(self, editor: bool | None = None) -> InversionConfig:
         """The paper's defaults with this model's changes applied. An instruction editor
-        (InstructPix2Pix) draws in its only sampling mode, "editor", unless the descriptor says otherwise."""
+        (InstructPix2Pix) draws in its only sampling mode, "editor", unless the descriptor says
+        otherwise. editor: whether the model is one (None: as `is_editor` reads it here)."""
         config = InversionConfig().replace(**self.config)
-        if "sampling_mode" not in self.config and self.pipeline_class() == EDITOR_PIPELINE:
+        editor = self.is_editor() if editor is None else editor
+        if editor and "sampling_mode" not in self.config:
             config = config.replace(sampling_mode="editor")
         return config
+
+    def is_editor(self) -> bool | None:
+        """Whether the model is an instruction editor, by the pipeline class its `model_index.json`
+        names; None where that file cannot be read here (a hub model not in the cache)."""
+        pipeline_class = self.pipeline_class()
+        return None if pipeline_class is None else pipeline_class == EDITOR_PIPELINE
 
     def pipeline_class(self) -> str | None:
         """The diffusers pipeline class the model's `model_index.json` names, read from the directory

@@ -19,7 +19,7 @@ from .backbone_xl import StableDiffusionXLBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
-from .config import INVERSION_MODES, InversionConfig
+from .config import INVERSION_MODES, InversionConfig, check_sampling_mode
 from .errors import DiffinvError
 from .images import check_usable, fit_to, load_image, to_rgb, working_size
 from .inversion import (
@@ -193,9 +193,7 @@ class DifferenceInversion:
                 captioner = ClipRetrievalCaptioner(clip, candidates)
             else:
                 captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
-        default_config = card.default_config()
-        if backbone.takes_instructions and "sampling_mode" not in card.config:  # a hub editor not cached before
-            default_config = default_config.replace(sampling_mode="editor")
+        default_config = card.default_config(editor=backbone.takes_instructions)
         return cls(backbone, clip, captioner, default_config=default_config)
 
     # ------------------------------------------------------------------------------------------
@@ -386,7 +384,7 @@ class DifferenceInversion:
             tokens do not hold the images); unused otherwise.
         """
         config = config or tokens.config
-        self._check_sampling_mode(config)
+        check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
         tokens.check_fits(
             self.backbone.model_id, self.backbone.token_width, self.backbone.vocab_size, self.backbone.family
         )
@@ -428,7 +426,7 @@ class DifferenceInversion:
         give B back unchanged: they are refused. reference: (A, A′) for `candidates` > 1, as in `apply`.
         """
         config = config or self.default_config
-        self._check_sampling_mode(config)
+        check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
         if config.edit_mask or config.direct_inversion:
             raise DiffinvError(
                 "drawing from a plain prompt inverts B under that prompt, so the edit mask and direct inversion "
@@ -485,16 +483,6 @@ class DifferenceInversion:
         scores = self.candidate_scores(reference, b, drawn, config)
         return drawn[int(torch.argmax(scores))]
 
-    def _check_sampling_mode(self, config: InversionConfig) -> None:
-        """Refuse, before any work, a sampling mode this model cannot draw in: "editor" is an
-        instruction editor's only mode, and a text-to-image model has every other."""
-        if config.sampling_mode not in self.backbone.sampling_modes:
-            kind = "an instruction editor" if self.backbone.takes_instructions else "a text-to-image model"
-            raise DiffinvError(
-                f"sampling mode {config.sampling_mode!r} does not apply to {self.backbone.model_id!r}, {kind}; "
-                f"choose {' or '.join(repr(mode) for mode in self.backbone.sampling_modes)}"
-            )
-
     def candidate_scores(
         self,
         reference: tuple[ImageInput, ImageInput],
@@ -533,7 +521,7 @@ class DifferenceInversion:
         (default none), and B is described only for `lambda_clip_b`.
         """
         config = config or self.default_config
-        self._check_sampling_mode(config)
+        check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
         if self.backbone.takes_instructions:
             return self._edit_analogy(a, a_prime, b, config, seed, captions, prompt_b, progress)
         prompts = None

@@ -105,19 +105,21 @@ def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) 
 
 
 def build_methods(
-    args: argparse.Namespace, card: ModelCard, editor: ModelCard | None = None
-) -> tuple[list[Method], InversionConfig]:
-    """The methods of --method (or the defaults) and the base config: the model's defaults with
-    the --set changes. Every method's config is validated here (an `on-editor` one against the
-    defaults of `editor`, the editor's card)."""
-    from .methods import expand_methods, parse_changes
+    args: argparse.Namespace, card: ModelCard, models: dict[str, str] | None = None
+) -> tuple[list[Method], InversionConfig, ModelCard | None]:
+    """The methods of --method (or the defaults), the base config (the model's defaults with the
+    --set changes) and the card of the editor the `on-editor` methods run on (`editor_card`;
+    models: --baseline-model). Every method's config is validated here (an `on-editor` one
+    against the editor's defaults)."""
+    from .methods import parse_changes
 
     methods = expand_methods(args.methods or default_methods(args))
     base_config = card.default_config().replace(**parse_changes(args.base_changes))
+    editor = editor_card(methods, card, models or {})
     editor_config = editor.default_config() if editor is not None else None
     for method in methods:
         method.config(base_config, editor_config)
-    return methods, base_config
+    return methods, base_config, editor
 
 
 def batch_size(args: argparse.Namespace, card: ModelCard) -> int:
@@ -227,9 +229,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
     baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
-    methods = expand_methods(args.methods or default_methods(args))
-    editor = editor_card(methods, card, baseline_models)
-    methods, base_config = build_methods(args, card, editor)
+    methods, base_config, editor = build_methods(args, card, baseline_models)
     check_baselines(methods, card, triplets, baseline_models)
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
