@@ -68,7 +68,14 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
         --method on-editor:steps=200,weight_decay=1,image_guidance_scale=4
     done
     "${BENCH[@]}" --out runs/ed-dev2-s9 --n 50 --triplet-seed 9 \
-      --method on-editor:steps=200 --method on-editor:steps=200,weight_decay=1 --method difference-inversion ;;
+      --method on-editor:steps=200 --method on-editor:steps=200,weight_decay=1 --method difference-inversion
+    F=on-editor:steps=200,weight_decay=1
+    for seed in 7 8; do  # what is left, the attributes: more variants of the frozen row
+      "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
+        --method $F,n_tokens=2 --method $F,n_tokens=4 --method $F,alpha=0.5 --method $F,clip_loss_space=text-tower \
+        --method $F,lambda_tc=0.003 --method on-editor:steps=300,weight_decay=1.5 --method $F,edit_strength=0.7 \
+        --method $F,guidance_scale=3 --method $F,sampling_steps=40
+    done ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
