@@ -74,8 +74,7 @@ class InstructPix2PixBackbone(StableDiffusionBackbone):
         states (B, L, d) and the latents of the images being edited (B, C, h, w; `pair_conditioning`)."""
         if image_latents is None:
             raise DiffinvError("an instruction editor predicts only with the image it edits (image_latents)")
-        model_input = torch.cat([noisy, image_latents.to(noisy.dtype)], dim=1)
-        return self.unet(model_input, timesteps, encoder_hidden_states=text_states).sample
+        return super().predict(torch.cat([noisy, image_latents.to(noisy.dtype)], dim=1), timesteps, text_states)
 
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()

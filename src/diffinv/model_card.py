@@ -39,6 +39,7 @@ BUNDLED = {
 }
 CAPTIONER_KINDS = ("blip2", "clip-retrieval")
 EDITOR_PIPELINE = "StableDiffusionInstructPix2PixPipeline"  # an instruction editor: `backbone_editor`
+DEFAULT_EDITOR = "timbrooks/instruct-pix2pix"  # InstructPix2Pix's published model
 
 
 @dataclass(frozen=True)

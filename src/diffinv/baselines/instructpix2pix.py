@@ -30,6 +30,7 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
+from ..model_card import DEFAULT_EDITOR
 from ..pipeline import ImageInput
 from .base import (
     Cost,
@@ -45,7 +46,7 @@ from .base import (
     with_scheduler,
 )
 
-DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+DEFAULT_MODEL = DEFAULT_EDITOR
 
 
 def check_instruct_guidance(guidance_scale, image_guidance_scale, steps) -> None:

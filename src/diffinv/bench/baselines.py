@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 from ..errors import DiffinvError
 
-DEFAULT_EDITOR = "timbrooks/instruct-pix2pix"  # = baselines.instructpix2pix.DEFAULT_MODEL, without importing torch
-
 
 @dataclass(frozen=True)
 class BaselineSpec:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import InversionConfig
 from ..errors import DiffinvError
-from ..model_card import ModelCard, model_card
+from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
 from ..shapes.world import JITTER
 from .baselines import parse_baseline_models
 from .datasets import BenchTriplet
@@ -91,7 +91,7 @@ def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) 
     """The card of the instruction editor the `on-editor` methods run on (None when none does):
     --baseline-model instructpix2pix=MODEL, else the card's editor, else InstructPix2Pix's
     published model — except on a shapes world, whose editor must be its own."""
-    from .baselines import DEFAULT_EDITOR, baseline_model
+    from .baselines import baseline_model
 
     if not any(method.on_editor for method in methods):
         return None

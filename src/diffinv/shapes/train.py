@@ -178,9 +178,10 @@ EDITOR_DESCRIPTOR = dict(
         guidance_scale=GUIDANCE,
         image_guidance_scale=IMAGE_GUIDANCE,
     ),
-    captioner={"kind": "clip-retrieval", "captions": "../captions.txt"},
+    # the world's captions, CLIP and classifier, one directory up
+    captioner={**DESCRIPTOR["captioner"], "captions": "../" + DESCRIPTOR["captioner"]["captions"]},
     clip="../clip",
-    bench={"batch": 8, "embedders": ["clip"], "classifier": "../classifier"},
+    bench={**DESCRIPTOR["bench"], "classifier": "../" + DESCRIPTOR["bench"]["classifier"]},
 )
 
 
