@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -76,6 +76,19 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
         --method $F,lambda_tc=0.003 --method on-editor:steps=300,weight_decay=1.5 --method $F,edit_strength=0.7 \
         --method $F,guidance_scale=3 --method $F,sampling_steps=40
     done ;;
+  train-encoder)  # issue 11: the DIFF-token encoder of the bundled world's editor (diffinv.diff_encoder)
+    diffinv shapes train --out src/diffinv/shapes/model --stage diff_encoder ;;
+  dev-encoder)  # issue 11: the encoder's tokens as they are, and as the fit's start, on seeds 7 and 8
+    for seed in 7 8; do
+      "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
+        --method on-editor:init=encoder,steps=0 --method on-editor:init=encoder
+    done ;;
+  heldout-encoder)  # issue 11: the frozen choice once on held-out seed 160, 200 triplets (two shells at once)
+    "${BENCH[@]}" --out runs/heldout-v2-s160 --n 200 --triplet-seed 160 \
+      --method on-editor:init=encoder,steps=0 --method on-editor --method paper --method difference-inversion ;;
+  heldout-encoder-baselines)  # issue 11: the paper's baselines beside it, first 100 triplets of seed 160
+    "${BENCH[@]}" --out runs/heldout-v2-s160-baselines --n 100 --triplet-seed 160 \
+      --method on-editor:init=encoder,steps=0 --method sdedit --method analogist --method instructpix2pix --method visii ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \

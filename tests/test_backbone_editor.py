@@ -180,8 +180,19 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
     config = card.default_config()
     for field in ("learning_rate", "clip_loss_space", "tc_reduction", "prompt_source", "n_tokens", "lambda_tc"):
         assert getattr(config, field) == getattr(world, field)  # the world's method at its learning rate
-    assert (config.steps, config.weight_decay) == (200, 1.0)  # the editor's own fit (results.md §7)
+    # D̃ from the editor's encoder, no fit; --init zeros brings back the editor's own fit (results.md §7)
+    assert (config.init, config.steps, config.weight_decay) == ("encoder", 0, 1.0)
+    assert (card.directory / "diff_encoder" / "diff_encoder.safetensors").is_file()
     assert (config.sampling_mode, config.guidance_scale, config.image_guidance_scale) == ("editor", 4.0, 3.0)
+
+
+def test_the_editor_uses_the_encoder_only_once_it_is_trained():
+    from diffinv.shapes.train import EDITOR_FIT, TrainingPlan, editor_descriptor
+
+    before = editor_descriptor(TrainingPlan(), trained={"editor": 1.0})["config"]
+    assert "init" not in before and before["steps"] == EDITOR_FIT["steps"]
+    after = editor_descriptor(TrainingPlan(), trained={"editor": 1.0, "diff_encoder": 1.0})["config"]
+    assert (after["init"], after["steps"]) == ("encoder", 0)
 
 
 def test_a_descriptor_naming_a_missing_clip_is_refused(tmp_path):

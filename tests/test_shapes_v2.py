@@ -199,6 +199,7 @@ TINY_PLAN = dict(
     n_edit_pairs=16,
     inpainting_steps=2,
     n_grids=8,
+    diff_encoder_steps=2,
     inpainting_batch=4,
     batch=8,
     clip_batch=16,
@@ -232,6 +233,12 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     }
     assert model_card(out).shapes_layout_range == LAYOUT_RANGE
     assert model_card(out).bench["editor"] == "editor"  # complete now: both named
+    assert model_card(str(out / "editor")).default_config().init == "zeros"  # no encoder yet: the fit
+    train_world(out, plan, stages=["diff_encoder"])
+    assert (out / "editor" / "diff_encoder" / "diff_encoder.safetensors").is_file()
+    assert not (out / "diff_encoder-partial.safetensors").exists()
+    editor_config = model_card(str(out / "editor")).default_config()
+    assert (editor_config.init, editor_config.steps) == ("encoder", 0)
 
 
 def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
@@ -248,6 +255,7 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
         "inpainting",
         "clip_vision",
         "vae_grids",
+        "diff_encoder",
     ]
     # the refined decoder is in every pipeline directory of the world
     main_vae = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import DiffinvError
 
-INITS = ("zeros", "random")
+INITS = ("zeros", "random", "encoder")
 TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
@@ -35,8 +35,12 @@ class InversionConfig:
         lambda_tc: weight of the token consistency loss. *paper* 0.01.
         lambda_clip: weight of the CLIP (delta) loss. *paper* 6.
         init: "zeros" (*paper*) or "random" (the ablation of Fig. 5; N(0, σ²) with σ the std of
-            the vocabulary embeddings).
-        steps: optimisation steps N. Not stated; VISII's 1000.
+            the vocabulary embeddings), or "encoder" (beyond the paper, instruction editors only):
+            the prediction of a DIFF-token encoder trained for the model (`diff_encoder`; the
+            paper's Sec. 6 future work), to which the fit adds a correction that starts at zero
+            and decays towards zero.
+        steps: optimisation steps N. Not stated; VISII's 1000. 0 is allowed with init="encoder":
+            D̃ is then the encoder's prediction as it is.
         learning_rate: AdamW learning rate. Not stated; VISII's 1e-3.
         weight_decay: AdamW weight decay. Not stated; torch's AdamW default 1e-2.
         clip_loss_space: how the CLIP loss compares D̃ (token embeddings) with the interpolated
@@ -211,7 +215,17 @@ class InversionConfig:
         finite_non_negative("lambda_clip_b")
         need(self.init in INITS, f"init must be one of {INITS}, got {self.init!r}")
         # Zero steps would leave D̃ at its start (zeros): B′ would be B redrawn, silently unedited.
-        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer ≥ 1, got {self.steps!r}")
+        # From the encoder's prediction, zero steps use that prediction as it is.
+        fewest_steps = 0 if self.init == "encoder" else 1
+        need(
+            isinstance(self.steps, int) and self.steps >= fewest_steps,
+            f"steps must be an integer ≥ {fewest_steps}, got {self.steps!r}"
+            + ("" if fewest_steps == 0 else " (0 only with init='encoder')"),
+        )
+        need(
+            not (self.init == "encoder" and self.hard_tokens),
+            "init='encoder' predicts soft tokens; it does not combine with hard_tokens",
+        )
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
         need(

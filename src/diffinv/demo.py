@@ -197,7 +197,7 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
                 "hub id or directory",
             )
             steps = gr.Slider(
-                1, max(1000, defaults.steps), value=defaults.steps, step=1, label="steps", elem_id="steps"
+                0, max(1000, defaults.steps), value=defaults.steps, step=1, label="steps", elem_id="steps"
             )
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
             edit_strength = gr.Slider(0.0, 3.0, value=defaults.edit_strength, step=0.05, label="edit strength")

@@ -47,6 +47,7 @@ class PreparedPair:
     text_delta_norm: float | None = None  # ‖D_T‖; None where the text delta was not computed (α = 0)
     effective_alpha: float | None = None  # the α D_inter was made with: 0 where D_T was degenerate
     prompt_b: str | None = None  # prompt_B, when the tokens are fitted for one B (`lambda_clip_b` > 0)
+    encoded: torch.Tensor | None = None  # (n, d): the DIFF-token encoder's D̃, with init="encoder"
 
 
 # ① ---------------------------------------------------------------------------------------
@@ -161,7 +162,8 @@ def init_diff_tokens(
     count: int = 1,
 ) -> torch.Tensor:
     """D̃ (count, n, d), float32 on the backbone's device, requires grad — one set per pair fitted
-    together: zeros (the paper), or "random" N(0, σ²) with σ the vocabulary's std.
+    together: zeros (the paper), or "random" N(0, σ²) with σ the vocabulary's std. With "encoder"
+    this is the correction added to the encoder's prediction, which starts at zero.
 
     Random draws come from a CPU generator and are then moved to the device, so one seed gives
     one start on CPU and CUDA: `generator` itself if it is on the CPU, else a CPU generator
@@ -373,7 +375,9 @@ def fit_diff_tokens(
     Returns D̃ (K, n, d) float32 — (n, d) if one pair was passed — and each pair's per-step
     history of the three losses (`loss` is the total, with `lambda_clip_b`'s term when it is on).
     With `config.hard_tokens` the forward passes used the projection (and D̃ started at
-    vocabulary rows, see `init_diff_tokens`); `harden` finishes it.
+    vocabulary rows, see `init_diff_tokens`); `harden` finishes it. With `config.init="encoder"`
+    D̃ is each pair's `encoded` tokens plus a fitted correction (weight decay pulls the correction,
+    not D̃, towards zero); with 0 steps, the encoded tokens.
     """
     single = isinstance(pairs, PreparedPair)
     pairs = [pairs] if single else pairs
@@ -387,6 +391,13 @@ def fit_diff_tokens(
     ids, slot_mask = backbone.slot_ids([""] * len(texts) if backbone.takes_instructions else texts, config.n_tokens)
     image_latents = backbone.pair_conditioning(latents)  # None for a text-to-image model
     diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
+    encoded = None
+    if config.init == "encoder":
+        if any(p.encoded is None for p in pairs):
+            raise DiffinvError(
+                "init='encoder' needs each pair's encoded tokens (DifferenceInversion.prepare makes them)"
+            )
+        encoded = torch.stack([p.encoded for p in pairs]).to(diff.device, diff.dtype)
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
@@ -399,6 +410,8 @@ def fit_diff_tokens(
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
     for step in bar:
         used = table.project(diff)[0] if config.hard_tokens else diff
+        if encoded is not None:
+            used = encoded + used
         loss_tc = loss_clip = zero
         if config.use_token_consistency:
             noisy, timesteps, targets = noised_pair(backbone, latents, generator)
@@ -425,5 +438,5 @@ def fit_diff_tokens(
     curves = [
         {name: [row[i] for row in rows] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))} for rows in trace
     ]
-    diff = diff.detach().float()
+    diff = diff.detach().float() if encoded is None else (encoded + diff).detach().float()
     return (diff[0], curves[0]) if single else (diff, curves)

@@ -20,6 +20,7 @@ from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
 from .config import INVERSION_MODES, InversionConfig, check_sampling_mode
+from .diff_encoder import ENCODER_DIR, DiffEncoder, check_encoder_fits
 from .errors import DiffinvError
 from .images import check_usable, fit_to, load_image, to_rgb, working_size
 from .inversion import (
@@ -137,11 +138,13 @@ class DifferenceInversion:
         clip: ClipSpace,
         captioner: Captioner | None = None,
         default_config: InversionConfig | None = None,
+        diff_encoder: DiffEncoder | None = None,
     ):
         self.backbone = backbone
         self.clip = clip
         self.captioner = captioner
         self.default_config = default_config or InversionConfig()
+        self.diff_encoder = diff_encoder  # init="encoder" needs it (`diff_encoder`)
 
     @classmethod
     def from_pretrained(
@@ -194,7 +197,10 @@ class DifferenceInversion:
             else:
                 captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
         default_config = card.default_config(editor=backbone.takes_instructions)
-        return cls(backbone, clip, captioner, default_config=default_config)
+        diff_encoder = None
+        if card.directory is not None and (card.directory / ENCODER_DIR).is_dir():
+            diff_encoder = DiffEncoder.from_pretrained(card.directory / ENCODER_DIR).to(device)
+        return cls(backbone, clip, captioner, default_config=default_config, diff_encoder=diff_encoder)
 
     # ------------------------------------------------------------------------------------------
     def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:
@@ -230,14 +236,22 @@ class DifferenceInversion:
                 f"lambda_clip_b = {config.lambda_clip_b} fits the DIFF tokens for one B and needs its prompt: "
                 "use analogy (or pass prompt_b)"
             )
+        self._check_encoder(config)
         a = self._working_image(a, config)
         a_prime = fit_to(as_rgb(a_prime), a.size)
+        encoded = None
+        if config.init == "encoder":
+            with torch.no_grad():
+                features = self.clip.image_features([a, a_prime])
+                encoded = self.diff_encoder(features[:1], features[1:])[0].float()
         # An editor's L_tc has no prompts beside the tokens: only the in-context CLIP loss reads them.
         in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
         if prompts is None and self.backbone.takes_instructions and not in_context:
             prompts = ("", "")
-        needs_captions = (config.use_clip_loss and config.alpha > 0) or (
-            prompts is None and config.prompt_source == "caption"
+        if config.steps == 0:  # the encoder's D̃ as it is: no loss reads prompts or captions
+            prompts, captions = prompts or ("", ""), captions or ("", "")
+        needs_captions = config.steps > 0 and (
+            (config.use_clip_loss and config.alpha > 0) or (prompts is None and config.prompt_source == "caption")
         )
         if captions is None:
             captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
@@ -251,10 +265,28 @@ class DifferenceInversion:
             prompt_a=prompts[0],
             prompt_a_prime=prompts[1],
             **interpolated_delta(
-                self.clip, a, a_prime, *captions, config.alpha if config.use_clip_loss else 0.0
+                self.clip, a, a_prime, *captions, config.alpha if config.use_clip_loss and config.steps > 0 else 0.0
             )._asdict(),
             latents=latent_pair(self.backbone, a, a_prime),
             prompt_b=prompt_b,
+            encoded=encoded,
+        )
+
+    def _check_encoder(self, config: InversionConfig) -> None:
+        """init="encoder" needs an instruction editor with an encoder made for it and for n_tokens."""
+        if config.init != "encoder":
+            return
+        if self.diff_encoder is None:
+            raise DiffinvError(
+                f"init='encoder' needs a DIFF-token encoder, and {self.backbone.model_id} has none (a "
+                f"'{ENCODER_DIR}' folder in its model directory, see diffinv.diff_encoder); use init='zeros'"
+            )
+        check_encoder_fits(
+            self.diff_encoder,
+            config.n_tokens,
+            self.backbone.token_width,
+            self.clip.joint_width,
+            self.backbone.model_id,
         )
 
     def fit(

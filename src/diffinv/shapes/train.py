@@ -21,6 +21,8 @@ checkpoint, and leave a usable pipeline in the directory at each one):
                  retrieval of v2's pictures; the text encoder every denoiser reads is unchanged)
 8. vae_grids   — (v2) the VAE decoder again, encoder frozen, on single pictures and 2×2 grids in
                  turn: grids' latents are not their cells' latents side by side
+9. diff_encoder — (v2) the editor's DIFF-token encoder (`diffinv.diff_encoder`, `init="encoder"`),
+                 on the editor's own training pairs, into `editor/diff_encoder/`
 
 The output directory is a standard Stable Diffusion directory (`StableDiffusionPipeline.
 from_pretrained` loads it) with `clip/` and `classifier/` beside the usual components, and for v2
@@ -165,6 +167,10 @@ def world_descriptor(plan: TrainingPlan, trained=None) -> dict:
 # development triplet seeds 7-9 and then measured once on held-out seed 150 (docs/results.md §7:
 # correct 50.5 % against 32 % with the world's fit and 24.5 % for the text-to-image default).
 EDITOR_FIT = {"steps": 200, "weight_decay": 1.0}
+# Once the editor has its DIFF-token encoder (stage diff_encoder), D̃ is the encoder's prediction with
+# no fit: chosen on development seeds 7-8 and measured once on held-out seed 160 (docs/results.md §7:
+# correct 75 % against 54.5 % for EDITOR_FIT). `--init zeros` brings EDITOR_FIT back.
+EDITOR_ENCODER = {"init": "encoder", "steps": 0}
 EDITOR_DESCRIPTOR = dict(
     name="shapes-editor",
     config=dict(
@@ -185,9 +191,13 @@ EDITOR_DESCRIPTOR = dict(
 )
 
 
-def editor_descriptor(plan: TrainingPlan) -> dict:
-    """The editor directory's `diffinv.json` values (world v2 and later)."""
-    return {**EDITOR_DESCRIPTOR, "world": {"version": plan.world, "layout_range": plan.layout_range}}
+def editor_descriptor(plan: TrainingPlan, trained=None) -> dict:
+    """The editor directory's `diffinv.json` values (world v2 and later). trained: the stages done
+    (default: all); D̃ comes from the encoder only once stage diff_encoder is."""
+    descriptor = {**EDITOR_DESCRIPTOR, "world": {"version": plan.world, "layout_range": plan.layout_range}}
+    if trained is None or "diff_encoder" in trained:
+        descriptor["config"] = {**descriptor["config"], **EDITOR_ENCODER}
+    return descriptor
 
 
 @dataclass
@@ -209,6 +219,7 @@ class TrainingPlan:
     n_edit_pairs: int = 12000
     inpainting_steps: int = 10000  # 2000 gave 68 %, 6000 85 %, 10000 89 % (its gate: 90 %)
     n_grids: int = 6000
+    diff_encoder_steps: int = 10000  # v2 only: the DIFF-token encoder (diffinv.diff_encoder), on the editor's pairs
     inpainting_batch: int = 32
     checkpoint_every: int = 500
     batch: int = 64
@@ -704,8 +715,10 @@ def sampling_scheduler() -> DDIMScheduler:
 # In training order, except clip_vision and vae_grids (v2), which came last into the plan: they
 # change no latent and no text state, so they may run before or after the denoisers.
 STAGES = ("classifier", "clip", "vae", "vae_decoder", "unet", "editor", "inpainting", "clip_vision", "vae_grids")
+STAGES += ("diff_encoder",)
 NEEDS = {"clip": (), "classifier": (), "vae": (), "vae_decoder": ("vae",), "unet": ("clip", "vae_decoder")}
 NEEDS.update(editor=("unet",), inpainting=("unet",), clip_vision=("clip",), vae_grids=("vae_decoder",))
+NEEDS.update(diff_encoder=("editor", "clip_vision", "vae_grids"))
 
 
 def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] | None = None) -> dict:
@@ -867,16 +880,41 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
                     vae.save_pretrained(directory / "vae")
 
         stage("vae_grids", vae_grids_stage)
+
+        def diff_encoder_stage():
+            from ..backbone_editor import InstructPix2PixBackbone
+            from ..clip_space import ClipSpace
+            from ..diff_encoder import ENCODER_DIR, train_diff_encoder
+
+            backbone = InstructPix2PixBackbone.from_pretrained(str(out / EDITOR_DIR), "cpu", torch.float32)
+            clip = ClipSpace.from_pretrained(str(out / "clip"), "cpu", torch.float32)
+            # The editor's own training pairs: the encoder sees no edit the editor did not.
+            pairs = edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+            partial = out / "diff_encoder-partial.safetensors"
+            encoder = train_diff_encoder(
+                backbone,
+                clip,
+                [render(before) for before, _, _ in pairs],
+                [render(after) for _, after, _ in pairs],
+                plan.diff_encoder_steps,
+                checkpoint=partial,
+                checkpoint_every=plan.checkpoint_every,
+                generator=torch.Generator().manual_seed(plan.seed + 4),
+            )
+            encoder.save_pretrained(out / EDITOR_DIR / ENCODER_DIR)
+            partial.unlink(missing_ok=True)
+
+        stage("diff_encoder", diff_encoder_stage)
     timings = finished()
     # Once its text-to-image models are done the directory is a world (benches and checks can run
     # while the editor and the inpainting model still train): describe it, and again as they finish.
-    if all(name in timings for name in known if name not in BENCH_MODELS):
+    if all(name in timings for name in known if name not in BENCH_MODELS and name != "diff_encoder"):
         (out / "captions.txt").write_text(
             "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
         )
         write_descriptor(out, **world_descriptor(plan, trained=timings))
     if "editor" in timings:
-        write_descriptor(out / EDITOR_DIR, **editor_descriptor(plan))
+        write_descriptor(out / EDITOR_DIR, **editor_descriptor(plan, trained=timings))
     return timings
 
 
