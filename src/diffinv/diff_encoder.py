@@ -68,13 +68,13 @@ class DiffEncoder(torch.nn.Module):
         inputs = torch.cat([features_a, features_a_prime - features_a], dim=-1).to(self.net[0].weight.dtype)
         return self.net(inputs).view(-1, self.config.n_tokens, self.config.token_width)
 
-    def save_pretrained(self, directory: str | Path, metadata: dict[str, str] | None = None) -> None:
+    def save_pretrained(self, directory: str | Path) -> None:
         """Both files, each written to a temporary name and then moved into place."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         temporary = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(weights, str(temporary), metadata=metadata)
+        save_file(weights, str(temporary))
         os.replace(temporary, directory / WEIGHTS_NAME)
         temporary = directory / (CONFIG_NAME + ".tmp")
         temporary.write_text(json.dumps(asdict(self.config), indent=1))
@@ -128,7 +128,7 @@ def train_diff_encoder(
     Every `checkpoint_every` steps the weights go to `checkpoint` (safetensors, with the step);
     a run started again with the same arguments resumes there, with a fresh optimiser.
     """
-    from .shapes.train import _cosine_lr  # the world's schedule; import here to keep this module light
+    from .shapes.train import _cosine_lr  # the schedule every stage of the world trains with
 
     if not backbone.takes_instructions:
         raise DiffinvError(f"{backbone.model_id}: a DIFF-token encoder is trained on an instruction editor")
