@@ -143,7 +143,8 @@ def train_diff_encoder(
     # Both ways round: each pair also teaches the edit back.
     sources = torch.cat([latents_before, latents_after])
     targets = torch.cat([latents_after, latents_before])
-    features = torch.cat([features_before, features_after]), torch.cat([features_after, features_before])
+    features_source = torch.cat([features_before, features_after])
+    features_target = torch.cat([features_after, features_before])
 
     config = DiffEncoderConfig(clip.joint_width, n_tokens, backbone.token_width)
     encoder = DiffEncoder(config).to(backbone.device)
@@ -162,7 +163,7 @@ def train_diff_encoder(
         clean = targets[index]
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, backbone.num_train_timesteps, (batch,), generator=generator)
-        tokens = encoder(features[0][index], features[1][index])
+        tokens = encoder(features_source[index], features_target[index])
         text_states = backbone.encode_prompt(ids, slot_mask, tokens)
         noisy = backbone.add_noise(clean, noise, timesteps)
         prediction = backbone.predict(noisy, timesteps, text_states, sources[index] / scale)

@@ -73,16 +73,23 @@ class InterpolatedDelta(NamedTuple):
 
 
 def interpolated_delta(
-    clip: ClipSpace, a: Image.Image, a_prime: Image.Image, caption_a: str, caption_a_prime: str, alpha: float
+    clip: ClipSpace,
+    a: Image.Image,
+    a_prime: Image.Image,
+    caption_a: str,
+    caption_a_prime: str,
+    alpha: float,
+    image_features: torch.Tensor | None = None,
 ) -> InterpolatedDelta:
     """D_inter (D,): slerp between the image delta (α = 0) and the text delta (α = 1).
 
     A degenerate text delta — ‖D_T‖ < `MIN_TEXT_DELTA_NORM`, e.g. the same caption for A and A′ —
     has no direction to interpolate towards (slerp would normalise noise to full weight): D_inter
     is then the image delta alone (effective α = 0), with a `DiffinvWarning` naming the captions.
-    With α = 0 the captions are not encoded at all.
+    With α = 0 the captions are not encoded at all. image_features: CLIP's features of A and A′
+    (2, D) where the caller has them already.
     """
-    image = clip.image_features([a, a_prime])
+    image = clip.image_features([a, a_prime]) if image_features is None else image_features
     image_delta = delta(image[0], image[1])
     if alpha == 0:
         return InterpolatedDelta(F.normalize(image_delta.float(), dim=0), None, 0.0)

@@ -239,10 +239,10 @@ class DifferenceInversion:
         self._check_encoder(config)
         a = self._working_image(a, config)
         a_prime = fit_to(as_rgb(a_prime), a.size)
+        features = self.clip.image_features([a, a_prime])  # (2, D): step ②'s, and the encoder's input
         encoded = None
         if config.init == "encoder":
             with torch.no_grad():
-                features = self.clip.image_features([a, a_prime])
                 encoded = self.diff_encoder(features[:1], features[1:])[0].float()
         # An editor's L_tc has no prompts beside the tokens: only the in-context CLIP loss reads them.
         in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
@@ -265,7 +265,12 @@ class DifferenceInversion:
             prompt_a=prompts[0],
             prompt_a_prime=prompts[1],
             **interpolated_delta(
-                self.clip, a, a_prime, *captions, config.alpha if config.use_clip_loss and config.steps > 0 else 0.0
+                self.clip,
+                a,
+                a_prime,
+                *captions,
+                config.alpha if config.use_clip_loss and config.steps > 0 else 0.0,
+                image_features=features,
             )._asdict(),
             latents=latent_pair(self.backbone, a, a_prime),
             prompt_b=prompt_b,

@@ -112,6 +112,8 @@ DESCRIPTOR = dict(
 EDITOR_DIR, INPAINTING_DIR = "editor", "inpainting"
 # The world's models besides text-to-image, each named in the descriptor once its stage is done.
 BENCH_MODELS = {"editor": EDITOR_DIR, "inpainting": INPAINTING_DIR}
+# Stages the text-to-image world does not wait for: it is described (benches, checks) without them.
+BESIDE_THE_WORLD = (*BENCH_MODELS, "diff_encoder")
 # How v2 draws B′: from B's DDIM inversion at strength 0.6 and guidance 2.5 instead of img2img at
 # 0.8 and guidance 4 — chosen on development triplet seeds 1-4 and then measured once on held-out
 # seed 120 (docs/results.md §7: correct 28 % against 5.5 %, layout 53 % against 12.5 %). v1 keeps
@@ -908,7 +910,7 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
     timings = finished()
     # Once its text-to-image models are done the directory is a world (benches and checks can run
     # while the editor and the inpainting model still train): describe it, and again as they finish.
-    if all(name in timings for name in known if name not in BENCH_MODELS and name != "diff_encoder"):
+    if all(name in timings for name in known if name not in BESIDE_THE_WORLD):
         (out / "captions.txt").write_text(
             "\n".join(canonical_caption(s) for s in all_scenes()) + "\n", encoding="utf-8"
         )
