@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config, shape_image
 from diffinv.bench.datasets import BenchTriplet, folder_dataset, instructpix2pix_dataset, shapes_dataset
-from diffinv.bench.methods import PRESETS, expand_methods, parse_changes, parse_method
+from diffinv.bench.methods import METHOD_SETS, expand_methods, parse_changes, parse_method
 from diffinv.bench.metrics import Dinov2Embedder, directional_score
 from diffinv.bench.report import mean_interval, paired_differences, read_results, summarize, t_quantile, write_reports
 from diffinv.bench.results import RESULTS, append_result, check_run_record, claim_path
@@ -44,7 +44,7 @@ def test_method_specs_map_to_config_changes():
 
 def test_presets_expand_in_order_without_duplicates():
     specs = [m.spec for m in expand_methods(["fig5", "difference-inversion", "n-sweep"])]
-    assert specs == PRESETS["fig5"] + PRESETS["n-sweep"]
+    assert specs == METHOD_SETS["fig5"] + METHOD_SETS["n-sweep"]
 
 
 @pytest.mark.parametrize(
@@ -811,7 +811,7 @@ def test_bench_defaults_come_from_the_model_card(tmp_path):
     shapes = model_card("shapes")
     args = bench_args("run", "--out", tmp_path, "--set", "steps=7")
     assert embedder_specs(args, shapes) == [("clip", "")] and batch_size(args, shapes) == 8
-    methods, base, _ = build_methods(args, shapes)
+    methods, base, _, _ = build_methods(args, shapes)
     assert base == shapes.default_config().replace(steps=7)
     assert [m.spec for m in methods] == ["difference-inversion", "copy-b", "oracle-caption"]
     assert classifier_path(shapes) == shapes.path("classifier")

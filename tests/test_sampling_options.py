@@ -14,7 +14,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
-from diffinv.bench.methods import PRESETS, expand_methods, parse_method
+from diffinv.bench.methods import METHOD_SETS, expand_methods, parse_method
 from diffinv.cli import main
 from diffinv.config import SAMPLING_MODES, InversionConfig
 from diffinv.errors import DiffinvError
@@ -593,6 +593,6 @@ def test_bench_variants_and_preset():
     assert parse_method("inversion").changes == {"sampling_mode": "inversion"}
     assert parse_method("candidates=4").changes == {"candidates": 4}
     methods = expand_methods(["keep-b"])
-    assert [m.spec for m in methods] == PRESETS["keep-b"]
+    assert [m.spec for m in methods] == METHOD_SETS["keep-b"]
     for method in methods:
         method.config(InversionConfig())  # every variant is a valid config

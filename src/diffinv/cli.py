@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checks
+from . import __version__, checks
 from .checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
 from .config import (
     CLIP_LOSS_SPACES,
@@ -25,15 +25,17 @@ from .config import (
     SAMPLING_MODES,
     InversionConfig,
     check_sampling_mode,
-    preset,
 )
-from .errors import DiffinvError, DiffinvWarning  # torch-free: `--help` and the checks stay instant
+from .errors import DiffinvError, DiffinvWarning, Interrupted  # torch-free: `--help` and the checks stay instant
 
 # The bundled offline world's instruction editor, with the DIFF tokens from its encoder: its analogies
 # come out right nearly three times as often as those of the world's text-to-image model ("shapes"),
 # in a quarter of the time (75 % against 27 %, 0.39 s against 1.70 s per triplet; docs/results.md §7).
 # Real use: a Stable Diffusion or InstructPix2Pix hub id or directory.
 DEFAULT_MODEL = "shapes-editor"
+# `diffinv bench run` defaults to the world's text-to-image model, whose card names every model the
+# harness needs (the editor for on-editor, the inpainting model, the classifier).
+BENCH_MODEL = "shapes"
 PAPER = InversionConfig()
 
 # (flag, InversionConfig field, type, help). Every flag defaults to None = "the model's default", which
@@ -124,14 +126,15 @@ def _paper(field: str) -> str:
     return "the model's" if value is None else f"the model's; paper {value}"
 
 
-def _add_common(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL, why: str = "") -> None:
     group = parser.add_argument_group("model and run")
     group.add_argument(
         "--model",
         default=default_model,
         help="Stable Diffusion 1.x/2.x, SDXL or InstructPix2Pix hub id or local directory, e.g. "
         "stabilityai/stable-diffusion-2-1 or timbrooks/instruct-pix2pix; the bundled offline shapes world: "
-        f"'shapes-editor' (its instruction editor) or 'shapes' (its text-to-image model); default {default_model!r}",
+        f"'shapes-editor' (its instruction editor) or 'shapes' (its text-to-image model); default {default_model!r}"
+        + why,
     )
     group.add_argument(
         "--clip-model", help="CLIPModel hub id or directory (default: the CLIP matching the model's text encoder)"
@@ -157,7 +160,7 @@ def _add_common(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MO
     group.add_argument(
         "--seed", type=checks.seed, default=0, help="seed for PEZ, the optimisation and sampling (default 0)"
     )
-    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or loading bars")
     group.add_argument("--debug", action="store_true", help="show tracebacks and every library warning")
 
 
@@ -231,10 +234,22 @@ def _add_fit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors in the same one-line form as every other error."""
+    """argparse with usage errors in the same one-line form as every other error, each pointing to
+    the help of the (sub)command it concerns."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parser_of_command=self)  # the innermost command's parser wins
 
     def error(self, message: str):
         self.exit(2, f"diffinv: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown flag is reported by the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            getattr(parsed, "parser_of_command", self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffinv",
         description="Image analogies A : A′ :: B : B′ by Difference Inversion (CVPR 2025).",
     )
+    parser.add_argument("--version", action="version", version=f"diffinv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser(
@@ -337,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The offline shapes world (a demonstration and test world, not a photo model).",
     )
     shape_commands = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
-    check = shape_commands.add_parser("check", help="print the four quality gates; exit 0 only if all hold")
+    check = shape_commands.add_parser(
+        "check",
+        help="measure the world's models against their quality gates, printing each as it is known (minutes on a "
+        "CPU); exit 0 only if all hold",
+    )
     check.add_argument("--model-dir", help="shapes model directory (default: the bundled one)")
     train = shape_commands.add_parser(
         "train", help="train the shapes world's models from scratch (resumes an interrupted run)"
@@ -362,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reached to STEPS in all, on a STEPS-step cosine schedule (its saved weights are the starting point)",
     )
     for action in (check, train):
-        action.add_argument("--quiet", action="store_true", help="no progress bars")
+        action.add_argument("--quiet", action="store_true", help="no progress bars or loading bars")
         action.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     demo = commands.add_parser(
@@ -482,7 +502,13 @@ def _add_bench_parser(commands) -> None:
         ),
     )
     run.add_argument("--max-examples", type=int, default=12, help="grids per method in report.html (default 12)")
-    _add_common(run, "shapes")  # the world whose card names its classifier, editor and inpainting model
+    _add_common(
+        run,
+        BENCH_MODEL,
+        f" (not {DEFAULT_MODEL!r} as for `diffinv analogy`: this card names the editor, the inpainting model and the "
+        f"classifier that on-editor, the baselines and the scores use; --model {DEFAULT_MODEL} benches the "
+        "command line's default route)",
+    )
     report = bench_commands.add_parser(
         "report", help="rewrite summary.md, summary.csv and report.html of a run directory"
     )
@@ -522,20 +548,22 @@ def _add_bench_parser(commands) -> None:
 
 
 def _weighted_file(text: str) -> tuple[str, float]:
-    """argparse type of --also: FILE or FILE:WEIGHT (a FILE whose name ends in :something that is not a
-    number is taken whole)."""
+    """argparse type of --also: FILE or FILE:WEIGHT (an existing file whose name holds a colon is
+    taken whole)."""
     path, separator, weight = text.rpartition(":")
-    if separator and path:
-        try:
-            value = float(weight)
-        except ValueError:
-            return text, 1.0
-        import math
+    if not separator or not path or os.path.exists(text):
+        return text, 1.0
+    import math
 
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"the weight of {path} must be a finite number, got {weight}")
-        return path, value
-    return text, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected FILE or FILE:WEIGHT with a number as WEIGHT, got weight {weight!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the weight of {path} must be a finite number, got {weight}")
+    return path, value
 
 
 # --- checks before any model loads --------------------------------------------------------------------
@@ -548,16 +576,11 @@ def _fields(flags) -> list[str]:
 
 
 def _planned_config(args: argparse.Namespace, card, fields: list[str]) -> InversionConfig:
-    """The model's defaults with the flags given, validated, and the resolution checked against
-    the model's native size where the directory tells it."""
-    config = card.default_config()
-    if getattr(args, "preset", None):
-        config = preset(args.preset, config)
-    config = config.replace(**_given(args, fields))
+    """The model's defaults, the preset and the flags given, with the model's budget for the start of
+    D̃ they choose (`ModelCard.config_for`), validated; the resolution checked against the model's
+    native size where the directory tells it."""
+    config = card.config_for(getattr(args, "preset", None), _given(args, fields))
     checks.check_resolution(config.resolution, card.native_resolution())
-    editor = card.is_editor()  # None for a hub model not in the cache: the pipeline checks it once loaded
-    if editor is not None:
-        check_sampling_mode(config.sampling_mode, card.name, editor)
     return config
 
 
@@ -632,22 +655,46 @@ def _check_downloads(args: argparse.Namespace, card, needs_captioner: bool) -> N
         print(f"diffinv: downloading the captioner {DEFAULT_BLIP2} (several GB); to skip it, {skip}", file=sys.stderr)
 
 
-def _needs_fit_captions(config: InversionConfig, captions) -> bool:
-    return captions is None and ((config.use_clip_loss and config.alpha > 0) or config.prompt_source == "caption")
+def _captioner_use(args: argparse.Namespace, card, config: InversionConfig, fitting: bool, drawing: bool) -> bool:
+    """Whether the run needs the captioner (`InversionConfig.needs_pair_captions` for the fit,
+    `needs_b_caption` for B), the rule the pipeline follows. Captions given that the run will not
+    read (--captions-from, --caption-a/--caption-a-prime) are said to do nothing, in one line."""
+    editor = bool(card.is_editor())  # None (a hub model not in the cache): as a text-to-image model
+    pair = fitting and config.needs_pair_captions(editor)
+    needs = (pair and getattr(args, "caption_a", None) is None) or (
+        drawing and args.prompt is None and config.needs_b_caption(editor)
+    )
+    if fitting and getattr(args, "caption_a", None) is not None and not pair:
+        _unused("--caption-a and --caption-a-prime", config, editor)
+    if args.captions_from and not needs:
+        _unused("--captions-from", config, editor)
+    return needs
 
 
-def _needs_b_caption(config: InversionConfig, prompt: str | None) -> bool:
-    return prompt is None and config.prompt_source == "caption"
+def _unused(flags: str, config: InversionConfig, editor: bool) -> None:
+    if config.steps == 0:
+        why = f"D̃ is taken from the model's encoder with no fit (init {config.init!r}, steps 0)"
+    elif editor:
+        why = "an instruction editor's fit reads no captions with these settings (alpha 0 or no CLIP loss)"
+    else:
+        why = "these settings read no captions"
+    warnings.warn(f"{flags} changes nothing here: {why}", DiffinvWarning, stacklevel=1)
 
 
 # --- loading ------------------------------------------------------------------------------------------
 def _set_up_torch(args: argparse.Namespace) -> None:
-    import torch
+    from .threads import set_up_torch
 
-    # Subnormal floats are tens of times slower on x86 CPUs and change nothing here.
-    torch.set_flush_denormal(True)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    set_up_torch(getattr(args, "threads", None))
+
+
+def _quiet_libraries() -> None:
+    """--quiet: no loading bars from diffusers and transformers either, not only no bars of ours."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _load(args: argparse.Namespace):
@@ -656,12 +703,8 @@ def _load(args: argparse.Namespace):
     from .pipeline import DifferenceInversion
 
     _set_up_torch(args)
-    if args.quiet:  # also the loading bars of diffusers and transformers, not only ours
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
+    if args.quiet:
+        _quiet_libraries()
     di = DifferenceInversion.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, clip_model=args.clip_model, offline=args.offline or None
     )
@@ -689,7 +732,7 @@ def run_fit(args: argparse.Namespace) -> None:
     tokens_path = outputs.add(args.output, (TOKEN_SUFFIX,), "token file")
     _check_images(args.a, args.a_prime)
     _caption_lines(args)  # a bad caption file is reported now
-    _check_downloads(args, card, _needs_fit_captions(config, captions))
+    _check_downloads(args, card, _captioner_use(args, card, config, fitting=True, drawing=False))
 
     di = _load(args)
     tokens = di.fit(args.a, args.a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
@@ -735,7 +778,7 @@ def run_apply(args: argparse.Namespace) -> None:
 
         others = [DiffTokens.load(path) for path in also]
         tokens = combine([tokens, *others], [args.weight, *(weight for _, weight in args.also)])
-    config = tokens.config.replace(**sampling)
+    config = _drawing_config(tokens, card, sampling)
     if config.candidates > 1:
         # Scoring candidates needs A and A′, which a token file does not hold.
         if "candidates" in sampling:
@@ -750,13 +793,56 @@ def run_apply(args: argparse.Namespace) -> None:
             stacklevel=1,
         )
         config = config.replace(candidates=1)
-    _check_downloads(args, card, _needs_b_caption(config, args.prompt))
+    _check_downloads(args, card, _captioner_use(args, card, config, fitting=False, drawing=True))
     di = _load(args)
-    for path, output in zip(args.b, paths):
-        b_prime = di.apply(tokens, path, seed=args.seed, prompt=args.prompt, config=config, progress=not args.quiet)
-        with outputs.writing() as write:
-            write(output, b_prime.save)
-        print(f"wrote {output}")
+    written: list[Path] = []
+    try:
+        for path, output in zip(args.b, paths):
+            b_prime = di.apply(
+                tokens, path, seed=args.seed, prompt=args.prompt, config=config, progress=not args.quiet
+            )
+            with outputs.writing() as write:
+                write(output, b_prime.save)
+            written.append(output)
+            print(f"wrote {output}")
+    except KeyboardInterrupt:
+        raise Interrupted(_apply_progress(written, paths)) from None
+
+
+def _apply_progress(written: list[Path], planned: list[Path]) -> str:
+    """What an interrupted `apply` had written, and what not, in one sentence."""
+    if not written:
+        return f"none of the {len(planned)} B′ was written"
+    missing = planned[len(written) :]
+    shown = ", ".join(str(path) for path in missing[:3]) + (", …" if len(missing) > 3 else "")
+    return f"wrote {len(written)} of {len(planned)} B′ (up to {written[-1]}); not written: {shown}"
+
+
+# the fields that say how B′ is drawn, which a model's own defaults give when it did not fit the tokens
+DRAWING_FIELDS = ("resolution", *(field for _, field, _, _ in SAMPLING_FLAGS))
+
+
+def _drawing_config(tokens, card, sampling: dict) -> InversionConfig:
+    """How `apply` draws B′: as the tokens were fitted to be drawn, with the flags given. Tokens
+    fitted on an instruction editor and applied to a text-to-image model (or back) are drawn with
+    this model's own drawing settings, since the other kind's mean nothing here; said in one line,
+    before any model loads."""
+    config = tokens.config
+    editor = card.is_editor()  # None for a hub model not in the cache: the pipeline checks once loaded
+    if editor is not None and editor != (config.sampling_mode == "editor"):
+        own = card.config_for(editor=editor)
+        kind = "an instruction editor" if editor else "a text-to-image model"
+        warnings.warn(
+            f"these DIFF tokens were fitted on {tokens.model_id!r}; {card.name!r} is {kind}, so B′ is drawn "
+            f"with its own drawing settings (mode {own.sampling_mode!r}, {own.sampling_steps} steps)",
+            DiffinvWarning,
+            stacklevel=1,
+        )
+        config = config.replace(**{field: getattr(own, field) for field in DRAWING_FIELDS})
+    config = config.replace(**sampling)
+    if editor is not None:
+        check_sampling_mode(config.sampling_mode, card.name, editor)
+    return config
 
 
 def run_analogy(args: argparse.Namespace) -> None:
@@ -769,8 +855,7 @@ def run_analogy(args: argparse.Namespace) -> None:
     tokens_path = outputs.add(b_prime_path.with_suffix(TOKEN_SUFFIX), (TOKEN_SUFFIX,), "token file")
     _check_images(args.a, args.a_prime, args.b)
     _caption_lines(args)  # a bad caption file is reported now
-    needs_captioner = _needs_fit_captions(config, captions) or _needs_b_caption(config, args.prompt)
-    _check_downloads(args, card, needs_captioner)
+    _check_downloads(args, card, _captioner_use(args, card, config, fitting=True, drawing=True))
 
     from .grid import image_grid
     from .pipeline import as_rgb
@@ -834,6 +919,8 @@ def run_defaults(args: argparse.Namespace) -> None:
 
 def run_shapes(args: argparse.Namespace) -> None:
     _set_up_torch(args)
+    if args.quiet:
+        _quiet_libraries()
     if args.shapes_command == "train":
         from .shapes.train import train_world
 
@@ -851,12 +938,19 @@ def run_shapes(args: argparse.Namespace) -> None:
     if args.shapes_command == "check":
         from .shapes.evaluate import check
 
-        gates = check(Path(args.model_dir) if args.model_dir else None)
-        for gate in gates:
+        def show(gate) -> None:
             print(
                 f"{'PASS' if gate.passed else 'FAIL'}  {gate.name:<16} {gate.value:6.1%}  "
-                f"(need ≥ {gate.threshold:.0%})  {gate.detail}"
+                f"(need ≥ {gate.threshold:.0%})  {gate.detail}",
+                flush=True,
             )
+
+        def measuring(stage: str) -> None:  # some stages take minutes on a CPU
+            print(f"measuring {stage} …", file=sys.stderr, flush=True)
+
+        gates = check(
+            Path(args.model_dir) if args.model_dir else None, on_stage=None if args.quiet else measuring, on_gate=show
+        )
         if not all(gate.passed for gate in gates):
             raise DiffinvError("some shapes-world gates fail")
 
@@ -906,6 +1000,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .threads import prepare_environment
+
+    prepare_environment()  # before torch is imported
     if getattr(args, "offline", False):
         os.environ["HF_HUB_OFFLINE"] = "1"  # before the hub libraries read it
     # Library chatter (deprecations, optional-backend notices, download retries) is not for the
@@ -921,6 +1018,20 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _interrupted_note(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
+    """What Ctrl-C left behind: the work's own account (`Interrupted`), else the command's."""
+    if isinstance(interrupt, Interrupted) and interrupt.args:
+        return interrupt.args[0]
+    if args.command == "shapes" and args.shapes_command == "train":
+        return f"the finished stages and the last checkpoint are kept in {args.out}; the same command resumes"
+    if args.command == "demo":
+        return "the demo stopped"
+    if args.command == "bench" and args.bench_command == "run":
+        return f"no result was written ({args.out} holds at most its run.json); the same command starts it again"
+    # fit, analogy, export and the judge write their files under temporary names and rename them at the end
+    return "no output was written"
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "shapes":
@@ -932,8 +1043,13 @@ def _run(args: argparse.Namespace) -> int:
     except DiffinvError as error:
         print(f"diffinv: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("diffinv: interrupted; no output was written", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader of our output went away (`diffinv defaults | head -1`): stop quietly, as other
+        # command-line tools do, and keep Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a tool that a closed pipe ended
+    except KeyboardInterrupt as interrupt:
+        print(f"diffinv: interrupted; {_interrupted_note(args, interrupt)}", file=sys.stderr)
         return 130
     except Exception as error:  # the last line of defence against tracebacks
         if args.debug:

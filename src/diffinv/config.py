@@ -311,6 +311,26 @@ class InversionConfig:
             f"not {self.sampling_mode!r}",
         )
 
+    def needs_pair_captions(self, editor: bool, prompts_given: bool = False) -> bool:
+        """Whether fitting reads captions of A and A′ (step ①; the captioner's when none are given):
+        the text half of the CLIP loss's delta (α > 0), or the prompts of A and A′ with prompt_source
+        "caption" where a loss reads prompts (not an instruction editor's L_tc alone; not when the
+        prompts are given). No fit (steps = 0) reads any. editor: the model is an instruction editor."""
+        if self.steps == 0:
+            return False
+        if self.use_clip_loss and self.alpha > 0:
+            return True
+        prompts_read = not editor or (self.use_clip_loss and self.clip_loss_space == "in-context")
+        return prompts_read and not prompts_given and self.prompt_source == "caption"
+
+    def needs_b_caption(self, editor: bool) -> bool:
+        """Whether B is captioned when no prompt_B is given: a text-to-image model draws B′ from B's
+        caption with prompt_source "caption"; an instruction editor's instruction is the DIFF tokens
+        alone, and it describes B only to fit for it (`lambda_clip_b` > 0)."""
+        if editor:
+            return self.lambda_clip_b > 0 and self.steps > 0 and self.prompt_source == "caption"
+        return self.prompt_source == "caption"
+
     def replace(self, **changes: Any) -> InversionConfig:
         """A copy with `changes` applied (and validated)."""
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -376,12 +396,46 @@ def preset(name: str, base: InversionConfig | None = None) -> InversionConfig:
 
     The budget fields (`BUDGET_FIELDS`) stay `base`'s, so a preset runs at the model's own step
     counts. On a Stable Diffusion model, whose defaults are the paper's, `preset("paper")` is
-    exactly `InversionConfig()`.
+    exactly `InversionConfig()`. A model whose budget depends on the start of D̃ (the shapes
+    world's editor: no fit from its encoder, 200 steps from zeros) needs `resolve_config` with its
+    card's `init_budgets`, as `ModelCard.config_for` and `DifferenceInversion.config_for` do.
     """
-    if name not in PRESETS:
-        raise DiffinvError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    base = base or InversionConfig()
-    changes = dict(PRESETS[name])
-    if base.sampling_mode == "editor":  # an instruction editor's only mode: the preset's method, drawn by it
-        changes["sampling_mode"] = "editor"
-    return base.replace(**changes)
+    return resolve_config(base or InversionConfig(), preset_name=name)
+
+
+def resolve_config(
+    base: InversionConfig,
+    *,
+    preset_name: str | None = None,
+    changes: dict[str, Any] | None = None,
+    init_budgets: dict[str, dict[str, Any]] | None = None,
+    explicit: frozenset[str] | set[str] = frozenset(),
+) -> InversionConfig:
+    """A model's configuration for one run: `base` (its defaults), then the method of preset
+    `preset_name`, then `changes` (the user's), validated once at the end.
+
+    init_budgets: the model's budget per start of D̃ (`ModelCard.init_budgets`, e.g. the shapes
+        editor's {"zeros": {"steps": 200}}). When the run starts D̃ differently from `base`, that
+        start's budget replaces `base`'s, except for the fields in `changes` or `explicit` (fields
+        the user set elsewhere, e.g. the bench's --set), so `--init zeros` alone runs the model's
+        zero-start fit rather than `base`'s zero steps.
+    An instruction editor (`base.sampling_mode == "editor"`) keeps drawing in its only mode
+    under a preset.
+    """
+    values = dataclasses.asdict(base)
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise DiffinvError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset_name])
+        if base.sampling_mode == "editor":
+            values["sampling_mode"] = "editor"
+    changes = dict(changes or {})
+    unknown = set(changes) - set(values)
+    if unknown:
+        raise DiffinvError(f"invalid configuration: unknown option(s) {sorted(unknown)}")
+    values.update(changes)
+    if values["init"] != base.init:
+        kept = set(changes) | set(explicit)
+        budget = (init_budgets or {}).get(values["init"], {})
+        values.update({name: value for name, value in budget.items() if name not in kept})
+    return InversionConfig(**values)

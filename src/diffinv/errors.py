@@ -11,3 +11,8 @@ class DiffinvError(Exception):
 class DiffinvWarning(UserWarning):
     """Something the user should know, though the work goes on (the command line prints it as one
     line even when it hides the libraries' warnings)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the interrupted work had written by then (its one argument, a sentence
+    the command line prints after "interrupted; ")."""

@@ -6,6 +6,7 @@ A model directory may carry a small descriptor file, `diffinv.json`, beside `mod
       "format": "diffinv.model/1",
       "name": "shapes",                                   # recorded in token files as model_id
       "config": {"steps": 50, "learning_rate": 0.01},     # InversionConfig fields that differ
+      "init_budgets": {"zeros": {"steps": 200}},          # the budget when D̃ starts otherwise
       "captioner": {"kind": "clip-retrieval", "captions": "captions.txt"},
       "clip": "clip",                                     # the CLIPModel directory (default: clip/)
       "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import InversionConfig
+from .config import BUDGET_FIELDS, INITS, InversionConfig, check_sampling_mode, resolve_config
 from .errors import DiffinvError
 
 DESCRIPTOR = "diffinv.json"
@@ -50,6 +51,9 @@ class ModelCard:
     name: the model id recorded in token files (the source unless the descriptor names it).
     directory: the local directory, or None for a hub id.
     config: InversionConfig fields that differ from the paper's defaults.
+    init_budgets: per start of D̃ other than the config's (`init`), the budget fields
+        (`config.BUDGET_FIELDS`) that replace the config's for that start, e.g. {"zeros":
+        {"steps": 200}} for a model whose default takes D̃ from an encoder with no fit.
     captioner: {"kind": "blip2"} (default) or {"kind": "clip-retrieval", "captions": FILE}.
     bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
     world: for a shapes world, its version and layout range (`shapes.world`); empty: v1.
@@ -61,6 +65,7 @@ class ModelCard:
     name: str
     directory: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    init_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     captioner: dict[str, Any] = field(default_factory=lambda: {"kind": "blip2"})
     bench: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +90,30 @@ class ModelCard:
         editor = self.is_editor() if editor is None else editor
         if editor and "sampling_mode" not in self.config:
             config = config.replace(sampling_mode="editor")
+        return config
+
+    def config_for(
+        self,
+        preset: str | None = None,
+        changes: dict[str, Any] | None = None,
+        explicit: frozenset[str] | set[str] = frozenset(),
+        editor: bool | None = None,
+    ) -> InversionConfig:
+        """The configuration of one run on this model: its defaults, the method of `preset`, the
+        user's `changes`, and the model's budget for the start of D̃ they choose (`init_budgets`;
+        `explicit`: fields the user set elsewhere, which no budget replaces). Refuses a sampling
+        mode the model cannot draw in, where the model's kind can be read here (editor: whether
+        it is an instruction editor; None: as `is_editor` reads it)."""
+        editor = self.is_editor() if editor is None else editor
+        config = resolve_config(
+            self.default_config(editor),
+            preset_name=preset,
+            changes=changes,
+            init_budgets=self.init_budgets,
+            explicit=explicit,
+        )
+        if editor is not None:
+            check_sampling_mode(config.sampling_mode, self.name, editor)
         return config
 
     def is_editor(self) -> bool | None:
@@ -196,13 +225,17 @@ def model_card(model: str | os.PathLike) -> ModelCard:
         name=values.get("name", source),
         directory=directory,
         config=dict(values.get("config", {})),
+        init_budgets=_init_budgets(values.get("init_budgets", {}), descriptor),
         captioner=dict(values.get("captioner", {"kind": "blip2"})),
         bench=dict(values.get("bench", {})),
         world=dict(values.get("world", {})),
         clip=values.get("clip"),
     )
     try:
-        card.default_config()
+        for init in (None, *card.init_budgets):  # the defaults, and the run from each start with a budget
+            resolve_config(
+                card.default_config(), changes={} if init is None else {"init": init}, init_budgets=card.init_budgets
+            )
     except DiffinvError as error:
         raise DiffinvError(f"{descriptor}: {error}") from None
     if card.captioner.get("kind") not in CAPTIONER_KINDS:
@@ -212,6 +245,20 @@ def model_card(model: str | os.PathLike) -> ModelCard:
     if card.clip is not None and not (isinstance(card.clip, str) and card.path(card.clip).is_dir()):
         raise DiffinvError(f"{descriptor}: the CLIP directory it names ({card.clip!r}) is missing")
     return card
+
+
+def _init_budgets(values: Any, descriptor: Path) -> dict[str, dict[str, Any]]:
+    """The descriptor's "init_budgets", checked: starts of D̃ from `config.INITS`, budget fields only."""
+    if not isinstance(values, dict) or not all(isinstance(budget, dict) for budget in values.values()):
+        raise DiffinvError(f"{descriptor}: init_budgets must map a start of D̃ to budget fields")
+    for init, budget in values.items():
+        if init not in INITS:
+            raise DiffinvError(f"{descriptor}: init_budgets names {init!r}, not one of {INITS}")
+        if not set(budget) <= set(BUDGET_FIELDS):
+            raise DiffinvError(
+                f"{descriptor}: init_budgets[{init!r}] may set only budget fields ({', '.join(BUDGET_FIELDS)})"
+            )
+    return {init: dict(budget) for init, budget in values.items()}
 
 
 def write_descriptor(directory: str | os.PathLike, **values: Any) -> Path:

@@ -19,7 +19,7 @@ from .backbone_xl import StableDiffusionXLBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
 from .checks import check_device, check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
-from .config import INVERSION_MODES, InversionConfig, check_sampling_mode
+from .config import INVERSION_MODES, InversionConfig, check_sampling_mode, resolve_config
 from .diff_encoder import ENCODER_DIR, DiffEncoder, check_encoder_fits
 from .errors import DiffinvError
 from .images import check_usable, fit_to, load_image, to_rgb, working_size
@@ -130,6 +130,9 @@ class DifferenceInversion:
         backbone: the frozen Stable Diffusion model.
         clip: the CLIP whose text tower matches the backbone's text encoder.
         captioner: turns images into captions when captions are not given (None: they must be).
+        default_config: the model's configuration (default: the paper's).
+        diff_encoder: the model's DIFF-token encoder, which init="encoder" needs.
+        init_budgets: the model's budget per start of D̃ (`ModelCard.init_budgets`), for `config_for`.
     """
 
     def __init__(
@@ -139,12 +142,14 @@ class DifferenceInversion:
         captioner: Captioner | None = None,
         default_config: InversionConfig | None = None,
         diff_encoder: DiffEncoder | None = None,
+        init_budgets: dict | None = None,
     ):
         self.backbone = backbone
         self.clip = clip
         self.captioner = captioner
         self.default_config = default_config or InversionConfig()
         self.diff_encoder = diff_encoder  # init="encoder" needs it (`diff_encoder`)
+        self.init_budgets = init_budgets or {}  # the model card's budget per start of D̃ (`config_for`)
 
     @classmethod
     def from_pretrained(
@@ -200,7 +205,20 @@ class DifferenceInversion:
         diff_encoder = None
         if card.directory is not None and (card.directory / ENCODER_DIR).is_dir():
             diff_encoder = DiffEncoder.from_pretrained(card.directory / ENCODER_DIR).to(device)
-        return cls(backbone, clip, captioner, default_config=default_config, diff_encoder=diff_encoder)
+        return cls(
+            backbone,
+            clip,
+            captioner,
+            default_config=default_config,
+            diff_encoder=diff_encoder,
+            init_budgets=card.init_budgets,
+        )
+
+    def config_for(self, preset: str | None = None, **changes) -> InversionConfig:
+        """The model's configuration with the method of `preset` (`config.PRESETS`) and `changes`,
+        on the model's budget for the start of D̃ they choose: e.g. on the shapes editor, whose
+        default takes D̃ from its encoder with no fit, `config_for(init="zeros")` fits 200 steps."""
+        return resolve_config(self.default_config, preset_name=preset, changes=changes, init_budgets=self.init_budgets)
 
     # ------------------------------------------------------------------------------------------
     def _size_for(self, image: Image.Image, config: InversionConfig) -> tuple[int, int]:
@@ -244,15 +262,13 @@ class DifferenceInversion:
         if config.init == "encoder":
             with torch.no_grad():
                 encoded = self.diff_encoder(features[:1], features[1:])[0].float()
+        needs_captions = config.needs_pair_captions(self.backbone.takes_instructions, prompts is not None)
         # An editor's L_tc has no prompts beside the tokens: only the in-context CLIP loss reads them.
         in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
         if prompts is None and self.backbone.takes_instructions and not in_context:
             prompts = ("", "")
         if config.steps == 0:  # the encoder's D̃ as it is: no loss reads prompts or captions
             prompts, captions = prompts or ("", ""), captions or ("", "")
-        needs_captions = config.steps > 0 and (
-            (config.use_clip_loss and config.alpha > 0) or (prompts is None and config.prompt_source == "caption")
-        )
         if captions is None:
             captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
         if prompts is None:

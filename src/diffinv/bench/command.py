@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..config import InversionConfig
+from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
 from ..shapes.world import JITTER
@@ -106,20 +106,36 @@ def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) 
 
 def build_methods(
     args: argparse.Namespace, card: ModelCard, models: dict[str, str] | None = None
-) -> tuple[list[Method], InversionConfig, ModelCard | None]:
+) -> tuple[list[Method], InversionConfig, ModelCard | None, dict[str, InversionConfig]]:
     """The methods of --method (or the defaults), the base config (the model's defaults with the
-    --set changes) and the card of the editor the `on-editor` methods run on (`editor_card`;
-    models: --baseline-model). Every method's config is validated here (an `on-editor` one
-    against the editor's defaults)."""
+    --set changes), the card of the editor the `on-editor` methods run on (`editor_card`; models:
+    --baseline-model) and each Difference Inversion method's config by spec. Every config is
+    resolved here, with its model's budget for the start of D̃ it chooses, and checked against the
+    sampling modes its model can draw in, so that nothing that cannot run gets past this point."""
     from .methods import parse_changes
 
     methods = expand_methods(args.methods or default_methods(args))
-    base_config = card.default_config().replace(**parse_changes(args.base_changes))
+    set_changes = parse_changes(args.base_changes)
+    base_config = card.config_for(changes=set_changes)
     editor = editor_card(methods, card, models or {})
-    editor_config = editor.default_config() if editor is not None else None
+    editor_config = editor.config_for() if editor is not None else None
+    configs = {}
     for method in methods:
-        method.config(base_config, editor_config)
-    return methods, base_config, editor
+        if method.on_editor:
+            config = method.config(base_config, editor_config, init_budgets=editor.init_budgets)
+            model, is_editor = editor, True
+        elif method.is_baseline or method.base == "copy-b":
+            continue
+        else:
+            config = method.config(base_config, init_budgets=card.init_budgets, explicit=set(set_changes))
+            model, is_editor = card, card.is_editor()
+        if is_editor is not None:
+            try:
+                check_sampling_mode(config.sampling_mode, model.name, is_editor)
+            except DiffinvError as error:
+                raise DiffinvError(f"{method.spec}: {error}") from None
+        configs[method.spec] = config
+    return methods, base_config, editor, configs
 
 
 def batch_size(args: argparse.Namespace, card: ModelCard) -> int:
@@ -229,7 +245,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
     baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
-    methods, base_config, editor = build_methods(args, card, baseline_models)
+    methods, base_config, editor, configs = build_methods(args, card, baseline_models)
     check_baselines(methods, card, triplets, baseline_models)
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
@@ -260,7 +276,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
                 offline=getattr(args, "offline", False) or None,
             )  # fmt: skip
 
-        editor_model = EditorModel(editor.default_config(), load_editor)
+        editor_model = EditorModel(editor.config_for(), load_editor)
     runner = BenchRunner(
         di,
         run_dir,
@@ -272,6 +288,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         progress=not args.quiet,
         baselines=baselines,
         editor=editor_model,
+        configs=configs,
     )
     with captioner_kept_loaded(di):
         count = runner.run(methods, triplets, shard)

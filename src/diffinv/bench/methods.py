@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..config import PRESETS, InversionConfig
+from ..config import PRESETS as CONFIG_PRESETS  # named methods; METHOD_SETS below are sets of methods
+from ..config import InversionConfig, resolve_config
 from ..errors import DiffinvError
 from .baselines import BASELINE_METHODS
 
@@ -32,8 +33,8 @@ REFERENCES = ("copy-b", "oracle-caption")
 
 VARIANTS: dict[str, dict] = {
     "difference-inversion": {},
-    # the named presets of config.PRESETS: their method on the model's budget
-    **PRESETS,
+    # the named presets of config.PRESETS (`Method.preset`): their method on the model's budget
+    **{name: {} for name in CONFIG_PRESETS},
     # the ablations of Fig. 5
     "no-token-consistency": {"use_token_consistency": False},
     "image-delta-only": {"alpha": 0.0},
@@ -60,7 +61,7 @@ VARIANTS: dict[str, dict] = {
 }
 EDITOR_VARIANTS = ("on-editor",)  # run on the instruction editor (`Method.on_editor`)
 
-PRESETS: dict[str, list[str]] = {
+METHOD_SETS: dict[str, list[str]] = {
     "fig5": [
         "difference-inversion",
         "copy-b",
@@ -127,6 +128,7 @@ class Method:
     base: str  # "difference-inversion", "copy-b", "oracle-caption" or a baseline's name
     changes: dict
     on_editor: bool = False  # Difference Inversion on the instruction editor, from the editor's defaults
+    preset: str | None = None  # a named method of config.PRESETS, applied before `changes`
 
     @property
     def fits_tokens(self) -> bool:
@@ -136,14 +138,24 @@ class Method:
     def is_baseline(self) -> bool:
         return self.base in BASELINE_METHODS
 
-    def config(self, base_config: InversionConfig, editor_config: InversionConfig | None = None) -> InversionConfig:
-        """The method's config: its changes on `base_config`, or on `editor_config` (the editor's
-        defaults) for an `on_editor` method."""
+    def config(
+        self,
+        base_config: InversionConfig,
+        editor_config: InversionConfig | None = None,
+        init_budgets: dict | None = None,
+        explicit: frozenset[str] | set[str] = frozenset(),
+    ) -> InversionConfig:
+        """The method's config: its preset and changes on `base_config`, or on `editor_config` (the
+        editor's defaults) for an `on_editor` method, with the model's budget for the start of D̃
+        the method chooses (`config.resolve_config`; init_budgets: that model card's; explicit: the
+        fields of `base_config` the user set, which no budget replaces)."""
         if self.on_editor:
             if editor_config is None:
                 raise DiffinvError(f"{self.spec} runs on an instruction editor, and none was given")
-            return editor_config.replace(**self.changes)
-        return base_config.replace(**self.changes)
+            base_config = editor_config
+        return resolve_config(
+            base_config, preset_name=self.preset, changes=self.changes, init_budgets=init_budgets, explicit=explicit
+        )
 
 
 def parse_method(spec: str) -> Method:
@@ -158,16 +170,18 @@ def parse_method(spec: str) -> Method:
     if name not in VARIANTS:
         raise DiffinvError(
             f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES, *BASELINE_METHODS])} "
-            f"(or a preset: {', '.join(PRESETS)})"
+            f"(or a set: {', '.join(METHOD_SETS)})"
         )
-    return Method(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)}, name in EDITOR_VARIANTS)
+    preset = name if name in CONFIG_PRESETS else None
+    changes = {**VARIANTS[name], **parse_changes(extra)}
+    return Method(spec, "difference-inversion", changes, name in EDITOR_VARIANTS, preset)
 
 
 def expand_methods(specs: list[str]) -> list[Method]:
-    """Method specs and preset names → unique methods, in the order given."""
+    """Method specs and set names (`METHOD_SETS`) → unique methods, in the order given."""
     out: list[Method] = []
     for spec in specs:
-        for item in PRESETS.get(spec, [spec]):
+        for item in METHOD_SETS.get(spec, [spec]):
             method = parse_method(item)
             if method.spec not in {m.spec for m in out}:
                 out.append(method)

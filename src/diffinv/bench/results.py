@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -215,6 +216,28 @@ def release_claims(run_dir: str | Path, worker: Worker, pairs: Iterable[tuple[st
             claim = read_claim(path)
             if claim is not None and worker.owns(claim):
                 path.unlink(missing_ok=True)
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Ctrl-C waits until the block has run (in the main thread), so that a result row and its
+    files are committed together or not at all; the interrupt is raised when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def staged_path(path: Path) -> Path:
+    """The temporary name `path` is written under before it is renamed into place."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import InversionConfig
-from ..errors import DiffinvError
+from ..errors import DiffinvError, Interrupted
 from ..grid import image_grid
 from .baselines import BASELINE_METHODS
 from .baselines import text_inputs as baseline_text
@@ -39,7 +39,16 @@ from .datasets import BenchTriplet
 from .methods import Method
 from .metrics import Embedder, directional_score, similarity_to_truth
 from .plots import loss_curves_svg
-from .results import RESULTS, append_result, check_run_record, claim_next, read_results, working
+from .results import (
+    RESULTS,
+    append_result,
+    check_run_record,
+    claim_next,
+    deferred_interrupt,
+    read_results,
+    staged_path,
+    working,
+)
 
 __all__ = [  # results I/O lives in .results (torch-free); these names stay importable from here
     "RESULTS",
@@ -101,6 +110,8 @@ class BenchRunner:
     batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
     baselines: `bench.baselines.BaselineLoader` (name, changes) → a baseline, for baseline methods.
     editor: `EditorModel`, for the methods that run on an instruction editor (`Method.on_editor`).
+    configs: each Difference Inversion method's config by spec, resolved with its model's budgets
+        (`command.build_methods`); a method not in it gets `Method.config` on `base_config`.
     """
 
     def __init__(
@@ -115,6 +126,7 @@ class BenchRunner:
         progress: bool = True,
         baselines=None,
         editor: EditorModel | None = None,
+        configs: dict[str, InversionConfig] | None = None,
     ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
@@ -127,6 +139,7 @@ class BenchRunner:
             progress,
         )
         self.baselines, self.editor = baselines, editor
+        self.configs = configs or {}  # resolved per method spec (`command.build_methods`); else from base_config
 
     def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
@@ -145,29 +158,51 @@ class BenchRunner:
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
         count = 0
-        with working(self.run_dir) as (worker, held):
-            for method in methods:
-                pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
-                step = self.batch_size if method.fits_tokens else 1
-                bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
-                while pending:
-                    # the next chunk nobody else holds: another process on this directory may be taking some
-                    chunk = claim_next(self.run_dir, worker, method.spec, pending, step, key=lambda item: item[1].id)
-                    if not chunk:
-                        break
-                    held.update((method.spec, t.id) for _, t in chunk)
-                    taken = {t.id for _, t in chunk}
-                    pending = [item for item in pending if item[1].id not in taken]
-                    for row in self._run_chunk(method, chunk):
-                        append_result(self.run_dir, row)
-                        held.discard((method.spec, row["id"]))
-                        count += 1
-                        bar.update(1)
-                bar.close()
+        try:
+            with working(self.run_dir) as (worker, held):
+                for method in methods:
+                    pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
+                    step = self.batch_size if method.fits_tokens else 1
+                    bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
+                    while pending:
+                        # the next chunk nobody else holds: another process on this directory may be taking some
+                        chunk = claim_next(
+                            self.run_dir, worker, method.spec, pending, step, key=lambda item: item[1].id
+                        )
+                        if not chunk:
+                            break
+                        held.update((method.spec, t.id) for _, t in chunk)
+                        taken = {t.id for _, t in chunk}
+                        pending = [item for item in pending if item[1].id not in taken]
+                        for row, staged in self._run_chunk(method, chunk):
+                            self._commit(row, staged)
+                            held.discard((method.spec, row["id"]))
+                            count += 1
+                            bar.update(1)
+                    bar.close()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"{count} result(s) of this run were written to {self.run_dir / RESULTS}, each with its images; "
+                "nothing of the triplets under way was kept and no summary was written; the same command resumes"
+            ) from None
         return count
 
+    def _commit(self, row: dict, staged: list[tuple[Path, Path]]) -> None:
+        """A result's files renamed into place and its row appended, with Ctrl-C held off until both
+        are done; on a failure before that, its temporary files are removed."""
+        try:
+            with deferred_interrupt():
+                for temporary, path in staged:
+                    os.replace(temporary, path)
+                append_result(self.run_dir, row)
+        except BaseException:
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
+            raise
+
     def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):
-        """Yields one result row per triplet of `chunk` as soon as its B′ is drawn."""
+        """Yields (result row, its files as (temporary, final) paths) per triplet of `chunk` as soon
+        as its B′ is drawn; `_commit` puts them in place."""
         config = self.base_config if method.is_baseline else self._config(method)
         di = self.editor() if method.on_editor else self.di
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
@@ -206,6 +241,8 @@ class BenchRunner:
             yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
 
     def _config(self, method: Method) -> InversionConfig:
+        if method.spec in self.configs:
+            return self.configs[method.spec]
         return method.config(self.base_config, self.editor.config if self.editor is not None else None)
 
     def _record(
@@ -219,17 +256,38 @@ class BenchRunner:
         b_prime: Image.Image,
         tokens,
         seconds: float,
-    ) -> dict:
-        name = slug(method.spec)
+    ) -> tuple[dict, list[tuple[Path, Path]]]:
+        """One triplet's result row, and its files (B′, the grid, the loss plot) written under
+        temporary names, as (temporary, final) paths for `_commit`."""
         truth = triplet.b_prime() if triplet.b_prime else None
+        name = slug(method.spec)
         paths = {"b_prime": f"images/{name}/{triplet.id}.png", "grid": f"grids/{name}/{triplet.id}.png"}
-        for key in paths:
-            (self.run_dir / paths[key]).parent.mkdir(parents=True, exist_ok=True)
-        b_prime.save(self.run_dir / paths["b_prime"])
+        staged: list[tuple[Path, Path]] = []
+
+        def stage(relative: str, save) -> None:
+            path = self.run_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((staged_path(path), path))
+            save(staged[-1][0])
+
         tiles, labels = [a, a_prime, b, b_prime], ["A", "A'", "B", "B'"]
         if truth is not None:
             tiles, labels = tiles + [truth], labels + ["true B'"]
-        image_grid(tiles, labels, height=128).save(self.run_dir / paths["grid"])
+        try:
+            stage(paths["b_prime"], b_prime.save)
+            stage(paths["grid"], image_grid(tiles, labels, height=128).save)
+            row = self._row(method, triplet, index, (a, a_prime, b, b_prime, truth), tokens, seconds, paths, stage)
+        except BaseException:
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
+            raise
+        return row, staged
+
+    def _row(self, method, triplet, index, images, tokens, seconds, paths, stage) -> dict:
+        """The result row of one triplet: time, scores and the loss plot (written through `stage`).
+        images: (A, A′, B, B′, the true B′ or None)."""
+        a, a_prime, b, b_prime, truth = images
+        name = slug(method.spec)
         row = {
             "method": method.spec,
             "id": triplet.id,
@@ -242,10 +300,8 @@ class BenchRunner:
             row["uses_text"] = True  # told the edit in words: not an analogy from images alone
         if tokens is not None and tokens.history.get("loss"):
             paths_loss = f"loss/{name}/{triplet.id}.svg"
-            (self.run_dir / paths_loss).parent.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / paths_loss).write_text(
-                loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}"), encoding="utf-8"
-            )
+            plot = loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}")
+            stage(paths_loss, lambda temporary: temporary.write_text(plot, encoding="utf-8"))
             row["loss_plot"] = paths_loss
             row["final_loss_tc"] = tokens.history["loss_tc"][-1]
             row["final_loss_clip"] = tokens.history["loss_clip"][-1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,33 +262,51 @@ def gate_inpainting(inpainter, classifier: AttributeClassifier, layout_range: fl
     return Gate("inpainting", float(np.mean(all_right(predicted, scenes))), THRESHOLDS["inpainting"], detail)
 
 
-def check(model_dir: Path | None = None) -> list[Gate]:
+def check(
+    model_dir: Path | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_gate: Callable[[Gate], None] | None = None,
+) -> list[Gate]:
     """All gates of the bundled (or given) shapes-world model: v1's four, and for world v2 the
-    layout, coverage, editor and inpainting gates."""
+    layout, coverage, editor and inpainting gates. Some take minutes on a CPU: `on_stage(name)` is
+    called before each model is measured, `on_gate(gate)` as soon as each gate is known."""
     from ..model_card import model_card
     from . import MODEL_DIR, load_shapes
 
     model_dir = Path(model_dir or MODEL_DIR)
     card = model_card(model_dir)
     layout_range = card.shapes_layout_range
+    gates: list[Gate] = []
+
+    def measure(stage: str, gates_of: Callable[[], Gate | list[Gate]]) -> None:
+        if on_stage is not None:
+            on_stage(stage)
+        found = gates_of()
+        for gate in found if isinstance(found, list) else [found]:
+            gates.append(gate)
+            if on_gate is not None:
+                on_gate(gate)
+
     di = load_shapes(device="cpu", model_dir=model_dir)
     classifier = AttributeClassifier.load(model_dir / "classifier")
-    gates = [gate_classifier(classifier, layout_range=layout_range)]
+    measure("the attribute classifier", lambda: gate_classifier(classifier, layout_range=layout_range))
     if classifier.centre is not None:
-        gates.append(gate_layout(classifier, layout_range))
-    gates += gate_vae(di.backbone.pipe, classifier, layout_range=layout_range)
-    gates.append(gate_clip(di.clip, layout_range=layout_range))
-    gates += gate_text2image(di.backbone.pipe, classifier, layout_range=layout_range)
+        measure("the classifier's layout reading", lambda: gate_layout(classifier, layout_range))
+    measure("the VAE", lambda: gate_vae(di.backbone.pipe, classifier, layout_range=layout_range))
+    measure("CLIP", lambda: gate_clip(di.clip, layout_range=layout_range))
+    measure(
+        "the text-to-image model", lambda: gate_text2image(di.backbone.pipe, classifier, layout_range=layout_range)
+    )
     if "editor" in card.bench:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         editor = StableDiffusionInstructPix2PixPipeline.from_pretrained(card.path(card.bench["editor"]))
-        gates += gate_editor(editor, classifier, layout_range)
+        measure("the instruction editor", lambda: gate_editor(editor, classifier, layout_range))
     if "inpainting" in card.bench:
         from diffusers import StableDiffusionInpaintPipeline
 
         inpainter = StableDiffusionInpaintPipeline.from_pretrained(card.path(card.bench["inpainting"]))
-        gates.append(gate_inpainting(inpainter, classifier, layout_range))
+        measure("the inpainting model", lambda: gate_inpainting(inpainter, classifier, layout_range))
     return gates
 
 
