@@ -489,7 +489,7 @@ def test_a_seed_outside_64_bits_is_one_line(capsys, tmp_path, image_files, seed)
     with pytest.raises(SystemExit) as raised:
         main(analogy_argv(image_files, str(tmp_path / "out.png"), "--seed", seed))
     assert raised.value.code == 2
-    assert_one_line_error(2, capsys.readouterr().err, "--seed")
+    assert_one_line_error(raised.value.code, capsys.readouterr().err, "--seed")
 
 
 def test_mps_on_a_machine_without_it_is_one_line(capsys, tmp_path, image_files, model_args):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import time
@@ -22,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ROOT / "examples" / "shape"
 TRIPLET = [str(SHAPE / name) for name in ("a.png", "a_prime.png", "b.png")]
 STEPS = 20  # a few seconds on CPU
+# what the README and pyproject's extras say to install for the page and its browser test
+INSTALL_PAGE = 'pip install -e ".[demo,browser]"'
+INSTALL_CHROMIUM = "apt-get install chromium"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,31 @@ def test_run_analogy_on_the_shape_example(cache, tmp_path):
     assert result.export_path.is_file() and result.export_path.parent == tmp_path
     assert stages[:3] == ["loading model…", "fitting…", "drawing…"]
     assert "seed 3" in result.message
+
+
+def test_run_analogy_grid_shows_an_8_to_1_b_as_the_model_saw_it(cache, tmp_path):
+    """B wider than 4:1 is centre-cropped by the pipeline: the grid shows that crop, as wide as B′."""
+    a, a_prime, b = (Image.open(path).convert("RGB") for path in TRIPLET)
+    wide_b = Image.new("RGB", (8 * b.width, b.height))
+    for i in range(8):
+        wide_b.paste(b, (i * b.width, 0))
+    result = run_analogy(a, a_prime, wide_b, "shapes", STEPS, 0, 1.0, cache=cache, out_dir=tmp_path)
+    assert result.b_prime.width == 4 * result.b_prime.height
+    height, gap = result.grid.height - 18, 4  # image_grid's label band and gaps
+    tile = lambda image: round(image.width * height / image.height)
+    widths = [tile(a), tile(a_prime), tile(result.b_prime), tile(result.b_prime)]
+    assert result.grid.width == sum(widths) + 3 * gap
+
+
+def test_the_model_loader_sets_torch_up_as_the_command_line_does(monkeypatch):
+    import diffinv.pipeline
+    import diffinv.threads
+    from diffinv.demo import _load_model
+
+    calls = []
+    monkeypatch.setattr(diffinv.threads, "set_up_torch", lambda threads: calls.append(threads))
+    monkeypatch.setattr(diffinv.pipeline.DifferenceInversion, "from_pretrained", lambda name: f"model {name}")
+    assert _load_model("shapes") == "model shapes" and calls == [None]
 
 
 def test_run_analogy_shares_one_model_per_name():
@@ -103,18 +132,92 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _missing(modules: tuple[str, ...] = ("gradio", "playwright"), chromium: bool = True) -> str | None:
+    """Why the page (or its browser test) cannot run here, naming what to install; None: nothing missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({INSTALL_PAGE})"
+    if chromium and _chromium() is None:
+        return f"no system chromium on PATH (Debian: {INSTALL_CHROMIUM}; no Playwright browser download)"
+    return None
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _skip_without(modules: tuple[str, ...] = ("gradio", "playwright"), chromium: bool = True) -> None:
+    reason = _missing(modules, chromium)
+    if reason:
+        pytest.skip(reason)
+
+
+def test_skip_messages_name_the_readme_and_pyproject_extras(monkeypatch):
+    """The skips say what the README says to install: the extras `demo` (gradio) and `browser`
+    (playwright) of pyproject.toml, and Debian's chromium."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    extras = dict(re.findall(r"^([\w-]+) = \[(.*)\]$", section, flags=re.MULTILINE))
+    named = re.fullmatch(r'pip install -e "\.\[([\w,-]+)\]"', INSTALL_PAGE).group(1).split(",")
+    assert "gradio" in extras["demo"] and "playwright" in extras["browser"] and sorted(named) == ["browser", "demo"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(f'pip install -e ".[{extra}]"' in readme for extra in named) and "`chromium`" in readme
+
+    real_find_spec = importlib.util.find_spec
+    for module in ("gradio", "playwright"):
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, m=module: None if name == m else real_find_spec(name)
+        )
+        assert _missing() == f"{module} is not installed ({INSTALL_PAGE})"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert INSTALL_CHROMIUM in _missing()
+    assert _missing(chromium=False) is None
+
+
+def test_page_error_is_one_line_for_bad_input_and_a_traceback_otherwise(capsys):
+    _skip_without(("gradio",), chromium=False)
+    import gradio as gr
+
+    from diffinv.demo import page_error
+
+    error = page_error(DiffinvError("seed must be ≥ 0, got -1"))
+    assert isinstance(error, gr.Error) and error.message == "seed must be ≥ 0, got -1"
+    assert getattr(error, "print_exception", False) is False  # gradio logs no traceback of its own
+    assert capsys.readouterr().err == "diffinv demo: error: seed must be ≥ 0, got -1\n"
+
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError as unexpected:
+        error = page_error(unexpected)
+    assert error.message == "unexpected error: RuntimeError: boom" and error.print_exception is False
+    err = capsys.readouterr().err
+    assert err.startswith("diffinv demo: unexpected error: RuntimeError: boom\n") and "Traceback" in err
+
+
+def test_launch_is_quiet_and_not_shared(capfd):
+    """No "To create a public link, set `share=True`" hint: the page is deliberately not shared."""
+    _skip_without(("gradio",), chromium=False)
+    from diffinv.demo import launch
+
+    app, local_url, share_url = launch("shapes", port=_free_port(), prevent_thread_lock=True)
+    try:
+        assert share_url is None and local_url.startswith("http://127.0.0.1:")
+    finally:
+        app.get_blocks().close()
+    captured = capfd.readouterr()
+    assert "share=True" not in captured.out + captured.err
+    assert "public link" not in captured.out + captured.err
+
+
 @pytest.mark.browser
-def test_page_in_headless_chromium(tmp_path):
+def test_page_in_headless_chromium(tmp_path, capfd):
     """Upload the shape triplet, draw B′, download the token file; a missing image is a message.
 
     Set DIFFINV_DEMO_SCREENSHOT=path to keep a screenshot of the page after the run, and
     DIFFINV_DEMO_STEPS to run more than 20 steps (docs/demo.png: 200, the shapes world's default)."""
-    for module in ("gradio", "playwright"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed (pip install gradio playwright)")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no system chromium on PATH (apt-get install chromium)")
+    _skip_without()
+    chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
     from diffinv.demo import build_demo
@@ -157,11 +260,15 @@ def test_page_in_headless_chromium(tmp_path):
             if screenshot:
                 page.screenshot(path=screenshot, full_page=True)
 
+            capfd.readouterr()  # the log from here on: the bad request's alone
             empty = browser.new_page()  # nothing uploaded: a readable message in the page, no traceback
             empty.goto(f"http://127.0.0.1:{port}/")
             empty.locator("#run").click()
             expect(empty.get_by_text("missing image: upload A (or pick an example)")).to_be_visible(timeout=30_000)
             assert "Traceback" not in empty.content()
+            log = capfd.readouterr()
+            assert "Traceback" not in log.out + log.err  # one line in the log, no traceback
+            assert log.err.count("missing image: upload A") == 1 and len((log.out + log.err).splitlines()) <= 1
             browser.close()
         print(f"first B′ in the page after {drawn_in:.1f} s (model load included)")
     finally:

@@ -6,13 +6,16 @@ diffusers export. Requests wait in Gradio's queue and run one at a time on model
 once per model name and shared by every visitor.
 
 `run_analogy` is the page's work without Gradio (tested on its own); gradio is imported only by
-`build_demo` and `launch`, so the rest of diffinv never needs it (`pip install "diffinv[demo]"`).
+the page's functions (`build_demo`, `launch`, `page_error`), so the rest of diffinv never needs it
+(`pip install "diffinv[demo]"`).
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +51,10 @@ class ModelCache:
 
 
 def _load_model(name: str):
-    import torch
-
     from .pipeline import DifferenceInversion
+    from .threads import set_up_torch
 
-    torch.set_flush_denormal(True)
+    set_up_torch(None)
     try:
         return DifferenceInversion.from_pretrained(name)
     except DiffinvError:
@@ -153,6 +155,29 @@ def example_triplets(examples_dir: str | Path | None = None) -> list[list[str]]:
     return rows
 
 
+def page_error(error: Exception):
+    """The gr.Error the page shows for `error`, after logging it: bad input (DiffinvError) as one
+    line of the log, anything else with its traceback; the page gets one line either way."""
+    first_line = (str(error).splitlines() or [""])[0]
+    if isinstance(error, DiffinvError):
+        print(f"diffinv demo: error: {first_line}", file=sys.stderr)
+        return _gr_error(str(error))
+    print(f"diffinv demo: unexpected error: {type(error).__name__}: {first_line}", file=sys.stderr)
+    traceback.print_exception(type(error), error, error.__traceback__)
+    return _gr_error(f"unexpected error: {type(error).__name__}: {first_line}")
+
+
+def _gr_error(message: str):
+    """gr.Error(message) that gradio does not log with a traceback of its own (the error is
+    logged by `page_error`); gradio before 5 has no print_exception and always prints one."""
+    import gradio as gr
+
+    try:
+        return gr.Error(message, print_exception=False)
+    except TypeError:
+        return gr.Error(message)
+
+
 def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, examples_dir: str | Path | None = None):
     """The gr.Blocks page (not launched)."""
     import gradio as gr
@@ -165,11 +190,8 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
     def work(a, a_prime, b, model_name, steps, seed, edit_strength, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio idiom)
         try:
             result = run_analogy(a, a_prime, b, model_name, steps, seed, edit_strength, cache=cache, progress=progress)
-        except DiffinvError as error:
-            raise gr.Error(str(error)) from None
         except Exception as error:  # never a traceback in the page
-            first_line = (str(error).splitlines() or [""])[0]
-            raise gr.Error(f"unexpected error: {type(error).__name__}: {first_line}") from None
+            raise page_error(error) from None
         shown = result.b_prime
         if shown.height < DISPLAY_HEIGHT:  # the shapes world's 32² pictures: enlarged with hard pixels to be seen
             scale = -(-DISPLAY_HEIGHT // shown.height)
@@ -224,8 +246,12 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
 
 
 def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860, **kwargs):
-    """Build the page, queue its requests (one analogy at a time on the shared models) and serve it."""
+    """Build the page, queue its requests (one analogy at a time on the shared models) and serve it.
+
+    Not shared (no public link) and quiet: gradio prints neither its URL (the command prints it)
+    nor its hint to set `share=True`."""
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=1)
     allowed = [str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
+    kwargs.setdefault("quiet", True)
     return demo.launch(server_name=host, server_port=port, share=False, allowed_paths=allowed, **kwargs)
