@@ -317,3 +317,9 @@ def test_config_for_on_the_pipeline_uses_the_models_budgets():
     di.init_budgets = model_card("shapes-editor").init_budgets
     assert di.config_for(init="zeros").steps == 200
     assert dataclasses.asdict(di.config_for()) == dataclasses.asdict(di.default_config)
+
+
+def test_defaults_lists_the_budget_of_each_start(capsys):
+    code, out, err = run(capsys, ["defaults", "--model", "shapes-editor"])
+    assert code == 0, err
+    assert "with init 'zeros' (--init zeros, or a preset that starts there): steps 200" in out.splitlines()

@@ -915,6 +915,9 @@ def run_defaults(args: argparse.Namespace) -> None:
         ours, papers = getattr(config, field.name), getattr(PAPER, field.name)
         mark = "" if ours == papers else "   (changed)"
         print(f"{field.name:<22} {ours!s:<14} {papers!s}{mark}")
+    for init, budget in card.init_budgets.items():  # what --init INIT (or a preset starting there) runs on
+        changes = ", ".join(f"{name} {value}" for name, value in budget.items())
+        print(f"with init {init!r} (--init {init}, or a preset that starts there): {changes}")
 
 
 def run_shapes(args: argparse.Namespace) -> None:
