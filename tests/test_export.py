@@ -2,18 +2,22 @@
 give exactly diffinv's text-encoder states; the AUTOMATIC1111 / ComfyUI layout; words of hard
 tokens; weighted combinations of token files; the command's checks before any work."""
 
+import os
+import stat
+
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import PROMPT_B
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
 from diffinv.backbone import StableDiffusionBackbone
 from diffinv.cli import _weighted_file, main
 from diffinv.errors import DiffinvError
 from diffinv.export import A1111_KEY, combine, diffusers_state_dict, export, words_text
 from diffinv.testing import tiny_pipeline
+from test_checks import UMASKS, umask
 from test_tokens import made_up_tokens
 
 
@@ -106,6 +110,56 @@ def test_words_of_hard_tokens_and_none_for_soft_ones(tmp_path):
         words_text(soft_tokens())
 
 
+def test_words_of_fitted_hard_tokens_tokenize_back_to_their_ids(tmp_path, di, backbone, images):
+    """The words written are text that the model's tokenizer turns back into exactly the hard token
+    ids: no U+FFFD (a byte of a character), no piece glued onto the next word ("_" + "nto")."""
+    tokenizer = backbone.tokenizer
+    for seed in range(3):
+        tokens = di.fit(
+            images["a"],
+            images["a_prime"],
+            fast_config(steps=2, hard_tokens=True, n_tokens=8),
+            captions=(CAPTION_A, CAPTION_A_PRIME),
+            seed=seed,
+            progress=False,
+        )
+        path = tmp_path / f"d{seed}.txt"
+        export(tokens, "words", path)
+        text = path.read_text(encoding="utf-8")
+        assert text.endswith("\n") and "\ufffd" not in text and len(text.split()) == 8, text
+        assert tokenizer(text.strip(), add_special_tokens=False).input_ids == tokens.hard_token_ids, text
+        assert words_text(tokens, tokenizer) == text  # checked against the tokenizer too
+
+
+@pytest.mark.parametrize(
+    "ids, text",
+    [
+        ([5, 17, 300, 301, 302], "re big _nto \ufffd"),  # the report: a lone byte of a character
+        ([5, 17, 300, 301], "re big _nto"),  # "_" without </w> glued onto "nto"
+        ([5, 17], "\u00e9"),  # "é": two byte tokens, one character
+    ],
+    ids=["replacement-character", "glued", "one-character"],
+)
+def test_words_are_refused_where_no_text_gives_the_hard_tokens_back(ids, text):
+    """Token files from before the projection skipped pieces that are no words: refused in one line
+    (no U+FFFD written, no text that would give the model other tokens)."""
+    tokens = made_up_tokens(hard_token_ids=ids, hard_text=text)
+    with pytest.raises(DiffinvError, match=f"no text gives back these {len(ids)} hard tokens") as error:
+        words_text(tokens)
+    assert "--format diffusers or a1111" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_words_checked_against_the_tokenizer_when_given_one(backbone):
+    tokenizer = backbone.tokenizer
+    upper = tokenizer.convert_tokens_to_ids(["red</w>", "A</w>"])  # "A" tokenizes as "a</w>"
+    tokens = made_up_tokens(hard_token_ids=upper, hard_text="red A")
+    assert words_text(tokens) == "red A\n"  # two words for two tokens: only the tokenizer can tell
+    with pytest.raises(DiffinvError, match="no text gives back these 2 hard tokens"):
+        words_text(tokens, tokenizer)
+    words = tokenizer("red circle", add_special_tokens=False).input_ids
+    assert words_text(made_up_tokens(hard_token_ids=words, hard_text="red circle"), tokenizer) == "red circle\n"
+
+
 # --- combine ---------------------------------------------------------------------------------------------
 def test_combine_is_the_weighted_sum_and_keeps_the_first_files_settings():
     first = made_up_tokens()
@@ -163,6 +217,39 @@ def test_export_command_writes_each_format(capsys, tmp_path, token_files, format
         assert output.read_text(encoding="utf-8") == "red blue circle\n"
     else:
         assert list(load_file(str(output))) == (["<diff>"] if format == "diffusers" else ["emb_params"])
+
+
+def test_export_command_refuses_words_with_pieces_of_characters(capsys, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    made_up_tokens(hard_token_ids=[5, 17, 300, 301, 302], hard_text="re big _nto \ufffd").save(broken)
+    output = tmp_path / "d.txt"
+    code, _, err = run(capsys, ["export", broken, "--format", "words", "-o", output])
+    assert_one_line_error(code, err, "no text gives back these 5 hard tokens", "--format diffusers or a1111")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umasks are POSIX's")
+@pytest.mark.parametrize("mask", list(UMASKS), ids=lambda mask: f"umask-{mask:03o}")
+def test_exports_and_images_get_a_new_files_mode(capsys, tmp_path, token_files, image_files, monkeypatch, mask):
+    """Token files, exports and images alike: 0o666 & ~umask (safetensors alone gives 0o600)."""
+    import diffinv.cli
+
+    monkeypatch.setattr(diffinv.cli, "_load", lambda args: _RecordingModel())
+    written = []
+    with umask(mask):
+        for format, name in [("diffusers", "d.safetensors"), ("a1111", "a.safetensors"), ("words", "w.txt")]:
+            written.append(tmp_path / "out" / name)
+            code, _, err = run(capsys, ["export", token_files[0], "--format", format, "-o", written[-1]])
+            assert code == 0, err
+        argv = ["apply", token_files[0], image_files["b"], "-o", tmp_path / "b", "--prompt", PROMPT_B]
+        code, _, err = run(capsys, [*argv, "--device", "cpu"])
+        assert code == 0, err
+        written.extend((tmp_path / "b").iterdir())
+        written.append(tmp_path / "saved.safetensors")
+        made_up_tokens().save(written[-1])
+    assert len(written) == 5 and any(path.suffix == ".png" for path in written)
+    for path in written:
+        assert stat.S_IMODE(os.stat(path).st_mode) == UMASKS[mask], path.name
 
 
 def test_export_command_refuses_before_writing(capsys, tmp_path, token_files):

@@ -133,9 +133,11 @@ def test_hard_tokens_with_zero_init_start_from_seeded_usable_vocabulary_rows(bac
     diff = init_diff_tokens(config, backbone, torch.Generator().manual_seed(3), count=2)
     assert diff.shape == (2, 4, backbone.token_width) and diff.requires_grad and diff.dtype == torch.float32
     vocabulary = backbone.vocabulary.detach().float()
-    ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], (2, 4), torch.Generator().manual_seed(3))
+    ids = random_token_ids(
+        backbone.tokenizer, vocabulary.shape[0], (2, 4), torch.Generator().manual_seed(3), words_only=True
+    )
     assert torch.equal(diff.detach(), vocabulary[ids])
-    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], "cpu")
+    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], "cpu", words_only=True)
     assert usable[ids].all() and len(set(ids.flatten().tolist())) > 1
     again = init_diff_tokens(config, backbone, torch.Generator().manual_seed(3), count=2)
     other = init_diff_tokens(config, backbone, torch.Generator().manual_seed(4), count=2)

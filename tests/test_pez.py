@@ -16,6 +16,7 @@ from diffinv.pez import (
     nearest_token_ids,
     project_straight_through,
     random_token_ids,
+    token_words,
     usable_token_mask,
 )
 
@@ -28,12 +29,66 @@ def specials(tokenizer) -> set[int]:
     }
 
 
-def test_usable_mask_excludes_exactly_the_special_tokens(backbone):
-    vocabulary = backbone.vocabulary
-    usable = usable_token_mask(backbone.tokenizer, vocabulary.shape[0], vocabulary.device)
-    excluded = set((~usable).nonzero().squeeze(1).tolist())
-    assert excluded == specials(backbone.tokenizer)
-    assert backbone.tokenizer.bos_token_id in excluded and backbone.tokenizer.eos_token_id in excluded
+def by_token(tokenizer, *tokens: str) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+# Byte-level BPE tokens that are no word: "_" and "a" without </w> glue onto the next word; "Ã" and
+# "©</w>" are the two bytes of "é" (alone, U+FFFD); "A</w>" is lower-cased by the tokenizer; "Ġ</w>"
+# is a space. The tiny models' and the shapes world's tokenizers have them all.
+NOT_WORDS = ("_", "a", "Ã", "©</w>", "A</w>", "Ġ</w>")
+
+
+@pytest.fixture(scope="module")
+def shapes_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from diffinv.shapes import MODEL_DIR
+
+    return CLIPTokenizer.from_pretrained(MODEL_DIR / "tokenizer")
+
+
+@pytest.fixture(params=["tiny", "shapes"])
+def tokenizer(request, backbone, shapes_tokenizer):
+    return backbone.tokenizer if request.param == "tiny" else shapes_tokenizer
+
+
+def test_usable_mask_keeps_exactly_the_words_that_tokenize_back_to_themselves(tokenizer):
+    vocab_size = len(tokenizer)
+    usable = usable_token_mask(tokenizer, vocab_size, "cpu", words_only=True)
+    assert usable.shape == (vocab_size,) and usable.dtype == torch.bool
+    assert not usable[sorted(specials(tokenizer))].any()
+    assert not usable[by_token(tokenizer, *NOT_WORDS)].any()
+    for i in range(vocab_size):
+        text = tokenizer.decode([i]).strip()
+        whole = tokenizer(text, add_special_tokens=False).input_ids == [i] and "\ufffd" not in text
+        assert bool(usable[i]) == (whole and " " not in text and i not in specials(tokenizer)), (i, text)
+    assert usable.sum() > 200  # every listed word, its suffixes, digits, punctuation, lower-case letters
+    assert usable[by_token(tokenizer, "red</w>", "circle</w>", "a</w>", "_</w>", "1</w>", ".</w>")].all()
+    # rows past the tokenizer's ids (a padded embedding table) have no text
+    assert not usable_token_mask(tokenizer, vocab_size + 3, "cpu", words_only=True)[vocab_size:].any()
+
+
+def test_pez_keeps_every_token_but_the_special_ones(tokenizer):
+    """PEZ's prompts (and so the paper's) use the whole vocabulary; only hard DIFF tokens are words only."""
+    usable = usable_token_mask(tokenizer, len(tokenizer), "cpu")
+    assert usable.sum() == len(tokenizer) - len(specials(tokenizer) & set(range(len(tokenizer))))
+    assert not usable[sorted(specials(tokenizer))].any()
+
+
+def test_words_of_usable_tokens_tokenize_back_to_the_same_ids(tokenizer):
+    """Any sequence of usable tokens, punctuation next to punctuation included, is text that the
+    tokenizer turns back into exactly those ids; it is what `decode` gives, without U+FFFD."""
+    usable = usable_token_mask(tokenizer, len(tokenizer), "cpu", words_only=True).nonzero().squeeze(1)
+    generator = torch.Generator().manual_seed(0)
+    for length in [1, 2, 3, 5, 8, 16] * 40:
+        ids = usable[torch.randint(len(usable), (length,), generator=generator)].tolist()
+        text = token_words(tokenizer, ids)
+        assert "\ufffd" not in text and len(text.split(" ")) == length
+        assert tokenizer(text, add_special_tokens=False).input_ids == ids, (ids, text)
+        assert text == tokenizer.decode(ids)
+    everything = usable.tolist()
+    assert tokenizer(token_words(tokenizer, everything), add_special_tokens=False).input_ids == everything
 
 
 def test_projection_is_vocabulary_rows_and_never_special(backbone):
@@ -211,6 +266,21 @@ def test_harden_returns_vocabulary_rows_ids_and_text(backbone):
     assert torch.equal(rows, vocabulary[ids].float())
     assert not set(ids) & specials(tokenizer)
     assert text == tokenizer.decode(ids)
+
+
+def test_hard_tokens_are_never_pieces_that_are_no_words(tokenizer):
+    """Embeddings aimed straight at byte pieces (and at random) harden to usable tokens only, whose
+    words hold no U+FFFD and tokenize back to the same ids — never "re big _nto \ufffd"."""
+    generator = torch.Generator().manual_seed(6)
+    vocabulary = torch.randn(len(tokenizer), 16, generator=generator)
+    pieces = by_token(tokenizer, *NOT_WORDS)
+    embeddings = torch.cat([vocabulary[pieces], torch.randn(64, 16, generator=generator)])
+    rows, ids, text = harden(embeddings, vocabulary, tokenizer)
+    assert not set(ids) & set(pieces)
+    assert usable_token_mask(tokenizer, len(tokenizer), "cpu", words_only=True)[ids].all()
+    assert "\ufffd" not in text and len(text.split(" ")) == len(ids)
+    assert tokenizer(text, add_special_tokens=False).input_ids == ids
+    assert torch.equal(rows, vocabulary[ids])
 
 
 def test_harden_of_word_embeddings_gives_those_words(backbone):

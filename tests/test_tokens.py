@@ -2,7 +2,9 @@
 check against a text encoder."""
 
 import json
+import os
 import re
+import stat
 import warnings
 
 import pytest
@@ -14,6 +16,7 @@ from conftest import CAPTION_A, PROMPT_B, fast_config
 from diffinv.errors import DiffinvError, DiffinvWarning
 from diffinv.inversion import MIN_TEXT_DELTA_NORM
 from diffinv.tokens import FORMAT, DiffTokens
+from test_checks import UMASKS, umask
 
 
 def made_up_tokens(width=32, **changes) -> DiffTokens:
@@ -63,6 +66,16 @@ def test_round_trip_keeps_everything(tmp_path):
     loaded = DiffTokens.load(path)
     assert_same(loaded, tokens)
     assert (loaded.n_tokens, loaded.token_width) == (3, 32)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umasks are POSIX's")
+@pytest.mark.parametrize("mask", list(UMASKS), ids=lambda mask: f"umask-{mask:03o}")
+def test_saved_file_has_a_new_files_mode(tmp_path, mask):
+    """safetensors writes a private 0o600 temporary file and renames it; a token file is an ordinary one."""
+    path = tmp_path / "tokens.safetensors"
+    with umask(mask):
+        made_up_tokens().save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == UMASKS[mask]
 
 
 def test_round_trip_without_hard_tokens(tmp_path):

@@ -3,7 +3,8 @@
 `Outputs` plans every file a command will write, refuses the plan before any work if a file
 would overwrite something (without `overwrite`), land on an input, or have a name the writer
 cannot handle, and then writes each file under a temporary name and renames it into place, so
-that an interrupted run leaves either the finished files or none of them.
+that an interrupted run leaves either the finished files or none of them. Every file written gets
+the mode a new file gets (`give_new_file_mode`), whatever the writer created it with.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import DiffinvError
@@ -55,6 +56,28 @@ def seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must lie in [0, 2^63 - 1], got {text}")
     return value
+
+
+def new_file_mode() -> int:
+    """0o666 & ~umask: the mode `open` gives a new file (0o644 under the usual umask 022)."""
+    try:  # Linux: read the umask without changing it (os.umask sets it, for all threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def give_new_file_mode(path: str | os.PathLike) -> None:
+    """Give the file at `path` the mode of a new file (`new_file_mode`). Writers that create a private
+    temporary file and rename it into place (safetensors' `save_file`, `tempfile.mkstemp`) leave 0o600;
+    diffinv's outputs are ordinary files. Best effort: a file system without modes keeps its own."""
+    with suppress(OSError):
+        os.chmod(path, new_file_mode())
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -103,8 +126,9 @@ class Outputs:
     @contextmanager
     def writing(self) -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
         """Yields `write(path, save)`: `save(temporary)` writes the file under a temporary name
-        beside `path`. When the block ends normally every written file is renamed into place;
-        on any error or interrupt the temporary files are removed and nothing is replaced."""
+        beside `path`, which then gets a new file's mode. When the block ends normally every written
+        file is renamed into place; on any error or interrupt the temporary files are removed and
+        nothing is replaced."""
         staged: list[tuple[Path, Path]] = []
 
         def write(path: Path, save: Callable[[Path], None]) -> None:
@@ -114,6 +138,7 @@ class Outputs:
             temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
             staged.append((temporary, path))
             save(temporary)
+            give_new_file_mode(temporary)
 
         try:
             yield write

@@ -548,11 +548,11 @@ def _add_bench_parser(commands) -> None:
 
 
 def _weighted_file(text: str) -> tuple[str, float]:
-    """argparse type of --also: FILE or FILE:WEIGHT (an existing file whose name holds a colon is
-    taken whole)."""
+    """argparse type of --also: FILE or FILE:WEIGHT (a name ending in .safetensors, or an existing
+    file, is taken whole)."""
     path, separator, weight = text.rpartition(":")
-    if not separator or not path or os.path.exists(text):
-        return text, 1.0
+    if not separator or not path or os.path.exists(text) or text.endswith(TOKEN_SUFFIX):
+        return text, 1.0  # no weight, or a colon in the file's name (c:/d.safetensors)
     import math
 
     try:

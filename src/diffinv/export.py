@@ -8,7 +8,13 @@
 - `a1111`: a safetensors file `{"emb_params": D̃ (n, d) float32}`, the embedding layout
   AUTOMATIC1111's web UI and ComfyUI read for SD 1.x / 2.x (a single tensor of n vectors; the file
   name is the prompt word there). diffusers also loads it, given `token=`.
-- `words`: the vocabulary words of hard DIFF tokens (fitted with `hard_tokens`), as plain text.
+- `words`: the vocabulary words of hard DIFF tokens (fitted with `hard_tokens`), as plain text,
+  one space between two: the model's tokenizer turns it back into exactly the hard token ids
+  (`pez.token_words`; the projection picks only tokens whose text is such a word). Token files
+  whose hard tokens include pieces that are no word (written before the projection skipped them:
+  a byte of a multi-byte character, which decodes to U+FFFD, or a piece without `</w>`, which
+  glues onto the next word, "_" + "nto" → "_nto") have no such text; their `words` export is
+  refused (`words_text`) rather than written as text that would give the model other tokens.
 
 SDXL tokens (two text encoders, D̃ = [D̃_l | D̃_g], n × (768 + 1280)) have one layout for both
 `diffusers` and `a1111`: `{"clip_l": D̃_l (n, 768), "clip_g": D̃_g (n, 1280)}` float32, which
@@ -34,6 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .checks import give_new_file_mode
 from .errors import DiffinvError
 from .tokens import DiffTokens
 
@@ -88,27 +95,44 @@ def a1111_state_dict(tokens: DiffTokens) -> dict[str, torch.Tensor]:
     return xl_state_dict(tokens) if tokens.family == "sdxl" else {A1111_KEY: _vectors(tokens)}
 
 
-def words_text(tokens: DiffTokens) -> str:
-    """The hard DIFF tokens' words, one line; `DiffinvError` for soft tokens, which have none."""
+def words_text(tokens: DiffTokens, tokenizer=None) -> str:
+    """The hard DIFF tokens' words, one line. `DiffinvError` for soft tokens, which have none, and for
+    hard tokens whose text does not give their ids back: it holds U+FFFD (a byte of a character) or
+    fewer words than tokens (a piece glued onto the next word) — or, given the model's `tokenizer`,
+    tokenizes to other ids."""
     if not tokens.hard_text:
         raise DiffinvError(
             "these DIFF tokens are soft (free vectors), so they have no words; fit with --hard-tokens to get "
             "words, or export them with --format diffusers or a1111"
         )
-    return tokens.hard_text + "\n"
+    text, ids = tokens.hard_text, tokens.hard_token_ids
+    faithful = "\ufffd" not in text and (ids is None or len(text.split()) == len(ids))
+    if faithful and tokenizer is not None and ids is not None:
+        faithful = tokenizer(text, add_special_tokens=False).input_ids == list(ids)
+    if not faithful:
+        count = f"{len(ids)} hard tokens" if ids is not None else "hard tokens"
+        raise DiffinvError(
+            f"no text gives back these {count}: their words {text!r} hold pieces of words or of characters, "
+            "which an older diffinv could pick; export them with --format diffusers or a1111, or fit them again"
+        )
+    return text + "\n"
 
 
-def export(tokens: DiffTokens, format: str, path: str | os.PathLike, token: str = DEFAULT_TOKEN) -> None:
-    """Write `tokens` to `path` in `format` (one of `FORMATS`)."""
+def export(
+    tokens: DiffTokens, format: str, path: str | os.PathLike, token: str = DEFAULT_TOKEN, tokenizer=None
+) -> None:
+    """Write `tokens` to `path` in `format` (one of `FORMATS`), with a new file's mode (safetensors
+    alone leaves 0o600). tokenizer: the model's, to check the words of `words` against (optional)."""
     path = Path(path)
     if format == "diffusers":
         save_file(diffusers_state_dict(tokens, token), str(path), metadata=_metadata(tokens, "diffusers"))
     elif format == "a1111":
         save_file(a1111_state_dict(tokens), str(path), metadata=_metadata(tokens, "a1111"))
     elif format == "words":
-        path.write_text(words_text(tokens), encoding="utf-8")
+        path.write_text(words_text(tokens, tokenizer), encoding="utf-8")
     else:
         raise DiffinvError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    give_new_file_mode(path)
 
 
 def combine(tokens: list[DiffTokens], weights: list[float]) -> DiffTokens:

@@ -188,7 +188,7 @@ def init_diff_tokens(
         tokens = torch.randn(shape, generator=generator) * backbone.vocabulary.detach().float().std().item()
     elif config.hard_tokens:
         vocabulary = backbone.vocabulary.detach()
-        ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], shape[:2], generator)
+        ids = random_token_ids(backbone.tokenizer, vocabulary.shape[0], shape[:2], generator, words_only=True)
         tokens = vocabulary[ids.to(vocabulary.device)].float()
     else:
         tokens = torch.zeros(shape)
@@ -407,7 +407,8 @@ def fit_diff_tokens(
         encoded = torch.stack([p.encoded for p in pairs]).to(diff.device, diff.dtype)
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
-    table = TokenTable.of(backbone.vocabulary, backbone.tokenizer) if config.hard_tokens else None
+    # hard DIFF tokens: whole words only, so that their words can be exported and pasted back
+    table = TokenTable.of(backbone.vocabulary, backbone.tokenizer, words_only=True) if config.hard_tokens else None
     in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
     context = prompt_context(clip, pairs, config.n_tokens) if in_context else None
     context_b = prompt_b_context(clip, pairs, config.n_tokens) if config.lambda_clip_b > 0 else None

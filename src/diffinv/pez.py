@@ -8,10 +8,21 @@ same projection turns DIFF tokens into words (`InversionConfig.hard_tokens`).
 `invert_prompts` inverts K prompts, each with its own images, in one optimisation: one batched
 CLIP text-tower call per step. A `TokenTable` normalises the vocabulary once per inversion, and
 the best prompt of each row is tracked on the device, so the loop never waits for the host.
+
+Every hard token is one of the *usable* vocabulary rows (`usable_token_mask`): a token whose own
+text is a whole word that the tokenizer turns back into that one token. Byte-level BPE also has
+tokens that are no such word: bytes of a multi-byte UTF-8 character (alone they decode to U+FFFD),
+pieces without the end-of-word mark `</w>` (their text glues onto the next word's, "_" + "nto" →
+"_nto", which tokenizes otherwise), upper-case bytes (the tokenizer lower-cases) and whitespace.
+Projecting hard DIFF tokens only onto such rows (`words_only=True`) makes their words
+(`token_words`) text that the tokenizer turns back into exactly those ids, so that they can be
+exported as words and pasted into any prompt. PEZ's prompts keep the whole vocabulary but the
+special tokens, as PEZ (and so the paper) has it.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -21,20 +32,66 @@ from tqdm.auto import tqdm
 
 from .clip_space import ClipSpace
 
+# tokenizer → {(len(tokenizer), vocab_size): (V,) bool CPU mask}: the round-trip test decodes and
+# tokenizes the whole vocabulary, so it runs once per tokenizer, not once per projection table.
+_ROUND_TRIPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-def usable_token_mask(tokenizer, vocab_size: int, device) -> torch.Tensor:
-    """(V,) bool: every token but <bos>, <eos>, <pad> and <unk>, which would break the prompt."""
-    mask = torch.ones(vocab_size, dtype=torch.bool, device=device)
+
+def token_texts(tokenizer, ids) -> list[str]:
+    """Each id's own text: `tokenizer.decode([id])` without the space its end-of-word mark gives."""
+    return [text.strip() for text in tokenizer.batch_decode([[int(i)] for i in ids])]
+
+
+def token_words(tokenizer, ids) -> str:
+    """The words of token `ids`: each token's own text, one space between two (special tokens left
+    out). For usable ids (`usable_token_mask`) the tokenizer turns this text back into exactly
+    `ids`: each word is one usable token, and CLIP's pre-tokenizer never joins across whitespace."""
+    special = set(tokenizer.all_special_ids)
+    return " ".join(text for text in token_texts(tokenizer, [i for i in ids if int(i) not in special]) if text)
+
+
+def _round_trip_mask(tokenizer, vocab_size: int) -> torch.Tensor:
+    """(V,) bool on the CPU: the ids whose own text is one word (no whitespace, no U+FFFD) that the
+    tokenizer turns back into that id alone."""
+    key = (len(tokenizer), vocab_size)
+    try:
+        cached = _ROUND_TRIPS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        cached = {}
+    if key not in cached:
+        known = min(vocab_size, len(tokenizer))  # rows past the tokenizer's ids have no text
+        texts = token_texts(tokenizer, range(known))
+        encoded = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+        whole = [
+            ids == [i] and "\ufffd" not in text and not any(c.isspace() for c in text)
+            for i, (text, ids) in enumerate(zip(texts, encoded))
+        ]
+        cached[key] = torch.tensor(whole + [False] * (vocab_size - known), dtype=torch.bool)
+    return cached[key]
+
+
+def usable_token_mask(tokenizer, vocab_size: int, device, words_only: bool = False) -> torch.Tensor:
+    """(V,) bool: the tokens a hard prompt or hard DIFF token may use — every token but <bos>,
+    <eos>, <pad> and <unk>, which would break the prompt; with `words_only`, only those whose own
+    text is a whole word that the tokenizer gives back as that token (see the module's docstring)."""
+    mask = _round_trip_mask(tokenizer, vocab_size).clone() if words_only else torch.ones(vocab_size, dtype=torch.bool)
     for special in {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}:
         if special is not None and special < vocab_size:
             mask[special] = False
-    return mask
+    return mask.to(device)
 
 
-def random_token_ids(tokenizer, vocab_size: int, shape: tuple[int, ...], generator: torch.Generator | None = None):
-    """`shape` long tensor on the CPU: usable token ids drawn uniformly with `generator` (a CPU
-    generator; None: torch's global one). Draws are sequential, so (2, L) equals two (1, L) draws."""
-    candidates = usable_token_mask(tokenizer, vocab_size, "cpu").nonzero().squeeze(1)
+def random_token_ids(
+    tokenizer,
+    vocab_size: int,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    words_only: bool = False,
+):
+    """`shape` long tensor on the CPU: usable token ids (`usable_token_mask`) drawn uniformly with
+    `generator` (a CPU generator; None: torch's global one). Draws are sequential, so (2, L) equals
+    two (1, L) draws."""
+    candidates = usable_token_mask(tokenizer, vocab_size, "cpu", words_only).nonzero().squeeze(1)
     return candidates[torch.randint(len(candidates), shape, generator=generator)]
 
 
@@ -50,9 +107,10 @@ class TokenTable:
         self.unit = F.normalize(self.rows[self.ids].float(), dim=-1)
 
     @classmethod
-    def of(cls, vocabulary: torch.Tensor, tokenizer) -> TokenTable:
-        """The table of every token but the special ones (see `usable_token_mask`)."""
-        return cls(vocabulary, usable_token_mask(tokenizer, vocabulary.shape[0], vocabulary.device))
+    def of(cls, vocabulary: torch.Tensor, tokenizer, words_only: bool = False) -> TokenTable:
+        """The table of the usable tokens (`usable_token_mask`): no special tokens, and with
+        `words_only` whole words only (hard DIFF tokens)."""
+        return cls(vocabulary, usable_token_mask(tokenizer, vocabulary.shape[0], vocabulary.device, words_only))
 
     def nearest(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Ids of the allowed rows closest in cosine to each embedding: (..., d) → (...,) long.
@@ -154,6 +212,7 @@ def invert_prompt(
 
 
 def harden(embeddings: torch.Tensor, vocabulary: torch.Tensor, tokenizer) -> tuple[torch.Tensor, list[int], str]:
-    """Hard tokens: (vocabulary rows (n, d) float32, their ids, their text) nearest to `embeddings`."""
-    ids = TokenTable.of(vocabulary, tokenizer).nearest(embeddings.to(vocabulary.device))
-    return vocabulary[ids].detach().float(), ids.tolist(), tokenizer.decode(ids.tolist())
+    """Hard tokens: (vocabulary rows (n, d) float32, their ids, their words) nearest to `embeddings`
+    among the whole-word rows; the tokenizer turns the words back into exactly those ids (`token_words`)."""
+    ids = TokenTable.of(vocabulary, tokenizer, words_only=True).nearest(embeddings.to(vocabulary.device)).tolist()
+    return vocabulary[ids].detach().float(), ids, token_words(tokenizer, ids)

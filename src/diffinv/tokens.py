@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .checks import give_new_file_mode
 from .config import InversionConfig
 from .errors import DiffinvError, DiffinvWarning
 
@@ -84,6 +85,7 @@ class DiffTokens:
         return self.embeddings.shape[1]
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokens to `path` (a new file's mode, as `open` would give it)."""
         from . import __version__
 
         metadata = {
@@ -109,6 +111,7 @@ class DiffTokens:
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file({"diff_tokens": self.embeddings.detach().float().cpu().contiguous()}, str(path), metadata=metadata)
+        give_new_file_mode(path)  # safetensors leaves its private temporary file's 0o600
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DiffTokens:
