@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -92,6 +92,9 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
   heldout-encoder-baselines)  # issue 11: the paper's baselines beside it, first 100 triplets of seed 160
     "${BENCH[@]}" --out runs/heldout-v2-s160-baselines --n 100 --triplet-seed 160 \
       --method on-editor:init=encoder,steps=0 --method sdedit --method analogist --method instructpix2pix --method visii ;;
+  paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
+    "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
+      --method paper --method paper:hard_tokens=true ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
     "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
