@@ -68,8 +68,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from diffinv.backbone import StableDiffusionBackbone
-from diffinv.backbone_xl import StableDiffusionXLBackbone, XLTextStates
+from diffinv.backbones.sd import StableDiffusionBackbone
+from diffinv.backbones.sdxl import StableDiffusionXLBackbone, XLTextStates
 from diffinv.clip_space import ClipSpace
 from diffinv.config import InversionConfig
 from diffinv.errors import DiffinvError
@@ -80,7 +80,8 @@ from diffinv.inversion import (
     noised_pair,
     prompt_pair,
 )
-from diffinv.pipeline import DifferenceInversion, resolve_device_dtype
+from diffinv.loading import resolve_device_dtype
+from diffinv.pipeline import DifferenceInversion
 from diffinv.testing import WORDS, word_tokenizer
 from diffinv.tokens import DiffTokens
 

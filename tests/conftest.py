@@ -131,7 +131,7 @@ def module_parameters(backbone, clip) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def wide_di():
     """A DifferenceInversion on a tiny model whose text encoder takes 48-wide tokens."""
-    from diffinv.backbone import StableDiffusionBackbone
+    from diffinv.backbones.sd import StableDiffusionBackbone
     from diffinv.pipeline import DifferenceInversion
     from diffinv.testing import tiny_clip_for, tiny_pipeline
 

@@ -1,8 +1,9 @@
-"""Difference Inversion on an instruction editor (`backbone_editor`): fitted and drawn on tiny
+"""Difference Inversion on an instruction editor (`backbones.editor`): fitted and drawn on tiny
 InstructPix2Pix models of the real classes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config
-from diffinv.backbone_editor import InstructPix2PixBackbone
+from diffinv.backbones.editor import InstructPix2PixBackbone
 from diffinv.errors import DiffinvError
 from diffinv.inversion import noised_pair, token_consistency_loss
 from diffinv.pipeline import DifferenceInversion
@@ -102,6 +103,31 @@ def test_the_image_guidance_reaches_the_editor(editor_di, editor_tokens, images)
     assert list(low.getdata()) != list(high.getdata())
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [dict(share_attention=0.5), dict(edit_mask=0.5), dict(direct_inversion=True)],
+    ids=["share_attention", "edit_mask", "direct_inversion"],
+)
+def test_the_editor_refuses_what_needs_an_inversion_of_b(editor, editor_tokens, images, changes):
+    """InstructPix2Pix draws from noise with B as its condition: nothing compares B′ with an
+    inversion of B, so those options are one line, not silently dropped; other modes likewise."""
+    settings = editor_tokens.config.draw_settings()
+    states = editor.encode_plain([""])
+    b = images["b"].resize((64, 32))
+    with pytest.raises(DiffinvError, match="tiny-editor is an instruction editor.*do not apply"):
+        editor.sample(states, b.size, b, dataclasses.replace(settings, **changes), torch.Generator(), False)
+    with pytest.raises(DiffinvError, match="'img2img' does not apply to 'tiny-editor', an instruction editor"):
+        editor.sample(states, b.size, b, dataclasses.replace(settings, mode="img2img"), torch.Generator(), False)
+
+
+def test_the_editor_does_not_read_strength(editor_di, editor_tokens, images):
+    """`strength` is not part of an editor's drawing: it denoises from pure noise whatever its value."""
+    config = editor_tokens.config
+    low = editor_di.apply(editor_tokens, images["b"], seed=2, config=config.replace(strength=0.3), progress=False)
+    high = editor_di.apply(editor_tokens, images["b"], seed=2, config=config.replace(strength=1.0), progress=False)
+    assert list(low.getdata()) == list(high.getdata())
+
+
 def test_guidance_away_from_the_before_side_reaches_the_editor(editor, editor_di, editor_tokens, images):
     seen = []
     hook = editor.unet.register_forward_pre_hook(
@@ -141,10 +167,14 @@ def test_modes_that_a_model_cannot_draw_in_are_refused_before_any_work(editor_di
 def test_on_an_editor_bs_description_serves_only_the_b_context_loss(editor_di, editor, images, monkeypatch):
     calls = {}
     editor_di.captioner = lambda pictures: ["a photo of a red square"] * len(pictures)
-    fit, apply = editor_di.fit, editor_di.apply
-    monkeypatch.setattr(editor_di, "fit", lambda *a, **k: calls.setdefault("fit", k["prompt_b"]) and fit(*a, **k))
+    fit, apply = editor_di._fit_prepared, editor_di._apply  # analogy's fit and apply on its working images
     monkeypatch.setattr(
-        editor_di, "apply", lambda *a, **k: calls.setdefault("apply", k["prompt"]) == "" and apply(*a, **k)
+        editor_di,
+        "_fit_prepared",
+        lambda pairs, *a, **k: calls.setdefault("fit", pairs[0].prompt_b) and fit(pairs, *a, **k),
+    )
+    monkeypatch.setattr(
+        editor_di, "_apply", lambda *a, **k: calls.setdefault("apply", k["prompt"]) == "" and apply(*a, **k)
     )
     config = fast_config(sampling_mode="editor", prompt_source="caption", lambda_clip_b=1.0)
     try:
@@ -169,7 +199,7 @@ def test_from_pretrained_loads_an_editor_directory_as_an_editor(tmp_path, backbo
 
 def test_the_bundled_editor_is_described_as_training_describes_it():
     from diffinv.model_card import model_card
-    from diffinv.shapes.train import TrainingPlan, editor_descriptor
+    from diffinv.shapes.descriptor import TrainingPlan, editor_descriptor
 
     card = model_card("shapes-editor")
     written = json.loads((card.directory / "diffinv.json").read_text(encoding="utf-8"))
@@ -187,7 +217,7 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
 
 
 def test_the_editor_uses_the_encoder_only_once_it_is_trained():
-    from diffinv.shapes.train import EDITOR_FIT, TrainingPlan, editor_descriptor
+    from diffinv.shapes.descriptor import EDITOR_FIT, TrainingPlan, editor_descriptor
 
     before = editor_descriptor(TrainingPlan(), trained={"editor": 1.0})["config"]
     assert "init" not in before and before["steps"] == EDITOR_FIT["steps"]

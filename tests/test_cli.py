@@ -630,6 +630,19 @@ def test_analogy_with_candidates_keeps_one_of_them(capsys, tmp_path, image_files
     assert (tmp_path / "out.png").is_file()
 
 
+def test_analogy_reads_each_image_file_once(capsys, tmp_path, image_files, model_args, monkeypatch):
+    """The command reads A, A′ and B once: the check before loading, the analogy and the grid share them."""
+    paths = [str(image_files[name]) for name in ("a", "a_prime", "b")]
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or real_open(fp, *args, **kwargs)
+    )
+    code, _, err = run(capsys, fast_analogy_argv(image_files, tmp_path / "out.png", *model_args))
+    assert code == 0, err
+    assert sorted(path for path in opened if path in paths) == sorted(paths)
+
+
 def test_bench_report_from_the_command_line_never_imports_torch(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -120,3 +120,39 @@ def test_the_paper_preset_is_the_papers_method_on_the_models_budget():
     assert (paper.tc_reduction, paper.use_clip_loss, paper.edit_strength) == ("mean", True, 1.0)
     with pytest.raises(DiffinvError, match="unknown preset"):
         preset("best")
+
+
+# --- the drawing settings -----------------------------------------------------------------------------------
+def test_draw_settings_are_the_drawing_half_of_the_config():
+    from diffinv.config import DrawSettings
+
+    config = InversionConfig(
+        sampling_mode="inversion",
+        strength=0.5,
+        guidance_scale=3.0,
+        image_guidance_scale=2.0,
+        sampling_steps=7,
+        share_attention=0.25,
+        edit_mask=0.5,
+        direct_inversion=True,
+        edit_strength=2.0,  # shapes the text states, not the drawing
+        candidates=1,
+    )
+    settings = config.draw_settings()
+    assert settings == DrawSettings(
+        mode="inversion",
+        strength=0.5,
+        guidance_scale=3.0,
+        image_guidance_scale=2.0,
+        steps=7,
+        share_attention=0.25,
+        edit_mask=0.5,
+        direct_inversion=True,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.steps = 3
+    assert settings.inversion == "ddim"
+    assert InversionConfig(sampling_mode="edit-friendly").draw_settings().inversion == "edit-friendly"
+    assert {InversionConfig(sampling_mode=mode).draw_settings().inversion for mode in ("img2img", "noise")} == {None}
+    with pytest.raises(DiffinvError, match="sampling mode must be one of"):
+        dataclasses.replace(settings, mode="sketch")

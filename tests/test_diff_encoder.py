@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config
-from diffinv.backbone_editor import InstructPix2PixBackbone
+from diffinv.backbones.editor import InstructPix2PixBackbone
 from diffinv.config import InversionConfig
 from diffinv.diff_encoder import CONFIG_NAME, DiffEncoder, DiffEncoderConfig, train_diff_encoder
 from diffinv.errors import DiffinvError
@@ -77,6 +77,31 @@ def test_with_zero_steps_the_diff_tokens_are_the_encoders_prediction(clip, edito
     expected = encoder(features[:1], features[1:])[0]
     torch.testing.assert_close(tokens.embeddings, expected)
     assert tokens.embeddings.abs().sum() > 0
+
+
+def test_with_zero_steps_nothing_is_encoded_or_optimised(clip, editor, images, monkeypatch):
+    """steps = 0: D̃ is the encoder's prediction, so A and A′ never go through the VAE and no
+    optimiser is built; the token file holds what a fit of no steps holds (an empty history)."""
+    encoder = random_encoder(clip, editor)
+    di = editor_di(editor, clip, encoder)
+    a, a_prime = di.working_pair(images["a"], images["a_prime"], di.default_config)
+    features = clip.image_features([a, a_prime])
+    expected = encoder(features[:1], features[1:])[0]
+    encodes = []
+    real_encode = editor.vae.encode
+    monkeypatch.setattr(
+        editor.vae, "encode", lambda *args, **kwargs: encodes.append(1) or real_encode(*args, **kwargs)
+    )
+
+    def no_optimiser(*args, **kwargs):
+        raise AssertionError("an optimiser was built for a fit of no steps")
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_optimiser)
+    tokens = di.fit(images["a"], images["a_prime"], captions=CAPTIONS, progress=False)
+    assert encodes == []
+    assert torch.equal(tokens.embeddings, expected.detach().cpu())
+    assert tokens.history == {"loss": [], "loss_tc": [], "loss_clip": []}
+    assert tokens.effective_alpha == 0.0 and tokens.text_delta_norm is None
 
 
 def test_the_fit_corrects_the_encoders_prediction(clip, editor, images):

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
-from diffinv.backbone import StableDiffusionBackbone
+from diffinv.backbones.sd import StableDiffusionBackbone
 from diffinv.cli import _weighted_file, main
 from diffinv.errors import DiffinvError
 from diffinv.export import A1111_KEY, combine, diffusers_state_dict, export, words_text

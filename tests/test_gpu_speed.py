@@ -96,7 +96,7 @@ def test_tiny_cpu_run_reports_every_figure(gpu_speed, tmp_path, capsys):
 
 
 def test_tiny_sdxl_is_the_real_backbone_with_its_clip(gpu_speed):
-    from diffinv.backbone_xl import StableDiffusionXLBackbone, XLTextStates
+    from diffinv.backbones.sdxl import StableDiffusionXLBackbone, XLTextStates
     from diffinv.config import InversionConfig
     from diffinv.inversion import check_compatible
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import diffinv.backbone
+import diffinv.backbones.sd
 import diffinv.inversion
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config, module_parameters
 from diffinv.errors import DiffinvError
@@ -46,7 +46,7 @@ def seen_text_input(monkeypatch):
     """Records, at every `backbone.encode_prompt`, the ids and the token embeddings as the text
     encoder sees them (after the DIFF tokens were put in)."""
     records = []
-    original = diffinv.backbone.replaced_token_embeddings
+    original = diffinv.backbones.sd.replaced_token_embeddings
 
     @contextmanager
     def spy(text_model, slot_mask, values):
@@ -67,7 +67,7 @@ def seen_text_input(monkeypatch):
             finally:
                 handle.remove()
 
-    monkeypatch.setattr(diffinv.backbone, "replaced_token_embeddings", spy)
+    monkeypatch.setattr(diffinv.backbones.sd, "replaced_token_embeddings", spy)
     return records
 
 
@@ -521,7 +521,7 @@ def test_fitting_is_seeded_with_a_cpu_generator_whatever_the_device(di, pair, mo
     """`_fit_prepared` seeds fit_diff_tokens with a CPU generator, also for a model on another
     device (a device generator would draw other numbers on CUDA than on the CPU)."""
     import diffinv.pipeline
-    from diffinv.backbone import StableDiffusionBackbone
+    from diffinv.backbones.sd import StableDiffusionBackbone
 
     seen = []
 
@@ -540,7 +540,7 @@ def test_fitting_is_seeded_with_a_cpu_generator_whatever_the_device(di, pair, mo
 
 def test_in_context_features_equal_the_text_with_those_words(backbone, clip):
     """A slot holding the embedding of a word is the prompt with that word written out."""
-    from diffinv.text_slots import slot_token_ids
+    from diffinv.backbones.text_slots import slot_token_ids
 
     word = clip.tokenizer("blue", add_special_tokens=False).input_ids
     ids, mask = slot_token_ids(clip.tokenizer, [CAPTION_A], len(word), clip.text_model.config.max_position_embeddings)

@@ -32,7 +32,7 @@ def test_the_bundled_world_is_a_directory_with_a_descriptor():
     assert card.directory == BUNDLED["shapes"] and card.has_descriptor and card.name == "shapes"
     config = card.default_config()
     assert (config.steps, config.prompt_source, config.n_tokens) == (100, "caption", InversionConfig().n_tokens)
-    from diffinv.shapes.train import TrainingPlan, world_descriptor
+    from diffinv.shapes.descriptor import TrainingPlan, world_descriptor
 
     assert config == InversionConfig().replace(**world_descriptor(TrainingPlan())["config"])  # as training writes it
     assert (config.clip_loss_space, config.tc_reduction) == ("in-context", "sum")

@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
 from diffinv.captioners import ClipRetrievalCaptioner
 from diffinv.errors import DiffinvError, DiffinvWarning
 from diffinv.images import working_size
 from diffinv.pez import usable_token_mask
-from diffinv.pipeline import DifferenceInversion, resolve_device_dtype
+from diffinv.pipeline import DifferenceInversion
 
 
 def pixels(image) -> np.ndarray:
@@ -171,6 +171,48 @@ def test_analogy_returns_b_prime_and_tokens(di, backbone, images):
     assert tokens.embeddings.shape == (5, backbone.token_width) and len(tokens.history["loss"]) == 1
 
 
+ANALOGY_RUNS = {
+    "captions-and-candidates": dict(config=dict(candidates=2), prompt_b=PROMPT_B),
+    "pez-prompts": dict(config=dict(prompt_source="pez", pez_steps=2), prompt_b=None),
+}
+
+
+@pytest.mark.parametrize("run", ANALOGY_RUNS.values(), ids=ANALOGY_RUNS)
+def test_analogy_reads_and_sizes_each_input_once(di, image_files, monkeypatch, run):
+    """A, A′ and B are each opened once and brought to their working size once, however many
+    steps look at them (PEZ prompts, the CLIP delta, the latents, the draw, the candidates' scores)."""
+    opened, fitted = [], []
+    real_open, real_fit = Image.open, ImageOps.fit
+    monkeypatch.setattr(
+        Image, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or real_open(fp, *args, **kwargs)
+    )
+    monkeypatch.setattr(
+        ImageOps, "fit", lambda image, *args, **kwargs: fitted.append(image.size) or real_fit(image, *args, **kwargs)
+    )
+    paths = [image_files[name] for name in ("a", "a_prime", "b")]
+    config = fast_config(**run["config"])
+    captions = (CAPTION_A, CAPTION_A_PRIME)
+    di.analogy(*paths, config, seed=1, captions=captions, prompt_b=run["prompt_b"], progress=False)
+    assert sorted(opened) == sorted(paths)
+    assert len(fitted) == 3
+
+
+@pytest.mark.parametrize("run", ANALOGY_RUNS.values(), ids=ANALOGY_RUNS)
+def test_analogy_is_fit_then_apply(di, images, image_files, run):
+    """Reading each input once changes nothing: analogy on paths gives fit and apply's B′ and tokens."""
+    config = fast_config(**run["config"])
+    captions, prompt_b = (CAPTION_A, CAPTION_A_PRIME), run["prompt_b"]
+    paths = [image_files[name] for name in ("a", "a_prime", "b")]
+    b_prime, tokens = di.analogy(*paths, config, seed=1, captions=captions, prompt_b=prompt_b, progress=False)
+    if prompt_b is None:  # PEZ: prompt_B as apply makes it, from the first draw of a generator seeded alike
+        prompt_b = di.describe_b(images["b"], config, seed=1, progress=False)
+    fitted = di.fit(images["a"], images["a_prime"], config, captions=captions, seed=1, progress=False)
+    reference = (images["a"], images["a_prime"])
+    drawn = di.apply(fitted, images["b"], seed=1, prompt=prompt_b, progress=False, reference=reference)
+    assert torch.equal(tokens.embeddings, fitted.embeddings) and tokens.history == fitted.history
+    assert np.array_equal(pixels(b_prime), pixels(drawn))
+
+
 def test_image_paths_are_accepted(di, fitted_tokens, image_files):
     b_prime = di.apply(fitted_tokens, image_files["b"], prompt=PROMPT_B, progress=False)
     from_image = di.apply(fitted_tokens, Image.open(image_files["b"]), prompt=PROMPT_B, progress=False)
@@ -197,16 +239,6 @@ def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
         DifferenceInversion.from_pretrained(
             str(tmp_path / "nothing-here"), device="cpu", clip_model=str(tmp_path / "nor-here")
         )
-
-
-def test_resolve_device_dtype():
-    assert resolve_device_dtype("cpu", None) == (torch.device("cpu"), torch.float32)
-    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
-    with pytest.raises(DiffinvError, match="dtype"):
-        resolve_device_dtype("cpu", "float8")
-    if not torch.cuda.is_available():
-        with pytest.raises(DiffinvError, match="CUDA"):
-            resolve_device_dtype("cuda", None)
 
 
 def test_fit_many_batches_same_sized_pairs_and_keeps_the_order(di, images):

@@ -343,7 +343,7 @@ def test_edit_friendly_inversion_runs_the_img2img_timesteps_down_twice(di, backb
 def test_shared_self_attention_gives_the_second_half_the_first_halfs_maps():
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
-    from diffinv.shared_attention import SharedSelfAttention
+    from diffinv.backbones.shared_attention import SharedSelfAttention
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=2, dim_head=4)

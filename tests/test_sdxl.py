@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
-from diffinv.backbone_xl import StableDiffusionXLBackbone, XLTextStates
+from diffinv.backbones.sdxl import StableDiffusionXLBackbone, XLTextStates
 from diffinv.cli import main
 from diffinv.errors import DiffinvError
 from diffinv.export import XL_KEYS, export

@@ -20,19 +20,14 @@ from diffinv.bench.datasets import shapes_dataset
 from diffinv.errors import DiffinvError
 from diffinv.model_card import model_card
 from diffinv.shapes.classifier import AttributeClassifier
+from diffinv.shapes.descriptor import TrainingPlan
 from diffinv.shapes.evaluate import score
-from diffinv.shapes.train import (
-    CELLS,
-    TrainingPlan,
-    build_unet,
-    cell_mask,
-    grid_picture,
-    layout_threshold,
-    train_world,
-    widened_from,
-)
+from diffinv.shapes.loops import layout_threshold
+from diffinv.shapes.networks import build_unet, widened_from
+from diffinv.shapes.train import train_world
 from diffinv.shapes.world import (
     ATTRIBUTES,
+    CELLS,
     COLOURS,
     FAMILIES,
     LAYOUT_RANGE,
@@ -40,7 +35,10 @@ from diffinv.shapes.world import (
     all_scenes,
     canonical_instruction,
     caption_variants,
+    cell_mask,
+    grid_picture,
     instruction_variants,
+    layout_range_of,
     render,
     triplets,
 )
@@ -100,15 +98,15 @@ def test_the_bench_draws_v2_triplets_for_a_v2_model_card(tmp_path):
     (tmp_path / "diffinv.json").write_text(
         json.dumps({"format": "diffinv.model/1", "world": {"version": 2, "layout_range": 5.0}})
     )
-    assert model_card(tmp_path).shapes_layout_range == 5.0
-    assert model_card("shapes").shapes_layout_range == LAYOUT_RANGE  # the bundled world is v2
+    assert layout_range_of(model_card(tmp_path)) == 5.0
+    assert layout_range_of(model_card("shapes")) == LAYOUT_RANGE  # the bundled world is v2
     wide = shapes_dataset(50, seed=1, layout_range=5.0)
     assert max(abs(t.truth.b.dx) for t in wide) > 1.5
 
 
 def test_v2_draws_b_prime_from_bs_inversion_and_v1_keeps_img2img():
     from diffinv.config import InversionConfig
-    from diffinv.shapes.train import DESCRIPTOR, world_descriptor
+    from diffinv.shapes.descriptor import DESCRIPTOR, world_descriptor
 
     v2 = InversionConfig().replace(**world_descriptor(TrainingPlan())["config"])
     assert (v2.sampling_mode, v2.strength, v2.guidance_scale) == ("inversion", 0.6, 2.5)
@@ -231,7 +229,7 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
         "vae_grids",
         "editor",
     }
-    assert model_card(out).shapes_layout_range == LAYOUT_RANGE
+    assert layout_range_of(model_card(out)) == LAYOUT_RANGE
     assert model_card(out).bench["editor"] == "editor"  # complete now: both named
     assert model_card(str(out / "editor")).default_config().init == "zeros"  # no encoder yet: the fit
     train_world(out, plan, stages=["diff_encoder"])
@@ -262,7 +260,7 @@ def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
     for directory in ("editor", "inpainting"):
         assert (out / directory / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == main_vae
     card = model_card(out)
-    assert card.shapes_layout_range == LAYOUT_RANGE
+    assert layout_range_of(card) == LAYOUT_RANGE
     assert card.bench["editor"] == "editor" and card.bench["inpainting"] == "inpainting"
     assert AttributeClassifier.load(out / "classifier").layout_threshold >= 0.5
     assert StableDiffusionPipeline.from_pretrained(out).unet.config.in_channels == 4
@@ -339,7 +337,7 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
     )
     timings = train_world(tmp_path / "v1", plan)
     assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet"]
-    assert model_card(tmp_path / "v1").shapes_layout_range == 1.5
+    assert layout_range_of(model_card(tmp_path / "v1")) == 1.5
     assert AttributeClassifier.load(tmp_path / "v1" / "classifier").centre is None
     assert not (tmp_path / "v1" / "editor").exists()
 
@@ -347,7 +345,7 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
 @pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia"])
 def test_the_v2_baseline_budgets_are_valid_settings_of_each_baseline(name):
     from diffinv.bench.baselines import baseline_config
-    from diffinv.shapes.train import V2_BASELINE_BUDGETS, world_descriptor
+    from diffinv.shapes.descriptor import V2_BASELINE_BUDGETS, world_descriptor
 
     budget = world_descriptor(TrainingPlan())["bench"]["baselines"][name]
     assert budget == V2_BASELINE_BUDGETS[name]

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from diffinv.text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
+from diffinv.backbones.text_slots import replaced_token_embeddings, slot_token_ids, token_attention_mask
 
 
 def words_of(tokenizer, prompt):

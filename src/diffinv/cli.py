@@ -591,11 +591,17 @@ def _captions(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _check_images(*paths: str) -> None:
-    """Fail on unreadable, tiny or too elongated images before loading any model."""
-    from .images import check_usable, load_image
+    """Fail on unreadable, tiny or too elongated images before loading any model (`apply`: its Bs,
+    which may be many, are read again one at a time as they are drawn)."""
+    _read_images(*paths)
 
-    for path in paths:
-        check_usable(load_image(path), str(path))
+
+def _read_images(*paths: str) -> list:
+    """Each image read once, as RGB (`images.as_rgb`): an unreadable, tiny or too elongated one
+    fails here, before any model loads, and the images read are the ones the command works on."""
+    from .images import as_rgb
+
+    return [as_rgb(path) for path in paths]
 
 
 def _caption_lines(args: argparse.Namespace) -> list[str] | None:
@@ -730,12 +736,12 @@ def run_fit(args: argparse.Namespace) -> None:
     captions = _captions(args)
     outputs = Outputs([args.a, args.a_prime], args.overwrite)
     tokens_path = outputs.add(args.output, (TOKEN_SUFFIX,), "token file")
-    _check_images(args.a, args.a_prime)
+    a, a_prime = _read_images(args.a, args.a_prime)
     _caption_lines(args)  # a bad caption file is reported now
     _check_downloads(args, card, _captioner_use(args, card, config, fitting=True, drawing=False))
 
     di = _load(args)
-    tokens = di.fit(args.a, args.a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
+    tokens = di.fit(a, a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
     with outputs.writing() as write:
         write(tokens_path, tokens.save)
     print(f"wrote {tokens_path}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
@@ -853,18 +859,15 @@ def run_analogy(args: argparse.Namespace) -> None:
     b_prime_path = outputs.add(args.output, IMAGE_SUFFIXES, "B′ image")
     grid_path = outputs.add(b_prime_path.with_name(f"{b_prime_path.stem}-grid.png"), (".png",), "grid")
     tokens_path = outputs.add(b_prime_path.with_suffix(TOKEN_SUFFIX), (TOKEN_SUFFIX,), "token file")
-    _check_images(args.a, args.a_prime, args.b)
+    images = _read_images(args.a, args.a_prime, args.b)  # read once: for the analogy and the grid
     _caption_lines(args)  # a bad caption file is reported now
     _check_downloads(args, card, _captioner_use(args, card, config, fitting=True, drawing=True))
 
     from .grid import image_grid
-    from .pipeline import as_rgb
 
     di = _load(args)
     b_prime, tokens = di.analogy(
-        args.a,
-        args.a_prime,
-        args.b,
+        *images,
         config,
         seed=args.seed,
         captions=captions,
@@ -872,7 +875,7 @@ def run_analogy(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     # ASCII primes: Pillow's built-in font has no ′.
-    grid = image_grid([as_rgb(args.a), as_rgb(args.a_prime), as_rgb(args.b), b_prime], ["A", "A'", "B", "B'"])
+    grid = image_grid([*images, b_prime], ["A", "A'", "B", "B'"])
     with outputs.writing() as write:
         write(b_prime_path, b_prime.save)
         write(grid_path, grid.save)

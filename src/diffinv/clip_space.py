@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
+from .backbones.text_slots import replaced_token_embeddings
 from .errors import DiffinvError
 from .images import centre_crops
-from .text_slots import replaced_token_embeddings
 
 # The normalisation every OpenAI and OpenCLIP CLIP was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -2,7 +2,10 @@
 
 Values stated in the paper (Kim, Kim & Kim, CVPR 2025) are marked *paper*. Values the paper
 does not state are marked with where they come from; each of them is an option, not a hidden
-constant.
+constant. `DrawSettings` is the drawing half of `InversionConfig`, the one object a backbone draws with.
+
+Longer than this project's usual 400 lines on purpose: `InversionConfig`'s docstring is the one
+place that documents every hyperparameter (about 150 lines), and splitting it would scatter that.
 """
 
 from __future__ import annotations
@@ -67,10 +70,11 @@ class InversionConfig:
             project (docs/results.md §7).
         use_token_consistency: ablation switch for L_tc (Fig. 5).
         use_clip_loss: ablation switch for L_clip.
-        tc_reduction: L_tc per latent element ("mean", as diffusers' training scripts average) or
-            summed over the latent ("sum", the paper's ‖·‖² read literally: ×256 in the shapes
-            world, ×16,384 for SD 1.5 at 512 px). Not stated; "mean" kept by measurement
-            (docs/results.md).
+        tc_reduction: L_tc = mse_before + mse_after (*paper* eqs. 7–9: each branch's MSE, the
+            squared error averaged over the latent's elements, "mean", as diffusers' training
+            scripts average too), or each branch's squared error summed over the latent ("sum",
+            beyond the paper: ×256 in the shapes world, ×16,384 for SD 1.5 at 512 px; part of the
+            `in-context` preset, docs/results.md §6).
 
     Prompts
         prompt_source: "pez" (*paper*: PEZ hard-prompt inversion for prompt_A, prompt_A′ and
@@ -103,7 +107,7 @@ class InversionConfig:
             modes, B is inverted through the last int(sampling_steps × strength) steps of the
             schedule, as img2img denoises them.
             "editor": the mode of an instruction-editing model (InstructPix2Pix; see
-            `backbone_editor`), and its only one: B is the editor's image condition and B′ is
+            `backbones.editor`), and its only one: B is the editor's image condition and B′ is
             drawn from noise with the instruction {"", s·D̃} (Euler-ancestral, `strength` unused).
             Not in the paper; an option of this project (docs/results.md §7).
         guidance_scale: classifier-free guidance; Stable Diffusion's usual 7.5. In "editor"
@@ -133,7 +137,7 @@ class InversionConfig:
         share_attention: with sampling_mode "inversion", the fraction of the denoising steps
             (the first ones) in which B′'s self-attention probabilities are those of B's
             reconstruction from the same inversion, denoised beside it under {prompt_B, 0}
-            (prompt-to-prompt / plug-and-play self-attention injection, `shared_attention.py`):
+            (prompt-to-prompt / plug-and-play self-attention injection, `backbones/shared_attention.py`):
             B′ is drawn on B's layout. 0: off. Those steps cost twice the batch. Not stated in
             the paper; an option of this project (docs/results.md).
         edit_mask: with sampling_mode "inversion", a DiffEdit-style mask (Couairon et al., ICLR
@@ -311,6 +315,19 @@ class InversionConfig:
             f"not {self.sampling_mode!r}",
         )
 
+    def draw_settings(self) -> DrawSettings:
+        """The fields a backbone draws B′ with, as one object (see `DrawSettings`)."""
+        return DrawSettings(
+            mode=self.sampling_mode,
+            strength=self.strength,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+            steps=self.sampling_steps,
+            share_attention=self.share_attention,
+            edit_mask=self.edit_mask,
+            direct_inversion=self.direct_inversion,
+        )
+
     def needs_pair_captions(self, editor: bool, prompts_given: bool = False) -> bool:
         """Whether fitting reads captions of A and A′ (step ①; the captioner's when none are given):
         the text half of the CLIP loss's delta (α > 0), or the prompts of A and A′ with prompt_source
@@ -349,6 +366,47 @@ class InversionConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+@dataclass(frozen=True)
+class DrawSettings:
+    """How a backbone draws one B′ (`sample` of each class in `backbones`): the drawing half of
+    `InversionConfig`, made by `InversionConfig.draw_settings()`, which has validated the values.
+    Each field means what the `InversionConfig` field of the name in brackets means.
+
+    mode (sampling_mode): "img2img", "noise", "inversion" (DDIM), "edit-friendly" (DDPM) or
+        "editor" (an instruction editor's only mode); a backbone refuses a mode it cannot draw in.
+    strength: how far B is noised ("img2img") or inverted (the inversion modes). Not part of an
+        editor's drawing: it denoises from pure noise with B as its image condition, so it does
+        not read `strength`, whatever its value.
+    guidance_scale: classifier-free guidance (an editor's text guidance s_T).
+    image_guidance_scale: an editor's image guidance s_I; a text-to-image model has no image
+        branch and does not read it.
+    steps (sampling_steps): the scheduler's denoising steps.
+    share_attention, edit_mask, direct_inversion: options of the DDIM inversion ("inversion");
+        anywhere else (another mode, an editor) they are refused unless off.
+
+    What shapes the text states rather than the drawing (edit_strength, negative_diff,
+    diff_guidance) and the choice among several drawings (candidates) stay with the pipeline.
+    """
+
+    mode: str
+    strength: float
+    guidance_scale: float
+    image_guidance_scale: float
+    steps: int
+    share_attention: float
+    edit_mask: float
+    direct_inversion: bool
+
+    def __post_init__(self) -> None:
+        if self.mode not in SAMPLING_MODES:
+            raise DiffinvError(f"sampling mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
+
+    @property
+    def inversion(self) -> str | None:
+        """The inversion B′ is drawn from: "ddim", "edit-friendly", or None (img2img, noise, editor)."""
+        return INVERSION_MODES.get(self.mode)
+
+
 # Fields that size a run to its model — step counts, learning rates, where prompts come from,
 # guidance, resolution — rather than choose the method. A model's descriptor (diffinv.json) may
 # change them; a preset leaves them to the model.
@@ -368,7 +426,9 @@ BUDGET_FIELDS = (
 METHOD_FIELDS = tuple(f.name for f in fields(InversionConfig) if f.name not in BUDGET_FIELDS)
 
 # Named presets: the method fields they set. "paper" sets every method field to the paper's value
-# (or, where the paper is silent, to the value this project kept for the paper's method).
+# (or, where the paper is silent, to the value this project kept for the paper's method), with one
+# exception: the paper optimises D̃ "in a hard prompt manner" (Sec. 2) and the preset keeps it soft,
+# as every recorded `paper` figure was measured (hard against soft: docs/results.md).
 # "in-context" (beyond the paper; docs/results.md §6): the paper's method with the CLIP loss taken
 # in the prompts' context and L_tc summed over the latent — chosen on the shapes world's
 # development triplets, default there; Stable Diffusion keeps the paper's method until measured.
@@ -381,7 +441,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def check_sampling_mode(mode: str, model: str, editor: bool) -> None:
     """Refuse a sampling mode the model cannot draw in: "editor" is an instruction editor's only
-    mode (`backbone_editor`), and a text-to-image model has every other."""
+    mode (`backbones.editor`), and a text-to-image model has every other."""
     allowed = ("editor",) if editor else TEXT_TO_IMAGE_MODES
     if mode not in allowed:
         kind = "an instruction editor" if editor else "a text-to-image model"

@@ -105,7 +105,7 @@ def run_analogy(
     """
     from .export import export
     from .grid import image_grid
-    from .pipeline import as_rgb
+    from .images import as_rgb
 
     images = [_image(a, "A"), _image(a_prime, "A′"), _image(b, "B")]
     seed = int(seed)

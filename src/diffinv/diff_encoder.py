@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .errors import DiffinvError
+from .schedules import cosine_lr
 
 ENCODER_DIR = "diff_encoder"
 CONFIG_NAME, WEIGHTS_NAME = "diff_encoder.json", "diff_encoder.safetensors"
@@ -128,8 +129,6 @@ def train_diff_encoder(
     Every `checkpoint_every` steps the weights go to `checkpoint` (safetensors, with the step);
     a run started again with the same arguments resumes there, with a fresh optimiser.
     """
-    from .shapes.train import _cosine_lr  # the schedule every stage of the world trains with
-
     if not backbone.takes_instructions:
         raise DiffinvError(f"{backbone.model_id}: a DIFF-token encoder is trained on an instruction editor")
     if len(befores) != len(afters) or not befores:
@@ -158,7 +157,7 @@ def train_diff_encoder(
     scale = backbone.vae.config.scaling_factor
     bar = tqdm(range(start, steps), desc="DIFF-token encoder", initial=start, total=steps, disable=not progress)
     for step in bar:
-        _cosine_lr(optimizer, step, steps, learning_rate, warmup=100)
+        cosine_lr(optimizer, step, steps, learning_rate, warmup=100)
         index = torch.randint(len(sources), (batch,), generator=generator)
         clean = targets[index]
         noise = torch.randn(clean.shape, generator=generator)

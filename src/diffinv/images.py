@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +26,17 @@ from .errors import DiffinvError
 MAX_ASPECT = 4.0  # working images: wider ones are centre-cropped to this
 MIN_SIDE = 16  # pixels: inputs with a shorter side are refused
 MAX_INPUT_ASPECT = 8.0  # inputs beyond it are refused (a crop to 4:1 would keep less than half)
+
+# What every public function taking a picture accepts: a PIL image, or a path to one.
+ImageInput = Image.Image | str | os.PathLike
+
+
+class WorkingPair(NamedTuple):
+    """A and A′ as RGB images at A's working size (`DifferenceInversion.working_pair`): read and
+    sized once, and taken as they are wherever the pair is passed on."""
+
+    a: Image.Image
+    a_prime: Image.Image
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -76,6 +88,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def as_rgb(image: ImageInput) -> Image.Image:
+    """A PIL image converted to RGB, or a path loaded as one (each is read once here); too small or
+    too thin ones are refused (`check_usable`)."""
+    if isinstance(image, Image.Image):
+        return check_usable(to_rgb(image))
+    return check_usable(load_image(image), str(image))
 
 
 def working_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:

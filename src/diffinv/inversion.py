@@ -6,7 +6,7 @@
     ④ init_diff_tokens       D̃ ← 0
     ⑤ noised_pair            t, ε ~ U{0…T−1}, N(0, I) independently for A and A′; q(z, t, ε)
     ⑥ token_consistency_loss ε_θ(z_A,t, {prompt_A′, −D̃}) and ε_θ(z_A′,t, {prompt_A, +D̃}), one UNet call
-                             (on an instruction editor: the image A′ or A, and {"", ∓D̃}; backbone_editor)
+                             (on an instruction editor: the image A′ or A, and {"", ∓D̃}; backbones.editor)
     ⑦ clip_loss              1 − cos(D̃ in CLIP space, D_inter)
        fit_diff_tokens       the loop: L = λ_tc L_tc + λ_clip L_clip, AdamW on D̃ only
        (beyond the paper: + λ_clip_b clip_loss_on_b, the CLIP loss in prompt_B's context)
@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backbone import StableDiffusionBackbone
+from .backbones.sd import StableDiffusionBackbone
+from .backbones.text_slots import slot_token_ids
 from .captioners import Captioner
 from .clip_space import ClipSpace, delta, slerp
 from .config import InversionConfig
 from .errors import DiffinvError, DiffinvWarning
 from .pez import TokenTable, invert_prompts, random_token_ids
-from .text_slots import slot_token_ids
 
 
 @dataclass
@@ -43,7 +43,7 @@ class PreparedPair:
     prompt_a: str
     prompt_a_prime: str
     target_delta: torch.Tensor  # (D,) unit vector D_inter in CLIP's joint space
-    latents: torch.Tensor  # (2, C, h, w): z_A, z_A′ (scaled VAE latents)
+    latents: torch.Tensor | None  # (2, C, h, w): z_A, z_A′ (scaled VAE latents); None with no fit (steps = 0)
     text_delta_norm: float | None = None  # ‖D_T‖; None where the text delta was not computed (α = 0)
     effective_alpha: float | None = None  # the α D_inter was made with: 0 where D_T was degenerate
     prompt_b: str | None = None  # prompt_B, when the tokens are fitted for one B (`lambda_clip_b` > 0)
@@ -236,9 +236,9 @@ def token_consistency_loss(
     For pair k, row 2k ("before"): z_A,t denoised with {prompt_A′, −D̃_k}; row 2k+1 ("after"):
     z_A′,t with {prompt_A, +D̃_k}. diff: (K, n, d); `ids`/`slot_mask` (2K, L) hold prompt_A′ and
     prompt_A of each pair in that order; noisy/targets (2K, C, h, w), timesteps (2K,).
-    Each pair's loss is the sum of its two rows' squared errors, averaged over the latent's
-    elements (`reduction="mean"`, as diffusers' training scripts do) or summed over them ("sum",
-    the paper's ‖·‖² read literally: C·h·w times larger); it depends on its own D̃_k only.
+    Each pair's loss is mse_before + mse_after, each row's squared error averaged over the latent's
+    elements (`reduction="mean"`: the paper's eqs. 7–9, and diffusers' training scripts) or summed
+    over them ("sum", beyond the paper: C·h·w times larger); it depends on its own D̃_k only.
     image_latents (2K, C, h, w): for an instruction editor, the image each row is edited from
     (`backbone.pair_conditioning`: A′ for row 2k, A for row 2k+1); None for a text-to-image model.
     """
@@ -366,6 +366,13 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
 
 
 # The loop ------------------------------------------------------------------------------------
+def encoded_tokens(pair: PreparedPair) -> torch.Tensor:
+    """The DIFF-token encoder's D̃ (n, d) for `pair`, which init="encoder" starts from."""
+    if pair.encoded is None:
+        raise DiffinvError("init='encoder' needs each pair's encoded tokens (DifferenceInversion.prepare makes them)")
+    return pair.encoded
+
+
 def fit_diff_tokens(
     backbone: StableDiffusionBackbone,
     clip: ClipSpace,
@@ -384,11 +391,16 @@ def fit_diff_tokens(
     With `config.hard_tokens` the forward passes used the projection (and D̃ started at
     vocabulary rows, see `init_diff_tokens`); `harden` finishes it. With `config.init="encoder"`
     D̃ is each pair's `encoded` tokens plus a fitted correction (weight decay pulls the correction,
-    not D̃, towards zero); with 0 steps, the encoded tokens.
+    not D̃, towards zero); with 0 steps, the encoded tokens as they are (no optimiser, no
+    latents read) and an empty history.
     """
     single = isinstance(pairs, PreparedPair)
     pairs = [pairs] if single else pairs
     check_compatible(backbone, clip, config)
+    if config.steps == 0:  # only with init="encoder" (`InversionConfig.validate`): nothing to fit
+        diff = torch.stack([encoded_tokens(p) for p in pairs]).to(backbone.device, torch.float32)
+        curves = [{name: [] for name in ("loss", "loss_tc", "loss_clip")} for _ in pairs]
+        return (diff[0], curves[0]) if single else (diff, curves)
     if len({tuple(p.latents.shape) for p in pairs}) > 1:
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
@@ -400,11 +412,7 @@ def fit_diff_tokens(
     diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
     encoded = None
     if config.init == "encoder":
-        if any(p.encoded is None for p in pairs):
-            raise DiffinvError(
-                "init='encoder' needs each pair's encoded tokens (DifferenceInversion.prepare makes them)"
-            )
-        encoded = torch.stack([p.encoded for p in pairs]).to(diff.device, diff.dtype)
+        encoded = torch.stack([encoded_tokens(p) for p in pairs]).to(diff.device, diff.dtype)
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     # hard DIFF tokens: whole words only, so that their words can be exported and pasted back
@@ -427,7 +435,7 @@ def fit_diff_tokens(
                 backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction, image_latents
             )
         if config.use_clip_loss:
-            # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbone_xl).
+            # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbones.sdxl).
             loss_clip = clip_loss(clip, used[..., backbone.clip_dims], target_delta, config.clip_loss_space, context)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
         if context_b is not None:

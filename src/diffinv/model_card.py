@@ -56,7 +56,8 @@ class ModelCard:
         {"steps": 200}} for a model whose default takes D̃ from an encoder with no fit.
     captioner: {"kind": "blip2"} (default) or {"kind": "clip-retrieval", "captions": FILE}.
     bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
-    world: for a shapes world, its version and layout range (`shapes.world`); empty: v1.
+    world: for a synthetic world, which version of it the model learned; only that world reads
+        it (the shapes world: `shapes.world.layout_range_of`).
     clip: the directory of the CLIP that matches the model's text encoder, relative to the
         model's (None: `clip/` if there is one, else the published CLIP for its width).
     """
@@ -70,13 +71,6 @@ class ModelCard:
     bench: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
     clip: str | None = None
-
-    @property
-    def shapes_layout_range(self) -> float:
-        """The shapes-world version's offset range (`shapes.world.LAYOUT_RANGES`; v1 without a "world" entry)."""
-        from .shapes.world import LAYOUT_RANGES
-
-        return float(self.world.get("layout_range", LAYOUT_RANGES[int(self.world.get("version", 1))]))
 
     @property
     def has_descriptor(self) -> bool:

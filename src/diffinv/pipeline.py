@@ -3,26 +3,29 @@
 di = DifferenceInversion.from_pretrained("stabilityai/stable-diffusion-2-1")
 tokens = di.fit(a, a_prime)            # learn D̃ from the pair (Algorithm 1)
 b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
+
+Loading is `loading.py`'s, reading images `images.py`'s, Algorithm 1 `inversion.py`'s and the
+samplers the backbones' and `sampling.py`'s. Longer than this project's usual 400 lines: the
+class is the library's documented API (from_pretrained, config_for, working_pair, prepare, fit,
+fit_many, describe, apply, draw, candidate_scores, analogy), and most of its length is those
+methods' contracts; each public method that takes pictures converts them once and hands the
+working images to a private twin (`_prepare`, `_apply`), which `analogy` calls directly.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone
-from .backbone_editor import InstructPix2PixBackbone
-from .backbone_xl import StableDiffusionXLBackbone
+from .backbones import StableDiffusionBackbone
 from .captioners import Blip2Captioner, Captioner, ClipRetrievalCaptioner
-from .checks import check_device, check_resolution, hub_offline
+from .checks import check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
 from .config import INVERSION_MODES, InversionConfig, check_sampling_mode, resolve_config
 from .diff_encoder import ENCODER_DIR, DiffEncoder, check_encoder_fits
 from .errors import DiffinvError
-from .images import check_usable, fit_to, load_image, to_rgb, working_size
+from .images import ImageInput, WorkingPair, as_rgb, fit_to, working_size
 from .inversion import (
     PreparedPair,
     caption_pair,
@@ -33,83 +36,10 @@ from .inversion import (
     pez_prompts,
     prompt_pair,
 )
-from .model_card import EDITOR_PIPELINE, looks_like_a_path, model_card
+from .loading import backbone_class, load_or_explain, resolve_device_dtype
+from .model_card import model_card
 from .pez import harden
 from .tokens import DiffTokens
-
-ImageInput = Image.Image | str | os.PathLike
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def as_rgb(image: ImageInput) -> Image.Image:
-    """A PIL image converted to RGB, or a path loaded as one; too small or too thin ones are refused
-    (`images.check_usable`)."""
-    if isinstance(image, Image.Image):
-        return check_usable(to_rgb(image))
-    return check_usable(load_image(image), str(image))
-
-
-def _loaded(name: str, offline: bool, load):
-    """`load()`, with a missing or unreadable model turned into one line that says what to do."""
-    try:
-        return load()
-    except (OSError, ValueError) as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        if os.path.isdir(name):
-            raise DiffinvError(f"could not load the model directory {name!r}: {first_line}") from None
-        if looks_like_a_path(name):
-            raise DiffinvError(f"{name}: no such model directory (and not a hub id of the form owner/name)") from None
-        if offline:
-            raise DiffinvError(
-                f"could not load {name!r}: it is not in the hub cache, and offline mode is on "
-                "(--offline or HF_HUB_OFFLINE=1); download it once online, or give a local directory"
-            ) from None
-        raise DiffinvError(
-            f"could not load {name!r} from the hub or its cache ({type(error).__name__}); check the id and the "
-            "network, log in for gated models, or give a local directory"
-        ) from None
-
-
-def resolve_device_dtype(
-    device: str | torch.device | None, dtype: str | torch.dtype | None
-) -> tuple[torch.device, torch.dtype]:
-    """Defaults: CUDA if present, else CPU; bfloat16 on CUDA (fp16's range can underflow the small
-    gradients reaching D̃), float32 on CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(device, torch.device):
-        check_device(str(device))
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DiffinvError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DiffinvError(
-                f"device {str(device)!r} asked for, but PyTorch sees {torch.cuda.device_count()} GPU(s)"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DiffinvError("device 'mps' asked for, but PyTorch has no MPS (Apple GPU) support here")
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise DiffinvError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    return device, dtype
-
-
-def backbone_class(source: str, local_files_only: bool) -> type[StableDiffusionBackbone]:
-    """The backbone for a model, from the pipeline class its `model_index.json` names: SDXL for
-    `StableDiffusionXL…`, the instruction editor for `StableDiffusionInstructPix2PixPipeline`,
-    SD 1.x / 2.x otherwise. Reads only that small file (from the hub or its cache for a hub id);
-    an OSError when it cannot be had, which `_loaded` words."""
-    from diffusers import DiffusionPipeline
-
-    class_name = DiffusionPipeline.load_config(source, local_files_only=local_files_only).get("_class_name", "")
-    if class_name == EDITOR_PIPELINE:
-        return InstructPix2PixBackbone
-    return StableDiffusionXLBackbone if class_name.startswith("StableDiffusionXL") else StableDiffusionBackbone
 
 
 def _check_reference(config: InversionConfig, reference) -> None:
@@ -167,7 +97,7 @@ class DifferenceInversion:
         model: a hub id, a local directory, or "shapes" for the bundled offline shapes world. A
             directory's `diffinv.json` (see `model_card`) gives its defaults and captioner. An
             InstructPix2Pix model (e.g. timbrooks/instruct-pix2pix; "shapes-editor", the world's
-            editor) is fitted on and drawn with as an instruction editor (`backbone_editor`).
+            editor) is fitted on and drawn with as an instruction editor (`backbones.editor`).
         clip_model: hub id or directory of a transformers `CLIPModel`; by default the one the
             descriptor names, else `clip/` inside a local model directory if present, else the
             CLIP matching the text encoder (OpenAI ViT-L/14 for SD 1.x and InstructPix2Pix,
@@ -185,7 +115,7 @@ class DifferenceInversion:
             clip_model = str(card.path(card.clip))
         elif clip_model is None and card.directory is not None and (card.directory / "clip").is_dir():
             clip_model = str(card.directory / "clip")
-        backbone = _loaded(
+        backbone = load_or_explain(
             card.source,
             offline,
             lambda: backbone_class(card.source, offline).from_pretrained(
@@ -194,7 +124,9 @@ class DifferenceInversion:
         )
         backbone.model_id = card.name
         clip_model = clip_model or default_clip_for(backbone.clip_vocabulary.shape[1])
-        clip = _loaded(clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline))
+        clip = load_or_explain(
+            clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline)
+        )
         if captioner is None:
             candidates = card.caption_candidates()
             if candidates is not None:
@@ -231,6 +163,12 @@ class DifferenceInversion:
         image = as_rgb(image)
         return fit_to(image, self._size_for(image, config))
 
+    def working_pair(self, a: ImageInput, a_prime: ImageInput, config: InversionConfig) -> WorkingPair:
+        """A as RGB at its working size and A′ brought to A's size, so that both share one batch:
+        each read once, then handed on as they are (`prepare`, `candidate_scores` take the pair)."""
+        a = self._working_image(a, config)
+        return WorkingPair(a, fit_to(as_rgb(a_prime), a.size))
+
     def _caption(self, images: list[Image.Image]) -> list[str]:
         if self.captioner is None:
             raise DiffinvError("no captioner is set: pass the captions (--caption-a/--caption-a-prime/--prompt)")
@@ -249,14 +187,29 @@ class DifferenceInversion:
     ) -> PreparedPair:
         """Steps ①–③ of Algorithm 1. A′ is brought to A's working size so both share one batch.
         prompt_b: prompt_B, which `lambda_clip_b` > 0 needs (the tokens are then fitted for that B)."""
+        return self._prepare(
+            self.working_pair(a, a_prime, config), config, captions, prompts, seed, progress, prompt_b
+        )
+
+    def _prepare(
+        self,
+        pair: WorkingPair,
+        config: InversionConfig,
+        captions: tuple[str, str] | None,
+        prompts: tuple[str, str] | None,
+        seed: int,
+        progress: bool,
+        prompt_b: str | None,
+    ) -> PreparedPair:
+        """`prepare` on A and A′ already at their working size. With no fit (steps = 0: D̃ is the
+        encoder's prediction) A and A′ are not encoded by the VAE: no loss reads their latents."""
         if config.lambda_clip_b > 0 and not prompt_b:
             raise DiffinvError(
                 f"lambda_clip_b = {config.lambda_clip_b} fits the DIFF tokens for one B and needs its prompt: "
                 "use analogy (or pass prompt_b)"
             )
         self._check_encoder(config)
-        a = self._working_image(a, config)
-        a_prime = fit_to(as_rgb(a_prime), a.size)
+        a, a_prime = pair
         features = self.clip.image_features([a, a_prime])  # (2, D): step ②'s, and the encoder's input
         encoded = None
         if config.init == "encoder":
@@ -288,7 +241,7 @@ class DifferenceInversion:
                 config.alpha if config.use_clip_loss and config.steps > 0 else 0.0,
                 image_features=features,
             )._asdict(),
-            latents=latent_pair(self.backbone, a, a_prime),
+            latents=latent_pair(self.backbone, a, a_prime) if config.steps > 0 else None,
             prompt_b=prompt_b,
             encoded=encoded,
         )
@@ -328,7 +281,9 @@ class DifferenceInversion:
         prompt_b: prompt_B (`describe_b`), needed only with `lambda_clip_b` > 0.
         """
         config = config or self.default_config
-        pair = self.prepare(a, a_prime, config, captions, prompts, seed, progress, prompt_b)
+        pair = self._prepare(
+            self.working_pair(a, a_prime, config), config, captions, prompts, seed, progress, prompt_b
+        )
         return self._fit_prepared([pair], config, [seed], progress)[0]
 
     def fit_many(
@@ -359,7 +314,7 @@ class DifferenceInversion:
                 "and at least one pair"
             )
         prepared = [
-            self.prepare(a, a_prime, config, caption, None, seed, progress, prompt_b)
+            self._prepare(self.working_pair(a, a_prime, config), config, caption, None, seed, progress, prompt_b)
             for (a, a_prime), caption, seed, prompt_b in zip(pairs, captions, seeds, prompts_b)
         ]
         return self._fit_prepared(prepared, config, seeds, progress)
@@ -368,10 +323,11 @@ class DifferenceInversion:
         self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool
     ) -> list[DiffTokens]:
         """One batched optimisation per latent size (pairs of other aspect ratios cannot share a
-        UNet call), seeded by the first seed of each group; tokens come back in input order."""
-        groups: dict[tuple, list[int]] = {}
+        UNet call), seeded by the first seed of each group; tokens come back in input order. With
+        no fit (steps = 0, no latents) all pairs are one group: nothing is optimised."""
+        groups: dict[tuple | None, list[int]] = {}
         for index, pair in enumerate(pairs):
-            groups.setdefault(tuple(pair.latents.shape), []).append(index)
+            groups.setdefault(None if pair.latents is None else tuple(pair.latents.shape), []).append(index)
         tokens: list[DiffTokens | None] = [None] * len(pairs)
         for members in groups.values():
             # A CPU generator: timesteps and noise are drawn on the CPU, so a seed gives one D̃ on any device.
@@ -442,7 +398,19 @@ class DifferenceInversion:
             self.backbone.model_id, self.backbone.token_width, self.backbone.vocab_size, self.backbone.family
         )
         _check_reference(config, reference)
-        b = self._working_image(b, config)
+        return self._apply(tokens, self._working_image(b, config), seed, prompt, config, progress, reference)
+
+    def _apply(
+        self,
+        tokens: DiffTokens,
+        b: Image.Image,
+        seed: int,
+        prompt: str | None,
+        config: InversionConfig,
+        progress: bool,
+        reference: WorkingPair | tuple[ImageInput, ImageInput] | None,
+    ) -> Image.Image:
+        """`apply` to B already at its working size, with the checks done."""
         if prompt is None:  # an editor's instruction is the DIFF tokens alone
             prompt = "" if self.backbone.takes_instructions else self.describe(b, config, seed, progress)
         ids, slot_mask = self.backbone.slot_ids([prompt], tokens.n_tokens)
@@ -501,33 +469,19 @@ class DifferenceInversion:
         progress: bool,
         negative_states: torch.Tensor | None = None,
         null_states: torch.Tensor | None = None,
-        reference: tuple[ImageInput, ImageInput] | None = None,
+        reference: WorkingPair | tuple[ImageInput, ImageInput] | None = None,
     ) -> Image.Image:
         """B′ at B's (working) size: img2img from `b`, from noise, or from `b`'s DDIM inversion
         under `null_states`, as `config` says; `negative_states` replace the empty prompt in
         guidance. With `config.candidates` = k > 1: k draws with seeds seed … seed + k − 1, and
         the one with the highest `candidate_scores` against `reference` = (A, A′)."""
 
-        # InstructPix2Pix's image guidance; the text-to-image backbones take no such argument
-        editor = {"image_guidance_scale": config.image_guidance_scale} if config.sampling_mode == "editor" else {}
+        settings = config.draw_settings()
 
         def draw_one(candidate_seed: int) -> Image.Image:
+            generator = torch.Generator().manual_seed(candidate_seed)
             return self.backbone.sample(
-                text_states,
-                b.size,
-                init_image=None if config.sampling_mode == "noise" else b,
-                strength=config.strength,
-                guidance_scale=config.guidance_scale,
-                steps=config.sampling_steps,
-                generator=torch.Generator().manual_seed(candidate_seed),
-                progress=progress,
-                negative_states=negative_states,
-                invert_states=null_states,
-                inversion=INVERSION_MODES.get(config.sampling_mode, "ddim"),
-                share_attention=config.share_attention,
-                edit_mask=config.edit_mask,
-                direct_inversion=config.direct_inversion,
-                **editor,
+                text_states, b.size, b, settings, generator, progress, negative_states, null_states
             )
 
         if config.candidates == 1:
@@ -538,16 +492,16 @@ class DifferenceInversion:
 
     def candidate_scores(
         self,
-        reference: tuple[ImageInput, ImageInput],
+        reference: WorkingPair | tuple[ImageInput, ImageInput],
         b: Image.Image,
         candidates: list[Image.Image],
         config: InversionConfig,
     ) -> torch.Tensor:
         """(k,) ground-truth-free scores of candidate B′: the CLIP directional score
         cos(E(A′) − E(A), E(B′) − E(B)) in this pipeline's CLIP image space, with A and A′
-        brought to their working size as `prepare` does for the image delta, and B as drawn from."""
-        a = self._working_image(reference[0], config)
-        a_prime = fit_to(as_rgb(reference[1]), a.size)
+        brought to their working size as `prepare` does for the image delta (a `WorkingPair` is
+        taken as it is), and B as drawn from."""
+        a, a_prime = reference if isinstance(reference, WorkingPair) else self.working_pair(*reference, config)
         features = self.clip.image_features([a, a_prime, b, *candidates])
         image_delta = features[1] - features[0]
         return F.cosine_similarity(features[3:] - features[2], image_delta.unsqueeze(0), dim=-1).cpu()
@@ -575,31 +529,37 @@ class DifferenceInversion:
         """
         config = config or self.default_config
         check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
+        # Each input is read and brought to its working size once; fit, apply and the candidates'
+        # scores all take these images as they are.
+        pair, b = self.working_pair(a, a_prime, config), self._working_image(b, config)
         if self.backbone.takes_instructions:
-            return self._edit_analogy(a, a_prime, b, config, seed, captions, prompt_b, progress)
+            return self._edit_analogy(pair, b, config, seed, captions, prompt_b, progress)
         prompts = None
         if prompt_b is None and config.prompt_source == "pez":
-            a_work = self._working_image(a, config)
-            images = [a_work, fit_to(as_rgb(a_prime), a_work.size), self._working_image(b, config)]
             pair_generator, b_generator = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
             prompt_a, prompt_a_prime, prompt_b = pez_prompts(
-                self.clip, images, config, [pair_generator, pair_generator, b_generator], progress
+                self.clip, [*pair, b], config, [pair_generator, pair_generator, b_generator], progress
             )
             prompts = (prompt_a, prompt_a_prime)
         elif prompt_b is None and config.lambda_clip_b > 0:  # the fit needs prompt_B; apply then reuses it
-            prompt_b = self.describe_b(b, config, seed, progress)
-        tokens = self.fit(
-            a, a_prime, config, captions=captions, prompts=prompts, seed=seed, progress=progress, prompt_b=prompt_b
+            prompt_b = self.describe(b, config, seed, progress)
+        prepared = self._prepare(pair, config, captions, prompts, seed, progress, prompt_b)
+        tokens = self._fit_prepared([prepared], config, [seed], progress)[0]
+        b_prime = self._apply(
+            tokens, b, seed, prompt=prompt_b, config=tokens.config, progress=progress, reference=pair
         )
-        b_prime = self.apply(tokens, b, seed=seed, prompt=prompt_b, progress=progress, reference=(a, a_prime))
         return b_prime, tokens
 
-    def _edit_analogy(self, a, a_prime, b, config, seed, captions, instruction, progress):
-        """`analogy` on an instruction editor: B′ is B edited by {instruction, D̃} (default: the
-        DIFF tokens alone). B's description serves only the CLIP loss in its context
-        (`lambda_clip_b` > 0), which then fits the tokens for this B; prompt_A and prompt_A′ are
-        made as `fit` makes them."""
-        description = self.describe_b(b, config, seed, progress) if config.lambda_clip_b > 0 else None
-        tokens = self.fit(a, a_prime, config, captions=captions, seed=seed, progress=progress, prompt_b=description)
-        b_prime = self.apply(tokens, b, seed=seed, prompt=instruction or "", progress=progress, reference=(a, a_prime))
+    def _edit_analogy(self, pair, b, config, seed, captions, instruction, progress):
+        """`analogy` on an instruction editor, from A, A′ and B at their working sizes: B′ is B
+        edited by {instruction, D̃} (default: the DIFF tokens alone). B's description serves only
+        the CLIP loss in its context (`lambda_clip_b` > 0), which then fits the tokens for this B;
+        prompt_A and prompt_A′ are made as `fit` makes them."""
+        description = self.describe(b, config, seed, progress) if config.lambda_clip_b > 0 else None
+        prepared = self._prepare(pair, config, captions, None, seed, progress, description)
+        tokens = self._fit_prepared([prepared], config, [seed], progress)[0]
+        instruction = instruction or ""
+        b_prime = self._apply(
+            tokens, b, seed, prompt=instruction, config=tokens.config, progress=progress, reference=pair
+        )
         return b_prime, tokens

@@ -29,8 +29,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from .backbone import StableDiffusionBackbone
-from .backbone_xl import StableDiffusionXLBackbone
+from .backbones.sd import StableDiffusionBackbone
+from .backbones.sdxl import StableDiffusionXLBackbone
 from .clip_space import ClipSpace
 from .word_tokenizer import word_tokenizer
 

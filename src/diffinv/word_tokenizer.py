@@ -1,6 +1,6 @@
 """A small `CLIPTokenizer` built in code: every byte, plus one token for each listed word.
 
-The shapes world's tokenizer (`shapes.train`) and the tiny test models' (`testing`) are made
+The shapes world's tokenizer (`shapes.networks`) and the tiny test models' (`testing`) are made
 this way: a real `CLIPTokenizer` class, with `<|startoftext|>` / `<|endoftext|>` as in CLIP,
 whose vocabulary is small enough for a text encoder trained or built from scratch.
 """

@@ -82,7 +82,7 @@ from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
 from ..errors import DiffinvError
-from ..pipeline import ImageInput, as_rgb
+from ..images import ImageInput, as_rgb
 from .base import (
     Img2ImgSettings,
     PipelineBaseline,

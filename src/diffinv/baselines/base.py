@@ -10,11 +10,11 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from ..backbone import pipeline_from_pretrained
+from ..backbones.sd import pipeline_from_pretrained
 from ..checks import MAX_SEED, check_resolution, hub_offline
 from ..errors import DiffinvError
-from ..images import fit_to, working_size
-from ..pipeline import ImageInput, _loaded, as_rgb, resolve_device_dtype
+from ..images import ImageInput, as_rgb, fit_to, working_size
+from ..loading import load_or_explain, resolve_device_dtype
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def check_text(text, what: str) -> str:
 
 
 def check_images(*images: ImageInput) -> None:
-    """Each input loads as a usable RGB image (`pipeline.as_rgb`), or one `DiffinvError` says why;
+    """Each input loads as a usable RGB image (`images.as_rgb`), or one `DiffinvError` says why;
     for the inputs a method does not look at, so that every method refuses the same triplets."""
     for image in images:
         as_rgb(image)
@@ -168,11 +168,11 @@ def pipeline_edit(
 
 def load_pipeline(pipeline_class, model: str, device, dtype, offline: bool | None, **pipeline_kwargs):
     """`pipeline_class.from_pretrained(model)` on `device` in `dtype` (defaults as
-    `pipeline.resolve_device_dtype`); a missing model is one `DiffinvError`. offline: hub cache
+    `loading.resolve_device_dtype`); a missing model is one `DiffinvError`. offline: hub cache
     and local directories only (default: the `HF_HUB_OFFLINE` environment variable)."""
     offline = hub_offline() if offline is None else offline
     device, dtype = resolve_device_dtype(device, dtype)
-    return _loaded(
+    return load_or_explain(
         model,
         offline,
         lambda: pipeline_from_pretrained(pipeline_class, model, dtype, local_files_only=offline, **pipeline_kwargs).to(
@@ -314,7 +314,7 @@ class PipelineBaseline:
     ) -> _Method:
         """The method on a model by hub id or local directory (None: the class's
         `default_model`), loaded as its `pipeline_class` on `device` in `dtype` (defaults as
-        `pipeline.resolve_device_dtype`). offline: hub cache and local directories only
+        `loading.resolve_device_dtype`). offline: hub cache and local directories only
         (default: `HF_HUB_OFFLINE`). config: the method's hyperparameters (None: published).
         pipeline_kwargs go to diffusers' `from_pretrained` (e.g. `variant`)."""
         model = cls.default_model if model is None else model

@@ -74,8 +74,8 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from ..pipeline import ImageInput, as_rgb
-from ..text_slots import replaced_token_embeddings
+from ..backbones.text_slots import replaced_token_embeddings
+from ..images import ImageInput, as_rgb
 from .base import (
     Cost,
     PipelineBaseline,

@@ -30,8 +30,8 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
+from ..images import ImageInput
 from ..model_card import DEFAULT_EDITOR
-from ..pipeline import ImageInput
 from .base import (
     Cost,
     PipelineBaseline,

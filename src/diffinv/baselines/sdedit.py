@@ -27,7 +27,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from ..pipeline import ImageInput
+from ..images import ImageInput
 from .base import (
     Img2ImgSettings,
     PipelineBaseline,

@@ -81,13 +81,13 @@ from diffusers import DDPMScheduler, StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..backbones.text_slots import replaced_token_embeddings
 from ..checks import hub_offline
 from ..clip_space import ClipSpace, default_clip_for
 from ..errors import DiffinvError
-from ..images import fit_to
+from ..images import ImageInput, as_rgb, fit_to
+from ..loading import load_or_explain, resolve_device_dtype
 from ..pez import invert_prompt
-from ..pipeline import ImageInput, _loaded, as_rgb, resolve_device_dtype
-from ..text_slots import replaced_token_embeddings
 from .base import (
     Cost,
     PipelineBaseline,
@@ -296,10 +296,12 @@ class Visii(PipelineBaseline):
         pipe = load_pipeline(cls.pipeline_class, model, device, dtype, offline, **pipeline_kwargs)
         check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "VISII")  # before loading the CLIPs
         clip_model = clip_model or default_clip_for(pipe.text_encoder.get_input_embeddings().embedding_dim)
-        clip = _loaded(clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline))
+        clip = load_or_explain(
+            clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline)
+        )
         pez_clip = None
         if pez_clip_model is not None and pez_clip_model != clip_model:
-            pez_clip = _loaded(
+            pez_clip = load_or_explain(
                 pez_clip_model, offline, lambda: ClipSpace.from_pretrained(pez_clip_model, device, dtype, offline)
             )
         return cls(pipe, clip, pez_clip, config)

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
-from ..shapes.world import JITTER
+from ..shapes.world import JITTER, layout_range_of
 from .baselines import parse_baseline_models
 from .datasets import BenchTriplet
 from .methods import Method, expand_methods
@@ -40,7 +40,7 @@ def build_dataset(args: argparse.Namespace) -> tuple[list[BenchTriplet], dict]:
         if args.data:
             raise DiffinvError("--data is for the folder and instructpix2pix datasets")
         families = tuple(args.families.split(",")) if args.families else None
-        layout_range = model_card(args.model).shapes_layout_range
+        layout_range = layout_range_of(model_card(args.model))
         triplets = shapes_dataset(args.n or 100, args.triplet_seed, families, layout_range)
         dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
         if layout_range != JITTER:  # world v2; v1 runs keep their record unchanged (and resumable)

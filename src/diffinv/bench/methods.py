@@ -15,7 +15,7 @@ and the named variants of Difference Inversion below (the paper's ablations, its
 and α, and the points it leaves open).
 
     on-editor              Difference Inversion fitted on, and drawn by, an instruction editor
-                           (`backbone_editor`): --baseline-model instructpix2pix=MODEL, else the
+                           (`backbones.editor`): --baseline-model instructpix2pix=MODEL, else the
                            model card's editor (a shapes world's own), else timbrooks/instruct-pix2pix.
                            Its changes apply to that editor's defaults, not to the run's base config.
 """

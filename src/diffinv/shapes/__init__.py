@@ -6,6 +6,12 @@ attributes (see `world.py`), with models of the real classes (`CLIPModel`, `Auto
 Its defaults (tuned for speed, see docs/shapes.md) and its captioner (CLIP retrieval among the
 world's 240 canonical captions, so PEZ is not needed) live in the model directory's
 `diffinv.json`, like any model's (see `diffinv.model_card`).
+
+Modules: `world` (scenes, pictures, captions, instructions, triplets), `descriptor` (the tuned
+numbers: training budgets, sampling, the `diffinv.json` values), `train` (the stages and their
+driver) over `networks` (the models), `loops` (how each is trained) and `data` (what on),
+`classifier` and `evaluate` (the gates and the analogy scores), `examples` (the example triplets);
+`model/` holds the bundled weights. Only `diffinv.bench` and the command line import this package.
 """
 
 from __future__ import annotations

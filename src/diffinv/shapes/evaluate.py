@@ -29,7 +29,23 @@ import torch
 from PIL import Image
 
 from .classifier import AttributeClassifier
-from .world import ATTRIBUTES, JITTER, RESOLUTION, Scene, all_scenes, canonical_caption, random_scene, render
+from .descriptor import GUIDANCE, IMAGE_GUIDANCE, SAMPLING_STEPS
+from .world import (
+    ATTRIBUTES,
+    CELLS,
+    FAMILIES,
+    JITTER,
+    RESOLUTION,
+    Scene,
+    all_scenes,
+    canonical_caption,
+    canonical_instruction,
+    cell_mask,
+    grid_picture,
+    layout_range_of,
+    random_scene,
+    render,
+)
 
 THRESHOLDS = {
     "classifier": 0.99,
@@ -43,11 +59,6 @@ THRESHOLDS = {
     "editor_preserved": 0.90,
     "inpainting": 0.90,
 }
-# How the world's editor and inpainting model draw in their gates: the text-to-image settings of
-# the world, and image guidance 3.0 for the editor. InstructPix2Pix's published 1.5 let the world's
-# editor drop the dot or the colour in 8-12 % of development edits; 3.0 was chosen on development
-# edits (seeds 1006 and 1007, 300 edits; docs/shapes.md), not on the gate's own edits (seed 106).
-SAMPLING_STEPS, GUIDANCE, IMAGE_GUIDANCE = 20, 4.0, 3.0
 
 
 @dataclass
@@ -187,8 +198,6 @@ def gate_text2image(
 
 def random_edits(n: int, seed: int, layout_range: float):
     """`n` seeded (B, family, target) edits, families taken in turn."""
-    from .world import FAMILIES
-
     rng = random.Random(seed)
     edits = []
     for index in range(n):
@@ -203,8 +212,6 @@ def random_edits(n: int, seed: int, layout_range: float):
 def gate_editor(editor, classifier: AttributeClassifier, layout_range: float, n: int = 200, seed: int = 106):
     """The editor (`StableDiffusionInstructPix2PixPipeline`) on `n` edits with the canonical
     instruction: the edit made, and the rest (four attributes and the layout) kept."""
-    from .world import canonical_instruction
-
     edits = random_edits(n, seed, layout_range)
     editor.set_progress_bar_config(disable=True)
     outputs = []
@@ -236,8 +243,6 @@ def gate_editor(editor, classifier: AttributeClassifier, layout_range: float, n:
 def gate_inpainting(inpainter, classifier: AttributeClassifier, layout_range: float, n: int = 200, seed: int = 107):
     """The inpainting model (`StableDiffusionInpaintPipeline`) on `n` grids of four fresh scenes
     with one cell masked (cells in turn), prompted with that cell's canonical caption."""
-    from .train import CELLS, cell_mask, grid_picture
-
     rng = random.Random(seed)
     inpainter.set_progress_bar_config(disable=True)
     side, cells, scenes = RESOLUTION, [], []
@@ -275,7 +280,7 @@ def check(
 
     model_dir = Path(model_dir or MODEL_DIR)
     card = model_card(model_dir)
-    layout_range = card.shapes_layout_range
+    layout_range = layout_range_of(card)
     gates: list[Gate] = []
 
     def measure(stage: str, gates_of: Callable[[], Gate | list[Gate]]) -> None:

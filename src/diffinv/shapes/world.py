@@ -12,7 +12,9 @@ Two versions of the world differ only in how far the offset ranges:
   frame — a layout that is B's own and that only the picture carries, so methods that keep B's
   layout can be told from those that redraw it. Ground-truth B′ keeps B's exact offset.
 A model directory's `diffinv.json` says which world it was trained on (`"world": {"version":
-2, "layout_range": 5.0}`); without it, v1.
+2, "layout_range": 5.0}`; `layout_range_of` reads it); without it, v1.
+
+Also here: the 2×2 grids of pictures the world's inpainting model repaints one cell of.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from ..model_card import ModelCard
 
 RESOLUTION = 32
 SUPERSAMPLE = 4
@@ -41,6 +47,13 @@ DOT_RADIUS = 2.5
 JITTER = 1.5  # v1: maximal shift of the centre, pixels
 LAYOUT_RANGE = 5.0  # v2: 16 − 10.5 (large radius) − 0.5 px margin
 LAYOUT_RANGES = {1: JITTER, 2: LAYOUT_RANGE}  # world version → offset range
+
+
+def layout_range_of(card: ModelCard) -> float:
+    """The offset range of the world a model learned, from its card's "world" entry (written by
+    `shapes.descriptor.world_descriptor`); v1's without one."""
+    return float(card.world.get("layout_range", LAYOUT_RANGES[int(card.world.get("version", 1))]))
+
 
 ATTRIBUTES = {
     "shape": SHAPES,
@@ -241,3 +254,25 @@ def triplets(
     default, `LAYOUT_RANGE` for v2)."""
     rng = random.Random(seed)
     return [make_triplet(families[i % len(families)], rng, layout_range) for i in range(n)]
+
+
+# --- 2×2 grids (what the inpainting model is trained and gated on) ---------------------------------
+CELLS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (column, row) of the 2×2 grid: A | A′ over B | B′
+
+
+def grid_picture(pictures: list[Image.Image]) -> Image.Image:
+    """Four same-sized pictures as a 2×2 grid, in `CELLS` order (top-left, top-right, bottom-left, bottom-right)."""
+    side = pictures[0].width
+    grid = Image.new("RGB", (2 * side, 2 * side))
+    for picture, (column, row) in zip(pictures, CELLS):
+        grid.paste(picture, (column * side, row * side))
+    return grid
+
+
+def cell_mask(cell: int, side: int) -> Image.Image:
+    """The inpainting mask of one cell of a 2×2 grid of `side`-pixel pictures: white (repaint) in
+    the cell, black elsewhere."""
+    mask = Image.new("L", (2 * side, 2 * side), 0)
+    column, row = CELLS[cell]
+    mask.paste(255, (column * side, row * side, (column + 1) * side, (row + 1) * side))
+    return mask

@@ -28,8 +28,10 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone
-from .errors import DiffinvError
+from .. import sampling  # the module, as in `sd`: it imports this package
+from ..config import DrawSettings, check_sampling_mode
+from ..errors import DiffinvError
+from .sd import StableDiffusionBackbone
 from .text_slots import replaced_token_embeddings, slot_token_ids
 
 
@@ -219,43 +221,39 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
         self,
         text_states: XLTextStates,
         size: tuple[int, int],
-        *,
         init_image: Image.Image | None,
-        strength: float,
-        guidance_scale: float,
-        steps: int,
+        settings: DrawSettings,
         generator: torch.Generator,
         progress: bool = True,
         negative_states: XLTextStates | None = None,
         invert_states: XLTextStates | None = None,
-        inversion: str = "ddim",
-        share_attention: float = 0.0,
-        edit_mask: float = 0.0,
-        direct_inversion: bool = False,
     ) -> Image.Image:
         """Draw one image of `size` (width, height) from `text_states` (one row), as the SD backbone
-        does (from noise, SDEdit from `init_image`, or from its `inversion` under `invert_states`);
-        SDXL's pipelines get the pooled embeddings beside the hidden states."""
-        if invert_states is not None:
-            return self._from_inverted(
-                inversion, text_states, init_image, invert_states, negative_states, strength, guidance_scale, steps,
-                generator, progress, share_attention, edit_mask, direct_inversion,
-            )  # fmt: skip
+        does (from noise, SDEdit from `init_image`, or from its inversion under `invert_states`,
+        with the same refusals); SDXL's pipelines get the pooled embeddings beside the hidden states."""
+        check_sampling_mode(settings.mode, self.model_id, self.takes_instructions)
+        if settings.inversion is not None:
+            return sampling.from_inversion(
+                self, text_states, init_image, invert_states, negative_states, settings, generator, progress
+            )
+        sampling.check_inversion_options(settings)
         width, height = size
         common = dict(
             prompt_embeds=text_states.hidden.to(self.dtype),
             pooled_prompt_embeds=text_states.pooled.to(self.dtype),
-            guidance_scale=guidance_scale,
-            num_inference_steps=steps,
+            guidance_scale=settings.guidance_scale,
+            num_inference_steps=settings.steps,
             generator=generator,
         )
         if negative_states is not None:
             common["negative_prompt_embeds"] = negative_states.hidden.to(self.dtype)
             common["negative_pooled_prompt_embeds"] = negative_states.pooled.to(self.dtype)
-        if init_image is None:
+        if settings.mode == "noise":
             pipe = self.pipe
             pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
             return pipe(height=height, width=width, **common).images[0]
+        if init_image is None:
+            raise DiffinvError("img2img draws B′ from B: it needs the image")
         if self._img2img is None:
             self._img2img = StableDiffusionXLImg2ImgPipeline(
                 **self.pipe.components,
@@ -265,4 +263,4 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
             )
         pipe = self._img2img
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")
-        return pipe(image=init_image, strength=strength, **common).images[0]
+        return pipe(image=init_image, strength=settings.strength, **common).images[0]

@@ -25,8 +25,9 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from .backbone import StableDiffusionBackbone
-from .errors import DiffinvError
+from ..config import DrawSettings, check_sampling_mode
+from ..errors import DiffinvError
+from .sd import StableDiffusionBackbone
 
 
 class InstructPix2PixBackbone(StableDiffusionBackbone):
@@ -82,31 +83,36 @@ class InstructPix2PixBackbone(StableDiffusionBackbone):
         self,
         text_states: torch.Tensor,
         size: tuple[int, int],
-        *,
         init_image: Image.Image | None,
-        guidance_scale: float,
-        steps: int,
+        settings: DrawSettings,
         generator: torch.Generator,
         progress: bool = True,
         negative_states: torch.Tensor | None = None,
-        image_guidance_scale: float = 1.2,
-        **unused,
+        invert_states: torch.Tensor | None = None,
     ) -> Image.Image:
         """B′: `init_image` (B, already at `size`) edited by the instruction `text_states` (1, L, d).
 
         Euler-ancestral steps from noise with InstructPix2Pix's guidance, ε(∅, ∅) + s_I·(ε(∅, B) −
-        ε(∅, ∅)) + s_T·(ε(text, B) − ε(∅, B)), with ∅ the empty prompt or `negative_states`. The
-        text-to-image options (strength, inversion, attention sharing, masks) do not apply and
-        arrive in `unused` at their off values (the pipeline refuses them before).
+        ε(∅, ∅)) + s_T·(ε(text, B) − ε(∅, B)), with ∅ the empty prompt or `negative_states`,
+        s_T = `settings.guidance_scale`, s_I = `settings.image_guidance_scale`. `settings.strength`
+        is not read: the editor starts from pure noise whatever B's noise level would be. Refused:
+        every mode but "editor" (so no inversion: `invert_states` must be None), and attention
+        sharing, the edit mask and direct inversion, which need an inversion of B.
         """
+        check_sampling_mode(settings.mode, self.model_id, self.takes_instructions)
+        if settings.share_attention or settings.edit_mask or settings.direct_inversion or invert_states is not None:
+            raise DiffinvError(
+                f"{self.model_id} is an instruction editor: it draws from noise with B as its condition, with no "
+                "inversion of B, so attention sharing, the edit mask and direct inversion do not apply"
+            )
         if init_image is None:
             raise DiffinvError("an instruction editor draws B′ from B: it needs the image")
         call = dict(
             image=init_image,
             prompt_embeds=text_states.to(self.dtype),
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            image_guidance_scale=image_guidance_scale,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            image_guidance_scale=settings.image_guidance_scale,
             generator=generator,
         )
         if negative_states is not None:
