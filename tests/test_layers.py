@@ -114,3 +114,51 @@ def test_only_the_world_the_bench_and_the_command_line_import_the_shapes_world(g
         if not may_import_the_world(module)
     }
     assert {module: names for module, names in reaching.items() if names} == {}
+
+
+# The layers above the core (architecture: front ends, the harness, the methods beside Difference
+# Inversion, the toy world); the core — the algorithm, the diffusers backbones, the config and the
+# files — imports none of them.
+ABOVE_THE_CORE = ("cli", "demo", "export", "bench", "baselines", "method", "shapes", "testing")
+NEVER_FROM_THE_CORE = ("shapes", "bench", "baselines", "cli")
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def test_the_core_imports_no_layer_above_it(graph):
+    reaching = {
+        module: sorted(name for name in imported if _layer(name) in NEVER_FROM_THE_CORE)
+        for module, imported in graph.items()
+        if _layer(module) not in ABOVE_THE_CORE
+    }
+    assert {module: names for module, names in reaching.items() if names} == {}
+
+
+def test_no_import_cycle(graph):
+    """Module-level and function-level imports alike: a cycle hidden in a function is still one."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            raise AssertionError("import cycle: " + " → ".join(cycle))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_the_cycle_check_finds_a_hidden_cycle(tmp_path):
+    package = tmp_path / "toy"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from . import b\n")
+    (package / "b.py").write_text("def later():\n    from .a import x\n")
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycle(import_graph(package, "toy"))
