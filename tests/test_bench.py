@@ -752,7 +752,7 @@ def test_the_report_never_imports_torch(tmp_path):
     assert "Paired differences against copy-b" in (tmp_path / "summary.md").read_text()
 
 
-# --- bench/command.py: what cli.py calls ----------------------------------------------------------------------
+# --- bench/command.py: what cli/ calls ------------------------------------------------------------------------
 def bench_args(*argv):
     from diffinv.cli import build_parser
 

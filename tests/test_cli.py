@@ -484,6 +484,13 @@ def test_bad_arguments_are_reported_before_loading(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_shapes_train_refuses_a_thread_count_below_one_before_torch(capsys, tmp_path, threads):
+    code, _, err = run(capsys, ["shapes", "train", "--out", tmp_path / "world", "--threads", threads])
+    assert_one_line_error(code, err, f"--threads must be at least 1, got {threads}")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("seed", [str(2**64), "-1", "1.5"])
 def test_a_seed_outside_64_bits_is_one_line(capsys, tmp_path, image_files, seed):
     with pytest.raises(SystemExit) as raised:

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
 from diffinv.backbones.sd import StableDiffusionBackbone
-from diffinv.cli import _weighted_file, main
+from diffinv.cli import main
+from diffinv.cli.flags import weighted_file
 from diffinv.errors import DiffinvError
 from diffinv.export import A1111_KEY, combine, diffusers_state_dict, export, words_text
 from diffinv.testing import tiny_pipeline
@@ -189,10 +190,10 @@ def test_combine_refuses_files_that_do_not_match(other, fragment):
 
 
 def test_also_argument():
-    assert _weighted_file("d.safetensors") == ("d.safetensors", 1.0)
-    assert _weighted_file("d.safetensors:0.5") == ("d.safetensors", 0.5)
-    assert _weighted_file("dir/d.safetensors:-1") == ("dir/d.safetensors", -1.0)
-    assert _weighted_file("c:/d.safetensors") == ("c:/d.safetensors", 1.0)
+    assert weighted_file("d.safetensors") == ("d.safetensors", 1.0)
+    assert weighted_file("d.safetensors:0.5") == ("d.safetensors", 0.5)
+    assert weighted_file("dir/d.safetensors:-1") == ("dir/d.safetensors", -1.0)
+    assert weighted_file("c:/d.safetensors") == ("c:/d.safetensors", 1.0)
 
 
 # --- the command -------------------------------------------------------------------------------------------
@@ -232,9 +233,9 @@ def test_export_command_refuses_words_with_pieces_of_characters(capsys, tmp_path
 @pytest.mark.parametrize("mask", list(UMASKS), ids=lambda mask: f"umask-{mask:03o}")
 def test_exports_and_images_get_a_new_files_mode(capsys, tmp_path, token_files, image_files, monkeypatch, mask):
     """Token files, exports and images alike: 0o666 & ~umask (safetensors alone gives 0o600)."""
-    import diffinv.cli
+    import diffinv.cli.commands
 
-    monkeypatch.setattr(diffinv.cli, "_load", lambda args: _RecordingModel())
+    monkeypatch.setattr(diffinv.cli.commands, "load_model", lambda args: _RecordingModel())
     written = []
     with umask(mask):
         for format, name in [("diffusers", "d.safetensors"), ("a1111", "a.safetensors"), ("words", "w.txt")]:
@@ -295,10 +296,10 @@ class _RecordingModel:
 
 
 def test_apply_also_combines_the_files(capsys, tmp_path, token_files, image_files, monkeypatch):
-    import diffinv.cli
+    import diffinv.cli.commands
 
     model = _RecordingModel()
-    monkeypatch.setattr(diffinv.cli, "_load", lambda args: model)
+    monkeypatch.setattr(diffinv.cli.commands, "load_model", lambda args: model)
     hard, soft = token_files
     argv = ["apply", hard, image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B, "--device", "cpu"]
     code, _, err = run(capsys, [*argv, "--weight", "2", "--also", f"{soft}:-0.5", "--also", soft])

@@ -21,6 +21,17 @@ def test_a_hub_id_gets_the_papers_defaults_and_blip2():
     assert card.native_resolution() is None
 
 
+def test_which_models_need_a_download_and_which_caption_with_blip2():
+    """The rules the command line checks before loading (`cli/preflight.py`) and the loader follows."""
+    hub = model_card("nobody/no-such-model")  # not in any hub cache
+    assert hub.needs_download() and hub.captions_with_blip2
+    assert not model_card("bad id!").needs_download()  # malformed: the loader reports it in its own words
+    for bundled in BUNDLED:
+        card = model_card(bundled)
+        assert not card.needs_download() and not card.captions_with_blip2  # local, captions by CLIP retrieval
+        assert card.caption_candidates()
+
+
 @pytest.mark.parametrize("path", ["/no/such/model", "./missing", "~/models/sd", "a/b/c"])
 def test_a_path_that_does_not_exist_is_not_taken_for_a_hub_id(path):
     with pytest.raises(DiffinvError, match="no such model directory"):

@@ -124,13 +124,13 @@ def test_a_bench_method_the_model_cannot_run_is_refused_before_loading(method, t
 def test_tokens_of_the_other_bundled_model_are_drawn_with_this_ones_settings(fitted_on, applied_to):
     import torch
 
-    from diffinv.cli import _drawing_config
+    from diffinv.cli.preflight import drawing_config
     from diffinv.tokens import DiffTokens
 
     config = model_card(fitted_on).config_for()
     tokens = DiffTokens(embeddings=torch.zeros(5, 32), model_id=fitted_on, vocab_size=100, config=config)
     with pytest.warns(UserWarning, match="its own drawing settings"):
-        drawn = _drawing_config(tokens, model_card(applied_to), {})
+        drawn = drawing_config(tokens, model_card(applied_to), {})
     own = model_card(applied_to).config_for()
     assert (drawn.sampling_mode, drawn.sampling_steps) == (own.sampling_mode, own.sampling_steps)
     assert drawn.n_tokens == config.n_tokens  # the fit's fields stay the tokens'
@@ -168,7 +168,7 @@ def test_an_interrupted_apply_says_which_images_were_written(capsys, tmp_path, m
     """The second of three B′ is interrupted: the first is on disk, and the message names what is not."""
     import torch
 
-    from diffinv import cli
+    from diffinv.cli import commands
     from diffinv.tokens import DiffTokens
 
     config = model_card("shapes").config_for()
@@ -188,7 +188,7 @@ def test_an_interrupted_apply_says_which_images_were_written(capsys, tmp_path, m
                 raise KeyboardInterrupt
             return Image.new("RGB", (32, 32))
 
-    monkeypatch.setattr(cli, "_load", lambda args: Interrupting())
+    monkeypatch.setattr(commands, "load_model", lambda args: Interrupting())
     out = tmp_path / "out"
     code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", *b, "-o", out, "--model", "shapes", "--quiet"])
     assert code == 130

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .errors import DiffinvError
 
-DEFAULT_MODEL = "shapes-editor"  # as the command line's (cli.DEFAULT_MODEL)
+DEFAULT_MODEL = "shapes-editor"  # as the command line's (cli.flags.DEFAULT_MODEL)
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"  # a source checkout's examples/
 TRIPLET = ("a.png", "a_prime.png", "b.png")
 EXPORT_TOKEN = "<diff>"

@@ -39,7 +39,7 @@ BUNDLED = {
     "shapes-editor": Path(__file__).parent / "shapes" / "model" / "editor",
 }
 CAPTIONER_KINDS = ("blip2", "clip-retrieval")
-EDITOR_PIPELINE = "StableDiffusionInstructPix2PixPipeline"  # an instruction editor: `backbone_editor`
+EDITOR_PIPELINE = "StableDiffusionInstructPix2PixPipeline"  # an instruction editor: `backbones.editor`
 DEFAULT_EDITOR = "timbrooks/instruct-pix2pix"  # InstructPix2Pix's published model
 
 
@@ -123,13 +123,27 @@ class ModelCard:
             if self.directory is not None:
                 index = self.directory / "model_index.json"
             else:
-                from huggingface_hub import try_to_load_from_cache
-
-                cached = try_to_load_from_cache(self.source, "model_index.json")
-                index = Path(cached) if isinstance(cached, str) else None
+                index = hub_cache_file(self.source, "model_index.json")
             return json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index else None
         except (OSError, ValueError, AttributeError):
             return None
+
+    def needs_download(self) -> bool:
+        """Whether loading the model would download it: a hub id whose `model_index.json` (what
+        `pipeline_class` reads) is not in the hub cache. Never the network. A malformed hub id
+        counts as no download: the loader reports it, in its own words."""
+        if self.directory is not None:
+            return False
+        try:
+            return hub_cache_file(self.source, "model_index.json") is None
+        except Exception:
+            return False
+
+    @property
+    def captions_with_blip2(self) -> bool:
+        """Whether the model's captioner is BLIP-2 (the default), a hub download, rather than CLIP
+        retrieval among the lines of the descriptor's caption file (`caption_candidates`)."""
+        return self.captioner.get("kind") != "clip-retrieval"
 
     def path(self, relative: str) -> Path:
         """A file named by the descriptor, inside the model directory."""
@@ -149,9 +163,18 @@ class ModelCard:
 
     def caption_candidates(self) -> list[str] | None:
         """The candidate captions of a clip-retrieval captioner (None for BLIP-2)."""
-        if self.captioner.get("kind") != "clip-retrieval":
+        if self.captions_with_blip2:
             return None
         return read_caption_lines(self.path(self.captioner["captions"]))
+
+
+def hub_cache_file(repo: str, filename: str) -> Path | None:
+    """`filename` of the hub model `repo` in the local hub cache, or None where it is not there; never
+    the network. A malformed hub id raises `ValueError` (the hub's `HFValidationError`)."""
+    from huggingface_hub import try_to_load_from_cache  # here: reading a descriptor needs no hub library
+
+    cached = try_to_load_from_cache(repo, filename)
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def read_caption_lines(path: str | os.PathLike) -> list[str]:
