@@ -119,6 +119,7 @@ def train_diff_encoder(
     checkpoint_every: int = 500,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    both_ways: bool = True,
 ) -> DiffEncoder:
     """Train a `DiffEncoder` for the instruction editor `backbone` on image pairs (before → after),
     each used both ways round. Loss: per sampled pair, the squared error of the editor's
@@ -128,6 +129,8 @@ def train_diff_encoder(
 
     Every `checkpoint_every` steps the weights go to `checkpoint` (safetensors, with the step);
     a run started again with the same arguments resumes there, with a fresh optimiser.
+    both_ways: also train each pair backwards (after → before); off where the way back must not be
+    learned (an edit type held out of the encoder's training, `shapes.world.SPLIT`).
     """
     if not backbone.takes_instructions:
         raise DiffinvError(f"{backbone.model_id}: a DIFF-token encoder is trained on an instruction editor")
@@ -139,11 +142,13 @@ def train_diff_encoder(
         latents_after = torch.cat([backbone.encode_images(afters[i : i + 256]) for i in chunks])
         features_before = torch.cat([clip.image_features(befores[i : i + 256]) for i in chunks]).float()
         features_after = torch.cat([clip.image_features(afters[i : i + 256]) for i in chunks]).float()
-    # Both ways round: each pair also teaches the edit back.
-    sources = torch.cat([latents_before, latents_after])
-    targets = torch.cat([latents_after, latents_before])
-    features_source = torch.cat([features_before, features_after])
-    features_target = torch.cat([features_after, features_before])
+    sources, targets = latents_before, latents_after
+    features_source, features_target = features_before, features_after
+    if both_ways:  # each pair also teaches the edit back
+        sources = torch.cat([latents_before, latents_after])
+        targets = torch.cat([latents_after, latents_before])
+        features_source = torch.cat([features_before, features_after])
+        features_target = torch.cat([features_after, features_before])
 
     config = DiffEncoderConfig(clip.joint_width, n_tokens, backbone.token_width)
     encoder = DiffEncoder(config).to(backbone.device)

@@ -10,7 +10,8 @@ A model directory may carry a small descriptor file, `diffinv.json`, beside `mod
       "captioner": {"kind": "clip-retrieval", "captions": "captions.txt"},
       "clip": "clip",                                     # the CLIPModel directory (default: clip/)
       "bench": {"batch": 8, "embedders": ["clip"], "classifier": "classifier"},
-      "world": {"version": 2, "layout_range": 5.0}        # shapes worlds only: which version
+      "world": {"version": 2, "layout_range": 5.0},       # shapes worlds only: which version
+      "learned_split": "seen"                             # the edit types its encoder trained on
     }
 
 Every key but "format" is optional. Paths are relative to the directory, so a world that is
@@ -58,6 +59,9 @@ class ModelCard:
     bench: defaults of `diffinv bench` for this model ("batch", "embedders", "classifier").
     world: for a synthetic world, which version of it the model learned; only that world reads
         it (the shapes world: `shapes.world.layout_range_of`).
+    learned_split: which edit types the model's learned analogy component (a DIFF-token encoder)
+        trained on — "seen" (the half a world declares seen), "all", or "none" (nothing learned
+        across pairs); None: not recorded, so no figure on unseen edits can be claimed for it.
     clip: the directory of the CLIP that matches the model's text encoder, relative to the
         model's (None: `clip/` if there is one, else the published CLIP for its width).
     """
@@ -71,6 +75,7 @@ class ModelCard:
     bench: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
     clip: str | None = None
+    learned_split: str | None = None
 
     @property
     def has_descriptor(self) -> bool:
@@ -247,6 +252,7 @@ def model_card(model: str | os.PathLike) -> ModelCard:
         bench=dict(values.get("bench", {})),
         world=dict(values.get("world", {})),
         clip=values.get("clip"),
+        learned_split=values.get("learned_split"),
     )
     try:
         for init in (None, *card.init_budgets):  # the defaults, and the run from each start with a budget

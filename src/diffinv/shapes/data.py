@@ -91,6 +91,20 @@ def caption_batches(scenes: list[Scene], latents: torch.Tensor, states_of, plan:
 
 
 # --- the editor (stage editor, and the DIFF-token encoder on the same pairs) -------------------------
+def split_edit_pairs(n: int, stream: str, layout_range: float, edit_types: frozenset) -> list[tuple[Scene, Scene]]:
+    """`n` random (before, after) pairs whose edit is one of `edit_types` (`world.SPLIT`), each edit
+    type equally likely, drawn from `random.Random(stream)`: a string-keyed stream, never one of the
+    integer-seeded streams the triplets of `world.triplets` come from."""
+    rng = random.Random(stream)
+    ordered = sorted(edit_types, key=lambda edit: (edit.family, str(edit.source), str(edit.target)))
+    pairs = []
+    for _ in range(n):
+        edit = rng.choice(ordered)
+        before = random_scene(rng, layout_range).with_(edit.family, edit.source)
+        pairs.append((before, before.with_(edit.family, edit.target)))
+    return pairs
+
+
 def edit_pairs(n: int, seed: int, layout_range: float):
     """`n` random edits: (B, B′, the instruction variants), B′ = B with one attribute changed, same layout."""
     rng = random.Random(seed)

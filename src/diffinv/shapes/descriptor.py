@@ -35,6 +35,10 @@ class TrainingPlan:
     inpainting_steps: int = 10000  # 2000 gave 68 %, 6000 85 %, 10000 89 % (its gate: 90 %)
     n_grids: int = 6000
     diff_encoder_steps: int = 10000  # v2 only: the DIFF-token encoder (diffinv.diff_encoder), on the editor's pairs
+    # Which edit types the encoder learns from (world.SPLIT): "seen" keeps the unseen half out of its
+    # training, so that figures on unseen edits are honest; "all" is the editor's own pairs, as the
+    # first bundled encoder was trained (held-out seed 160 of results.md §7).
+    diff_encoder_split: str = "seen"
     inpainting_batch: int = 32
     checkpoint_every: int = 500
     batch: int = 64
@@ -117,6 +121,7 @@ def world_descriptor(plan: TrainingPlan, trained=None) -> dict:
             **{name: directory for name, directory in BENCH_MODELS.items() if trained is None or name in trained},
             "baselines": V2_BASELINE_BUDGETS,
         }
+        descriptor["learned_split"] = "none"  # Difference Inversion here learns nothing across pairs
     return descriptor
 
 
@@ -155,4 +160,6 @@ def editor_descriptor(plan: TrainingPlan, trained=None) -> dict:
     if trained is None or "diff_encoder" in trained:
         descriptor["config"] = {**descriptor["config"], **EDITOR_ENCODER}
         descriptor["init_budgets"] = EDITOR_FIT_BUDGETS
+        # the edit types its learned analogy component trained on (`diffinv bench run --split` needs it)
+        descriptor["learned_split"] = plan.diff_encoder_split
     return descriptor

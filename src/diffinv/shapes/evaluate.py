@@ -322,17 +322,17 @@ def centre_error(predicted: dict, scene: Scene) -> float:
 
 
 def score(predicted: dict, triplet, layout_threshold: float | None = None) -> dict[str, float]:
-    """edit: the changed attribute has the target value; preserved: every other attribute is
-    B's; correct: both.
+    """edit: the changed attribute (both, for a compound triplet) has the target value; preserved:
+    every other attribute is B's; correct: both.
 
     With a centre reading in `predicted` and a `layout_threshold` (world v2): layout: B′'s centre
     lies within the threshold of B's (= the ground truth's) centre; preserved then needs the four
     other attributes *and* the layout, and preserved_attributes is the attributes alone (v1's
     preserved, so v1 and v2 tables read side by side). Without them, v1's three scores.
     """
-    truth = triplet.b_prime
-    edit = predicted[triplet.family] == getattr(truth, triplet.family)
-    attributes = all(predicted[k] == getattr(truth, k) for k in ATTRIBUTES if k != triplet.family)
+    truth, changed = triplet.b_prime, triplet.attributes_changed
+    edit = all(predicted[k] == getattr(truth, k) for k in changed)
+    attributes = all(predicted[k] == getattr(truth, k) for k in ATTRIBUTES if k not in changed)
     if "centre" not in predicted or layout_threshold is None:
         return {"edit": float(edit), "preserved": float(attributes), "correct": float(edit and attributes)}
     layout = centre_error(predicted, truth) <= layout_threshold

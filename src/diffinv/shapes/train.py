@@ -68,6 +68,7 @@ from .data import (
     grid_pictures,
     inpainting_batches,
     inpainting_grids,
+    split_edit_pairs,
 )
 from .descriptor import (
     BENCH_MODELS,
@@ -79,7 +80,7 @@ from .descriptor import (
 )
 from .loops import refine_clip_vision, refine_vae_decoder, train_classifier, train_clip, train_denoiser, train_vae
 from .networks import build_unet, encode_captions, encode_pictures, sampling_scheduler, widened_from
-from .world import RESOLUTION, all_scenes, canonical_caption, render
+from .world import RESOLUTION, SPLIT, all_scenes, canonical_caption, render
 
 
 # --- the stages: each (plan, out, data) → None, reading earlier stages' outputs from `out` -----------
@@ -166,15 +167,24 @@ def diff_encoder_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> Non
 
     backbone = InstructPix2PixBackbone.from_pretrained(str(out / EDITOR_DIR), "cpu", torch.float32)
     clip = ClipSpace.from_pretrained(str(out / "clip"), "cpu", torch.float32)
-    # The editor's own training pairs: the encoder sees no edit the editor did not.
-    pairs = edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+    if plan.diff_encoder_split == "all":  # the editor's own training pairs, each used both ways round
+        pairs = [
+            (before, after) for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+        ]
+        both_ways = True
+    else:  # pairs of the split's edit types only, from a stream no triplet is drawn from
+        pairs = split_edit_pairs(
+            plan.n_edit_pairs, f"diff_encoder/{plan.seed}", plan.layout_range, SPLIT[plan.diff_encoder_split]
+        )
+        both_ways = False  # the way back is another edit type, which may be unseen
     partial = out / "diff_encoder-partial.safetensors"
     encoder = train_diff_encoder(
         backbone,
         clip,
-        [render(before) for before, _, _ in pairs],
-        [render(after) for _, after, _ in pairs],
+        [render(before) for before, _ in pairs],
+        [render(after) for _, after in pairs],
         plan.diff_encoder_steps,
+        both_ways=both_ways,
         checkpoint=partial,
         checkpoint_every=plan.checkpoint_every,
         generator=torch.Generator().manual_seed(plan.seed + 4),

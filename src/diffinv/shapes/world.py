@@ -212,34 +212,114 @@ def canonical_instruction(family: str, before: Scene, target) -> str:
     return instruction_variants(family, before, target)[0]
 
 
+# --- edit types and the split -------------------------------------------------------------------
+@dataclass(frozen=True)
+class EditType:
+    """One directed change: `family` from `source` to `target` (42 in all: shape 12, colour 20,
+    size 2, background 6, dot 2)."""
+
+    family: str
+    source: object
+    target: object
+
+
+def all_edit_types() -> list[EditType]:
+    return [
+        EditType(family, source, target)
+        for family, values in ATTRIBUTES.items()
+        for source in values
+        for target in values
+        if source != target
+    ]
+
+
+COMPOUND = "compound"  # the family of triplets that change two attributes at once
+SPLITS = ("seen", "unseen", COMPOUND)
+# What a learned analogy component (the DIFF-token encoder, and anything like it later) may train
+# on. Unseen: the whole shape and dot families, and a seeded third of each other family's directed
+# transitions; seen: the rest. The world's editor and text-to-image model may know every edit, as a
+# real editor is trained on a broad set of edits: the split is about what the analogy component
+# learned from. Fixed once: changing it changes which figures are honest.
+UNSEEN_FAMILIES = ("shape", "dot")
+SPLIT_SEED = "diffinv.shapes.split/1"
+
+
+def _declared_split() -> dict[str, frozenset[EditType]]:
+    rng = random.Random(SPLIT_SEED)
+    unseen = {edit for edit in all_edit_types() if edit.family in UNSEEN_FAMILIES}
+    for family in FAMILIES:
+        if family not in UNSEEN_FAMILIES:
+            transitions = [edit for edit in all_edit_types() if edit.family == family]
+            unseen.update(rng.sample(transitions, round(len(transitions) / 3)))
+    seen = {edit for edit in all_edit_types() if edit not in unseen}
+    return {"seen": frozenset(seen), "unseen": frozenset(unseen)}
+
+
+SPLIT: dict[str, frozenset[EditType]] = _declared_split()
+
+
+def split_of(triplet: Triplet) -> str:
+    """ "compound", or "seen" / "unseen" by the edit type A → A′ applies."""
+    if triplet.family == COMPOUND:
+        return COMPOUND
+    return "unseen" if triplet.edits[0] in SPLIT["unseen"] else "seen"
+
+
 # --- analogy triplets -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Triplet:
-    """A : A′ :: B : B′ where A′ is A with `family` set to `target`, and B′ is B likewise."""
+    """A : A′ :: B : B′ where A′ is A with `family` set to `target`, and B′ is B likewise. A
+    compound triplet (family `COMPOUND`) changes the two attributes of `changed` at once."""
 
     family: str
     a: Scene
     a_prime: Scene
     b: Scene
     b_prime: Scene
+    changed: tuple[str, ...] = ()  # compound triplets: the two attributes changed
+
+    @property
+    def attributes_changed(self) -> tuple[str, ...]:
+        return self.changed or (self.family,)
 
     @property
     def target(self):
         return getattr(self.a_prime, self.family)
 
     @property
+    def edits(self) -> tuple[EditType, ...]:
+        """The edit types A → A′ applies (one; two for a compound triplet)."""
+        return tuple(
+            EditType(name, getattr(self.a, name), getattr(self.a_prime, name)) for name in self.attributes_changed
+        )
+
+    @property
     def instruction(self) -> str:
         """The canonical instruction that turns B into B′ (for text-using methods)."""
-        return canonical_instruction(self.family, self.b, self.target)
+        return " and ".join(
+            canonical_instruction(name, self.b, getattr(self.a_prime, name)) for name in self.attributes_changed
+        )
 
 
-def make_triplet(family: str, rng: random.Random, jitter: float = JITTER) -> Triplet:
+def make_triplet(
+    family: str, rng: random.Random, jitter: float = JITTER, edit_types: frozenset[EditType] | None = None
+) -> Triplet:
     """A random triplet of one family. B shares A's source value of the changed attribute and
-    differs from A in at least one other attribute."""
+    differs from A in at least one other attribute. edit_types: the edit types A → A′ may be (A
+    is drawn again until one is possible); None: any."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
-    a = random_scene(rng, jitter)
-    target = rng.choice([v for v in ATTRIBUTES[family] if v != getattr(a, family)])
+    while True:
+        a = random_scene(rng, jitter)
+        targets = [
+            v
+            for v in ATTRIBUTES[family]
+            if v != getattr(a, family)
+            and (edit_types is None or EditType(family, getattr(a, family), v) in edit_types)
+        ]
+        if targets:
+            break
+    target = rng.choice(targets)
     while True:
         b = random_scene(rng, jitter).with_(family, getattr(a, family))
         if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k != family):
@@ -248,12 +328,49 @@ def make_triplet(family: str, rng: random.Random, jitter: float = JITTER) -> Tri
 
 
 def triplets(
-    n: int, seed: int = 0, families: tuple[str, ...] = FAMILIES, layout_range: float = JITTER
+    n: int,
+    seed: int = 0,
+    families: tuple[str, ...] = FAMILIES,
+    layout_range: float = JITTER,
+    split: str | None = None,
 ) -> list[Triplet]:
     """`n` seeded triplets, families taken in turn; offsets within ±`layout_range` (v1's jitter by
-    default, `LAYOUT_RANGE` for v2)."""
-    rng = random.Random(seed)
-    return [make_triplet(families[i % len(families)], rng, layout_range) for i in range(n)]
+    default, `LAYOUT_RANGE` for v2).
+
+    split: None (every edit type, the draws of every run before the split existed), "seen" or
+    "unseen" (only edit types of that half of `SPLIT`, families without any left out), or
+    "compound" (two attributes changed at once, `make_compound_triplet`; `families` unused).
+    """
+    if split is None:
+        rng = random.Random(seed)
+        return [make_triplet(families[i % len(families)], rng, layout_range) for i in range(n)]
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    rng = random.Random(f"{split}/{seed}")  # a stream of its own: split=None's triplets stay as they were
+    if split == COMPOUND:
+        return [make_compound_triplet(rng, layout_range) for _ in range(n)]
+    allowed = [family for family in families if any(edit.family == family for edit in SPLIT[split])]
+    if not allowed:
+        raise ValueError(f"no family of {families} has {split} edit types")
+    return [make_triplet(allowed[i % len(allowed)], rng, layout_range, SPLIT[split]) for i in range(n)]
+
+
+def make_compound_triplet(rng: random.Random, layout_range: float = JITTER) -> Triplet:
+    """A triplet whose A′ changes two attributes of A at once (drawn uniformly among the pairs of
+    families); B shares A's values of both and differs from A in at least one other attribute."""
+    changed = tuple(sorted(rng.sample(FAMILIES, 2), key=FAMILIES.index))
+    a = random_scene(rng, layout_range)
+    targets = {name: rng.choice([v for v in ATTRIBUTES[name] if v != getattr(a, name)]) for name in changed}
+    while True:
+        b = random_scene(rng, layout_range)
+        for name in changed:
+            b = b.with_(name, getattr(a, name))
+        if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k not in changed):
+            break
+    a_prime, b_prime = a, b
+    for name, value in targets.items():
+        a_prime, b_prime = a_prime.with_(name, value), b_prime.with_(name, value)
+    return Triplet(COMPOUND, a, a_prime, b, b_prime, changed)
 
 
 # --- 2×2 grids (what the inpainting model is trained and gated on) ---------------------------------

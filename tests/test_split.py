@@ -1,0 +1,116 @@
+"""The shapes world's edit types and their declared split: which edits a learned analogy component
+(the DIFF-token encoder) may train on, triplets of one half or of two attributes at once, and a
+training stream that no triplet is drawn from."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from diffinv.shapes.data import split_edit_pairs
+from diffinv.shapes.evaluate import score
+from diffinv.shapes.world import (
+    ATTRIBUTES,
+    COMPOUND,
+    FAMILIES,
+    LAYOUT_RANGE,
+    SPLIT,
+    UNSEEN_FAMILIES,
+    EditType,
+    all_edit_types,
+    split_of,
+    triplets,
+)
+
+
+def test_the_split_covers_every_edit_type_once():
+    everything = set(all_edit_types())
+    assert len(everything) == 42
+    assert SPLIT["seen"] | SPLIT["unseen"] == everything and not SPLIT["seen"] & SPLIT["unseen"]
+    per_family = Counter(edit.family for edit in SPLIT["unseen"])
+    for family in FAMILIES:
+        total = sum(1 for edit in everything if edit.family == family)
+        expected = total if family in UNSEEN_FAMILIES else round(total / 3)
+        assert per_family[family] == expected, family
+
+
+def test_the_split_is_fixed():
+    """Changing the split changes which figures are honest: it is declared once, and stays."""
+    partial = sorted(
+        (edit.family, edit.source, edit.target) for edit in SPLIT["unseen"] if edit.family not in UNSEEN_FAMILIES
+    )
+    assert partial == [
+        ("background", "black", "gray"),
+        ("background", "white", "black"),
+        ("colour", "blue", "green"),
+        ("colour", "blue", "purple"),
+        ("colour", "blue", "red"),
+        ("colour", "blue", "yellow"),
+        ("colour", "purple", "blue"),
+        ("colour", "red", "blue"),
+        ("colour", "yellow", "red"),
+        ("size", "large", "small"),
+    ]
+
+
+@pytest.mark.parametrize("split", ["seen", "unseen"])
+def test_triplets_of_a_split_apply_only_its_edit_types(split):
+    drawn = triplets(60, seed=3, layout_range=LAYOUT_RANGE, split=split)
+    assert all(split_of(t) == split for t in drawn)
+    assert all(t.edits[0] == EditType(t.family, getattr(t.b, t.family), getattr(t.b_prime, t.family)) for t in drawn)
+    families = {t.family for t in drawn}
+    assert families == ({"colour", "size", "background"} if split == "seen" else set(FAMILIES))
+    assert triplets(60, seed=3, layout_range=LAYOUT_RANGE, split=split) == drawn  # seeded
+
+
+def test_compound_triplets_change_two_attributes_on_both_sides():
+    for t in triplets(40, seed=1, layout_range=LAYOUT_RANGE, split=COMPOUND):
+        assert t.family == COMPOUND and len(t.changed) == 2 and split_of(t) == COMPOUND
+        for before, after in ((t.a, t.a_prime), (t.b, t.b_prime)):
+            assert {k for k in ATTRIBUTES if getattr(before, k) != getattr(after, k)} == set(t.changed)
+            assert (before.dx, before.dy) == (after.dx, after.dy)
+        assert all(getattr(t.a, k) == getattr(t.b, k) for k in t.changed)
+        assert " and " in t.instruction
+
+
+def test_a_compound_b_prime_is_right_only_with_both_changes():
+    t = triplets(1, seed=0, layout_range=LAYOUT_RANGE, split=COMPOUND)[0]
+    right = {**t.b_prime.attributes, "centre": (t.b_prime.dx, t.b_prime.dy)}
+    assert score(right, t, layout_threshold=1.0)["correct"] == 1.0
+    half = {**right, t.changed[0]: getattr(t.b, t.changed[0])}
+    assert score(half, t, layout_threshold=1.0) == {**score(half, t, 1.0), "edit": 0.0, "correct": 0.0}
+
+
+def test_triplets_without_a_split_are_drawn_as_before():
+    """The draws of every recorded run: split=None keeps the integer-seeded stream."""
+    rng = random.Random(5)
+    from diffinv.shapes.world import make_triplet
+
+    expected = [make_triplet(FAMILIES[i % 5], rng, LAYOUT_RANGE) for i in range(10)]
+    assert triplets(10, seed=5, layout_range=LAYOUT_RANGE) == expected
+
+
+@pytest.mark.parametrize("seeds", [pytest.param(range(1000), marks=pytest.mark.slow), range(100)])
+def test_the_encoders_pairs_are_seen_edits_from_a_stream_no_triplet_uses(seeds):
+    """The bundled plan's 12,000 pairs (offsets included) against 200 triplets of every triplet seed
+    0–999 (slow: 25 s; the default run checks seeds 0–99), and 50 of each split's."""
+    from diffinv.shapes.descriptor import TrainingPlan
+
+    plan = TrainingPlan()
+    pairs = split_edit_pairs(plan.n_edit_pairs, f"diff_encoder/{plan.seed}", LAYOUT_RANGE, SPLIT["seen"])
+    edits = {
+        EditType(f, getattr(a, f), getattr(b, f))
+        for a, b in pairs
+        for f in ATTRIBUTES
+        if getattr(a, f) != getattr(b, f)
+    }
+    assert edits == SPLIT["seen"]
+    scenes = {scene for pair in pairs for scene in pair}
+    for seed in seeds:
+        drawn = triplets(200, seed=seed, layout_range=LAYOUT_RANGE)
+        drawn += [
+            t
+            for split in ("seen", "unseen", COMPOUND)
+            for t in triplets(50, seed, layout_range=LAYOUT_RANGE, split=split)
+        ]
+        assert not {scene for t in drawn for scene in (t.a, t.a_prime, t.b, t.b_prime)} & scenes, seed
