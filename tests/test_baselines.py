@@ -15,8 +15,6 @@ from diffusers import (
 
 from conftest import shape_image
 from diffinv.baselines import (
-    BASELINES,
-    Baseline,
     Cost,
     InstructPix2Pix,
     InstructPix2PixConfig,
@@ -29,6 +27,7 @@ from diffinv.baselines import (
 from diffinv.baselines.base import working_image
 from diffinv.errors import DiffinvError
 from diffinv.images import fit_to, working_size
+from diffinv.method import METHODS, Method
 from diffinv.pez import invert_prompt
 from diffinv.testing import tiny_clip_for, tiny_instruct_pix2pix, tiny_pipeline, unet_batches
 
@@ -62,9 +61,9 @@ MINE = ("sdedit", "instructpix2pix", "visii")  # the baselines of this file (Ana
 def make(method: str, sd_pipe, ip2p_pipe, clip, **changes):
     """(baseline, its method inputs) with the fast config plus `changes`."""
     if method == "sdedit":
-        return SDEdit(sd_pipe, dataclasses.replace(FAST_SDEDIT, **changes)), {"prompt": PROMPT}
+        return SDEdit(sd_pipe, dataclasses.replace(FAST_SDEDIT, **changes)), {"text": PROMPT}
     if method == "instructpix2pix":
-        return InstructPix2Pix(ip2p_pipe, dataclasses.replace(FAST_IP2P, **changes)), {"instruction": INSTRUCTION}
+        return InstructPix2Pix(ip2p_pipe, dataclasses.replace(FAST_IP2P, **changes)), {"text": INSTRUCTION}
     if method == "visii":
         return Visii(ip2p_pipe, clip, config=dataclasses.replace(FAST_VISII, **changes)), {}
     raise ValueError(f"not a baseline of this file: {method}")
@@ -98,12 +97,12 @@ def test_published_defaults_and_their_costs():
 
 
 def test_every_baseline_has_the_shared_call_shape(sd_pipe, ip2p_pipe, clip):
-    assert set(BASELINES) == {*MINE, "analogist", "dia"}
     for name in MINE:
         method, _ = make(name, sd_pipe, ip2p_pipe, clip)
-        assert isinstance(method, Baseline) and isinstance(method, BASELINES[name])
-        assert method.cost() == method.config.cost()
+        assert isinstance(method, Method) and isinstance(method, METHODS[name].load())
+        assert method.cost() == method.config.cost() and isinstance(method.config, method.config_class)
     assert [make(n, sd_pipe, ip2p_pipe, clip)[0].uses_text for n in MINE] == [True, True, False]
+    assert [make(n, sd_pipe, ip2p_pipe, clip)[0].needs_text for n in MINE] == ["b_prime", "instruction", None]
 
 
 @pytest.mark.parametrize(
@@ -210,9 +209,9 @@ def test_text_baselines_need_their_text(sd_pipe, ip2p_pipe, clip, images):
     sdedit, ip2p = make("sdedit", sd_pipe, ip2p_pipe, clip)[0], make("instructpix2pix", sd_pipe, ip2p_pipe, clip)[0]
     for text in (None, "", "   "):
         with pytest.raises(DiffinvError, match="prompt"):
-            sdedit.analogy(a, a_prime, b, prompt=text, progress=False)
+            sdedit.analogy(a, a_prime, b, text=text, progress=False)
         with pytest.raises(DiffinvError, match="instruction"):
-            ip2p.analogy(a, a_prime, b, instruction=text, progress=False)
+            ip2p.analogy(a, a_prime, b, text=text, progress=False)
 
 
 def test_a_model_of_the_wrong_kind_is_refused(sd_pipe, ip2p_pipe, clip):
@@ -332,11 +331,11 @@ def test_from_pretrained_loads_saved_directories_and_runs(tmp_path, sd_pipe, ip2
 
     loaded = SDEdit.from_pretrained(str(sd_dir), config=FAST_SDEDIT, **common)
     assert np.array_equal(
-        pixels(loaded.analogy(a, a_prime, b, prompt=PROMPT, progress=False)),
-        pixels(SDEdit(sd_pipe, FAST_SDEDIT).analogy(a, a_prime, b, prompt=PROMPT, progress=False)),
+        pixels(loaded.analogy(a, a_prime, b, text=PROMPT, progress=False)),
+        pixels(SDEdit(sd_pipe, FAST_SDEDIT).analogy(a, a_prime, b, text=PROMPT, progress=False)),
     )
     ip2p = InstructPix2Pix.from_pretrained(str(ip2p_dir), dtype="float32", config=FAST_IP2P, **common)
-    assert ip2p.analogy(a, a_prime, b, instruction=INSTRUCTION, progress=False).size == (48, 24)
+    assert ip2p.analogy(a, a_prime, b, text=INSTRUCTION, progress=False).size == (48, 24)
     visii = Visii.from_pretrained(
         str(ip2p_dir), config=FAST_VISII, clip_model=str(clip_dir), pez_clip_model=None, **common
     )

@@ -14,11 +14,9 @@ from PIL import Image
 
 from conftest import shape_image
 from diffinv.baselines import (
-    BASELINES,
     Analogist,
     AnalogistAttnProcessor,
     AnalogistConfig,
-    Baseline,
     Cost,
     Dia,
     DiaConfig,
@@ -37,6 +35,7 @@ from diffinv.baselines.analogist import (
 from diffinv.baselines.dia import random_views, square_padded
 from diffinv.errors import DiffinvError
 from diffinv.images import working_size
+from diffinv.method import METHODS, Method
 from diffinv.testing import tiny_inpainting, tiny_pipeline, unet_batches
 
 PROMPT = "a photo of a blue square"
@@ -71,7 +70,7 @@ def dia(sd_pipe, **changes) -> Dia:
 
 def run(method, images, seed=0, **inputs):
     if isinstance(method, Analogist):
-        inputs.setdefault("prompt", PROMPT)
+        inputs.setdefault("text", PROMPT)
     return method.analogy(images["a"], images["a_prime"], images["b"], seed=seed, progress=False, **inputs)
 
 
@@ -103,9 +102,9 @@ def test_published_defaults_and_their_costs():
 
 
 def test_both_have_the_shared_call_shape(sd_pipe, inpaint_pipe):
-    assert BASELINES["analogist"] is Analogist and BASELINES["dia"] is Dia
+    assert METHODS["analogist"].load() is Analogist and METHODS["dia"].load() is Dia
     for method in (analogist(inpaint_pipe), dia(sd_pipe)):
-        assert isinstance(method, Baseline)
+        assert isinstance(method, Method)
         assert method.cost() == method.config.cost()
     assert Analogist.uses_text and not Dia.uses_text
 
@@ -418,7 +417,7 @@ def test_bad_inputs_are_refused_before_any_work(sd_pipe, inpaint_pipe, images, m
     build = (lambda **c: analogist(inpaint_pipe, **c)) if make == "analogist" else (lambda **c: dia(sd_pipe, **c))
     method = build()
     a, a_prime, b = images["a"], images["a_prime"], images["b"]
-    inputs = {"prompt": PROMPT} if make == "analogist" else {}
+    inputs = {"text": PROMPT} if make == "analogist" else {}
     with unet_batches(method.pipe.unet) as batches:
         for seed in (-1, "1", 2**63):
             with pytest.raises(DiffinvError, match="seed"):
@@ -434,7 +433,7 @@ def test_bad_inputs_are_refused_before_any_work(sd_pipe, inpaint_pipe, images, m
         if make == "analogist":
             for text in (None, "", "   "):
                 with pytest.raises(DiffinvError, match="prompt"):
-                    method.analogy(a, a_prime, b, prompt=text, progress=False)
+                    method.analogy(a, a_prime, b, text=text, progress=False)
     assert batches == []
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diffinv.bench.baselines import BaselineLoader, baseline_config, parse_baseline_models, text_inputs
+from diffinv.bench.build import baseline_config, baseline_model, parse_baseline_models, triplet_text
 from diffinv.bench.datasets import BenchTriplet, shapes_dataset
 from diffinv.bench.methods import expand_methods, parse_method
 from diffinv.bench.report import read_results
@@ -93,51 +93,49 @@ def test_baseline_specs_parse_and_their_settings_are_checked_against_their_confi
 
 @pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia", "oracle-instruction"])
 def test_every_baseline_method_has_its_class_and_published_config(name):
-    from diffinv.bench.baselines import BASELINE_METHODS, baseline_class
+    from diffinv.method import METHODS
 
-    cls = baseline_class(name)
+    cls = METHODS[name].load()
     config = baseline_config(name, {}, {})
-    assert type(config).__name__ == f"{cls.__name__}Config"
-    assert cls.uses_text == (BASELINE_METHODS[name].text is not None)
+    assert type(config) is cls.config_class and type(config).__name__ == f"{cls.__name__}Config"
+    assert cls.uses_text == (cls.needs_text is not None)
 
 
 def test_text_using_baselines_get_the_datasets_text():
     triplet = shapes_dataset(1, seed=0)[0]
-    assert text_inputs("sdedit", triplet) == {"prompt": triplet.caption_b_prime}
-    assert text_inputs("instructpix2pix", triplet) == {"instruction": triplet.truth.instruction}
-    assert text_inputs("visii", triplet) == {}  # learns from the images alone
+    assert triplet_text("sdedit", "b_prime", triplet) == triplet.caption_b_prime
+    assert triplet_text("instructpix2pix", "instruction", triplet) == triplet.truth.instruction
     bare = BenchTriplet(id="x", a=None, a_prime=None, b=None)
     with pytest.raises(DiffinvError, match="instruction"):
-        text_inputs("instructpix2pix", bare)
+        triplet_text("instructpix2pix", "instruction", bare)
 
 
 def test_baseline_models_come_from_the_card_or_the_command_line(tmp_path):
     (tmp_path / "editor").mkdir()
     (tmp_path / "diffinv.json").write_text(json.dumps({"format": "diffinv.model/1", "bench": {"editor": "editor"}}))
-    loader = BaselineLoader(None, model_card(tmp_path), {}, "cpu", None, True)
-    assert loader.model_for("instructpix2pix") == str(tmp_path / "editor")
-    assert loader.model_for("analogist") is None  # no inpainting model named: the published one
-    assert loader.model_for("sdedit") is None  # the bench's own pipeline
-    assert loader.model_for("oracle-instruction") == str(tmp_path / "editor")  # InstructPix2Pix's model
-    given = BaselineLoader(None, model_card(tmp_path), parse_baseline_models(["visii=other/ip2p"]), "cpu", None, True)
-    assert given.model_for("visii") == "other/ip2p"
+    card = model_card(tmp_path)
+    assert baseline_model("instructpix2pix", card, {}) == str(tmp_path / "editor")
+    assert baseline_model("analogist", card, {}) is None  # no inpainting model named: the published one
+    assert baseline_model("sdedit", card, {}) is None  # the bench's own pipeline
+    assert baseline_model("oracle-instruction", card, {}) == str(tmp_path / "editor")  # InstructPix2Pix's model
+    assert baseline_model("visii", card, parse_baseline_models(["visii=other/ip2p"])) == "other/ip2p"
     with pytest.raises(DiffinvError, match="NAME=MODEL"):
         parse_baseline_models(["pix2pix=x"])
 
 
 def test_a_world_without_the_model_a_baseline_needs_stops_the_run_before_it_loads(tmp_path):
-    from diffinv.bench.command import check_baselines
+    from diffinv.bench.command import check_methods
 
     card = {"format": "diffinv.model/1", "world": {"version": 2}, "bench": {"inpainting": "inpainting"}}
     (tmp_path / "diffinv.json").write_text(json.dumps(card))  # its editor still training, its inpainting dir gone
     ip2p, analogist, sdedit = (parse_method(name) for name in ("oracle-instruction", "analogist", "sdedit"))
     with pytest.raises(DiffinvError, match="needs this world's editor, which is not trained yet"):
-        check_baselines([ip2p], model_card(tmp_path), [], {})
+        check_methods([ip2p], model_card(tmp_path), [], {})
     with pytest.raises(DiffinvError, match="names 'inpainting', which is missing"):
-        check_baselines([analogist], model_card(tmp_path), [], {})
+        check_methods([analogist], model_card(tmp_path), [], {})
     (tmp_path / "inpainting").mkdir()
-    check_baselines([analogist, sdedit], model_card(tmp_path), [], {})  # sdedit runs on the world's own UNet
-    check_baselines([ip2p], model_card(tmp_path), [], {"instructpix2pix": "some/editor"})  # given on the command line
+    check_methods([analogist, sdedit], model_card(tmp_path), [], {})  # sdedit runs on the world's own UNet
+    check_methods([ip2p], model_card(tmp_path), [], {"instructpix2pix": "some/editor"})  # given on the command line
 
 
 def test_a_bad_baseline_setting_stops_the_run_before_any_model_loads(capsys, tmp_path, model_args):

@@ -344,7 +344,7 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
 
 @pytest.mark.parametrize("name", ["sdedit", "instructpix2pix", "visii", "analogist", "dia"])
 def test_the_v2_baseline_budgets_are_valid_settings_of_each_baseline(name):
-    from diffinv.bench.baselines import baseline_config
+    from diffinv.bench.build import baseline_config
     from diffinv.shapes.descriptor import V2_BASELINE_BUDGETS, world_descriptor
 
     budget = world_descriptor(TrainingPlan())["bench"]["baselines"][name]

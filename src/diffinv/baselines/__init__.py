@@ -1,5 +1,7 @@
-"""The paper's baselines behind one call shape: B′ = method.analogy(A, A′, B, seed=…, **inputs).
+"""The paper's baselines, each a `method.Method`: B′ = method.analogy(A, A′, B, seed=…[, text=…]).
 
+    base.py             what they share: cost, loading, input sizes, seeds; `TextEditBaseline`,
+                        the base of the two that draw B′ from B and a text
     sdedit.py           SDEdit*: img2img from B with a text describing B′ (text given by the user)
     instructpix2pix.py  InstructPix2Pix*: B edited by an instruction in words (text given by the user)
     visii.py            VISII: an InstructPix2Pix instruction learned from (A, A′), applied to B
@@ -9,30 +11,22 @@
 
 Each class loads with `from_pretrained(model, device, dtype, offline)` or wraps a built
 pipeline, sizes its inputs as Difference Inversion does, and draws with a seeded CPU generator.
-`Config().cost()` says how much UNet work one triplet takes, before any model is loaded.
+A text-using one declares which words it needs (`needs_text`) and takes them as `text=`.
+`Config().cost()` says how much UNet work one triplet takes, before any model is loaded. Their
+names (`sdedit`, `instructpix2pix`, …) are in the one registry of methods, `method.METHODS`.
 """
 
 from .analogist import Analogist, AnalogistAttnProcessor, AnalogistConfig
-from .base import Baseline, Cost
+from .base import Cost, PipelineBaseline, TextEditBaseline
 from .dia import Dia, DiaConditioning, DiaConfig, DiaCost, DiaNoise
 from .instructpix2pix import InstructPix2Pix, InstructPix2PixConfig
 from .sdedit import SDEdit, SDEditConfig
 from .visii import Visii, VisiiConfig, VisiiInstruction, VisiiLoss, VisiiPair
 
-BASELINES = {
-    "sdedit": SDEdit,
-    "instructpix2pix": InstructPix2Pix,
-    "visii": Visii,
-    "dia": Dia,
-    "analogist": Analogist,
-}
-
 __all__ = [
-    "BASELINES",
     "Analogist",
     "AnalogistAttnProcessor",
     "AnalogistConfig",
-    "Baseline",
     "Cost",
     "Dia",
     "DiaConditioning",
@@ -41,8 +35,10 @@ __all__ = [
     "DiaNoise",
     "InstructPix2Pix",
     "InstructPix2PixConfig",
+    "PipelineBaseline",
     "SDEdit",
     "SDEditConfig",
+    "TextEditBaseline",
     "Visii",
     "VisiiConfig",
     "VisiiInstruction",

@@ -20,7 +20,7 @@ image latent) redraws the masked cell, with two changes to the UNet's attention:
   prompt only shapes B′ (those positions keep just the output projection's bias).
 
     analogist = Analogist.from_pretrained()   # stabilityai/stable-diffusion-2-inpainting
-    b_prime = analogist.analogy(a, a_prime, b, prompt="a photo of a snowy castle", seed=0)
+    b_prime = analogist.analogy(a, a_prime, b, text="a photo of a snowy castle", seed=0)
 
 Published settings, from github.com/edward3862/Analogist (file: what):
 - analogist.py / evaluation.py / evaluation.sh: strength 0.98 (the grid, B copied into the masked
@@ -44,7 +44,7 @@ Published settings, from github.com/edward3862/Analogist (file: what):
 
 Deviations from the official code:
 - Text prompt: the official code asks GPT-4V for a short prompt describing B′ from a marked copy
-  of the grid (textual_prompting.py). Here the prompt is given by the caller (`prompt=`, e.g. a
+  of the grid (textual_prompting.py). Here the prompt is given by the caller (`text=`, e.g. a
   caption of the wanted B′ or a VLM's answer); no VLM is called. So Analogist here needs words
   from the user (`uses_text`), unlike in the paper's Table 1, where GPT-4V supplied them.
 - Model: the official code uses runwayml/stable-diffusion-inpainting (SD 1.5 inpainting, in
@@ -67,6 +67,9 @@ Deviations from the official code:
 - Grid size: `resolution` is the grid's side (None: the model's native size, 512 as official);
   it must be a multiple of 2 × the UNet's stride so that every attention map splits into
   four equal quadrants.
+
+Longer than the project's usual 400 lines: one baseline per file, and its grid, its attention
+control and the account above of the official code belong together.
 """
 
 from __future__ import annotations
@@ -413,9 +416,11 @@ class Analogist(PipelineBaseline):
     """
 
     name = "Analogist"
+    needs_text = "b_prime"
     uses_text = True
     pipeline_class = StableDiffusionInpaintPipeline  # SD 2 or SD 1.5 inpainting
     default_model = DEFAULT_MODEL
+    config_class = AnalogistConfig
 
     def __init__(self, pipe: StableDiffusionInpaintPipeline, config: AnalogistConfig | None = None):
         channels = pipe.unet.config.in_channels
@@ -454,27 +459,27 @@ class Analogist(PipelineBaseline):
         *,
         seed: int = 0,
         progress: bool = True,
-        prompt: str | None = None,
+        text: str | None = None,
         record: list | None = None,
     ) -> Image.Image:
         """B′ for A : A′ :: B : B′, at B's working size for the grid's side.
 
-        prompt: a text describing the wanted B′ (the official code asks GPT-4V for it).
+        text: the prompt, describing the wanted B′ (the official code asks GPT-4V for it).
         record: a list that receives the controlled layers' attention weights (see
             `AnalogistAttnProcessor`).
         """
         c = self.config
-        prompt = check_text(prompt, "Analogist's prompt (a text describing the wanted B′)")
+        prompt = check_text(text, "Analogist's prompt (a text describing the wanted B′)")
         generator = cpu_generator(seed)
         a, a_prime, b_rgb = as_rgb(a), as_rgb(a_prime), as_rgb(b)
         side = self.grid_side()
         out_size = working_image(b_rgb, self.pipe, side).size
         grid, mask, layout = make_grid(a, a_prime, b_rgb, side, c.gutter)
-        text = f"{prompt}, {c.added_prompt}" if c.added_prompt.strip() else prompt
+        full_prompt = f"{prompt}, {c.added_prompt}" if c.added_prompt.strip() else prompt
         self.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="Analogist")
         with analogist_attention(self.pipe.unet, c, record):
             drawn = self.pipe(
-                prompt=text,
+                prompt=full_prompt,
                 negative_prompt=c.negative_prompt,
                 image=grid,
                 mask_image=mask,

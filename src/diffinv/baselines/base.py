@@ -1,10 +1,11 @@
-"""What every baseline shares: its call shape, its cost, loading, input sizes and seeds."""
+"""What every baseline shares: its cost, loading, input sizes and seeds, and the text-edit base of SDEdit
+and InstructPix2Pix. Their call shape is `method.Method`'s."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, TypeVar
 
 import torch
 from diffusers import DDIMScheduler
@@ -54,31 +55,6 @@ class Cost:
             parts.append(f"{self.fit_calls} calls × {self.fit_batch} latents with a backward pass to learn")
         text = "; ".join(parts) + f" ≈ {self.latent_passes} latent passes"
         return f"{text}; plus {self.other}" if self.other else text
-
-
-@runtime_checkable
-class Baseline(Protocol):
-    """The call shape of every baseline: B′ from A, A′ and B, plus what the method needs.
-
-    name: short name, as in the paper's tables. uses_text: whether the method needs words from
-    the user (`method_inputs`), i.e. is one of the paper's text-given (*) references.
-    """
-
-    name: str
-    uses_text: bool
-
-    def analogy(
-        self,
-        a: ImageInput,
-        a_prime: ImageInput,
-        b: ImageInput,
-        *,
-        seed: int = 0,
-        progress: bool = True,
-        **method_inputs,
-    ) -> Image.Image: ...
-
-    def cost(self) -> Cost: ...
 
 
 def require(condition: bool, message: str) -> None:
@@ -291,16 +267,27 @@ _Method = TypeVar("_Method", bound="PipelineBaseline")
 
 class PipelineBaseline:
     """What the baselines built on one diffusers pipeline share: loading that pipeline by hub id
-    or local directory, and the cost of their config.
+    or local directory, being built by the method registry, and the cost of their config.
 
-    A subclass sets `pipeline_class` (the diffusers class its model loads as) and
-    `default_model`, takes `(pipe, config)` in `__init__` (one that needs more, as VISII its
-    CLIPs, overrides `from_pretrained`), and keeps its hyperparameters in `self.config`, whose
-    `cost()` says what one triplet costs.
+    A subclass is a `method.Method`: it sets `name`, `needs_text` and `uses_text`, and
+    `analogy(a, a_prime, b, *, seed, progress[, text])`. It also sets `pipeline_class` (the
+    diffusers class its model loads as), `default_model` and `config_class` (its frozen config
+    dataclass), takes `(pipe, config)` in `__init__` (one that needs more, as VISII its CLIPs,
+    overrides `from_pretrained`), and keeps its hyperparameters in `self.config`, whose `cost()`
+    says what one triplet costs.
     """
 
+    needs_text: ClassVar[str | None] = None
     pipeline_class: ClassVar[type]
     default_model: ClassVar[str]
+    config_class: ClassVar[type]
+
+    @classmethod
+    def build(cls, models, config):
+        """The method with `config` on the model `models` (`method.Models`) gives it: how the
+        method registry builds a baseline (in the bench: the model card's, --baseline-model's, or
+        the bench's own pipeline)."""
+        return models.load(cls, config)
 
     @classmethod
     def from_pretrained(
@@ -324,3 +311,49 @@ class PipelineBaseline:
     def cost(self) -> Cost:
         """What one A : A′ :: B triplet costs this method (its config's `cost()`)."""
         return self.config.cost()
+
+
+class TextEditBaseline(PipelineBaseline):
+    """What SDEdit* and InstructPix2Pix* share: B′ drawn by their pipeline from B and a text given by
+    the user (a description of B′, an instruction); A and A′ are not looked at.
+
+    A subclass sets `needs_text`, `text_role` (what the text is, for the message refusing a
+    missing one) and `pipeline_arguments()` (its config as the pipeline's call arguments besides
+    the prompt); `name` names the progress bar.
+    """
+
+    uses_text = True
+    text_role: ClassVar[str]
+
+    def pipeline_arguments(self) -> dict:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def edit(self, b: ImageInput, text: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
+        """B′ from B (any `ImageInput`) and the text: an RGB image at B's working size."""
+        text = check_text(text, self.text_role)
+        return pipeline_edit(
+            self.pipe,
+            b,
+            self.config.resolution,
+            seed=seed,
+            progress=progress,
+            desc=self.name,
+            prompt=text,
+            **self.pipeline_arguments(),
+        )
+
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        text: str | None = None,
+    ) -> Image.Image:
+        """B′ for A : A′ :: B : B′: A and A′ are only checked to be usable images; `text` carries
+        the change."""
+        check_images(a, a_prime)
+        return self.edit(b, text, seed=seed, progress=progress)

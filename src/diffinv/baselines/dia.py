@@ -61,6 +61,9 @@ Deviations from the official code:
 - `resolution` (the square's side; None: the model's native 512) is not in the official code.
 - Cost: `Cost` counts the most UNet calls; the stopping threshold and L-BFGS's own
   convergence tests can end a stage sooner (with the official threshold they rarely do).
+
+Longer than the project's usual 400 lines: one baseline per file, and its two inversions, its
+draw and the account above of the official code belong together.
 """
 
 from __future__ import annotations
@@ -267,6 +270,7 @@ class Dia(PipelineBaseline):
     uses_text = False
     pipeline_class = StableDiffusionPipeline  # a Stable Diffusion 1.x model
     default_model = DEFAULT_MODEL
+    config_class = DiaConfig
 
     def __init__(self, pipe: StableDiffusionPipeline, config: DiaConfig | None = None):
         check_unet_channels(pipe, pipe.vae.config.latent_channels, "DIA")

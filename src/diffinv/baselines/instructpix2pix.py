@@ -5,7 +5,7 @@ B is edited by an instruction-following diffusion model (diffusers'
 instruction in words, which the user must supply; A and A′ are not looked at.
 
     ip2p = InstructPix2Pix.from_pretrained()
-    b_prime = ip2p.analogy(a, a_prime, b, instruction="make it snowy", seed=0)
+    b_prime = ip2p.analogy(a, a_prime, b, text="make it snowy", seed=0)
 
 Hyperparameters are those of the official command-line editor (`edit_cli.py` and the README of
 github.com/timothybrooks/instruct-pix2pix): 100 Euler-ancestral steps, text guidance 7.5, image
@@ -26,21 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
-from PIL import Image
 
-from ..images import ImageInput
 from ..model_card import DEFAULT_EDITOR
 from .base import (
     Cost,
-    PipelineBaseline,
+    TextEditBaseline,
     check_guidance,
-    check_images,
     check_resolution_option,
-    check_text,
     check_unet_channels,
-    pipeline_edit,
     positive_int,
     require,
     with_scheduler,
@@ -92,7 +86,7 @@ class InstructPix2PixConfig:
         )
 
 
-class InstructPix2Pix(PipelineBaseline):
+class InstructPix2Pix(TextEditBaseline):
     """InstructPix2Pix*: B′ = edit(B, instruction).
 
     Args:
@@ -102,44 +96,19 @@ class InstructPix2Pix(PipelineBaseline):
     """
 
     name = "InstructPix2Pix"
-    uses_text = True
+    needs_text = "instruction"
+    text_role = "InstructPix2Pix's instruction"
     pipeline_class = StableDiffusionInstructPix2PixPipeline
     default_model = DEFAULT_MODEL
+    config_class = InstructPix2PixConfig
 
     def __init__(self, pipe: StableDiffusionInstructPix2PixPipeline, config: InstructPix2PixConfig | None = None):
         check_unet_channels(pipe, 2 * pipe.vae.config.latent_channels, "InstructPix2Pix")
         self.pipe = euler_ancestral(pipe)
         self.config = config or InstructPix2PixConfig()
 
-    @torch.no_grad()
-    def edit(self, b: ImageInput, instruction: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
-        """B′: B (any `ImageInput`) edited by `instruction`, an RGB image at B's working size."""
-        instruction = check_text(instruction, "InstructPix2Pix's instruction")
+    def pipeline_arguments(self) -> dict:
         c = self.config
-        return pipeline_edit(
-            self.pipe,
-            b,
-            c.resolution,
-            seed=seed,
-            progress=progress,
-            desc="InstructPix2Pix",
-            prompt=instruction,
-            num_inference_steps=c.steps,
-            guidance_scale=c.guidance_scale,
-            image_guidance_scale=c.image_guidance_scale,
+        return dict(
+            num_inference_steps=c.steps, guidance_scale=c.guidance_scale, image_guidance_scale=c.image_guidance_scale
         )
-
-    def analogy(
-        self,
-        a: ImageInput,
-        a_prime: ImageInput,
-        b: ImageInput,
-        *,
-        seed: int = 0,
-        progress: bool = True,
-        instruction: str | None = None,
-    ) -> Image.Image:
-        """B′ for A : A′ :: B : B′. InstructPix2Pix does not look at A and A′ (they are only checked
-        to be usable images); `instruction`, the edit in words, carries the change."""
-        check_images(a, a_prime)
-        return self.edit(b, instruction, seed=seed, progress=progress)

@@ -5,7 +5,7 @@ conditioned on a text that describes the wanted B′ — words the user must sup
 not looked at. This is diffusers' `StableDiffusionImg2ImgPipeline` with its defaults.
 
     sdedit = SDEdit.from_pretrained("stabilityai/stable-diffusion-2-1")
-    b_prime = sdedit.analogy(a, a_prime, b, prompt="a photo of a snowy castle", seed=0)
+    b_prime = sdedit.analogy(a, a_prime, b, text="a photo of a snowy castle", seed=0)
 
 Choices and where they come from:
 - strength 0.8, 50 steps, guidance 7.5, η = 0: diffusers' img2img defaults. SDEdit's paper has
@@ -23,21 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from PIL import Image
 
-from ..images import ImageInput
-from .base import (
-    Img2ImgSettings,
-    PipelineBaseline,
-    check_images,
-    check_resolution_option,
-    check_text,
-    check_unet_channels,
-    pipeline_edit,
-    with_ddim,
-)
+from .base import Img2ImgSettings, TextEditBaseline, check_resolution_option, check_unet_channels, with_ddim
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
 
@@ -66,8 +54,8 @@ class SDEditConfig(Img2ImgSettings):
         check_resolution_option(self.resolution)
 
 
-class SDEdit(PipelineBaseline):
-    """SDEdit*: B′ = img2img(B, prompt describing B′).
+class SDEdit(TextEditBaseline):
+    """SDEdit*: B′ = img2img(B, text describing B′).
 
     Args:
         pipe: a text-to-image Stable Diffusion pipeline (`StableDiffusionImg2ImgPipeline`, or a
@@ -77,9 +65,11 @@ class SDEdit(PipelineBaseline):
     """
 
     name = "SDEdit"
-    uses_text = True
+    needs_text = "b_prime"
+    text_role = "SDEdit's prompt (a text describing the wanted B′)"
     pipeline_class = StableDiffusionImg2ImgPipeline  # a Stable Diffusion 1.x / 2.x model
     default_model = DEFAULT_MODEL
+    config_class = SDEditConfig
 
     def __init__(
         self, pipe: StableDiffusionImg2ImgPipeline | StableDiffusionPipeline, config: SDEditConfig | None = None
@@ -88,36 +78,6 @@ class SDEdit(PipelineBaseline):
         self.pipe = with_ddim(pipe, StableDiffusionImg2ImgPipeline)
         self.config = config or SDEditConfig()
 
-    @torch.no_grad()
-    def edit(self, b: ImageInput, prompt: str, *, seed: int = 0, progress: bool = True) -> Image.Image:
-        """B′ from B (any `ImageInput`) and a prompt describing B′: an RGB image at B's working size."""
-        prompt = check_text(prompt, "SDEdit's prompt (a text describing the wanted B′)")
+    def pipeline_arguments(self) -> dict:
         c = self.config
-        return pipeline_edit(
-            self.pipe,
-            b,
-            c.resolution,
-            seed=seed,
-            progress=progress,
-            desc="SDEdit",
-            prompt=prompt,
-            strength=c.strength,
-            num_inference_steps=c.steps,
-            guidance_scale=c.guidance_scale,
-            eta=c.eta,
-        )
-
-    def analogy(
-        self,
-        a: ImageInput,
-        a_prime: ImageInput,
-        b: ImageInput,
-        *,
-        seed: int = 0,
-        progress: bool = True,
-        prompt: str | None = None,
-    ) -> Image.Image:
-        """B′ for A : A′ :: B : B′. SDEdit does not look at A and A′ (they are only checked to be
-        usable images); `prompt`, a text describing the wanted B′, carries the change."""
-        check_images(a, a_prime)
-        return self.edit(b, prompt, seed=seed, progress=progress)
+        return dict(strength=c.strength, num_inference_steps=c.steps, guidance_scale=c.guidance_scale, eta=c.eta)

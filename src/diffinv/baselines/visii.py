@@ -67,6 +67,9 @@ Deviations from the official code:
   official test script draws unseeded).
 - Not implemented: several (A, A′) pairs in one fit, and the "hybrid" instruction
   (`test_concatenate`: the learned states followed by extra words).
+
+Longer than the project's usual 400 lines: one baseline per file, and its learning loop, its
+losses and the account above of the official code belong together.
 """
 
 from __future__ import annotations
@@ -247,9 +250,10 @@ class Visii(PipelineBaseline):
     """
 
     name = "VISII"
-    uses_text = False
+    uses_text = False  # learns the instruction from (A, A′); `prompt` only starts it
     pipeline_class = StableDiffusionInstructPix2PixPipeline
     default_model = DEFAULT_MODEL
+    config_class = VisiiConfig
 
     def __init__(
         self,

@@ -21,9 +21,9 @@ from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
 from ..shapes.world import JITTER, layout_range_of
-from .baselines import parse_baseline_models
+from .build import config_record, parse_baseline_models
 from .datasets import BenchTriplet
-from .methods import Method, expand_methods
+from .methods import MethodSpec, expand_methods
 from .report import write_reports
 from .results import RESULTS, check_run_record
 
@@ -61,23 +61,24 @@ def default_methods(args: argparse.Namespace) -> list[str]:
     return ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
 
 
-def check_baselines(
-    methods: list[Method], card: ModelCard, triplets: list[BenchTriplet], models: dict[str, str]
+def check_methods(
+    methods: list[MethodSpec], card: ModelCard, triplets: list[BenchTriplet], models: dict[str, str]
 ) -> None:
-    """Every baseline method's config built once (published values, the card's budget, the spec's
-    changes), a text-using one's text found for every triplet, and on a shapes world its editor or
-    inpainting model there (models: --baseline-model), so that a bad setting, a missing text or a
-    model still training stops the run before any model loads."""
-    from .baselines import BASELINE_METHODS, baseline_config, baseline_model, card_budget, text_inputs
+    """Every text-using method's words found for every triplet, and on a shapes world every
+    baseline's editor or inpainting model there (models: --baseline-model), so that a missing text
+    or a model still training stops the run before any model loads."""
+    from .build import baseline_model, triplet_text
 
     for method in methods:
+        needs_text = method.registered.load().needs_text
+        if needs_text is not None:
+            for triplet in triplets:
+                triplet_text(method.base, needs_text, triplet)
         if not method.is_baseline:
             continue
-        baseline_config(method.base, card_budget(card, method.base), method.changes)
-        for triplet in triplets:
-            text_inputs(method.base, triplet)
-        role, model = BASELINE_METHODS[method.base].model, baseline_model(method.base, card, models)
-        if role != "main" and model is None and card.world:  # the hub's default would not fit a shapes world
+        role, model = method.registered.model, baseline_model(method.base, card, models)
+        if role in ("editor", "inpainting") and model is None and card.world:
+            # the hub's default would not fit a shapes world
             raise DiffinvError(
                 f"{method.spec} needs this world's {role}, which is not trained yet "
                 f"(diffinv shapes train --out DIR --stage {role})"
@@ -87,11 +88,11 @@ def check_baselines(
             raise DiffinvError(f"{method.spec}: the model card names {card.bench[role]!r}, which is missing")
 
 
-def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) -> ModelCard | None:
+def editor_card(methods: list[MethodSpec], card: ModelCard, models: dict[str, str]) -> ModelCard | None:
     """The card of the instruction editor the `on-editor` methods run on (None when none does):
     --baseline-model instructpix2pix=MODEL, else the card's editor, else InstructPix2Pix's
     published model — except on a shapes world, whose editor must be its own."""
-    from .baselines import baseline_model
+    from .build import baseline_model
 
     if not any(method.on_editor for method in methods):
         return None
@@ -106,12 +107,15 @@ def editor_card(methods: list[Method], card: ModelCard, models: dict[str, str]) 
 
 def build_methods(
     args: argparse.Namespace, card: ModelCard, models: dict[str, str] | None = None
-) -> tuple[list[Method], InversionConfig, ModelCard | None, dict[str, InversionConfig]]:
+) -> tuple[list[MethodSpec], InversionConfig, ModelCard | None, dict]:
     """The methods of --method (or the defaults), the base config (the model's defaults with the
     --set changes), the card of the editor the `on-editor` methods run on (`editor_card`; models:
-    --baseline-model) and each Difference Inversion method's config by spec. Every config is
-    resolved here, with its model's budget for the start of D̃ it chooses, and checked against the
-    sampling modes its model can draw in, so that nothing that cannot run gets past this point."""
+    --baseline-model) and each method's resolved config by spec (`build.method_config`; None for
+    copy-b). A Difference Inversion config is resolved with its model's budget for the start of D̃
+    it chooses and checked against the sampling modes its model can draw in; a baseline's from its
+    published values, the card's budget and the spec's changes — so that nothing that cannot run
+    gets past this point."""
+    from .build import method_config
     from .methods import parse_changes
 
     methods = expand_methods(args.methods or default_methods(args))
@@ -119,17 +123,12 @@ def build_methods(
     base_config = card.config_for(changes=set_changes)
     editor = editor_card(methods, card, models or {})
     editor_config = editor.config_for() if editor is not None else None
+    editor_budgets = editor.init_budgets if editor is not None else None
     configs = {}
     for method in methods:
-        if method.on_editor:
-            config = method.config(base_config, editor_config, init_budgets=editor.init_budgets)
-            model, is_editor = editor, True
-        elif method.is_baseline or method.base == "copy-b":
-            continue
-        else:
-            config = method.config(base_config, init_budgets=card.init_budgets, explicit=set(set_changes))
-            model, is_editor = card, card.is_editor()
-        if is_editor is not None:
+        config = method_config(method, base_config, card, editor_config, editor_budgets, explicit=set(set_changes))
+        model, is_editor = (editor, True) if method.on_editor else (card, card.is_editor())
+        if isinstance(config, InversionConfig) and is_editor is not None:
             try:
                 check_sampling_mode(config.sampling_mode, model.name, is_editor)
             except DiffinvError as error:
@@ -175,9 +174,15 @@ def classifier_path(card: ModelCard) -> Path | None:
 
 
 def prepare_run_dir(
-    args: argparse.Namespace, dataset: dict, methods: list[Method], base_config: InversionConfig
+    args: argparse.Namespace,
+    dataset: dict,
+    methods: list[MethodSpec],
+    base_config: InversionConfig,
+    configs: dict | None = None,
 ) -> Path:
-    """--out created (or resumed: it must hold the same run), with run.json written."""
+    """--out created (or resumed: it must hold the same run, each method with the same config), with
+    run.json written: the dataset, the model, the methods, the base config, the seed and each
+    method's full resolved config (configs: by spec, `build_methods`'; None: not recorded)."""
     run_dir = Path(args.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise DiffinvError(f"{run_dir}: exists and is not a directory")
@@ -189,6 +194,8 @@ def prepare_run_dir(
         "base_config": json.loads(base_config.to_json()),
         "seed": args.seed,
     }
+    if configs is not None:
+        record["configs"] = {method.spec: config_record(configs[method.spec]) for method in methods}
     check_run_record(run_dir, record)
     return run_dir
 
@@ -240,32 +247,26 @@ def captioner_kept_loaded(di):
 def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], object]) -> None:
     """`diffinv bench run`: check everything, load the model with `load_model(args)` (a
     `DifferenceInversion`), run this process's share of the work, write the summaries."""
+    from ..checks import hub_offline
+    from .build import EditorModel, MethodBuilder
     from .run import BenchRunner, Shard, local_device
 
     triplets, dataset = build_dataset(args)
     card = model_card(args.model)
     baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
     methods, base_config, editor, configs = build_methods(args, card, baseline_models)
-    check_baselines(methods, card, triplets, baseline_models)
+    check_methods(methods, card, triplets, baseline_models)
     batch = batch_size(args, card)
     specs = embedder_specs(args, card)
     classifier = classifier_path(card)
-    run_dir = prepare_run_dir(args, dataset, methods, base_config)
+    run_dir = prepare_run_dir(args, dataset, methods, base_config, configs)
 
     shard = Shard.from_environment()
     args.device = args.device or local_device()
     di = load_model(args)
-    baselines = None
-    if any(method.is_baseline for method in methods):
-        from ..checks import hub_offline
-        from .baselines import BaselineLoader
-
-        offline = getattr(args, "offline", False) or hub_offline()
-        baselines = BaselineLoader(di, card, baseline_models, args.device, getattr(args, "dtype", None), offline)
     editor_model = None
     if editor is not None:
         from ..pipeline import DifferenceInversion
-        from .run import EditorModel
 
         def load_editor():
             # The bench model's captioner serves both (the same captions of the same images); an editor
@@ -277,6 +278,17 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
             )  # fmt: skip
 
         editor_model = EditorModel(editor.config_for(), load_editor)
+    builder = MethodBuilder(
+        di,
+        base_config,
+        card,
+        baseline_models,
+        args.device,
+        getattr(args, "dtype", None),
+        getattr(args, "offline", False) or hub_offline(),
+        editor_model,
+        configs,
+    )
     runner = BenchRunner(
         di,
         run_dir,
@@ -286,9 +298,7 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         batch,
         args.seed,
         progress=not args.quiet,
-        baselines=baselines,
-        editor=editor_model,
-        configs=configs,
+        builder=builder,
     )
     with captioner_kept_loaded(di):
         count = runner.run(methods, triplets, shard)

@@ -1,23 +1,24 @@
-"""Methods `diffinv bench` compares: Difference Inversion, its ablations, and references.
+"""Methods `diffinv bench` compares, named by specs: the registered methods and the variants of
+Difference Inversion.
 
-A method is named by a spec: a base name, optionally followed by config changes,
-``name:field=value,field=value``. Bases:
+A spec is a name, optionally followed by config changes, ``name:field=value,field=value``. The
+names are those of the one registry, `method.METHODS`:
 
     difference-inversion   the full method (the model's default config)
-    copy-b                 reference: B′ = B (no change at all)
-    oracle-caption         reference: B′ drawn from the ground-truth caption of B′, no DIFF
-                           tokens, exactly as Difference Inversion draws (needs that caption)
-    sdedit, instructpix2pix, visii, analogist, dia
-                           the paper's baselines (`bench.baselines`); their spec's changes are
-                           fields of the baseline's own config (``sdedit:strength=0.6``)
-
-and the named variants of Difference Inversion below (the paper's ablations, its sweeps of n
-and α, and the points it leaves open).
-
     on-editor              Difference Inversion fitted on, and drawn by, an instruction editor
                            (`backbones.editor`): --baseline-model instructpix2pix=MODEL, else the
                            model card's editor (a shapes world's own), else timbrooks/instruct-pix2pix.
                            Its changes apply to that editor's defaults, not to the run's base config.
+    copy-b                 reference: B′ = B (no change at all)
+    oracle-caption         reference: B′ drawn from the ground-truth caption of B′, no DIFF
+                           tokens, exactly as Difference Inversion draws (needs that caption)
+    sdedit, instructpix2pix, visii, analogist, dia, oracle-instruction
+                           the paper's baselines and a reference on InstructPix2Pix (`bench.build`);
+                           their spec's changes are fields of the method's own config (``sdedit:strength=0.6``)
+
+and the named variants of Difference Inversion below (`VARIANTS`: the paper's ablations, its
+sweeps of n and α, and the points it leaves open), each a set of config changes on
+`difference-inversion`. A spec becomes a method through the registry (`bench.build.MethodBuilder`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from dataclasses import dataclass, fields
 from ..config import PRESETS as CONFIG_PRESETS  # named methods; METHOD_SETS below are sets of methods
 from ..config import InversionConfig, resolve_config
 from ..errors import DiffinvError
-from .baselines import BASELINE_METHODS
+from ..method import METHODS, Registered
 
-REFERENCES = ("copy-b", "oracle-caption")
-
+# Named changes of `difference-inversion`'s config (the registered name itself is not a variant).
 VARIANTS: dict[str, dict] = {
-    "difference-inversion": {},
-    # the named presets of config.PRESETS (`Method.preset`): their method on the model's budget
+    # the named presets of config.PRESETS (`MethodSpec.preset`): their method on the model's budget
     **{name: {} for name in CONFIG_PRESETS},
     # the ablations of Fig. 5
     "no-token-consistency": {"use_token_consistency": False},
@@ -57,9 +56,9 @@ VARIANTS: dict[str, dict] = {
     "inversion": {"sampling_mode": "inversion"},
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
-    "on-editor": {},
 }
-EDITOR_VARIANTS = ("on-editor",)  # run on the instruction editor (`Method.on_editor`)
+# the registered baselines, in the registry's order (oracle-instruction last)
+BASELINES = [name for name, entry in METHODS.items() if entry.kind == "baseline"]
 
 METHOD_SETS: dict[str, list[str]] = {
     "fig5": [
@@ -75,7 +74,7 @@ METHOD_SETS: dict[str, list[str]] = {
     "n-sweep": ["n=1", "n=3", "n=5", "n=8"],
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
-    "baselines": ["difference-inversion", "paper", "copy-b", *BASELINE_METHODS],  # oracle-instruction last
+    "baselines": ["difference-inversion", "paper", "copy-b", *BASELINES],
     "keep-b": [
         "difference-inversion",
         "copy-b",
@@ -121,22 +120,32 @@ def parse_changes(text: str, known: set[str] | None = None, owner: str = "Invers
 
 
 @dataclass(frozen=True)
-class Method:
-    """A parsed method spec. `changes` apply on top of the run's base config (DI methods only)."""
+class MethodSpec:
+    """A parsed method spec: a registered method (`base`) and the changes to its config."""
 
     spec: str
-    base: str  # "difference-inversion", "copy-b", "oracle-caption" or a baseline's name
+    base: str  # its name in `method.METHODS`
     changes: dict
-    on_editor: bool = False  # Difference Inversion on the instruction editor, from the editor's defaults
     preset: str | None = None  # a named method of config.PRESETS, applied before `changes`
 
     @property
+    def registered(self) -> Registered:
+        return METHODS[self.base]
+
+    @property
     def fits_tokens(self) -> bool:
-        return self.base == "difference-inversion"
+        """Whether it is Difference Inversion (its config an `InversionConfig` it fits DIFF tokens with)."""
+        return self.registered.kind == "difference-inversion"
+
+    @property
+    def on_editor(self) -> bool:
+        """Difference Inversion on the instruction editor, from the editor's defaults."""
+        return self.fits_tokens and self.registered.model == "editor"
 
     @property
     def is_baseline(self) -> bool:
-        return self.base in BASELINE_METHODS
+        """A method with a config of its own (a baseline, or a reference built on one)."""
+        return self.registered.kind == "baseline"
 
     def config(
         self,
@@ -145,10 +154,11 @@ class Method:
         init_budgets: dict | None = None,
         explicit: frozenset[str] | set[str] = frozenset(),
     ) -> InversionConfig:
-        """The method's config: its preset and changes on `base_config`, or on `editor_config` (the
-        editor's defaults) for an `on_editor` method, with the model's budget for the start of D̃
-        the method chooses (`config.resolve_config`; init_budgets: that model card's; explicit: the
-        fields of `base_config` the user set, which no budget replaces)."""
+        """The `InversionConfig` of a Difference Inversion method or a reference drawn as it draws:
+        its preset and changes on `base_config`, or on `editor_config` (the editor's defaults) for
+        an `on_editor` method, with the model's budget for the start of D̃ the method chooses
+        (`config.resolve_config`; init_budgets: that model card's; explicit: the fields of
+        `base_config` the user set, which no budget replaces)."""
         if self.on_editor:
             if editor_config is None:
                 raise DiffinvError(f"{self.spec} runs on an instruction editor, and none was given")
@@ -158,28 +168,33 @@ class Method:
         )
 
 
-def parse_method(spec: str) -> Method:
+def parse_method(spec: str) -> MethodSpec:
+    """`NAME[:field=value,…]` → a `MethodSpec`: NAME a variant of Difference Inversion (`VARIANTS`,
+    its changes fields of `InversionConfig`) or a registered method (`method.METHODS`; a
+    reference takes no changes, a baseline's are checked against its config when it is built)."""
     name, _, extra = spec.partition(":")
     name = name.strip()
-    if name in REFERENCES:
-        if extra:
-            raise DiffinvError(f"the reference {name!r} takes no config changes")
-        return Method(spec, name, {})
-    if name in BASELINE_METHODS:  # its changes are checked against its config when it is built
-        return Method(spec, name, parse_changes(extra, known=None, owner=f"{name}'s config"))
-    if name not in VARIANTS:
+    if name in VARIANTS:
+        preset = name if name in CONFIG_PRESETS else None
+        return MethodSpec(spec, "difference-inversion", {**VARIANTS[name], **parse_changes(extra)}, preset)
+    if name not in METHODS:
         raise DiffinvError(
-            f"unknown method {name!r}; choose from {', '.join([*VARIANTS, *REFERENCES, *BASELINE_METHODS])} "
+            f"unknown method {name!r}; choose from {', '.join([*METHODS, *VARIANTS])} "
             f"(or a set: {', '.join(METHOD_SETS)})"
         )
-    preset = name if name in CONFIG_PRESETS else None
-    changes = {**VARIANTS[name], **parse_changes(extra)}
-    return Method(spec, "difference-inversion", changes, name in EDITOR_VARIANTS, preset)
+    entry = METHODS[name]
+    if entry.kind == "reference":
+        if extra:
+            raise DiffinvError(f"the reference {name!r} takes no config changes")
+        return MethodSpec(spec, name, {})
+    if entry.kind == "baseline":
+        return MethodSpec(spec, name, parse_changes(extra, known=None, owner=f"{name}'s config"))
+    return MethodSpec(spec, name, parse_changes(extra))
 
 
-def expand_methods(specs: list[str]) -> list[Method]:
+def expand_methods(specs: list[str]) -> list[MethodSpec]:
     """Method specs and set names (`METHOD_SETS`) → unique methods, in the order given."""
-    out: list[Method] = []
+    out: list[MethodSpec] = []
     for spec in specs:
         for item in METHOD_SETS.get(spec, [spec]):
             method = parse_method(item)

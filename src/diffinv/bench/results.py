@@ -86,7 +86,11 @@ def append_result(run_dir: str | Path, row: dict) -> None:
 
 def check_run_record(run_dir: str | Path, record: dict) -> None:
     """Write run.json, or make sure the directory holds the same run before resuming it (adding
-    any new methods to the record). Under the lock: processes on one directory start together."""
+    any new methods to the record). Under the lock: processes on one directory start together.
+
+    record["configs"] (optional): each method's resolved config by spec. A method the directory
+    recorded with another config is refused, naming it; a run.json written before configs were
+    recorded has none to compare and takes today's."""
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     with results_lock(run_dir):
@@ -97,10 +101,31 @@ def check_run_record(run_dir: str | Path, record: dict) -> None:
                 raise DiffinvError(
                     f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out"
                 )
-            record = {**record, "methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
+            _check_configs(run_dir, previous.get("configs", {}), record.get("configs", {}))
+            merged = {"methods": list(dict.fromkeys(previous.get("methods", []) + record["methods"]))}
+            if "configs" in previous or "configs" in record:
+                merged["configs"] = {**previous.get("configs", {}), **record.get("configs", {})}
+            record = {**record, **merged}
         tmp = path.with_name(f".run.json.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _check_configs(run_dir: Path, recorded: dict, today: dict) -> None:
+    """A method recorded with another config than today's is refused in one line naming it and
+    the settings that differ (its results would mix two methods under one name)."""
+    for spec, config in today.items():
+        if spec not in recorded or recorded[spec] == config:
+            continue
+        before, now = recorded[spec] or {}, config or {}
+        changed = [
+            f"{name} {before.get(name, '(none)')!r} → {now.get(name, '(none)')!r}"
+            for name in sorted(set(before) | set(now))
+            if before.get(name, "(none)") != now.get(name, "(none)")
+        ]
+        raise DiffinvError(
+            f"{run_dir} ran {spec} with another config ({'; '.join(changed) or 'none before'}); give another --out"
+        )
 
 
 # --- claims ----------------------------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 Layout of a run directory::
 
-    run.json                 what was run (dataset, methods, base config, model) — checked on resume
+    run.json                 what was run (dataset, methods, base config, model, each method's config)
     results.jsonl            one JSON line per (method, triplet), appended as each finishes
     images/<method>/<id>.png       B′          grids/<method>/<id>.png   A | A′ | B | B′ (| truth)
     loss/<method>/<id>.svg         the loss curves of the fit
     summary.md  summary.csv  report.html
+
+Every method is a `method.Method`, built from its spec through the registry (`build.MethodBuilder`)
+and called alike: `analogy(A, A′, B, seed=…)` per triplet, or `analogies` on `batch_size` triplets
+at once where the method declares it (Difference Inversion: one `fit_many`); a text-using method
+is given its triplet's words as `text=`. Triplet i is drawn with seed + i.
 
 Resuming: the same command skips every (method, triplet) already in results.jsonl; a kill loses
 at most the batch being fitted. Sharding: under `accelerate launch` (or torchrun) each process
@@ -33,10 +38,10 @@ from tqdm.auto import tqdm
 from ..config import InversionConfig
 from ..errors import DiffinvError, Interrupted
 from ..grid import image_grid
-from .baselines import BASELINE_METHODS
-from .baselines import text_inputs as baseline_text
+from ..method import Method, is_batched
+from .build import EditorModel, MethodBuilder
 from .datasets import BenchTriplet
-from .methods import Method
+from .methods import MethodSpec
 from .metrics import Embedder, directional_score, similarity_to_truth
 from .plots import loss_curves_svg
 from .results import (
@@ -53,6 +58,7 @@ from .results import (
 __all__ = [  # results I/O lives in .results (torch-free); these names stay importable from here
     "RESULTS",
     "BenchRunner",
+    "EditorModel",
     "Shard",
     "append_result",
     "check_run_record",
@@ -88,30 +94,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-class EditorModel:
-    """The instruction editor the `on-editor` methods run on: its default config now (`config`),
-    its `DifferenceInversion` on first call (`load()`, which the runner calls only if it needs it)."""
-
-    def __init__(self, config: InversionConfig, load):
-        self.config, self._load, self._di = config, load, None
-
-    def __call__(self):
-        if self._di is None:
-            self._di = self._load()
-        return self._di
-
-
 # --- one method on a batch of triplets ------------------------------------------------------------------
 class BenchRunner:
-    """Runs methods on triplets with one `DifferenceInversion`, writing as it goes.
+    """Runs methods on triplets, writing as it goes.
 
+    di: the bench's `DifferenceInversion` (the model the run is about).
+    base_config: the run's base config, which Difference Inversion methods change.
     embedders: image embedders for the directional score (named columns `<name>_directional`).
     classifier: the shapes world's attribute classifier, for exact scores of shapes triplets.
-    batch_size: triplets fitted together in one optimisation (`DifferenceInversion.fit_many`).
-    baselines: `bench.baselines.BaselineLoader` (name, changes) → a baseline, for baseline methods.
-    editor: `EditorModel`, for the methods that run on an instruction editor (`Method.on_editor`).
-    configs: each Difference Inversion method's config by spec, resolved with its model's budgets
-        (`command.build_methods`); a method not in it gets `Method.config` on `base_config`.
+    batch_size: triplets a batched method (`method.BatchedMethod`) takes together in one
+        optimisation (Difference Inversion: `DifferenceInversion.fit_many`).
+    builder: builds each method from its spec (`build.MethodBuilder`: configs resolved with the
+        model card's budgets, baselines on the card's models); default: one on `di` and
+        `base_config` alone.
     """
 
     def __init__(
@@ -124,9 +119,7 @@ class BenchRunner:
         batch_size: int = 1,
         seed: int = 0,
         progress: bool = True,
-        baselines=None,
-        editor: EditorModel | None = None,
-        configs: dict[str, InversionConfig] | None = None,
+        builder: MethodBuilder | None = None,
     ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
@@ -138,45 +131,32 @@ class BenchRunner:
             seed,
             progress,
         )
-        self.baselines, self.editor = baselines, editor
-        self.configs = configs or {}  # resolved per method spec (`command.build_methods`); else from base_config
+        self.builder = builder if builder is not None else MethodBuilder(di, base_config)
 
-    def run(self, methods: list[Method], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
+    def run(self, methods: list[MethodSpec], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
-        for method in methods:
-            if method.base == "oracle-caption" and any(t.caption_b_prime is None for t in triplets):
-                raise DiffinvError(
-                    "oracle-caption needs the ground-truth caption of B′ (shapes, or 'b_prime:' in captions.txt)"
-                )
-            if method.is_baseline:
-                if self.baselines is None:
-                    raise DiffinvError(f"{method.spec}: this runner has no baselines")
-                for triplet in triplets:
-                    baseline_text(method.base, triplet)  # a text-using baseline without its text raises here
-                continue
-            self._config(method)  # an invalid change raises here, before any work
+        for spec in methods:
+            self.builder.check(spec, triplets)  # an invalid change or a missing text raises here, before any work
         mine = shard.take(list(enumerate(triplets)))
         done = {(row["method"], row["id"]) for row in read_results(self.run_dir)}
         count = 0
         try:
             with working(self.run_dir) as (worker, held):
-                for method in methods:
-                    pending = [(index, t) for index, t in mine if (method.spec, t.id) not in done]
-                    step = self.batch_size if method.fits_tokens else 1
-                    bar = tqdm(total=len(pending), desc=method.spec, disable=not self.progress, unit="triplet")
+                for spec in methods:
+                    pending = [(index, t) for index, t in mine if (spec.spec, t.id) not in done]
+                    step = self.batch_size if is_batched(spec.registered.load()) else 1
+                    bar = tqdm(total=len(pending), desc=spec.spec, disable=not self.progress, unit="triplet")
                     while pending:
                         # the next chunk nobody else holds: another process on this directory may be taking some
-                        chunk = claim_next(
-                            self.run_dir, worker, method.spec, pending, step, key=lambda item: item[1].id
-                        )
+                        chunk = claim_next(self.run_dir, worker, spec.spec, pending, step, key=lambda item: item[1].id)
                         if not chunk:
                             break
-                        held.update((method.spec, t.id) for _, t in chunk)
+                        held.update((spec.spec, t.id) for _, t in chunk)
                         taken = {t.id for _, t in chunk}
                         pending = [item for item in pending if item[1].id not in taken]
-                        for row, staged in self._run_chunk(method, chunk):
+                        for row, staged in self._run_chunk(spec, chunk):
                             self._commit(row, staged)
-                            held.discard((method.spec, row["id"]))
+                            held.discard((spec.spec, row["id"]))
                             count += 1
                             bar.update(1)
                     bar.close()
@@ -200,53 +180,39 @@ class BenchRunner:
                 temporary.unlink(missing_ok=True)
             raise
 
-    def _run_chunk(self, method: Method, chunk: list[tuple[int, BenchTriplet]]):
+    def _run_chunk(self, spec: MethodSpec, chunk: list[tuple[int, BenchTriplet]]):
         """Yields (result row, its files as (temporary, final) paths) per triplet of `chunk` as soon
         as its B′ is drawn; `_commit` puts them in place."""
-        config = self.base_config if method.is_baseline else self._config(method)
-        di = self.editor() if method.on_editor else self.di
+        method = self.builder(spec)
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
-        fit_seconds, tokens, prompts_b = 0.0, [None] * len(chunk), None
-        if method.fits_tokens:
+        seeds = [self.seed + index for index, _ in chunk]
+        texts = [self.builder.text(spec, method, t) for _, t in chunk]
+        drawn, shared_seconds = self._draws(method, images, seeds, texts)
+        for (index, triplet), (a, a_prime, b) in zip(chunk, images):
             start = time.perf_counter()
-            seeds = [self.seed + index for index, _ in chunk]
-            if config.lambda_clip_b > 0:  # each triplet's tokens fitted for its B, as `analogy` does
-                prompts_b = [di.describe_b(b, config, seed, False) for (_, _, b), seed in zip(images, seeds)]
-            tokens = di.fit_many(
-                [(a, a_prime) for a, a_prime, _ in images], config, seeds=seeds, progress=False, prompts_b=prompts_b
-            )
-            fit_seconds = (time.perf_counter() - start) / len(chunk)
-        # None: `apply` describes B itself (an editor: no words beside the tokens; prompt_B served the fit)
-        if prompts_b is None or di.backbone.takes_instructions:
-            prompts_b = [None] * len(chunk)
-        for (index, triplet), (a, a_prime, b), token, prompt_b in zip(chunk, images, tokens, prompts_b):
-            start = time.perf_counter()
-            # A and A′ score the candidates B′ when config.candidates > 1
-            reference = {"reference": (a, a_prime)} if config.candidates > 1 else {}
-            if method.is_baseline:
-                baseline = self.baselines(method.base, method.changes)
-                inputs = baseline_text(method.base, triplet)
-                b_prime = baseline.analogy(a, a_prime, b, seed=self.seed + index, progress=False, **inputs)
-            elif method.base == "copy-b":
-                b_prime = b
-            elif method.base == "oracle-caption":
-                b_prime = self.di.draw(
-                    triplet.caption_b_prime, b, config, seed=self.seed + index, progress=False, **reference
-                )
-            else:
-                b_prime = di.apply(
-                    token, b, seed=self.seed + index, prompt=prompt_b, config=config, progress=False, **reference
-                )
-            seconds = fit_seconds + time.perf_counter() - start
-            yield self._record(method, triplet, index, a, a_prime, b, b_prime, token, seconds)
+            b_prime = next(drawn)
+            seconds = shared_seconds + time.perf_counter() - start
+            # a method that fits DIFF tokens keeps those of its last B′ (loss history, hard text)
+            tokens = getattr(method, "last_tokens", None)
+            yield self._record(spec, method, triplet, index, a, a_prime, b, b_prime, tokens, seconds)
 
-    def _config(self, method: Method) -> InversionConfig:
-        if method.spec in self.configs:
-            return self.configs[method.spec]
-        return method.config(self.base_config, self.editor.config if self.editor is not None else None)
+    def _draws(self, method: Method, images: list[tuple], seeds: list[int], texts: list[dict]):
+        """An iterator drawing each B′ of a chunk when asked, and each triplet's share of the work
+        done for all of them first (a batched method's fit, timed here; 0 otherwise)."""
+        if is_batched(method):
+            start = time.perf_counter()
+            batch_texts = {"texts": [text["text"] for text in texts]} if method.needs_text else {}
+            drawn = iter(method.analogies(images, seeds=seeds, progress=False, **batch_texts))
+            return drawn, (time.perf_counter() - start) / len(images)
+        drawn = (
+            method.analogy(a, a_prime, b, seed=seed, progress=False, **text)
+            for (a, a_prime, b), seed, text in zip(images, seeds, texts)
+        )
+        return drawn, 0.0
 
     def _record(
         self,
+        spec: MethodSpec,
         method: Method,
         triplet: BenchTriplet,
         index: int,
@@ -260,7 +226,7 @@ class BenchRunner:
         """One triplet's result row, and its files (B′, the grid, the loss plot) written under
         temporary names, as (temporary, final) paths for `_commit`."""
         truth = triplet.b_prime() if triplet.b_prime else None
-        name = slug(method.spec)
+        name = slug(spec.spec)
         paths = {"b_prime": f"images/{name}/{triplet.id}.png", "grid": f"grids/{name}/{triplet.id}.png"}
         staged: list[tuple[Path, Path]] = []
 
@@ -276,31 +242,32 @@ class BenchRunner:
         try:
             stage(paths["b_prime"], b_prime.save)
             stage(paths["grid"], image_grid(tiles, labels, height=128).save)
-            row = self._row(method, triplet, index, (a, a_prime, b, b_prime, truth), tokens, seconds, paths, stage)
+            images = (a, a_prime, b, b_prime, truth)
+            row = self._row(spec, method, triplet, index, images, tokens, seconds, paths, stage)
         except BaseException:
             for temporary, _ in staged:
                 temporary.unlink(missing_ok=True)
             raise
         return row, staged
 
-    def _row(self, method, triplet, index, images, tokens, seconds, paths, stage) -> dict:
+    def _row(self, spec, method, triplet, index, images, tokens, seconds, paths, stage) -> dict:
         """The result row of one triplet: time, scores and the loss plot (written through `stage`).
         images: (A, A′, B, B′, the true B′ or None)."""
         a, a_prime, b, b_prime, truth = images
-        name = slug(method.spec)
+        name = slug(spec.spec)
         row = {
-            "method": method.spec,
+            "method": spec.spec,
             "id": triplet.id,
             "index": index,
             "family": triplet.family,
             "seconds": round(seconds, 4),
             **paths,
         }
-        if method.is_baseline and BASELINE_METHODS[method.base].text is not None:
+        if method.uses_text:
             row["uses_text"] = True  # told the edit in words: not an analogy from images alone
         if tokens is not None and tokens.history.get("loss"):
             paths_loss = f"loss/{name}/{triplet.id}.svg"
-            plot = loss_curves_svg(tokens.history, f"{method.spec} · {triplet.id}")
+            plot = loss_curves_svg(tokens.history, f"{spec.spec} · {triplet.id}")
             stage(paths_loss, lambda temporary: temporary.write_text(plot, encoding="utf-8"))
             row["loss_plot"] = paths_loss
             row["final_loss_tc"] = tokens.history["loss_tc"][-1]
