@@ -4,6 +4,7 @@ training stream that no triplet is drawn from."""
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,33 @@ def test_the_encoders_pairs_are_seen_edits_from_a_stream_no_triplet_uses(seeds):
             for t in triplets(50, seed, layout_range=LAYOUT_RANGE, split=split)
         ]
         assert not {scene for t in drawn for scene in (t.a, t.a_prime, t.b, t.b_prime)} & scenes, seed
+
+
+# --- the bench: --split -----------------------------------------------------------------------------------
+def test_the_bench_draws_each_split_side_by_side():
+    from diffinv.bench.datasets import shapes_dataset
+
+    drawn = shapes_dataset(4, seed=2, layout_range=LAYOUT_RANGE, split="all")
+    assert [t.split for t in drawn] == ["seen"] * 4 + ["unseen"] * 4 + [COMPOUND] * 4
+    assert len({t.id for t in drawn}) == 12 and all(t.split in t.id for t in drawn)
+    assert all(split_of(t.truth) == t.split for t in drawn)
+    assert [t.id for t in shapes_dataset(3, seed=2)] == ["shapes-s2-0000", "shapes-s2-0001", "shapes-s2-0002"]
+
+
+def test_the_report_gives_each_split_and_its_paired_differences(tmp_path):
+    import json
+
+    from diffinv.bench.report import write_reports
+
+    rows = []
+    for split, right in (("seen", 1.0), ("unseen", 0.0), (COMPOUND, 0.0)):
+        for i in range(4):
+            for method, correct in (("a", right), ("b", 0.0)):
+                scores = {"correct": correct, "edit": 1.0, "preserved": correct}
+                rows.append({"method": method, "id": f"{split}-{i}", "split": split, "grid": "g.png", **scores})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "run.json").write_text("{}")
+    summary = Path(write_reports(tmp_path, baseline="b")["md"]).read_text()
+    assert "## Per split: correct / edit / preserved (%)" in summary
+    assert "| a | 100 / 100 / 100 | 0 / 100 / 0 | 0 / 100 / 0 |" in summary
+    assert "## Paired differences against b, seen edits" in summary and "unseen edits" in summary

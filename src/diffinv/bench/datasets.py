@@ -45,6 +45,8 @@ class BenchTriplet:
         world's canonical instruction, InstructPix2Pix data: its own "edit").
     truth: the shapes-world `Triplet` when there is one (exact scoring by the classifier).
     info: anything else worth keeping in the results (never shown to a method).
+    split: for shapes triplets drawn by split, which half of the world's declared split A → A′
+        belongs to ("seen", "unseen") or "compound"; empty otherwise.
     """
 
     id: str
@@ -57,6 +59,7 @@ class BenchTriplet:
     instruction: str | None = None
     truth: object | None = None
     info: dict = field(default_factory=dict)
+    split: str = ""  # shapes: "seen", "unseen" or "compound" when drawn by split (`shapes.world.SPLIT`)
 
 
 def _constant(image: Image.Image) -> ImageSource:
@@ -68,11 +71,23 @@ def _from_file(path: Path) -> ImageSource:
 
 
 # --- the shapes world -----------------------------------------------------------------------------
+SPLIT_CHOICES = ("seen", "unseen", "compound", "all")
+
+
 def shapes_dataset(
-    n: int, seed: int = 0, families: tuple[str, ...] | None = None, layout_range: float | None = None
+    n: int,
+    seed: int = 0,
+    families: tuple[str, ...] | None = None,
+    layout_range: float | None = None,
+    split: str | None = None,
 ) -> list[BenchTriplet]:
     """`n` seeded shapes-world triplets, the families taken in turn (all five by default), with
-    offsets within ±`layout_range` (default v1's jitter; the model card says which world)."""
+    offsets within ±`layout_range` (default v1's jitter; the model card says which world).
+
+    split: None (every edit type, as every run before the split), "seen" or "unseen" (only edit
+    types of that half of the world's declared split, `shapes.world.SPLIT`), "compound" (two
+    attributes changed at once; `families` unused) or "all" (`n` of each of the three, side by side).
+    """
     from ..shapes.world import FAMILIES, JITTER, canonical_caption, render, triplets
 
     families = tuple(families or FAMILIES)
@@ -81,22 +96,32 @@ def shapes_dataset(
         raise DiffinvError(f"unknown shapes families {unknown}; choose from {', '.join(FAMILIES)}")
     if n < 1:
         raise DiffinvError(f"--n must be at least 1, got {n}")
+    if split is not None and split not in SPLIT_CHOICES:
+        raise DiffinvError(f"unknown split {split!r}; choose from {', '.join(SPLIT_CHOICES)}")
+    layout_range = JITTER if layout_range is None else layout_range
+    parts = [None] if split is None else ["seen", "unseen", "compound"] if split == "all" else [split]
     out = []
-    for index, triplet in enumerate(triplets(n, seed, families, JITTER if layout_range is None else layout_range)):
-        a, a_prime, b, b_prime = (render(s) for s in (triplet.a, triplet.a_prime, triplet.b, triplet.b_prime))
-        out.append(
-            BenchTriplet(
-                id=f"shapes-s{seed}-{index:04d}",
-                a=_constant(a),
-                a_prime=_constant(a_prime),
-                b=_constant(b),
-                b_prime=_constant(b_prime),
-                family=triplet.family,
-                caption_b_prime=canonical_caption(triplet.b_prime),
-                instruction=triplet.instruction,
-                truth=triplet,
+    for part in parts:
+        try:
+            drawn = triplets(n, seed, families, layout_range, split=part)
+        except ValueError as error:
+            raise DiffinvError(str(error)) from None
+        for index, triplet in enumerate(drawn):
+            a, a_prime, b, b_prime = (render(s) for s in (triplet.a, triplet.a_prime, triplet.b, triplet.b_prime))
+            out.append(
+                BenchTriplet(
+                    id=f"shapes-s{seed}-{index:04d}" if part is None else f"shapes-s{seed}-{part}-{index:04d}",
+                    a=_constant(a),
+                    a_prime=_constant(a_prime),
+                    b=_constant(b),
+                    b_prime=_constant(b_prime),
+                    family=triplet.family,
+                    caption_b_prime=canonical_caption(triplet.b_prime),
+                    instruction=triplet.instruction,
+                    truth=triplet,
+                    split=part or "",
+                )
             )
-        )
     return out
 
 

@@ -172,17 +172,20 @@ def markdown_table(table: list[dict], group: str | None = None, scores_only: boo
     return "\n".join(lines) + "\n"
 
 
-def family_matrix(rows: list[dict], scores: tuple[str, ...] = ("correct", "edit", "preserved")) -> str:
-    """Markdown: one row per method, one column per family, cells 'correct / edit / preserved'
-    in % (the compact view of the per-family table; empty when the rows have no such scores)."""
-    families = list(dict.fromkeys(r["family"] for r in rows if r.get("family")))
+def family_matrix(
+    rows: list[dict], scores: tuple[str, ...] = ("correct", "edit", "preserved"), key: str = "family"
+) -> str:
+    """Markdown: one row per method, one column per family (or per value of `key`, e.g. "split"),
+    cells 'correct / edit / preserved' in % (the compact view of the per-family table; empty when
+    the rows have no such scores)."""
+    families = list(dict.fromkeys(r[key] for r in rows if r.get(key)))
     if not families or not any(scores[0] in r for r in rows):
         return ""
     lines = ["| method | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
     for method in dict.fromkeys(r["method"] for r in rows):
         cells = []
         for family in families:
-            chosen = [r for r in rows if r["method"] == method and r.get("family") == family and scores[0] in r]
+            chosen = [r for r in rows if r["method"] == method and r.get(key) == family and scores[0] in r]
             cells.append(
                 " / ".join(f"{100 * sum(r[k] for r in chosen) / len(chosen):.0f}" for k in scores) if chosen else "–"
             )
@@ -230,6 +233,16 @@ def _write_reports(run_dir: Path, rows: list[dict], max_examples: int, baseline:
         markdown += f"\n## Paired differences against {baseline} (same triplets)\n\n" + markdown_table(
             paired, scores_only=True
         )
+    by_split = summarize(rows, "split") if any(r.get("split") for r in rows) else []
+    if by_split:  # seen, unseen and compound edits side by side
+        markdown += "\n## Per split: correct / edit / preserved (%)\n\n" + family_matrix(rows, key="split")
+        markdown += "\n## Per split, with intervals\n\n" + markdown_table(by_split, "split", scores_only=True)
+        for split in dict.fromkeys(r["split"] for r in rows if r.get("split")):
+            paired_split = paired_differences([r for r in rows if r.get("split") == split], baseline)
+            if paired_split:
+                markdown += f"\n## Paired differences against {baseline}, {split} edits\n\n" + markdown_table(
+                    paired_split, scores_only=True
+                )
     matrix = family_matrix(rows)
     if matrix:
         markdown += "\n## Per family: correct / edit / preserved (%)\n\n" + matrix
@@ -237,7 +250,7 @@ def _write_reports(run_dir: Path, rows: list[dict], max_examples: int, baseline:
         markdown += "\n## Per family, with intervals\n\n" + markdown_table(by_family, "family", scores_only=True)
     paths = {"md": run_dir / "summary.md", "csv": run_dir / "summary.csv", "html": run_dir / "report.html"}
     _write(paths["md"], markdown)
-    _write(paths["csv"], csv_text(overall + by_family))
+    _write(paths["csv"], csv_text(overall + by_split + by_family))
     _write(paths["html"], html_report(record, rows, overall, paired, by_family, max_examples, baseline))
     return paths
 

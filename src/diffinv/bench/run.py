@@ -263,6 +263,8 @@ class BenchRunner:
             "seconds": round(seconds, 4),
             **paths,
         }
+        if triplet.split:
+            row["split"] = triplet.split
         if method.uses_text:
             row["uses_text"] = True  # told the edit in words: not an analogy from images alone
         if tokens is not None and tokens.history.get("loss"):
