@@ -7,6 +7,15 @@
 # processes share the run directory and take different triplets), one thread each.
 # WORLD (default runs/world-v2) is the directory the training steps write; MODEL (default shapes,
 # the bundled world) is the world the bench steps measure.
+#
+# Each bench step runs the methods of its record in docs/runs/ with the configs they had then
+# (tests/test_records.py holds them equal): where a default has moved since, the step says the old
+# value (--set for the text-to-image model's, the spec's fields for the editor's), and a spec that
+# had to be spelled out is named otherwise than in the record, which keeps the name it ran under.
+# The editor's specs name their start and budget: before the DIFF-token encoder (heldout-encoder),
+# the editor's "on-editor" was a fit from zeros, at 100 steps and weight decay 0.01 until the
+# seed-150 report (heldout-editor) and at 200 steps and weight decay 1 after it; drop init, steps
+# and weight_decay where the record does not have them to get the record's name.
 set -euo pipefail
 WORLD=${WORLD:-runs/world-v2}
 MODEL=${MODEL:-shapes}
@@ -35,59 +44,71 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     for directory in $training; do rm -rf "${dest:?}/$directory"; done
     du -sh "$dest" ;;
   heldout)  # issue 11: the choice frozen on development seeds 1-4, reported once on seed 120
+    # Run on the world's second training run (--model runs/world-v2 then, not kept), whose defaults
+    # were 200 steps and img2img at strength 0.8, guidance 4; the --set gives them to the bundled world.
     "${BENCH[@]}" --out runs/heldout-v2-s120 --n 200 --triplet-seed 120 \
+      --set steps=200,guidance_scale=4,strength=0.8,sampling_mode=img2img \
       --method paper --method difference-inversion --method "inversion:strength=0.6,guidance_scale=2.5" ;;
   heldout-mask)  # issue 11: the edit mask, frozen on development seeds 5-6, reported once on seed 130
-    "${BENCH[@]}" --out runs/heldout-v2-s130 --n 200 --triplet-seed 130 \
+    # (the world fitted in 200 steps then)
+    "${BENCH[@]}" --out runs/heldout-v2-s130 --n 200 --triplet-seed 130 --set steps=200 \
       --method paper --method difference-inversion --method "difference-inversion:edit_mask=0.3" ;;
   heldout-steps)  # issue 9: the fit at 100 steps, equal to 200 on development seeds 5-8, reported once on seed 140
-    "${BENCH[@]}" --out runs/heldout-v2-s140 --n 200 --triplet-seed 140 \
+    # (the world fitted in 200 steps then: the run's base config; each method names its own steps)
+    "${BENCH[@]}" --out runs/heldout-v2-s140 --n 200 --triplet-seed 140 --set steps=200 \
       --method "difference-inversion:steps=200" --method "difference-inversion:steps=100" \
       --method "paper:steps=200" --method "paper:steps=100" ;;
   heldout-editor)  # issue 11: DI on the editor, frozen on development seeds 7-9 (200 steps, weight decay 1), once on seed 150
+    # recorded as "on-editor" (the probe's configuration) and "on-editor:steps=200,weight_decay=1"
     "${BENCH[@]}" --out runs/heldout-v2-s150 --n 200 --triplet-seed 150 \
-      --method paper --method difference-inversion --method on-editor --method "on-editor:steps=200,weight_decay=1" ;;
+      --method paper --method difference-inversion --method on-editor:init=zeros,steps=100,weight_decay=0.01 \
+      --method on-editor:init=zeros,steps=200,weight_decay=1 ;;
   dev-editor)  # issue 11: the development rows of DI on the editor, seeds 7 and 8 (50 triplets each) and 9
+    # Made while the editor's default was the probe's configuration (P: the records' "on-editor";
+    # 100 steps, weight decay 0.01); S and F are the records' "on-editor:steps=200" and the frozen
+    # row "on-editor:steps=200,weight_decay=1". Each spec here is the record's with init=zeros and the
+    # fit's steps and weight decay spelled out.
+    P=on-editor:init=zeros,steps=100,weight_decay=0.01
+    S=on-editor:init=zeros,steps=200,weight_decay=0.01
+    F=on-editor:init=zeros,steps=200,weight_decay=1
     for seed in 7 8; do
       "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" --method difference-inversion \
-        --method on-editor --method on-editor:use_clip_loss=false --method on-editor:candidates=4 \
-        --method on-editor:negative_diff=true --method on-editor:image_guidance_scale=5 \
-        --method on-editor:steps=200 --method on-editor:steps=400 --method on-editor:steps=200,learning_rate=0.02 \
-        --method on-editor:steps=200,alpha=1 --method on-editor:steps=200,n_tokens=8 \
-        --method on-editor:steps=200,n_tokens=3 --method on-editor:steps=200,lambda_tc=0.03 \
-        --method on-editor:steps=200,lambda_clip_b=2 --method on-editor:steps=200,lambda_clip_b=6 \
-        --method on-editor:weight_decay=1 --method on-editor:weight_decay=2 \
-        --method on-editor:steps=200,weight_decay=0.3 --method on-editor:steps=200,weight_decay=0.6 \
-        --method on-editor:steps=200,weight_decay=1 --method on-editor:steps=200,weight_decay=1.5 \
-        --method on-editor:steps=200,weight_decay=3 --method difference-inversion:weight_decay=1
+        --method $P --method $P,use_clip_loss=false --method $P,candidates=4 \
+        --method $P,negative_diff=true --method $P,image_guidance_scale=5 \
+        --method $S --method on-editor:init=zeros,steps=400,weight_decay=0.01 --method $S,learning_rate=0.02 \
+        --method $S,alpha=1 --method $S,n_tokens=8 \
+        --method $S,n_tokens=3 --method $S,lambda_tc=0.03 \
+        --method $S,lambda_clip_b=2 --method $S,lambda_clip_b=6 \
+        --method on-editor:init=zeros,steps=100,weight_decay=1 --method on-editor:init=zeros,steps=100,weight_decay=2 \
+        --method on-editor:init=zeros,steps=200,weight_decay=0.3 --method on-editor:init=zeros,steps=200,weight_decay=0.6 \
+        --method $F --method on-editor:init=zeros,steps=200,weight_decay=1.5 \
+        --method on-editor:init=zeros,steps=200,weight_decay=3 --method difference-inversion:weight_decay=1
     done
     for seed in 7 8; do  # after the held-out report: variants of the frozen row
       "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
-        --method on-editor:steps=200,weight_decay=1,candidates=4 --method on-editor:steps=200,weight_decay=1,lambda_tc=0.03 \
-        --method on-editor:steps=200,weight_decay=1,lambda_clip=3 \
-        --method on-editor:steps=200,weight_decay=1,image_guidance_scale=4
+        --method $F,candidates=4 --method $F,lambda_tc=0.03 --method $F,lambda_clip=3 --method $F,image_guidance_scale=4
     done
     "${BENCH[@]}" --out runs/ed-dev2-s9 --n 50 --triplet-seed 9 \
-      --method on-editor:steps=200 --method on-editor:steps=200,weight_decay=1 --method difference-inversion
-    F=on-editor:steps=200,weight_decay=1
+      --method $S --method $F --method difference-inversion
     for seed in 7 8; do  # what is left, the attributes: more variants of the frozen row
       "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
         --method $F,n_tokens=2 --method $F,n_tokens=4 --method $F,alpha=0.5 --method $F,clip_loss_space=text-tower \
-        --method $F,lambda_tc=0.003 --method on-editor:steps=300,weight_decay=1.5 --method $F,edit_strength=0.7 \
+        --method $F,lambda_tc=0.003 --method on-editor:init=zeros,steps=300,weight_decay=1.5 --method $F,edit_strength=0.7 \
         --method $F,guidance_scale=3 --method $F,sampling_steps=40
     done ;;
   train-encoder)  # issue 11: the DIFF-token encoder of the bundled world's editor (diffinv.diff_encoder)
     diffinv shapes train --out src/diffinv/shapes/model --stage diff_encoder ;;
   dev-encoder)  # issue 11: the encoder's tokens as they are, and as the fit's start, on seeds 7 and 8
+    # The second is recorded as "on-editor:init=encoder" (the editor's 200 steps at weight decay 1 then).
     for seed in 7 8; do
       "${BENCH[@]}" --out "runs/ed-dev2-s$seed" --n 50 --triplet-seed "$seed" \
-        --method on-editor:init=encoder,steps=0 --method on-editor:init=encoder
+        --method on-editor:init=encoder,steps=0 --method on-editor:init=encoder,steps=200,weight_decay=1
     done ;;
   heldout-encoder)  # issue 11: the frozen choice once on held-out seed 160, 200 triplets (two shells at once)
-    # The editor's 200-step fit from zeros was its default then, recorded as "on-editor" in
-    # docs/runs/heldout-v2-s160; today's on-editor is the encoder's D̃, so the fit is named in full.
+    # The editor's 200-step fit from zeros at weight decay 1 was its default then, recorded as
+    # "on-editor" in docs/runs/heldout-v2-s160; today's on-editor is the encoder's D̃, so the fit is named in full.
     "${BENCH[@]}" --out runs/heldout-v2-s160 --n 200 --triplet-seed 160 \
-      --method on-editor:init=encoder,steps=0 --method on-editor:init=zeros,steps=200 --method paper \
+      --method on-editor:init=encoder,steps=0 --method on-editor:init=zeros,steps=200,weight_decay=1 --method paper \
       --method difference-inversion ;;
   heldout-encoder-baselines)  # issue 11: the paper's baselines beside it, first 100 triplets of seed 160
     "${BENCH[@]}" --out runs/heldout-v2-s160-baselines --n 100 --triplet-seed 160 \
@@ -96,7 +117,8 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;
   baselines)  # issue 10: Difference Inversion beside the five baselines of the paper, seed 110
-    "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 \
+    # (the world fitted in 200 steps then)
+    "${BENCH[@]}" --out runs/v2-baselines-s110 --n 100 --triplet-seed 110 --set steps=200 \
       --method difference-inversion --method paper --method copy-b --method sdedit --method instructpix2pix \
       --method analogist --method visii --method dia --method oracle-instruction
     for method in paper sdedit instructpix2pix analogist visii dia; do  # the pairwise protocol, truth as judge
@@ -108,6 +130,6 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     cp "$run/run.json" "$run/results.jsonl" "$run/summary.md" "docs/runs/$(basename "$run")/"
     find "$run" -maxdepth 1 -name 'judge-*.md' -exec cp -t "docs/runs/$(basename "$run")/" {} + ;;
   *)
-    sed -n 2,8p "$0"
+    sed -n 2,9p "$0"
     exit 2 ;;
 esac
