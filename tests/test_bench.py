@@ -738,11 +738,11 @@ def test_the_report_never_imports_torch(tmp_path):
     (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "run.json").write_text(json.dumps({"dataset": {"name": "folder"}, "model": "m", "methods": []}))
     code = (
-        "import argparse, sys\n"
+        "import sys\n"
         "from diffinv.bench.report import write_reports\n"
-        "from diffinv.bench.command import report_command\n"
+        "from diffinv.bench.command import ReportOptions, report_command\n"
         f"write_reports({str(tmp_path)!r})\n"
-        f"report_command(argparse.Namespace(run_dir={str(tmp_path)!r}, max_examples=2, baseline='copy-b'))\n"
+        f"report_command(ReportOptions(run_dir={str(tmp_path)!r}, max_examples=2, baseline='copy-b'))\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -753,13 +753,17 @@ def test_the_report_never_imports_torch(tmp_path):
 
 
 # --- bench/command.py: what cli/ calls ------------------------------------------------------------------------
-def bench_args(*argv):
+def bench_options(*argv):
+    """The options `diffinv bench ARGV` hands its handler: the command line parsed, then turned into
+    `RunOptions`, `ReportOptions` or `JudgeOptions` by `cli.bench`'s converters."""
     from diffinv.cli import build_parser
+    from diffinv.cli.bench import judge_options, report_options, run_options
 
-    return build_parser().parse_args(["bench", *map(str, argv)])
+    args = build_parser().parse_args(["bench", *map(str, argv)])
+    return {"run": run_options, "report": report_options, "judge": judge_options}[args.bench_command](args)
 
 
-def no_loading(args):
+def no_loading(options):
     raise AssertionError("the model was loaded before every check was made")
 
 
@@ -790,7 +794,7 @@ def test_run_command_checks_everything_before_loading(tmp_path, argv, fragment):
     from diffinv.bench.command import run_command
 
     with pytest.raises(DiffinvError, match=fragment.replace("-", r"\-").replace("/", r"/")):
-        run_command(bench_args("run", "--out", tmp_path / "run", "--n", "1", "--quiet", *argv), no_loading)
+        run_command(bench_options("run", "--out", tmp_path / "run", "--n", "1", "--quiet", *argv), no_loading)
 
 
 def test_run_command_refuses_a_file_for_out_and_a_different_run(tmp_path):
@@ -798,10 +802,10 @@ def test_run_command_refuses_a_file_for_out_and_a_different_run(tmp_path):
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(DiffinvError, match="exists and is not a directory"):
-        run_command(bench_args("run", "--out", tmp_path / "file", "--n", "1"), no_loading)
+        run_command(bench_options("run", "--out", tmp_path / "file", "--n", "1"), no_loading)
     check_run_record(tmp_path / "run", {"dataset": {"name": "other"}, "methods": []})
     with pytest.raises(DiffinvError, match="different run"):
-        run_command(bench_args("run", "--out", tmp_path / "run", "--n", "1"), no_loading)
+        run_command(bench_options("run", "--out", tmp_path / "run", "--n", "1"), no_loading)
 
 
 def test_bench_defaults_come_from_the_model_card(tmp_path):
@@ -809,25 +813,28 @@ def test_bench_defaults_come_from_the_model_card(tmp_path):
     from diffinv.model_card import model_card
 
     shapes = model_card("shapes")
-    args = bench_args("run", "--out", tmp_path, "--set", "steps=7")
-    assert embedder_specs(args, shapes) == [("clip", "")] and batch_size(args, shapes) == 8
-    methods, base, _, _ = build_methods(args, shapes)
+    options = bench_options("run", "--out", tmp_path, "--set", "steps=7")
+    assert embedder_specs(options, shapes) == [("clip", "")] and batch_size(options, shapes) == 8
+    methods, base, _, _ = build_methods(options, shapes)
     assert base == shapes.default_config().replace(steps=7)
     assert [m.spec for m in methods] == ["difference-inversion", "copy-b", "oracle-caption"]
     assert classifier_path(shapes) == shapes.path("classifier")
 
     (tmp_path / "plain").mkdir()
     plain = model_card(str(tmp_path / "plain"))  # no descriptor: the paper's defaults
-    assert embedder_specs(args, model_card("someone/some-model")) == [("clip", ""), ("dinov2", "facebook/dinov2-base")]
-    assert embedder_specs(args, plain) == [("clip", ""), ("dinov2", "facebook/dinov2-base")]
-    assert batch_size(args, plain) == 1 and classifier_path(plain) is None
-    assert build_methods(args, plain)[1] == plain.default_config().replace(steps=7)
-    folder = bench_args("run", "--out", tmp_path, "--dataset", "folder", "--batch", "3", "--embedder", "clip=x")
+    assert embedder_specs(options, model_card("someone/some-model")) == [
+        ("clip", ""),
+        ("dinov2", "facebook/dinov2-base"),
+    ]
+    assert embedder_specs(options, plain) == [("clip", ""), ("dinov2", "facebook/dinov2-base")]
+    assert batch_size(options, plain) == 1 and classifier_path(plain) is None
+    assert build_methods(options, plain)[1] == plain.default_config().replace(steps=7)
+    folder = bench_options("run", "--out", tmp_path, "--dataset", "folder", "--batch", "3", "--embedder", "clip=x")
     assert [m.spec for m in build_methods(folder, plain)[0]] == ["difference-inversion", "copy-b"]
     assert batch_size(folder, shapes) == 3 and embedder_specs(folder, shapes) == [("clip", "x")]
 
     own = model_card(write_card(tmp_path / "own", bench={"batch": 4, "embedders": ["clip=y"], "classifier": "cls"}))
-    assert batch_size(args, own) == 4 and embedder_specs(args, own) == [("clip", "y")]
+    assert batch_size(options, own) == 4 and embedder_specs(options, own) == [("clip", "y")]
     with pytest.raises(DiffinvError, match="classifier"):
         classifier_path(own)  # named but missing: reported before the model loads
 
@@ -835,20 +842,20 @@ def test_bench_defaults_come_from_the_model_card(tmp_path):
 def test_run_command_on_the_shapes_world(tmp_path, capsys):
     """The whole command with the bundled world: its card gives the base config, the classifier
     (exact scores) and the batch; a second call resumes and runs nothing."""
-    from diffinv.bench.command import bench_command, run_command
+    from diffinv.bench.command import report_command, run_command
     from diffinv.model_card import model_card
     from diffinv.pipeline import DifferenceInversion
 
     loads = []
 
-    def load(args):
-        loads.append(args.device)
-        return DifferenceInversion.from_pretrained(args.model, device=args.device)
+    def load(options):
+        loads.append(options.device)
+        return DifferenceInversion.from_pretrained(options.model, device=options.device)
 
     out = tmp_path / "run"
     argv = ["run", "--out", out, "--n", "3", "--method", "difference-inversion", "--method", "copy-b"]
     argv += ["--set", "steps=3,sampling_steps=4", "--quiet"]
-    run_command(bench_args(*argv), load)
+    run_command(bench_options(*argv), load)
     assert "ran 6 (method, triplet) pairs; wrote" in capsys.readouterr().out and loads == ["cpu"]
     rows = read_results(out)
     assert {"edit", "preserved", "correct", "clip_directional"} <= set(rows[0])
@@ -856,13 +863,63 @@ def test_run_command_on_the_shapes_world(tmp_path, capsys):
     assert record["base_config"] == json.loads(
         model_card("shapes").default_config().replace(steps=3, sampling_steps=4).to_json()
     )
-    bench_command(bench_args(*argv), load)
+    run_command(bench_options(*argv), load)
     assert "ran 0 (method, triplet) pairs" in capsys.readouterr().out
-    bench_command(bench_args("report", out, "--baseline", "copy-b"), no_loading)
+    report_command(bench_options("report", out, "--baseline", "copy-b"))
     assert capsys.readouterr().out.startswith(f"wrote {out / 'summary.md'}")
     assert "Paired differences against copy-b" in (out / "summary.md").read_text()
     with pytest.raises(DiffinvError, match="no results.jsonl"):
-        bench_command(bench_args("report", tmp_path), no_loading)
+        report_command(bench_options("report", tmp_path))
+
+
+def test_a_benchmark_runs_from_python_without_the_command_line(tmp_path, capsys):
+    """docs/bench.md's example: options and a loader, no argparse (a tiny run on the bundled world)."""
+    from diffinv.bench.command import RunOptions, run_command
+    from diffinv.model_options import ModelOptions
+    from diffinv.pipeline import DifferenceInversion
+
+    given = []
+
+    def load_model(options: ModelOptions) -> DifferenceInversion:
+        given.append(options)
+        return DifferenceInversion.from_pretrained(options.model, device=options.device)
+
+    out = tmp_path / "x"
+    options = RunOptions(out=out, n=2, methods=["difference-inversion"], base_changes="steps=3,sampling_steps=4")
+    run_command(options, load_model=load_model)
+    assert "ran 2 (method, triplet) pairs; wrote" in capsys.readouterr().out
+    assert given == [ModelOptions(model="shapes", device="cpu")]
+    assert [row["method"] for row in read_results(out)] == ["difference-inversion"] * 2
+    assert json.loads((out / "run.json").read_text())["base_config"]["steps"] == 3
+
+
+def test_the_options_hold_every_flag_with_the_command_lines_defaults():
+    """Each action's options: one field per flag of the action (none for the command line's own),
+    each defaulting as the flag does; the loader's options from any model-loading command's flags."""
+    import dataclasses
+
+    from diffinv.bench.command import ReportOptions, RunOptions
+    from diffinv.bench.judge import JudgeOptions
+    from diffinv.cli import build_parser
+    from diffinv.cli.load import model_options
+    from diffinv.model_options import ModelOptions
+
+    judge = ["judge", "x", "--against", "copy-b", "--judge", "truth"]
+    for argv, options in [
+        (["run", "--out", "x"], RunOptions(out="x")),
+        (["report", "x"], ReportOptions(run_dir="x")),
+        (judge, JudgeOptions(run_dir="x", against="copy-b", judge="truth")),
+    ]:
+        assert bench_options(*argv) == options
+        flags = set(vars(build_parser().parse_args(["bench", *argv])))
+        assert flags - {"command", "bench_command", "debug", "parser_of_command"} == {
+            field.name for field in dataclasses.fields(options)
+        }
+    given = bench_options("run", "--out", "x", "--method", "copy-b", "--set", "steps=3", "--threads", "2")
+    assert given == RunOptions(out="x", methods=["copy-b"], base_changes="steps=3", threads=2)
+    assert given.model_options("cpu") == ModelOptions(model="shapes", device="cpu", threads=2)
+    analogy = build_parser().parse_args(["analogy", "a.png", "a2.png", "b.png", "-o", "b2.png", "--quiet"])
+    assert model_options(analogy) == ModelOptions(model="shapes-editor", quiet=True)
 
 
 def test_run_command_keeps_a_blip2_captioner_loaded_for_the_run(clip, tmp_path, monkeypatch):
@@ -881,6 +938,8 @@ def test_run_command_keeps_a_blip2_captioner_loaded_for_the_run(clip, tmp_path, 
 
     monkeypatch.setattr(BenchRunner, "run", run)
     fake = SimpleNamespace(clip=clip, captioner=captioner)
-    run_command(bench_args("run", "--out", tmp_path, "--n", "2", "--method", "copy-b", "--quiet"), lambda args: fake)
+    run_command(
+        bench_options("run", "--out", tmp_path, "--n", "2", "--method", "copy-b", "--quiet"), lambda options: fake
+    )
     assert seen == [True] and captioner.keep_loaded is False  # kept for the run, as it was afterwards
     assert len(read_results(tmp_path)) == 2

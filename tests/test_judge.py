@@ -229,3 +229,19 @@ def test_images_from_a_folder_dataset_and_one_triplet(run_dir, tmp_path):
     assert one["summary"]["win_rate"] == 0.0
     saved = json.loads((run_dir / "judge-copy-b-vs-difference-inversion.json").read_text(), parse_constant=None)
     assert saved["summary"]["win_rate_ci95"] is None
+
+
+def test_the_truth_judge_from_python_never_imports_torch(run_dir):
+    """`judge_command` with its options and no command line; `--judge truth` reads JSON and pictures only."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from diffinv.bench.judge import JudgeOptions, judge_command\n"
+        f"judge_command(JudgeOptions(run_dir={str(run_dir)!r}, against='copy-b', judge='truth', quiet=True))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "win rate 62.5%" in done.stdout and done.stdout.splitlines()[-1] == "[]", done.stdout

@@ -233,22 +233,17 @@ def test_a_method_of_ones_own_runs_in_the_bench(own_methods, tmp_path):
 
 
 # --- run.json: each method's config --------------------------------------------------------------------
-def bench_args(*argv):
-    from diffinv.cli import build_parser
-
-    return build_parser().parse_args(["bench", *map(str, argv)])
-
-
-def no_loading(args):
+def no_loading(options):
     raise AssertionError("the model was loaded")
 
 
 def prepared(out: Path, *argv) -> dict:
     """run.json after `diffinv bench run --out OUT ARGV` got as far as loading the model."""
     from diffinv.bench.command import run_command
+    from test_bench import bench_options
 
     with pytest.raises(AssertionError, match="the model was loaded"):
-        run_command(bench_args("run", "--out", out, "--quiet", *argv), no_loading)
+        run_command(bench_options("run", "--out", out, "--quiet", *argv), no_loading)
     return json.loads((out / "run.json").read_text(encoding="utf-8"))
 
 

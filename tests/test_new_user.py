@@ -17,7 +17,7 @@ from diffinv.cli import build_parser, main
 from diffinv.config import PRESETS, InversionConfig
 from diffinv.errors import DiffinvError
 from diffinv.model_card import model_card
-from test_bench import ColourMean, FakeDI, fake_runner, no_loading, small_triplets, write_card
+from test_bench import ColourMean, FakeDI, bench_options, fake_runner, no_loading, small_triplets, write_card
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shape"
 BUNDLED = ("shapes", "shapes-editor")
@@ -100,23 +100,22 @@ def test_init_zeros_runs_end_to_end_on_the_default_model(capsys, tmp_path):
 def test_bench_presets_on_the_editor_resolve_to_its_fit(method, tmp_path):
     from diffinv.bench.command import build_methods
 
-    args = build_parser().parse_args(["bench", "run", "--out", str(tmp_path), "--model", "shapes-editor"])
-    args.methods = [method]
-    _, _, _, configs = build_methods(args, model_card("shapes-editor"))
+    options = bench_options("run", "--out", tmp_path, "--model", "shapes-editor", "--method", method)
+    _, _, _, configs = build_methods(options, model_card("shapes-editor"))
     assert (configs[method].steps, configs[method].sampling_mode) == (200, "editor")
-    args.base_changes = "steps=50"
-    assert build_methods(args, model_card("shapes-editor"))[3][method].steps == 50
+    options = dataclasses.replace(options, base_changes="steps=50")
+    assert build_methods(options, model_card("shapes-editor"))[3][method].steps == 50
 
 
 @pytest.mark.parametrize("method", ["inversion", "sample-from-noise", "paper:sampling_mode=img2img", "hard-tokens"])
 def test_a_bench_method_the_model_cannot_run_is_refused_before_loading(method, tmp_path):
     from diffinv.bench.command import run_command
 
-    args = build_parser().parse_args(
-        ["bench", "run", "--out", str(tmp_path / "run"), "--model", "shapes-editor", "--n", "1", "--method", method]
+    options = bench_options(
+        "run", "--out", tmp_path / "run", "--model", "shapes-editor", "--n", "1", "--method", method
     )
     with pytest.raises(DiffinvError):
-        run_command(args, no_loading)
+        run_command(options, no_loading)
 
 
 # --- tokens of the world's other model ----------------------------------------------------------------------

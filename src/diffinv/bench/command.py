@@ -1,25 +1,32 @@
-"""`diffinv bench run` and `diffinv bench report`, from parsed command-line arguments.
+"""`diffinv bench run` and `diffinv bench report`: `run_command(RunOptions, load_model)` and
+`report_command(ReportOptions)`.
 
-The command line parses; this module does the rest. Everything that can be wrong (dataset,
-methods, config changes, batch, embedders, the run directory, the model's descriptor) is
-checked before the model loads, which takes minutes for a real one. The model's defaults come
-from its card (`diffinv.json`, see `diffinv.model_card`): its config, and under "bench" the
-batch size, the embedders and the attribute classifier that scores shapes-world triplets.
+The command line turns its flags into these options (`cli.bench`) and passes its model loader; this
+module does the rest, and a Python caller needs no argparse:
+`run_command(RunOptions(out="runs/x", n=10, methods=["difference-inversion"]), load_model)` (docs/bench.md).
+Everything that can be wrong (dataset, methods, config changes, batch, embedders, the run
+directory, the model's descriptor) is checked before the model loads, which takes minutes for a
+real one. The model's defaults come from its card (`diffinv.json`, see `diffinv.model_card`): its
+config, and under "bench" the batch size, the embedders and the attribute classifier that scores
+shapes-world triplets.
 
-Importing this module, and `report_command`, never load torch.
+Importing this module, building the options, and `report_command` never load torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
+from ..model_options import ModelOptions
 from ..shapes.world import JITTER, layout_range_of
 from .build import config_record, parse_baseline_models
 from .datasets import BenchTriplet
@@ -27,38 +34,100 @@ from .methods import MethodSpec, expand_methods
 from .report import write_reports
 from .results import RESULTS, check_run_record
 
+if TYPE_CHECKING:
+    from ..pipeline import DifferenceInversion
+
 DEFAULT_EMBEDDERS = ["clip", "dinov2=facebook/dinov2-base"]  # for models whose card names none
 EMBEDDER_KINDS = ("clip", "dinov2")
+BENCH_MODEL = "shapes"  # as `diffinv bench run --model`'s default (cli.flags.BENCH_MODEL)
+
+
+# --- what the commands read ----------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What `diffinv bench run` reads, each with the command line's default (`diffinv bench run
+    --help` tells more of each); an empty sequence, None or False leaves the choice to the dataset,
+    the model's card or the loader, as a flag left out does."""
+
+    out: str | os.PathLike  # --out: the run directory (created; an existing one is resumed)
+    dataset: str = "shapes"  # --dataset: shapes, folder or instructpix2pix
+    data: str | os.PathLike | None = None  # --data: the folder / instructpix2pix dataset's directory
+    n: int | None = None  # --n: triplets (None: shapes 100, instructpix2pix 300, folder all)
+    triplet_seed: int = 0  # --triplet-seed: draws the shapes / InstructPix2Pix triplets
+    families: str | None = None  # --families: shapes only, comma-separated (None: all)
+    methods: Sequence[str] = ()  # --method: specs or sets (empty: `default_methods`)
+    base_changes: str = ""  # --set: "field=value,…" for every Difference Inversion method
+    embedders: Sequence[str] = ()  # --embedder: NAME[=MODEL] (empty: the card's, else DEFAULT_EMBEDDERS)
+    batch: int | None = None  # --batch: triplets fitted together (None: the card's, else 1)
+    baseline_models: Sequence[str] = ()  # --baseline-model: NAME=MODEL
+    max_examples: int = 12  # --max-examples: grids per method in report.html
+    model: str = BENCH_MODEL  # --model: hub id, directory, 'shapes' or 'shapes-editor'
+    clip_model: str | None = None  # --clip-model
+    captions_from: str | os.PathLike | None = None  # --captions-from (read by the loader)
+    offline: bool = False  # --offline
+    device: str | None = None  # --device (None: `run.local_device`, this process's GPU or the CPU)
+    dtype: str | None = None  # --dtype
+    threads: int | None = None  # --threads (read by the loader)
+    seed: int = 0  # --seed: triplet i is prepared, fitted and drawn with seed + i
+    quiet: bool = False  # --quiet: no progress or loading bars
+
+    def model_options(self, device: str | None) -> ModelOptions:
+        """What the model loader is given: the model flags, on `device` (the one the run chose)."""
+        return ModelOptions(
+            model=self.model,
+            device=device,
+            dtype=self.dtype,
+            clip_model=self.clip_model,
+            captions_from=self.captions_from,
+            offline=self.offline,
+            threads=self.threads,
+            quiet=self.quiet,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    """What `diffinv bench report` reads, with the command line's defaults."""
+
+    run_dir: str | os.PathLike  # RUN_DIR: a bench run directory
+    max_examples: int = 12  # --max-examples: grids per method in report.html
+    baseline: str = "difference-inversion"  # --baseline: the method paired differences are taken against
 
 
 # --- checked before the model loads -------------------------------------------------------------------------
-def build_dataset(args: argparse.Namespace) -> tuple[list[BenchTriplet], dict]:
+def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
     """The triplets of --dataset, and the dataset's description for run.json."""
     from .datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
 
-    if args.dataset == "shapes":
-        if args.data:
+    if options.dataset == "shapes":
+        if options.data:
             raise DiffinvError("--data is for the folder and instructpix2pix datasets")
-        families = tuple(args.families.split(",")) if args.families else None
-        layout_range = layout_range_of(model_card(args.model))
-        triplets = shapes_dataset(args.n or 100, args.triplet_seed, families, layout_range)
-        dataset = {"name": "shapes", "n": args.n or 100, "seed": args.triplet_seed, "families": args.families or "all"}
+        families = tuple(options.families.split(",")) if options.families else None
+        layout_range = layout_range_of(model_card(options.model))
+        n, seed = options.n or 100, options.triplet_seed
+        triplets = shapes_dataset(n, seed, families, layout_range)
+        dataset = {"name": "shapes", "n": n, "seed": seed, "families": options.families or "all"}
         if layout_range != JITTER:  # world v2; v1 runs keep their record unchanged (and resumable)
             dataset["layout_range"] = layout_range
         return triplets, dataset
-    if not args.data:
-        raise DiffinvError(f"--dataset {args.dataset} needs --data DIR")
-    if args.dataset == "folder":
-        triplets = folder_dataset(args.data)[: args.n]
-        return triplets, {"name": "folder", "data": Path(args.data).name, "n": len(triplets)}
-    triplets = instructpix2pix_dataset(args.data, args.n or 300, args.triplet_seed)
-    dataset = {"name": "instructpix2pix", "data": Path(args.data).name, "n": len(triplets), "seed": args.triplet_seed}
+    if not options.data:
+        raise DiffinvError(f"--dataset {options.dataset} needs --data DIR")
+    if options.dataset == "folder":
+        triplets = folder_dataset(options.data)[: options.n]
+        return triplets, {"name": "folder", "data": Path(options.data).name, "n": len(triplets)}
+    triplets = instructpix2pix_dataset(options.data, options.n or 300, options.triplet_seed)
+    dataset = {
+        "name": "instructpix2pix",
+        "data": Path(options.data).name,
+        "n": len(triplets),
+        "seed": options.triplet_seed,
+    }
     return triplets, dataset
 
 
-def default_methods(args: argparse.Namespace) -> list[str]:
+def default_methods(options: RunOptions) -> list[str]:
     """The full method and B′ = B; on shapes also the oracle caption (its truth is known)."""
-    return ["difference-inversion", "copy-b"] + (["oracle-caption"] if args.dataset == "shapes" else [])
+    return ["difference-inversion", "copy-b"] + (["oracle-caption"] if options.dataset == "shapes" else [])
 
 
 def check_methods(
@@ -106,7 +175,7 @@ def editor_card(methods: list[MethodSpec], card: ModelCard, models: dict[str, st
 
 
 def build_methods(
-    args: argparse.Namespace, card: ModelCard, models: dict[str, str] | None = None
+    options: RunOptions, card: ModelCard, models: dict[str, str] | None = None
 ) -> tuple[list[MethodSpec], InversionConfig, ModelCard | None, dict]:
     """The methods of --method (or the defaults), the base config (the model's defaults with the
     --set changes), the card of the editor the `on-editor` methods run on (`editor_card`; models:
@@ -118,8 +187,8 @@ def build_methods(
     from .build import method_config
     from .methods import parse_changes
 
-    methods = expand_methods(args.methods or default_methods(args))
-    set_changes = parse_changes(args.base_changes)
+    methods = expand_methods(list(options.methods) or default_methods(options))
+    set_changes = parse_changes(options.base_changes)
     base_config = card.config_for(changes=set_changes)
     editor = editor_card(methods, card, models or {})
     editor_config = editor.config_for() if editor is not None else None
@@ -137,18 +206,18 @@ def build_methods(
     return methods, base_config, editor, configs
 
 
-def batch_size(args: argparse.Namespace, card: ModelCard) -> int:
+def batch_size(options: RunOptions, card: ModelCard) -> int:
     """--batch, or the model card's bench batch (1 without one: memory)."""
-    batch = args.batch if args.batch is not None else card.bench.get("batch", 1)
+    batch = options.batch if options.batch is not None else card.bench.get("batch", 1)
     if batch < 1:
         raise DiffinvError(f"--batch must be at least 1, got {batch}")
     return batch
 
 
-def embedder_specs(args: argparse.Namespace, card: ModelCard) -> list[tuple[str, str]]:
+def embedder_specs(options: RunOptions, card: ModelCard) -> list[tuple[str, str]]:
     """(name, model) per --embedder (default: the card's, else CLIP and DINOv2-base); a DINOv2
     directory that does not exist is reported here rather than after the model has loaded."""
-    specs = args.embedders or card.bench.get("embedders") or DEFAULT_EMBEDDERS
+    specs = options.embedders or card.bench.get("embedders") or DEFAULT_EMBEDDERS
     parsed = []
     for spec in specs:
         name, _, model_id = spec.partition("=")
@@ -174,7 +243,7 @@ def classifier_path(card: ModelCard) -> Path | None:
 
 
 def prepare_run_dir(
-    args: argparse.Namespace,
+    options: RunOptions,
     dataset: dict,
     methods: list[MethodSpec],
     base_config: InversionConfig,
@@ -183,16 +252,16 @@ def prepare_run_dir(
     """--out created (or resumed: it must hold the same run, each method with the same config), with
     run.json written: the dataset, the model, the methods, the base config, the seed and each
     method's full resolved config (configs: by spec, `build_methods`'; None: not recorded)."""
-    run_dir = Path(args.out)
+    run_dir = Path(options.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise DiffinvError(f"{run_dir}: exists and is not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "dataset": dataset,
-        "model": args.model,
+        "model": options.model,
         "methods": [m.spec for m in methods],
         "base_config": json.loads(base_config.to_json()),
-        "seed": args.seed,
+        "seed": options.seed,
     }
     if configs is not None:
         record["configs"] = {method.spec: config_record(configs[method.spec]) for method in methods}
@@ -244,26 +313,27 @@ def captioner_kept_loaded(di):
 
 
 # --- the commands ------------------------------------------------------------------------------------------
-def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], object]) -> None:
-    """`diffinv bench run`: check everything, load the model with `load_model(args)` (a
-    `DifferenceInversion`), run this process's share of the work, write the summaries."""
+def run_command(options: RunOptions, load_model: Callable[[ModelOptions], DifferenceInversion]) -> None:
+    """`diffinv bench run`: check everything, load the model with `load_model(options.model_options(device))`
+    (a `DifferenceInversion`; the command line's is `cli.load.load_model`), run this process's share of the
+    work, write the summaries."""
     from ..checks import hub_offline
     from .build import EditorModel, MethodBuilder
     from .run import BenchRunner, Shard, local_device
 
-    triplets, dataset = build_dataset(args)
-    card = model_card(args.model)
-    baseline_models = parse_baseline_models(getattr(args, "baseline_models", None))
-    methods, base_config, editor, configs = build_methods(args, card, baseline_models)
+    triplets, dataset = build_dataset(options)
+    card = model_card(options.model)
+    baseline_models = parse_baseline_models(list(options.baseline_models))
+    methods, base_config, editor, configs = build_methods(options, card, baseline_models)
     check_methods(methods, card, triplets, baseline_models)
-    batch = batch_size(args, card)
-    specs = embedder_specs(args, card)
+    batch = batch_size(options, card)
+    specs = embedder_specs(options, card)
     classifier = classifier_path(card)
-    run_dir = prepare_run_dir(args, dataset, methods, base_config, configs)
+    run_dir = prepare_run_dir(options, dataset, methods, base_config, configs)
 
     shard = Shard.from_environment()
-    args.device = args.device or local_device()
-    di = load_model(args)
+    device = options.device or local_device()
+    di = load_model(options.model_options(device))
     editor_model = None
     if editor is not None:
         from ..pipeline import DifferenceInversion
@@ -272,9 +342,9 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
             # The bench model's captioner serves both (the same captions of the same images); an editor
             # whose card names no CLIP shares its base model's text encoder, and so --clip-model.
             return DifferenceInversion.from_pretrained(
-                editor.source, device=args.device, dtype=getattr(args, "dtype", None),
-                clip_model=None if editor.clip else getattr(args, "clip_model", None), captioner=di.captioner,
-                offline=getattr(args, "offline", False) or None,
+                editor.source, device=device, dtype=options.dtype,
+                clip_model=None if editor.clip else options.clip_model, captioner=di.captioner,
+                offline=options.offline or None,
             )  # fmt: skip
 
         editor_model = EditorModel(editor.config_for(), load_editor)
@@ -283,9 +353,9 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         base_config,
         card,
         baseline_models,
-        args.device,
-        getattr(args, "dtype", None),
-        getattr(args, "offline", False) or hub_offline(),
+        device,
+        options.dtype,
+        options.offline or hub_offline(),
         editor_model,
         configs,
     )
@@ -296,28 +366,20 @@ def run_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespa
         make_embedders(specs, di),
         load_classifier(classifier),
         batch,
-        args.seed,
-        progress=not args.quiet,
+        options.seed,
+        progress=not options.quiet,
         builder=builder,
     )
     with captioner_kept_loaded(di):
         count = runner.run(methods, triplets, shard)
-    paths = write_reports(run_dir, args.max_examples)
+    paths = write_reports(run_dir, options.max_examples)
     part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
     print(f"ran {count} (method, triplet) pairs{part}; wrote {paths['md']}, {paths['csv']} and {paths['html']}")
 
 
-def report_command(args: argparse.Namespace) -> None:
+def report_command(options: ReportOptions) -> None:
     """`diffinv bench report RUN_DIR`: summary.md, summary.csv and report.html again."""
-    if not (Path(args.run_dir) / RESULTS).exists():
-        raise DiffinvError(f"{args.run_dir}: no results.jsonl (not a bench run directory)")
-    paths = write_reports(args.run_dir, args.max_examples, args.baseline)
+    if not (Path(options.run_dir) / RESULTS).exists():
+        raise DiffinvError(f"{options.run_dir}: no results.jsonl (not a bench run directory)")
+    paths = write_reports(options.run_dir, options.max_examples, options.baseline)
     print(f"wrote {paths['md']}, {paths['csv']} and {paths['html']}")
-
-
-def bench_command(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], object]) -> None:
-    """`diffinv bench ACTION`, by args.bench_command ("run" or "report")."""
-    if args.bench_command == "report":
-        report_command(args)
-    else:
-        run_command(args, load_model)

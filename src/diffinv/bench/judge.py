@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -319,29 +320,46 @@ def _finish(result: dict, decisions: list[dict], json_path: Path, md_path: Path)
     return result
 
 
-def judge_command(args) -> None:
-    """`diffinv bench judge RUN --against METHOD [--method METHOD] --judge MODEL|truth`."""
-    rows_of(args.run_dir, args.method, args.against)  # checked before any model loads
+@dataclass(frozen=True, kw_only=True)
+class JudgeOptions:
+    """What `diffinv bench judge` reads, with the command line's defaults."""
+
+    run_dir: str | os.PathLike  # RUN_DIR: a bench run directory
+    against: str  # --against: the method compared against
+    judge: str  # --judge: a transformers image-text-to-text model (hub id or directory), or "truth"
+    method: str = "difference-inversion"  # --method
+    device: str | None = None  # --device: the judge model's (None: `run.local_device`)
+    seed: int = 0  # --seed: seeds the random order of the candidates
+    data: str | os.PathLike | None = None  # --data: a folder dataset to take A, A′ and B from (None: the grids)
+    quiet: bool = False  # --quiet: no line per triplet
+
+
+def judge_command(options: JudgeOptions) -> None:
+    """`diffinv bench judge RUN --against METHOD [--method METHOD] --judge MODEL|truth`: judge, write
+    the decisions and the summary, print the win rate. `--judge truth` never loads torch."""
+    rows_of(options.run_dir, options.method, options.against)  # checked before any model loads
     data = None
-    if args.data:
+    if options.data:
         from .datasets import folder_dataset
 
-        data = {t.id: t for t in folder_dataset(args.data)}
-    if args.judge == "truth":
+        data = {t.id: t for t in folder_dataset(options.data)}
+    if options.judge == "truth":
         judge = TruthJudge()
     else:
         from .run import local_device
 
-        judge = TransformersJudge(args.judge, args.device or local_device())
-    result = judge_run(args.run_dir, args.method, args.against, judge, args.seed, data, progress=not args.quiet)
+        judge = TransformersJudge(options.judge, options.device or local_device())
+    result = judge_run(
+        options.run_dir, options.method, options.against, judge, options.seed, data, progress=not options.quiet
+    )
     s = result["summary"]
-    json_path, md_path = output_paths(args.run_dir, args.method, args.against)
+    json_path, md_path = output_paths(options.run_dir, options.method, options.against)
     rate = "n/a"
     if s["n"]:
         half = s["win_rate_ci95"]
         rate = f"{100 * s['win_rate']:.1f}%" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
     print(
-        f"{args.method} vs {args.against}: win rate {rate} over {s['n']} triplets "
+        f"{options.method} vs {options.against}: win rate {rate} over {s['n']} triplets "
         f"({s['wins']} wins, {s['ties']} ties, {s['losses']} losses, {s['unparsed']} answers naming neither); "
         f"wrote {json_path} and {md_path}"
     )

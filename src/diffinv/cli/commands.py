@@ -15,7 +15,7 @@ from ..checks import IMAGE_SUFFIXES, TOKEN_SUFFIX, Outputs
 from ..config import InversionConfig
 from ..errors import DiffinvError, DiffinvWarning, Interrupted
 from .flags import CONFIG_FLAGS, FIT_ONLY, PAPER, SAMPLING_FLAGS, fields
-from .load import load_model
+from .load import load_model, model_options
 from .preflight import (
     caption_lines,
     captioner_use,
@@ -41,7 +41,7 @@ def run_fit(args: argparse.Namespace) -> None:
     caption_lines(args)  # a bad caption file is reported now
     check_downloads(args, card, captioner_use(args, card, config, fitting=True, drawing=False))
 
-    di = load_model(args)
+    di = load_model(model_options(args))
     tokens = di.fit(a, a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
     with outputs.writing() as write:
         write(tokens_path, tokens.save)
@@ -102,7 +102,7 @@ def run_apply(args: argparse.Namespace) -> None:
         )
         config = config.replace(candidates=1)
     check_downloads(args, card, captioner_use(args, card, config, fitting=False, drawing=True))
-    di = load_model(args)
+    di = load_model(model_options(args))
     written: list[Path] = []
     try:
         for path, output in zip(args.b, paths):
@@ -141,7 +141,7 @@ def run_analogy(args: argparse.Namespace) -> None:
 
     from ..grid import image_grid
 
-    di = load_model(args)
+    di = load_model(model_options(args))
     b_prime, tokens = di.analogy(
         *images,
         config,

@@ -1,0 +1,25 @@
+"""Which model a command loads, and how: what a model loader is given.
+
+The command line's loader (`cli.load.load_model`) takes a `ModelOptions`, as does any loader given
+to the bench (`bench.command.run_command`). Torch-free: building options loads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """The model and run flags of a command that loads a model (`diffinv analogy --help`, "model
+    and run"): None and False leave the choice to the loader and the model's card."""
+
+    model: str  # --model: hub id, directory, 'shapes-editor' or 'shapes'
+    device: str | None = None  # --device: cpu, cuda, cuda:N or mps (None: CUDA if present)
+    dtype: str | None = None  # --dtype: float32, float16 or bfloat16 (None: by device)
+    clip_model: str | None = None  # --clip-model (None: the CLIP matching the model's text encoder)
+    captions_from: str | os.PathLike | None = None  # --captions-from: caption by CLIP retrieval among its lines
+    offline: bool = False  # --offline: never use the network
+    threads: int | None = None  # --threads: torch's CPU threads (None: torch's default)
+    quiet: bool = False  # --quiet: no loading bars
