@@ -145,3 +145,20 @@ def test_the_report_gives_each_split_and_its_paired_differences(tmp_path):
     assert "## Per split: correct / edit / preserved (%)" in summary
     assert "| a | 100 / 100 / 100 | 0 / 100 / 0 | 0 / 100 / 0 |" in summary
     assert "## Paired differences against b, seen edits" in summary and "unseen edits" in summary
+
+
+def test_split_needs_a_model_that_records_what_it_learned_from(tmp_path):
+    from diffinv.bench.command import RunOptions, check_learned_split, run_command
+    from diffinv.errors import DiffinvError
+    from diffinv.model_card import model_card, write_descriptor
+
+    def no_loading(options):
+        raise AssertionError("a model was loaded before the split was checked")
+
+    (tmp_path / "plain").mkdir()
+    write_descriptor(tmp_path / "plain", name="plain", world={"version": 2, "layout_range": LAYOUT_RANGE})
+    with pytest.raises(DiffinvError, match="learned_split"):
+        run_command(RunOptions(out=tmp_path / "run", n=1, split="unseen", model=str(tmp_path / "plain")), no_loading)
+    check_learned_split(model_card("shapes"), None)  # 'none': learns nothing across pairs
+    with pytest.warns(UserWarning, match="its 'unseen' edits are seen"):
+        check_learned_split(model_card("shapes"), model_card("shapes-editor"))  # the bundled encoder: 'all'

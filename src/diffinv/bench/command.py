@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import InversionConfig, check_sampling_mode
-from ..errors import DiffinvError
+from ..errors import DiffinvError, DiffinvWarning
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
 from ..model_options import ModelOptions
 from ..shapes.world import JITTER, layout_range_of
@@ -55,6 +56,7 @@ class RunOptions:
     n: int | None = None  # --n: triplets (None: shapes 100, instructpix2pix 300, folder all)
     triplet_seed: int = 0  # --triplet-seed: draws the shapes / InstructPix2Pix triplets
     families: str | None = None  # --families: shapes only, comma-separated (None: all)
+    split: str | None = None  # --split: shapes only, seen | unseen | compound | all (None: every edit type)
     methods: Sequence[str] = ()  # --method: specs or sets (empty: `default_methods`)
     base_changes: str = ""  # --set: "field=value,…" for every Difference Inversion method
     embedders: Sequence[str] = ()  # --embedder: NAME[=MODEL] (empty: the card's, else DEFAULT_EMBEDDERS)
@@ -99,14 +101,18 @@ def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
     """The triplets of --dataset, and the dataset's description for run.json."""
     from .datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
 
+    if options.split and options.dataset != "shapes":
+        raise DiffinvError("--split is for the shapes dataset, whose edit types are declared seen or unseen")
     if options.dataset == "shapes":
         if options.data:
             raise DiffinvError("--data is for the folder and instructpix2pix datasets")
         families = tuple(options.families.split(",")) if options.families else None
         layout_range = layout_range_of(model_card(options.model))
         n, seed = options.n or 100, options.triplet_seed
-        triplets = shapes_dataset(n, seed, families, layout_range)
+        triplets = shapes_dataset(n, seed, families, layout_range, options.split)
         dataset = {"name": "shapes", "n": n, "seed": seed, "families": options.families or "all"}
+        if options.split:  # runs without a split keep their record unchanged (and resumable)
+            dataset["split"] = options.split
         if layout_range != JITTER:  # world v2; v1 runs keep their record unchanged (and resumable)
             dataset["layout_range"] = layout_range
         return triplets, dataset
@@ -313,6 +319,23 @@ def captioner_kept_loaded(di):
 
 
 # --- the commands ------------------------------------------------------------------------------------------
+def check_learned_split(card: ModelCard, editor: ModelCard | None) -> None:
+    """Figures by split mean something only where each model that runs records the edit types its
+    learned analogy component trained on (`ModelCard.learned_split`): refuse --split otherwise."""
+    for model in (card, editor):
+        if model is not None and model.learned_split is None:
+            raise DiffinvError(
+                f"--split needs {model.name!r} to record which edit types its learned parts trained on "
+                '("learned_split" in its diffinv.json); without it no figure on unseen edits can be claimed'
+            )
+        if model is not None and model.learned_split == "all":
+            warnings.warn(
+                f"{model.name!r} learned from every edit type (learned_split 'all'): its 'unseen' edits are seen",
+                DiffinvWarning,
+                stacklevel=2,
+            )
+
+
 def run_command(options: RunOptions, load_model: Callable[[ModelOptions], DifferenceInversion]) -> None:
     """`diffinv bench run`: check everything, load the model with `load_model(options.model_options(device))`
     (a `DifferenceInversion`; the command line's is `cli.load.load_model`), run this process's share of the
@@ -326,6 +349,8 @@ def run_command(options: RunOptions, load_model: Callable[[ModelOptions], Differ
     baseline_models = parse_baseline_models(list(options.baseline_models))
     methods, base_config, editor, configs = build_methods(options, card, baseline_models)
     check_methods(methods, card, triplets, baseline_models)
+    if options.split:
+        check_learned_split(card, editor)
     batch = batch_size(options, card)
     specs = embedder_specs(options, card)
     classifier = classifier_path(card)

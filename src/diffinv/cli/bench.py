@@ -43,6 +43,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         n=args.n,
         triplet_seed=args.triplet_seed,
         families=args.families,
+        split=args.split,
         methods=args.methods or (),
         base_changes=args.base_changes,
         embedders=args.embedders or (),

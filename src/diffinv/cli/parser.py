@@ -245,6 +245,13 @@ def _add_bench_parser(commands) -> None:
         "--families", help="shapes only: comma-separated families (default all: shape,colour,size,background,dot)"
     )
     run.add_argument(
+        "--split",
+        choices=["seen", "unseen", "compound", "all"],
+        help="shapes only: triplets whose edit types are the world's seen or unseen half (what a learned analogy "
+        "component may train on), two attributes at once (compound), or --n of each side by side (all); "
+        "default: every edit type",
+    )
+    run.add_argument(
         "--method",
         action="append",
         dest="methods",
