@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -113,6 +113,17 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
   heldout-encoder-baselines)  # issue 11: the paper's baselines beside it, first 100 triplets of seed 160
     "${BENCH[@]}" --out runs/heldout-v2-s160-baselines --n 100 --triplet-seed 160 \
       --method on-editor:init=encoder,steps=0 --method sdedit --method analogist --method instructpix2pix --method visii ;;
+  train-encoder-seen)  # issue 25: the DIFF-token encoder again, on the seen half of the edit types only
+    diffinv shapes train --out "$WORLD" --stage diff_encoder ;;
+  dev-split)  # issue 25: the seen-trained encoder against the per-pair fit, development seed 1, 30 per split
+    # (the record names the encoder's D̃ "on-editor": the editor's default when it ran)
+    "${BENCH[@]}" --out runs/dev-split-s1 --n 30 --triplet-seed 1 --split all \
+      --method on-editor:init=encoder --method on-editor:init=zeros,steps=200,weight_decay=1 ;;
+  heldout-split)  # issue 25: once on held-out seed 200, 200 triplets per split (two shells at once): the
+    # encoder's D̃ (the record's "on-editor"), the per-pair fit on the same editor, the text-to-image route
+    "${BENCH[@]}" --out runs/heldout-split-s200 --n 200 --triplet-seed 200 --split all \
+      --method on-editor:init=encoder --method on-editor:init=zeros,steps=200,weight_decay=1 \
+      --method difference-inversion ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;

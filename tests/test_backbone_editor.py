@@ -212,19 +212,27 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
     config = card.default_config()
     for field in ("learning_rate", "clip_loss_space", "tc_reduction", "prompt_source", "n_tokens", "lambda_tc"):
         assert getattr(config, field) == getattr(world, field)  # the world's method at its learning rate
-    # D̃ from the editor's encoder, no fit; --init zeros brings back the editor's own fit (results.md §7)
-    assert (config.init, config.steps, config.weight_decay) == ("encoder", 0, 1.0)
+    # D̃ fitted to the pair; the encoder (trained on the seen edit types) is --init encoder, no fit (§10)
+    assert (config.init, config.steps, config.weight_decay) == ("zeros", 200, 1.0)
+    assert card.config_for(changes={"init": "encoder"}).steps == 0 and card.learned_split == "seen"
     assert (card.directory / "diff_encoder" / "diff_encoder.safetensors").is_file()
     assert (config.sampling_mode, config.guidance_scale, config.image_guidance_scale) == ("editor", 4.0, 3.0)
 
 
 def test_the_editor_uses_the_encoder_only_once_it_is_trained():
+    """An encoder trained on every edit type is the default (results.md §7); one trained on the seen
+    edit types only is --init encoder beside the default fit (§10)."""
     from diffinv.shapes.descriptor import EDITOR_FIT, TrainingPlan, editor_descriptor
 
-    before = editor_descriptor(TrainingPlan(), trained={"editor": 1.0})["config"]
-    assert "init" not in before and before["steps"] == EDITOR_FIT["steps"]
-    after = editor_descriptor(TrainingPlan(), trained={"editor": 1.0, "diff_encoder": 1.0})["config"]
-    assert (after["init"], after["steps"]) == ("encoder", 0)
+    before = editor_descriptor(TrainingPlan(), trained={"editor": 1.0})
+    assert "init" not in before["config"] and before["config"]["steps"] == EDITOR_FIT["steps"]
+    assert "init_budgets" not in before and "learned_split" not in before
+    done = {"editor": 1.0, "diff_encoder": 1.0}
+    every = editor_descriptor(TrainingPlan(diff_encoder_split="all"), trained=done)
+    assert (every["config"]["init"], every["config"]["steps"], every["learned_split"]) == ("encoder", 0, "all")
+    seen = editor_descriptor(TrainingPlan(), trained=done)
+    assert "init" not in seen["config"] and seen["config"]["steps"] == EDITOR_FIT["steps"]
+    assert (seen["init_budgets"], seen["learned_split"]) == ({"encoder": {"steps": 0}}, "seen")
 
 
 def test_a_descriptor_naming_a_missing_clip_is_refused(tmp_path):

@@ -39,17 +39,18 @@ def test_every_start_and_preset_runs_on_every_bundled_model(model, start):
     assert config.sampling_mode in (("editor",) if card.is_editor() else ("inversion", "img2img"))
 
 
-def test_the_editors_zero_start_is_its_recorded_fit():
-    """--init zeros brings back the editor's fit before the encoder: 200 steps at weight decay 1; the
-    user's own --steps still wins, and the default (the encoder, no fit) is unchanged."""
+def test_the_editors_starts_each_run_on_its_own_budget():
+    """The editor's default fits D̃ from zeros, 200 steps at weight decay 1; --init encoder takes the
+    encoder's D̃ with no fit (its budget: 0 steps); the user's own --steps wins over either."""
     card = model_card("shapes-editor")
-    assert card.init_budgets["zeros"] == {"steps": 200}
-    zeros = card.config_for(changes={"init": "zeros"})
-    assert (zeros.steps, zeros.weight_decay) == (200, 1.0)
-    assert card.config_for(changes={"init": "zeros", "steps": 20}).steps == 20
-    assert card.config_for("paper", {"steps": 20}).steps == 20
+    assert card.init_budgets == {"encoder": {"steps": 0}}
     default = card.config_for()
-    assert (default.init, default.steps) == ("encoder", 0)
+    assert (default.init, default.steps, default.weight_decay) == ("zeros", 200, 1.0)
+    encoder = card.config_for(changes={"init": "encoder"})
+    assert (encoder.init, encoder.steps) == ("encoder", 0)
+    assert card.config_for(changes={"init": "encoder", "steps": 20}).steps == 20
+    assert card.config_for("paper", {"steps": 20}).steps == 20
+    assert card.config_for("paper").steps == 200
 
 
 def test_a_budget_replaces_only_what_the_user_did_not_set(tmp_path):
@@ -107,7 +108,9 @@ def test_bench_presets_on_the_editor_resolve_to_its_fit(method, tmp_path):
     assert build_methods(options, model_card("shapes-editor"))[3][method].steps == 50
 
 
-@pytest.mark.parametrize("method", ["inversion", "sample-from-noise", "paper:sampling_mode=img2img", "hard-tokens"])
+@pytest.mark.parametrize(
+    "method", ["inversion", "sample-from-noise", "paper:sampling_mode=img2img", "hard-tokens:init=encoder"]
+)
 def test_a_bench_method_the_model_cannot_run_is_refused_before_loading(method, tmp_path):
     from diffinv.bench.command import run_command
 
@@ -136,9 +139,10 @@ def test_tokens_of_the_other_bundled_model_are_drawn_with_this_ones_settings(fit
 
 
 # --- captions that change nothing -----------------------------------------------------------------------------
-def test_captions_from_on_the_default_model_says_it_changes_nothing(capsys, tmp_path):
+def test_captions_from_with_the_encoders_tokens_says_it_changes_nothing(capsys, tmp_path):
     argv = ["analogy", EXAMPLE / "a.png", EXAMPLE / "a_prime.png", EXAMPLE / "b.png", "-o", tmp_path / "b.png"]
-    code, _, err = run(capsys, [*argv, "--captions-from", EXAMPLE / "captions.txt", "--quiet", "--threads", "1"])
+    captions = ["--captions-from", EXAMPLE / "captions.txt"]
+    code, _, err = run(capsys, [*argv, *captions, "--init", "encoder", "--quiet", "--threads", "1"])
     assert code == 0, err
     assert err.splitlines() == [
         "diffinv: warning: --captions-from changes nothing here: D̃ is taken from the model's encoder with no fit "
@@ -314,11 +318,11 @@ def test_config_for_on_the_pipeline_uses_the_models_budgets():
     di = DifferenceInversion.__new__(DifferenceInversion)
     di.default_config = model_card("shapes-editor").config_for()
     di.init_budgets = model_card("shapes-editor").init_budgets
-    assert di.config_for(init="zeros").steps == 200
+    assert di.config_for(init="encoder").steps == 0 and di.config_for(init="random").steps == 200
     assert dataclasses.asdict(di.config_for()) == dataclasses.asdict(di.default_config)
 
 
 def test_defaults_lists_the_budget_of_each_start(capsys):
     code, out, err = run(capsys, ["defaults", "--model", "shapes-editor"])
     assert code == 0, err
-    assert "with init 'zeros' (--init zeros, or a preset that starts there): steps 200" in out.splitlines()
+    assert "with init 'encoder' (--init encoder, or a preset that starts there): steps 0" in out.splitlines()

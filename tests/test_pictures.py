@@ -33,7 +33,8 @@ def check(pictures, name: str, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["analogy.png", "examples-editor.png"])
+# The first picture costs one analogy (about 10 s); the five examples five (slow: run with -m slow).
+@pytest.mark.parametrize("name", ["analogy.png", pytest.param("examples-editor.png", marks=pytest.mark.slow)])
 def test_a_readme_picture_is_what_its_command_draws(pictures, name, tmp_path):
     check(pictures, name, tmp_path)
 

@@ -235,8 +235,9 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     train_world(out, plan, stages=["diff_encoder"])
     assert (out / "editor" / "diff_encoder" / "diff_encoder.safetensors").is_file()
     assert not (out / "diff_encoder-partial.safetensors").exists()
-    editor_config = model_card(str(out / "editor")).default_config()
-    assert (editor_config.init, editor_config.steps) == ("encoder", 0)
+    editor = model_card(str(out / "editor"))  # an encoder of the seen edit types: --init encoder, beside the fit
+    assert (editor.default_config().init, editor.learned_split) == ("zeros", "seen")
+    assert editor.config_for(changes={"init": "encoder"}).steps == 0
 
 
 def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):

@@ -160,5 +160,7 @@ def test_split_needs_a_model_that_records_what_it_learned_from(tmp_path):
     with pytest.raises(DiffinvError, match="learned_split"):
         run_command(RunOptions(out=tmp_path / "run", n=1, split="unseen", model=str(tmp_path / "plain")), no_loading)
     check_learned_split(model_card("shapes"), None)  # 'none': learns nothing across pairs
+    check_learned_split(model_card("shapes"), model_card("shapes-editor"))  # the bundled encoder: 'seen'
+    write_descriptor(tmp_path / "plain", name="every", learned_split="all")
     with pytest.warns(UserWarning, match="its 'unseen' edits are seen"):
-        check_learned_split(model_card("shapes"), model_card("shapes-editor"))  # the bundled encoder: 'all'
+        check_learned_split(model_card("shapes"), model_card(tmp_path / "plain"))

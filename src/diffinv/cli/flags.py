@@ -16,9 +16,9 @@ from .. import checks
 from ..checks import TOKEN_SUFFIX
 from ..config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig
 
-# The bundled offline world's instruction editor, with the DIFF tokens from its encoder: its analogies
-# come out right nearly three times as often as those of the world's text-to-image model ("shapes"),
-# in a quarter of the time (75 % against 27 %, 0.39 s against 1.70 s per triplet; docs/results.md §7).
+# The bundled offline world's instruction editor, with DIFF tokens fitted to the pair: its analogies come
+# out right about twice as often as those of the world's text-to-image model ("shapes"), on edits no
+# learned part has seen as on the others (docs/results.md, the table at its top).
 # Real use: a Stable Diffusion or InstructPix2Pix hub id or directory.
 DEFAULT_MODEL = "shapes-editor"
 # `diffinv bench run` defaults to the world's text-to-image model, whose card names every model the
