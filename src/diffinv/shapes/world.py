@@ -320,11 +320,19 @@ def make_triplet(
         if targets:
             break
     target = rng.choice(targets)
-    while True:
-        b = random_scene(rng, jitter).with_(family, getattr(a, family))
-        if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k != family):
-            break
+    b = _b_for(a, (family,), rng, jitter)
     return Triplet(family, a, a.with_(family, target), b, b.with_(family, target))
+
+
+def _b_for(a: Scene, changed: tuple[str, ...], rng: random.Random, jitter: float) -> Scene:
+    """A random B that shares A's values of the `changed` attributes and differs from A in at least
+    one other (drawn again until it does)."""
+    while True:
+        b = random_scene(rng, jitter)
+        for name in changed:
+            b = b.with_(name, getattr(a, name))
+        if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k not in changed):
+            return b
 
 
 def triplets(
@@ -361,12 +369,7 @@ def make_compound_triplet(rng: random.Random, layout_range: float = JITTER) -> T
     changed = tuple(sorted(rng.sample(FAMILIES, 2), key=FAMILIES.index))
     a = random_scene(rng, layout_range)
     targets = {name: rng.choice([v for v in ATTRIBUTES[name] if v != getattr(a, name)]) for name in changed}
-    while True:
-        b = random_scene(rng, layout_range)
-        for name in changed:
-            b = b.with_(name, getattr(a, name))
-        if any(getattr(b, k) != getattr(a, k) for k in ATTRIBUTES if k not in changed):
-            break
+    b = _b_for(a, changed, rng, layout_range)
     a_prime, b_prime = a, b
     for name, value in targets.items():
         a_prime, b_prime = a_prime.with_(name, value), b_prime.with_(name, value)
