@@ -326,3 +326,16 @@ def test_defaults_lists_the_budget_of_each_start(capsys):
     code, out, err = run(capsys, ["defaults", "--model", "shapes-editor"])
     assert code == 0, err
     assert "with init 'encoder' (--init encoder, or a preset that starts there): steps 0" in out.splitlines()
+
+
+def test_drawn_on_gives_a_model_of_the_other_kind_its_own_drawing_settings():
+    """The rule both `apply` paths follow (the CLI before loading, the pipeline with no config)."""
+    from diffinv.cli.flags import SAMPLING_FLAGS, fields
+    from diffinv.config import DRAWING_FIELDS
+
+    assert ("resolution", *fields(SAMPLING_FLAGS)) == DRAWING_FIELDS  # every drawing flag, and only those
+    fitted, editor = model_card("shapes").config_for(), model_card("shapes-editor").config_for()
+    assert fitted.drawn_on(editor, editor=False) is fitted
+    drawn = fitted.drawn_on(editor, editor=True)
+    assert all(getattr(drawn, name) == getattr(editor, name) for name in DRAWING_FIELDS)
+    assert drawn.replace(**{name: getattr(fitted, name) for name in DRAWING_FIELDS}) == fitted

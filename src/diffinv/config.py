@@ -348,6 +348,15 @@ class InversionConfig:
             return self.lambda_clip_b > 0 and self.steps > 0 and self.prompt_source == "caption"
         return self.prompt_source == "caption"
 
+    def drawn_on(self, model_default: InversionConfig, editor: bool) -> InversionConfig:
+        """This config as a model of the other kind draws it: tokens fitted on an instruction editor
+        and applied to a text-to-image model (or back) take that model's drawing settings
+        (`DRAWING_FIELDS` of `model_default`), since the other kind's mean nothing there; unchanged
+        when the kinds agree. editor: whether the drawing model is an instruction editor."""
+        if editor == (self.sampling_mode == "editor"):
+            return self
+        return self.replace(**{name: getattr(model_default, name) for name in DRAWING_FIELDS})
+
     def replace(self, **changes: Any) -> InversionConfig:
         """A copy with `changes` applied (and validated)."""
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -424,6 +433,23 @@ BUDGET_FIELDS = (
     "image_guidance_scale",
 )
 METHOD_FIELDS = tuple(f.name for f in fields(InversionConfig) if f.name not in BUDGET_FIELDS)
+# Fields that say how B′ is drawn, which a model's own defaults give when tokens come from a model of
+# the other kind (`InversionConfig.drawn_on`).
+DRAWING_FIELDS = (
+    "resolution",
+    "sampling_mode",
+    "strength",
+    "guidance_scale",
+    "image_guidance_scale",
+    "sampling_steps",
+    "edit_strength",
+    "negative_diff",
+    "diff_guidance",
+    "candidates",
+    "share_attention",
+    "edit_mask",
+    "direct_inversion",
+)
 
 # Named presets: the method fields they set. "paper" sets every method field to the paper's value
 # (or, where the paper is silent, to the value this project kept for the paper's method), with one

@@ -14,6 +14,8 @@ working images to a private twin (`_prepare`, `_apply`), which `analogy` calls d
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -24,7 +26,7 @@ from .checks import check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
 from .config import INVERSION_MODES, InversionConfig, check_sampling_mode, resolve_config
 from .diff_encoder import ENCODER_DIR, DiffEncoder, check_encoder_fits
-from .errors import DiffinvError
+from .errors import DiffinvError, DiffinvWarning
 from .images import ImageInput, WorkingPair, as_rgb, fit_to, working_size
 from .inversion import (
     PreparedPair,
@@ -392,7 +394,16 @@ class DifferenceInversion:
         reference: (A, A′), needed when `config.candidates` > 1 to score the candidates (the
             tokens do not hold the images); unused otherwise.
         """
-        config = config or tokens.config
+        if config is None:  # the tokens' own settings; a model of the other kind draws with its own
+            editor = self.backbone.takes_instructions
+            config = tokens.config.drawn_on(self.default_config, editor)
+            if config is not tokens.config:
+                warnings.warn(
+                    f"these DIFF tokens were fitted on {tokens.model_id!r}; {self.backbone.model_id!r} draws B′ "
+                    f"with its own drawing settings (mode {config.sampling_mode!r})",
+                    DiffinvWarning,
+                    stacklevel=2,
+                )
         check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
         tokens.check_fits(
             self.backbone.model_id, self.backbone.token_width, self.backbone.vocab_size, self.backbone.family

@@ -115,10 +115,6 @@ def fields(flags) -> list[str]:
     return [field for _, field, _, _ in flags]
 
 
-# the fields that say how B′ is drawn, which a model's own defaults give when it did not fit the tokens
-DRAWING_FIELDS = ("resolution", *fields(SAMPLING_FLAGS))
-
-
 def _paper(field: str) -> str:
     value = getattr(PAPER, field)
     return "the model's" if value is None else f"the model's; paper {value}"

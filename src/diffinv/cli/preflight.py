@@ -18,7 +18,6 @@ import warnings
 from .. import checks
 from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError, DiffinvWarning
-from .flags import DRAWING_FIELDS
 
 
 def common_checks(args: argparse.Namespace):
@@ -66,7 +65,7 @@ def drawing_config(tokens, card, sampling: dict) -> InversionConfig:
             DiffinvWarning,
             stacklevel=1,
         )
-        config = config.replace(**{field: getattr(own, field) for field in DRAWING_FIELDS})
+        config = config.drawn_on(own, editor)
     config = config.replace(**sampling)
     if editor is not None:
         check_sampling_mode(config.sampling_mode, card.name, editor)
