@@ -32,8 +32,8 @@ from ..shapes.world import JITTER, layout_range_of
 from .build import config_record, parse_baseline_models
 from .datasets import BenchTriplet
 from .methods import MethodSpec, expand_methods
-from .report import write_reports
-from .results import RESULTS, check_run_record
+from .report import latest_rows, memory_by_method, write_reports
+from .results import RESULTS, check_run_record, read_results
 
 if TYPE_CHECKING:
     from ..pipeline import DifferenceInversion
@@ -51,9 +51,9 @@ class RunOptions:
     the model's card or the loader, as a flag left out does."""
 
     out: str | os.PathLike  # --out: the run directory (created; an existing one is resumed)
-    dataset: str = "shapes"  # --dataset: shapes, folder or instructpix2pix
-    data: str | os.PathLike | None = None  # --data: the folder / instructpix2pix dataset's directory
-    n: int | None = None  # --n: triplets (None: shapes 100, instructpix2pix 300, folder all)
+    dataset: str = "shapes"  # --dataset: shapes, folder, instructpix2pix or a published set (`published.PUBLISHED`)
+    data: str | os.PathLike | None = None  # --data: the directory of every dataset but shapes
+    n: int | None = None  # --n: triplets (None: shapes 100, instructpix2pix 300, folder and published sets all)
     triplet_seed: int = 0  # --triplet-seed: draws the shapes / InstructPix2Pix triplets
     families: str | None = None  # --families: shapes only, comma-separated (None: all)
     split: str | None = None  # --split: shapes only, seen | unseen | compound | all (None: every edit type)
@@ -100,12 +100,20 @@ class ReportOptions:
 def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
     """The triplets of --dataset, and the dataset's description for run.json."""
     from .datasets import folder_dataset, instructpix2pix_dataset, shapes_dataset
+    from .published import PUBLISHED, families_in_turn
 
+    if options.dataset not in ("shapes", "folder", "instructpix2pix", *PUBLISHED):
+        raise DiffinvError(
+            f"unknown dataset {options.dataset!r}; choose from shapes, folder, instructpix2pix, {', '.join(PUBLISHED)}"
+        )
     if options.split and options.dataset != "shapes":
         raise DiffinvError("--split is for the shapes dataset, whose edit types are declared seen or unseen")
     if options.dataset == "shapes":
         if options.data:
-            raise DiffinvError("--data is for the folder and instructpix2pix datasets")
+            raise DiffinvError(
+                "--data is for the folder, instructpix2pix and published datasets (reedit, lorweb, relation252k, "
+                "analogist)"
+            )
         families = tuple(options.families.split(",")) if options.families else None
         layout_range = layout_range_of(model_card(options.model))
         n, seed = options.n or 100, options.triplet_seed
@@ -118,6 +126,9 @@ def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
         return triplets, dataset
     if not options.data:
         raise DiffinvError(f"--dataset {options.dataset} needs --data DIR")
+    if options.dataset in PUBLISHED:  # the field's benchmarks, each in its own published layout
+        triplets = families_in_turn(PUBLISHED[options.dataset](options.data), options.n)
+        return triplets, {"name": options.dataset, "data": Path(options.data).name, "n": len(triplets)}
     if options.dataset == "folder":
         triplets = folder_dataset(options.data)[: options.n]
         return triplets, {"name": "folder", "data": Path(options.data).name, "n": len(triplets)}
@@ -400,6 +411,7 @@ def run_command(options: RunOptions, load_model: Callable[[ModelOptions], Differ
     paths = write_reports(run_dir, options.max_examples)
     part = f" (shard {shard.rank + 1} of {shard.world_size})" if shard.world_size > 1 else ""
     print(f"ran {count} (method, triplet) pairs{part}; wrote {paths['md']}, {paths['csv']} and {paths['html']}")
+    print(memory_by_method(latest_rows(read_results(run_dir))), end="")
 
 
 def report_command(options: ReportOptions) -> None:

@@ -32,7 +32,7 @@ METRIC_ORDER = (
     "final_loss_tc",
     "final_loss_clip",
 )
-NOT_METRICS = {"index", "seconds"}
+NOT_METRICS = {"index", "seconds", "peak_memory_mb"}  # peak memory: its own column (`memory_by_method`)
 PERCENT = {"correct", "edit", "preserved", "layout", "preserved_attributes"}
 
 
@@ -90,6 +90,7 @@ def summarize(rows: list[dict], group: str | None = None) -> list[dict]:
             **({group: value} if group else {}),
             "n": len(chosen),
             "seconds_median": seconds[len(seconds) // 2] if seconds else math.nan,
+            **peak_memory(chosen),
         }
         for metric in metrics:
             values = [float(r[metric]) for r in chosen if metric in r]
@@ -97,6 +98,29 @@ def summarize(rows: list[dict], group: str | None = None) -> list[dict]:
                 entry[metric], entry[f"{metric}_ci95"] = mean_interval(values)
         table.append(entry)
     return table
+
+
+def peak_memory(rows: list[dict]) -> dict:
+    """{"peak_memory_mb": the largest peak of `rows`, "memory": its kind} (empty when none was
+    measured); a mixture of kinds (a run resumed on other hardware) is named "mixed"."""
+    measured = [r for r in rows if "peak_memory_mb" in r]
+    if not measured:
+        return {}
+    kinds = sorted({r.get("memory", "?") for r in measured})
+    return {
+        "peak_memory_mb": max(float(r["peak_memory_mb"]) for r in measured),
+        "memory": kinds[0] if len(kinds) == 1 else "mixed",
+    }
+
+
+def memory_by_method(rows: list[dict]) -> str:
+    """One line per method: its peak memory over the rows (what `diffinv bench run` prints)."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        peak = peak_memory([r for r in rows if r["method"] == method])
+        if peak:
+            lines.append(f"  {method}: {peak['peak_memory_mb']:.0f} MiB ({peak['memory']})")
+    return ("peak memory per method:\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def paired_differences(rows: list[dict], baseline: str = "difference-inversion") -> list[dict]:
@@ -129,6 +153,10 @@ def _cell(entry: dict, metric: str, percent: bool) -> str:
     return f"{mean:.4f} ± {half:.4f}" if not math.isnan(half) else f"{mean:.4f}"
 
 
+def _memory_cell(entry: dict) -> str:
+    return f"{entry['peak_memory_mb']:.0f} ({entry['memory']})" if "peak_memory_mb" in entry else "–"
+
+
 def _columns(table: list[dict], only_scores: bool) -> list[str]:
     """Metric columns of a summary table; `only_scores` keeps the scores (not losses, not
     similarity to the truth), for the narrower per-family tables."""
@@ -142,12 +170,14 @@ def table_cells(
     """(header, rows of cells) of a summary table, shared by the markdown and HTML renderings."""
     metrics = _columns(table, only_scores=scores_only)
     timed = any(not math.isnan(entry["seconds_median"]) for entry in table)
+    measured = any("peak_memory_mb" in entry for entry in table)
     header = [
         "method",
         *([group] if group else []),
         "n",
         *[f"{m} (%)" if m in PERCENT else m for m in metrics],
         *(["s/triplet (median)"] if timed else []),
+        *(["peak MiB (kind)"] if measured else []),
     ]
     rows = [
         [
@@ -156,6 +186,7 @@ def table_cells(
             str(entry["n"]),
             *[_cell(entry, m, m in PERCENT) for m in metrics],
             *([f"{entry['seconds_median']:.2f}"] if timed else []),
+            *([_memory_cell(entry)] if measured else []),
         ]
         for entry in table
     ]

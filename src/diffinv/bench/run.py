@@ -41,6 +41,7 @@ from ..grid import image_grid
 from ..method import Method, is_batched
 from .build import EditorModel, MethodBuilder
 from .datasets import BenchTriplet
+from .memory import PeakMemory
 from .methods import MethodSpec
 from .metrics import Embedder, directional_score, similarity_to_truth
 from .plots import loss_curves_svg
@@ -89,6 +90,11 @@ def local_device() -> str:
     return "cpu"
 
 
+def model_device(di) -> str:
+    """The device of a `DifferenceInversion`'s diffusion model ("cpu" for anything without one)."""
+    return str(getattr(getattr(di, "backbone", None), "device", "cpu"))
+
+
 def slug(text: str) -> str:
     """A file-system-safe name for a method spec ('alpha=0.5' → 'alpha-0.5')."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
@@ -107,6 +113,8 @@ class BenchRunner:
     builder: builds each method from its spec (`build.MethodBuilder`: configs resolved with the
         model card's budgets, baselines on the card's models); default: one on `di` and
         `base_config` alone.
+    memory: measures the peak memory of each method's drawing of each chunk, recorded in its rows
+        as `peak_memory_mb` and `memory` (its kind, `memory.PeakMemory`); default: on `di`'s device.
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class BenchRunner:
         seed: int = 0,
         progress: bool = True,
         builder: MethodBuilder | None = None,
+        memory: PeakMemory | None = None,
     ):
         if batch_size < 1:
             raise DiffinvError(f"--batch must be at least 1, got {batch_size}")
@@ -132,6 +141,7 @@ class BenchRunner:
             progress,
         )
         self.builder = builder if builder is not None else MethodBuilder(di, base_config)
+        self.memory = memory if memory is not None else PeakMemory(model_device(di))
 
     def run(self, methods: list[MethodSpec], triplets: list[BenchTriplet], shard: Shard = Shard()) -> int:
         """Every pending (method, triplet) of this shard; returns how many were run now."""
@@ -187,14 +197,21 @@ class BenchRunner:
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
         seeds = [self.seed + index for index, _ in chunk]
         texts = [self.builder.text(spec, method, t) for _, t in chunk]
+        # the peak is reset around the method's own work only (not the scoring of its B′ that follows)
+        self.memory.start()
         drawn, shared_seconds = self._draws(method, images, seeds, texts)
+        shared_peak = self.memory.peak_mb()
         for (index, triplet), (a, a_prime, b) in zip(chunk, images):
+            self.memory.start()
             start = time.perf_counter()
             b_prime = next(drawn)
             seconds = shared_seconds + time.perf_counter() - start
+            peak = max(shared_peak, self.memory.peak_mb())
             # a method that fits DIFF tokens keeps those of its last B′ (loss history, hard text)
             tokens = getattr(method, "last_tokens", None)
-            yield self._record(spec, method, triplet, index, a, a_prime, b, b_prime, tokens, seconds)
+            row, staged = self._record(spec, method, triplet, index, a, a_prime, b, b_prime, tokens, seconds)
+            row["peak_memory_mb"], row["memory"] = round(peak, 1), self.memory.kind
+            yield row, staged
 
     def _draws(self, method: Method, images: list[tuple], seeds: list[int], texts: list[dict]):
         """An iterator drawing each B′ of a chunk when asked, and each triplet's share of the work

@@ -216,20 +216,22 @@ def _add_bench_parser(commands) -> None:
     run.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     run.add_argument(
         "--dataset",
-        choices=["shapes", "folder", "instructpix2pix"],
+        choices=["shapes", "folder", "instructpix2pix", "reedit", "lorweb", "relation252k", "analogist"],
         default="shapes",
         help=(
-            "shapes (seeded, offline; default), folder (--data DIR of triplet folders) or instructpix2pix (--data: a "
-            "local copy)"
+            "shapes (seeded, offline; default), folder (--data DIR of triplet folders), instructpix2pix (--data: a "
+            "local copy), or a published benchmark in its own layout (--data: a local copy): reedit (ReEdit-Bench), "
+            "lorweb (LoRWeB's layout of Relation252K), relation252k (Relation252K's own), analogist (Analogist's "
+            "task folders); see docs/bench.md"
         ),
     )
-    run.add_argument("--data", help="dataset directory for folder / instructpix2pix")
+    run.add_argument("--data", help="dataset directory (every dataset but shapes)")
     run.add_argument(
         "--n",
         type=int,
         help=(
-            "number of triplets: shapes default 100, instructpix2pix 300 (the paper's), folder: the first N (default "
-            "all)"
+            "number of triplets: shapes default 100, instructpix2pix 300 (the paper's), folder: the first N, "
+            "published sets: N taking the families in turn (default all)"
         ),
     )
     run.add_argument(
