@@ -207,6 +207,9 @@ def analogist_grid(colours) -> Image.Image:
 
 
 def write_analogist(root: Path) -> Path:
+    (root / "caricature_processed").mkdir(parents=True)  # only the processed grid, no raw images
+    analogist_grid((RED, GREEN, BLUE, (0, 0, 0))).save(root / "caricature_processed" / "input.png")
+    (root / "caricature_processed" / "prompts.txt").write_text("a drawn face\n")
     for task, prompts in (("colorization", "a toy in colour\na coloured toy\n"), ("corgi", None)):
         raw = root / f"{task}_raw"
         raw.mkdir(parents=True)
@@ -226,19 +229,21 @@ def write_analogist(root: Path) -> Path:
 def test_analogist_reads_examples_and_evaluation_grids(tmp_path):
     triplets = analogist_dataset(write_analogist(tmp_path / "analogist"))
     assert [(t.id, t.family) for t in triplets] == [
+        ("caricature", "caricature"),
         ("colorization", "colorization"),
         ("corgi", "corgi"),
         ("deblur__0001", "deblur"),
         ("deblur__0002", "deblur"),
     ]
-    assert [t.caption_b_prime for t in triplets] == ["a toy in colour", None, "a sharp cat", "a sharp dog"]
+    captions = ["a drawn face", "a toy in colour", None, "a sharp cat", "a sharp dog"]
+    assert [t.caption_b_prime for t in triplets] == captions
     assert all(t.b_prime is None for t in triplets)  # Analogist publishes no ground truth
-    for triplet in (triplets[0], triplets[2]):
+    for triplet in (triplets[0], triplets[1], triplets[3]):
         images = (triplet.a(), triplet.a_prime(), triplet.b())
         assert all(close(colour_of(i), c, tolerance=0) for i, c in zip(images, (RED, GREEN, BLUE)))
-    cell = triplets[2].b()
+    cell = triplets[3].b()
     assert cell.size == (253, 253) and cell.getextrema() == ((20, 20), (20, 20), (220, 220))  # no border in it
-    assert triplets[2].info == {"category": "low_level_tasks"}
+    assert triplets[3].info == {"category": "low_level_tasks"}
 
 
 def test_analogist_partial_copies(tmp_path):
@@ -250,6 +255,8 @@ def test_analogist_partial_copies(tmp_path):
     one_line_error(lambda: analogist_dataset(root), "2 prompt lines for 1 grids in deblur_masked")
     (root / "low_level_tasks_processed" / "deblur_gpt4_out.txt").unlink()
     one_line_error(lambda: analogist_dataset(root), "deblur_gpt4_out.txt: missing")
+    (root / "low_level_tasks_processed" / "denoise_gpt4_out.txt").write_text("0001\ta clean cat\n")
+    one_line_error(lambda: analogist_dataset(root), "denoise_masked: missing, the grids that denoise_gpt4_out.txt")
     one_line_error(lambda: analogist_dataset(tmp_path), "no Analogist tasks")
 
 
@@ -277,6 +284,20 @@ def test_peak_memory_sees_an_allocation_and_resets_between_stretches():
         assert big - small > 50
     else:  # only the growth of the all-time peak
         assert big > 50 and small < 5
+
+
+def test_peak_memory_on_a_gpu_is_torchs_peak_reset_per_stretch(monkeypatch):
+    """The CUDA path without a GPU: the peak statistics of the model's device are reset at start()
+    and read at peak_mb() (torch's own counters stand in)."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: calls.append(("read", device)) or 3 * 2**30)
+    memory = PeakMemory("cuda:1")
+    memory.start()
+    assert memory.kind == "cuda" and memory.peak_mb() == 3072.0
+    assert calls == [("reset", "cuda:1"), ("read", "cuda:1")]
 
 
 def test_the_summary_reports_each_methods_largest_peak():

@@ -32,6 +32,8 @@ relation252k — Relation252K's own layout (RelationAdapter's release), one fold
 analogist — Analogist's (SIGGRAPH 2024) task folders, either its examples::
 
     ROOT/<task>_raw/001.png 002.png 003.png        A, A′, B
+    ROOT/<task>_processed/input.png                [the grid of A, A′, B its visual prompting wrote;
+                                                    read when there is no <task>_raw]
     ROOT/<task>_processed/prompts.txt              [text prompts of B′, one a line; the first is used]
 
 or its evaluation sets (512×512 2×2 grids: A | A′ over B | masked, 2-pixel borders)::
@@ -292,35 +294,45 @@ def _grid_cell(column: int, row: int) -> Box:
     return box
 
 
+def _first_prompt(path: Path) -> str | None:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    return next((line for line in lines if line), None)
+
+
 def _analogist_examples(root: Path) -> list[BenchTriplet]:
+    """A triplet per example task: from `<task>_raw` (the three images), else from the grid its
+    visual prompting wrote (`<task>_processed/input.png`, the layout of the evaluation grids)."""
     out = []
-    for raw in (d for d in _subdirectories(root) if d.name.endswith("_raw")):
-        task = raw.name[: -len("_raw")]
-        images = {stem: _image(raw, stem) for stem in ANALOGIST_RAW}
-        missing = [stem for stem, path in images.items() if path is None]
-        if missing:
-            raise DiffinvError(
-                f"{raw / missing[0]}.png: missing, the {ANALOGIST_RAW[missing[0]]} image of task {task}"
-            )
-        prompts = root / f"{task}_processed" / "prompts.txt"
-        lines = [ln.strip() for ln in prompts.read_text(encoding="utf-8").splitlines()] if prompts.is_file() else []
-        lines = [ln for ln in lines if ln]
-        out.append(
-            BenchTriplet(
-                id=_safe(task),
-                a=_from_file(images["001"]),
-                a_prime=_from_file(images["002"]),
-                b=_from_file(images["003"]),
-                family=task,
-                caption_b_prime=lines[0] if lines else None,
-            )
-        )
+    raws = {d.name[: -len("_raw")]: d for d in _subdirectories(root) if d.name.endswith("_raw")}
+    grids = {
+        d.name[: -len("_processed")]: d / "input.png"
+        for d in _subdirectories(root)
+        if d.name.endswith("_processed") and (d / "input.png").is_file()
+    }
+    for task in sorted(set(raws) | set(grids)):
+        prompt = _first_prompt(root / f"{task}_processed" / "prompts.txt")
+        if task in raws:
+            images = {stem: _image(raws[task], stem) for stem in ANALOGIST_RAW}
+            missing = [stem for stem, path in images.items() if path is None]
+            if missing:
+                raise DiffinvError(
+                    f"{raws[task] / missing[0]}.png: missing, the {ANALOGIST_RAW[missing[0]]} image of task {task}"
+                )
+            a, a_prime, b = (_from_file(images[stem]) for stem in ANALOGIST_RAW)
+        else:
+            grid_of = "a 2×2 Analogist grid"
+            a, a_prime, b = (_cropped(grids[task], _grid_cell(*cell), grid_of) for cell in ((0, 0), (1, 0), (0, 1)))
+        out.append(BenchTriplet(id=_safe(task), a=a, a_prime=a_prime, b=b, family=task, caption_b_prime=prompt))
     return out
 
 
 def _analogist_evaluation(root: Path) -> list[BenchTriplet]:
     out = []
     for category in (d for d in _subdirectories(root) if d.name.endswith("_processed")):
+        for prompts in sorted(category.glob("*_gpt4_out.txt")):  # prompts without their grids: a partial copy
+            masked = category / f"{prompts.name[: -len('_gpt4_out.txt')]}_masked"
+            if not masked.is_dir():
+                raise DiffinvError(f"{masked}: missing, the grids that {prompts.name} prompts")
         for masked in (d for d in _subdirectories(category) if d.name.endswith("_masked")):
             task = masked.name[: -len("_masked")]
             prompts = category / f"{task}_gpt4_out.txt"
