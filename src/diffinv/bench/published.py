@@ -127,11 +127,12 @@ def _entries(data, path: Path, keys: tuple[str, ...]) -> list[dict]:
 
 
 def _unique(triplets: list[BenchTriplet], root: Path) -> list[BenchTriplet]:
-    seen: dict[str, int] = {}
+    """`triplets`, checked to be some and to have distinct ids (a run keys its results by id)."""
+    seen: set[str] = set()
     for triplet in triplets:
         if triplet.id in seen:
             raise DiffinvError(f"{root}: two triplets would share the id {triplet.id!r}")
-        seen[triplet.id] = 1
+        seen.add(triplet.id)
     if not triplets:
         raise DiffinvError(f"{root}: no triplets found")
     return triplets
