@@ -221,6 +221,7 @@ def tiny_flux_components(in_channels: int, seed: int = 0) -> dict:
     t5_config = T5Config(
         vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0
     )
+    t5_config.dropout_rate = 0.0  # built modules start in training mode; no dropout, as loaded ones
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=in_channels,
@@ -251,9 +252,9 @@ def tiny_flux_components(in_channels: int, seed: int = 0) -> dict:
     return dict(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 32)),
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 32)).eval(),
         tokenizer=tokenizer,
-        text_encoder_2=T5EncoderModel(t5_config),
+        text_encoder_2=T5EncoderModel(t5_config).eval(),
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
