@@ -3,6 +3,8 @@ diffusers / transformers classes: what each pipeline is given (the grid holds A,
 they belong), where B′ is cut from, B′'s size, seeds, settings, and loading the published
 checkpoint in its model card's dtype or refusing another kind of model in one line."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,12 @@ from PIL import Image
 from diffinv.baselines import Kontext, KontextConfig, VisualCloze, VisualClozeConfig, own_model
 from diffinv.baselines.kontext import INSTRUCTION, analogy_grid, grid_size
 from diffinv.baselines.visualcloze import TASK_PROMPT, drawn_size
+from diffinv.bench.report import read_results
+from diffinv.cli import main
 from diffinv.errors import DiffinvError
 from diffinv.testing import tiny_kontext_pipeline, tiny_pipeline, tiny_visualcloze_pipeline
 
+EXAMPLES = Path(__file__).parent.parent / "examples"
 COLOURS = {"a": (200, 30, 30), "a_prime": (30, 200, 30), "b": (30, 30, 200)}
 
 
@@ -210,3 +215,47 @@ def test_another_kind_of_model_is_refused_in_one_line(tmp_path, kontext_pipe):
         VisualCloze(kontext_pipe)
     with pytest.raises(DiffinvError, match="not in the hub cache"):
         Kontext.from_pretrained("nobody/no-such-kontext", device="cpu", offline=True)
+
+
+# --- in the bench ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, str]:
+    """The tiny Kontext and VisualCloze pipelines saved as users save theirs."""
+    root = tmp_path_factory.mktemp("flux")
+    tiny_kontext_pipeline().save_pretrained(root / "kontext")
+    tiny_visualcloze_pipeline(resolution=32).save_pretrained(root / "visualcloze")
+    return {"kontext": str(root / "kontext"), "visualcloze": str(root / "visualcloze")}
+
+
+def bench_argv(out, tiny_model_dir, *extra) -> list[str]:
+    model_dir, clip_dir = tiny_model_dir
+    argv = ["bench", "run", "--out", out, "--dataset", "folder", "--data", EXAMPLES, "--n", "1"]
+    argv += ["--embedder", "clip", "--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+    return [str(a) for a in (*argv, *extra)]
+
+
+def test_kontext_and_visualcloze_run_in_the_bench_on_the_model_baseline_model_names(
+    capsys, tmp_path, tiny_model_dir, saved_models
+):
+    out = tmp_path / "run"
+    argv = bench_argv(
+        out,
+        tiny_model_dir,
+        *("--method", "kontext:steps=2,resolution=64", "--method", "visualcloze:steps=2"),
+        *("--baseline-model", f"kontext={saved_models['kontext']}"),
+        *("--baseline-model", f"visualcloze={saved_models['visualcloze']}"),
+    )
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = read_results(out)
+    assert sorted({row["method"] for row in rows}) == ["kontext:steps=2,resolution=64", "visualcloze:steps=2"]
+    assert len(rows) == 2
+    for row in rows:
+        assert not row.get("uses_text")  # shown the edit, never told it
+        assert Image.open(out / row["b_prime"]).size == Image.open(EXAMPLES / row["id"] / "b.png").size
+
+
+def test_a_model_of_another_kind_given_to_kontext_stops_the_bench_in_one_line(capsys, tmp_path, tiny_model_dir):
+    argv = bench_argv(tmp_path / "run", tiny_model_dir, "--method", "kontext:steps=2")
+    assert main([*argv, "--baseline-model", f"kontext={tiny_model_dir[0]}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "needs a FLUX.1 Kontext model" in err and "StableDiffusionPipeline" in err

@@ -24,7 +24,6 @@ from diffusers import (
     UNet2DConditionModel,
     VisualClozePipeline,
 )
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -198,14 +197,12 @@ def tiny_xl_pipeline(
 
 
 def tiny_t5_tokenizer() -> T5TokenizerFast:
-    """A `T5TokenizerFast` over `WORDS` built in code: one token per word (split at spaces and
-    punctuation), "<pad>" 0, "</s>" 1 (appended to every text, as T5's) and "<unk>" 2 for the rest."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(dict.fromkeys(WORDS))}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return T5TokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
+    """A `T5TokenizerFast` over `WORDS` built in code, a Unigram model as T5's: "<pad>" 0, "</s>" 1
+    (appended to every text), "<unk>" 2, the word boundary "▁", then one piece per word ("▁red");
+    other words become "▁" and "<unk>"s. It saves and loads as T5's tokenizer does."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(WORDS)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
 def tiny_flux_components(in_channels: int, seed: int = 0) -> dict:
