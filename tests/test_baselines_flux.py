@@ -254,8 +254,21 @@ def test_kontext_and_visualcloze_run_in_the_bench_on_the_model_baseline_model_na
         assert Image.open(out / row["b_prime"]).size == Image.open(EXAMPLES / row["id"] / "b.png").size
 
 
-def test_a_model_of_another_kind_given_to_kontext_stops_the_bench_in_one_line(capsys, tmp_path, tiny_model_dir):
-    argv = bench_argv(tmp_path / "run", tiny_model_dir, "--method", "kontext:steps=2")
-    assert main([*argv, "--baseline-model", f"kontext={tiny_model_dir[0]}"]) == 2
+def test_a_model_of_another_kind_given_to_kontext_stops_the_bench_in_one_line_before_any_model_loads(
+    capsys, tmp_path, tiny_model_dir, saved_models
+):
+    from diffinv.bench.command import check_methods
+    from diffinv.bench.methods import parse_method
+    from diffinv.model_card import model_card
+
+    card, sd_dir = model_card(tiny_model_dir[0]), tiny_model_dir[0]
+    methods = [parse_method("difference-inversion"), parse_method("kontext"), parse_method("visualcloze")]
+    check_methods(methods, card, [], {"kontext": saved_models["kontext"]}, offline=True)
+    check_methods(methods, card, [], {}, offline=True)  # the published models: checked when they load
+    with pytest.raises(DiffinvError, match="VisualCloze needs a VisualCloze model .* is a FluxKontextPipeline"):
+        check_methods(methods, card, [], {"visualcloze": saved_models["kontext"]}, offline=True)
+    argv = bench_argv(tmp_path / "run", tiny_model_dir, "--method", "difference-inversion", "--method", "kontext")
+    assert main([*argv, "--baseline-model", f"kontext={sd_dir}"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "needs a FLUX.1 Kontext model" in err and "StableDiffusionPipeline" in err
+    assert not (tmp_path / "run" / "results.jsonl").exists()

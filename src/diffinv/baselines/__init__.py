@@ -1,4 +1,5 @@
-"""The paper's baselines and two in-context editors, each a `method.Method`: B′ = method.analogy(A, A′, B, seed=…[, text=…]).
+"""The paper's baselines and two in-context editors, each a `method.Method`:
+B′ = method.analogy(A, A′, B, seed=…[, text=…]).
 
     base.py             what they share: cost, loading, input sizes, seeds; `TextEditBaseline`,
                         the base of the two that draw B′ from B and a text

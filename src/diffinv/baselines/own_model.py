@@ -52,6 +52,18 @@ class OwnModelBaseline(PipelineBaseline):
         )
 
     @classmethod
+    def check_model(cls, model: str, offline: bool) -> None:
+        """`model` (hub id or directory) is of the kind the method runs: its `model_index.json` names
+        `pipeline_class`; else one `DiffinvError`. Reads only that file (the bench checks a model
+        given with --baseline-model so, before any model loads)."""
+        found = pipeline_class_name(model, offline)
+        expected = cls.pipeline_class.__name__
+        require(
+            found == expected,
+            f"{cls.name} needs {cls.model_kind} (a {expected}); {model} is a {found or 'pipeline of unknown class'}",
+        )
+
+    @classmethod
     def from_pretrained(
         cls: type[_Method],
         model: str | None = None,
@@ -71,12 +83,7 @@ class OwnModelBaseline(PipelineBaseline):
         `HF_HUB_OFFLINE`). config: the method's hyperparameters (None: published)."""
         model = cls.default_model if model is None else model
         offline = hub_offline() if offline is None else offline
-        found = pipeline_class_name(model, offline)
-        expected = cls.pipeline_class.__name__
-        require(
-            found == expected,
-            f"{cls.name} needs {cls.model_kind} (a {expected}); {model} is a {found or 'pipeline of unknown class'}",
-        )
+        cls.check_model(model, offline)
         dtype = cls.model_card_dtype if dtype is None else dtype
         return cls(load_pipeline(cls.pipeline_class, model, device, dtype, offline, **pipeline_kwargs), config)
 
