@@ -31,6 +31,8 @@ NAMES = [
     "visii",
     "analogist",
     "dia",
+    "kontext",
+    "visualcloze",
     "oracle-instruction",
 ]
 WORDS = {"b_prime": "a photo of a blue square", "instruction": "make it blue"}  # per kind of text
@@ -42,6 +44,8 @@ FAST = {
     "visii": dict(steps=2, pez_steps=2, pez_prompt_len=4, sample_steps=2),
     "analogist": dict(steps=4, sac_layers=(0, 4), cam_layers=(0, 4)),
     "dia": dict(steps=2, token_steps=2, views=2, noise_steps=2, lbfgs_iterations=2, sufficient_loss=0.0),
+    "kontext": dict(steps=2, resolution=64),
+    "visualcloze": dict(steps=2),
 }
 
 
@@ -74,11 +78,17 @@ def test_sdedit_and_instructpix2pix_share_one_text_edit_base():
 @pytest.fixture(scope="module")
 def tiny_models(backbone, clip):
     """The models each kind of registered method runs on, tiny: a text-to-image pipeline and its
-    `DifferenceInversion`, an instruction editor (pipeline and `DifferenceInversion`), an inpainting pipeline."""
+    `DifferenceInversion`, an instruction editor (pipeline and `DifferenceInversion`), an inpainting pipeline,
+    and the models of their own of the methods that have one (by name)."""
     from diffinv.backbones.editor import InstructPix2PixBackbone
     from diffinv.captioners import ClipRetrievalCaptioner
     from diffinv.pipeline import DifferenceInversion
-    from diffinv.testing import tiny_inpainting, tiny_instruct_pix2pix
+    from diffinv.testing import (
+        tiny_inpainting,
+        tiny_instruct_pix2pix,
+        tiny_kontext_pipeline,
+        tiny_visualcloze_pipeline,
+    )
 
     captioner = ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME, "a photo of a red square"])
     editor = InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
@@ -86,6 +96,7 @@ def tiny_models(backbone, clip):
         "main": (DifferenceInversion(backbone, clip, captioner), backbone.pipe),
         "editor": (DifferenceInversion(editor, clip, captioner), editor.pipe),
         "inpainting": (None, tiny_inpainting(backbone.pipe)),
+        "own": {"kontext": tiny_kontext_pipeline(), "visualcloze": tiny_visualcloze_pipeline()},
         "clip": clip,
     }
 
@@ -102,7 +113,8 @@ class TinyModels:
     def load(self, method_class, config):
         from diffinv.baselines import Visii
 
-        pipe = self.models[self.entry.model][1]
+        entry = self.entry
+        pipe = self.models["own"][entry.name] if entry.model == "own" else self.models[entry.model][1]
         if method_class is Visii:
             return Visii(pipe, self.models["clip"], config=config)
         return method_class(pipe, config)

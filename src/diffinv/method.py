@@ -213,7 +213,7 @@ class OracleCaption:
 
 # --- the registry ----------------------------------------------------------------------------------------
 KINDS = ("difference-inversion", "reference", "baseline")
-MODELS = ("main", "editor", "inpainting", "none")
+MODELS = ("main", "editor", "inpainting", "own", "none")
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,8 @@ class Registered:
         has `needs_text`, `uses_text`, `config_class` (its frozen config dataclass, or None) and
         `build(models: Models, config) -> Method`.
     model: the model it runs on — "main" (the model the bench loaded, the text-to-image one the
-        run is about), "editor" (an instruction editor), "inpainting", or "none".
+        run is about), "editor" (an instruction editor), "inpainting", "own" (a model of its own kind:
+        its class's published one or --baseline-model's, e.g. FLUX.1 Kontext), or "none".
     kind: "difference-inversion" (its config an `InversionConfig`, changed by the bench's
         variants and `--set`), "reference" (B′ from the truth or from B: takes no config changes)
         or "baseline" (a config of its own; a model card may give it a budget).
@@ -305,6 +306,18 @@ for _entry in (
         model="inpainting",
     ),
     Registered("dia", "DIA: B's inverted conditioning shifted by A′'s minus A's", lambda: _baselines().Dia),
+    Registered(
+        "kontext",
+        "FLUX.1 Kontext: the grid [A A′; B ·], its empty cell filled when asked to repeat the edit",
+        lambda: _baselines().Kontext,
+        model="own",
+    ),
+    Registered(
+        "visualcloze",
+        "VisualCloze: B′ infilled after the in-context example row (A, A′)",
+        lambda: _baselines().VisualCloze,
+        model="own",
+    ),
     # a reference rather than a baseline: the editor told exactly what to do, with
     # InstructPix2Pix's model and budget; listed with the baselines, whose settings it takes
     Registered(

@@ -14,11 +14,15 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
     StableDiffusionInpaintPipeline,
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    VisualClozePipeline,
 )
 from transformers import (
     CLIPConfig,
@@ -27,6 +31,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 
 from .backbones.sd import StableDiffusionBackbone
@@ -187,6 +194,79 @@ def tiny_xl_pipeline(
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
+
+
+def tiny_t5_tokenizer() -> T5TokenizerFast:
+    """A `T5TokenizerFast` over `WORDS` built in code, a Unigram model as T5's: "<pad>" 0, "</s>" 1
+    (appended to every text), "<unk>" 2, the word boundary "▁", then one piece per word ("▁red");
+    other words become "▁" and "<unk>"s. It saves and loads as T5's tokenizer does."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(WORDS)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0)
+
+
+def tiny_flux_components(in_channels: int, seed: int = 0) -> dict:
+    """The modules of a random FLUX.1 pipeline of the real classes: a CLIP text encoder (32 wide,
+    its pooled output FLUX's pooled projection), a T5 encoder (32 wide) with `tiny_t5_tokenizer`, a
+    VAE ×2 with 4 latent channels, a one-double-block, one-single-block `FluxTransformer2DModel`
+    with distilled guidance taking `in_channels` packed channels (16 = 2 × 2 patches of 4 latent
+    channels; FLUX.1 Fill's, VisualCloze's: 48, latent + masked image + mask) and returning 16, and
+    the flow-matching Euler scheduler."""
+    torch.manual_seed(seed)
+    tokenizer = word_tokenizer(WORDS)
+    tokenizer_2 = tiny_t5_tokenizer()
+    t5_config = T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0
+    )
+    t5_config.dropout_rate = 0.0  # built modules start in training mode; no dropout, as loaded ones
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        out_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1,
+        scaling_factor=1.5,
+    )
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 32)).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=T5EncoderModel(t5_config).eval(),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def tiny_kontext_pipeline(seed: int = 0) -> FluxKontextPipeline:
+    """A random FLUX.1 Kontext pipeline (`tiny_flux_components`, 16 channels in: the noisy latent;
+    the input image's latent joins as more tokens, not channels)."""
+    return FluxKontextPipeline(**tiny_flux_components(in_channels=16, seed=seed))
+
+
+def tiny_visualcloze_pipeline(resolution: int = 32, seed: int = 0) -> VisualClozePipeline:
+    """A random VisualCloze pipeline (`tiny_flux_components` with FLUX.1 Fill's 48 channels in) that
+    draws each grid image at an area of about `resolution`²."""
+    return VisualClozePipeline(**tiny_flux_components(in_channels=48, seed=seed), resolution=resolution)
 
 
 def tiny_clip_for(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, seed: int = 0) -> ClipSpace:

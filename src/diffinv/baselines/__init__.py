@@ -1,4 +1,5 @@
-"""The paper's baselines, each a `method.Method`: B′ = method.analogy(A, A′, B, seed=…[, text=…]).
+"""The paper's baselines and two in-context editors, each a `method.Method`:
+B′ = method.analogy(A, A′, B, seed=…[, text=…]).
 
     base.py             what they share: cost, loading, input sizes, seeds; `TextEditBaseline`,
                         the base of the two that draw B′ from B and a text
@@ -8,6 +9,9 @@
     analogist.py        Analogist: B′ inpainted into the grid [A A′; B ?] with self-attention cloning
                         and cross-attention masking (text describing B′ given by the user)
     dia.py              DIA: B's inverted conditioning shifted by A′'s minus A's, drawn from B's inverted noise
+    kontext.py          FLUX.1 Kontext: the grid [A A′; B ·], its empty cell filled when asked to repeat the edit
+    visualcloze.py      VisualCloze: B′ infilled into [A A′; B ?] by visual in-context learning, then upsampled
+    own_model.py        what the baselines on a model of their own kind share (Kontext, VisualCloze)
 
 Each class loads with `from_pretrained(model, device, dtype, offline)` or wraps a built
 pipeline, sizes its inputs as Difference Inversion does, and draws with a seeded CPU generator.
@@ -20,8 +24,11 @@ from .analogist import Analogist, AnalogistAttnProcessor, AnalogistConfig
 from .base import Cost, PipelineBaseline, TextEditBaseline
 from .dia import Dia, DiaConditioning, DiaConfig, DiaCost, DiaNoise
 from .instructpix2pix import InstructPix2Pix, InstructPix2PixConfig
+from .kontext import Kontext, KontextConfig
+from .own_model import OwnModelBaseline
 from .sdedit import SDEdit, SDEditConfig
 from .visii import Visii, VisiiConfig, VisiiInstruction, VisiiLoss, VisiiPair
+from .visualcloze import VisualCloze, VisualClozeConfig
 
 __all__ = [
     "Analogist",
@@ -35,6 +42,9 @@ __all__ = [
     "DiaNoise",
     "InstructPix2Pix",
     "InstructPix2PixConfig",
+    "Kontext",
+    "KontextConfig",
+    "OwnModelBaseline",
     "PipelineBaseline",
     "SDEdit",
     "SDEditConfig",
@@ -44,4 +54,6 @@ __all__ = [
     "VisiiInstruction",
     "VisiiLoss",
     "VisiiPair",
+    "VisualCloze",
+    "VisualClozeConfig",
 ]

@@ -148,11 +148,17 @@ def default_methods(options: RunOptions) -> list[str]:
 
 
 def check_methods(
-    methods: list[MethodSpec], card: ModelCard, triplets: list[BenchTriplet], models: dict[str, str]
+    methods: list[MethodSpec],
+    card: ModelCard,
+    triplets: list[BenchTriplet],
+    models: dict[str, str],
+    offline: bool = False,
 ) -> None:
-    """Every text-using method's words found for every triplet, and on a shapes world every
-    baseline's editor or inpainting model there (models: --baseline-model), so that a missing text
-    or a model still training stops the run before any model loads."""
+    """Every text-using method's words found for every triplet, on a shapes world every baseline's
+    editor or inpainting model there (models: --baseline-model), and a model given to a baseline on
+    a model of its own of the kind it runs (its `check_model`; offline: the hub's cache only), so
+    that a missing text, a model still training or a model of the wrong kind stops the run before
+    any model loads."""
     from .build import baseline_model, triplet_text
 
     for method in methods:
@@ -163,6 +169,8 @@ def check_methods(
         if not method.is_baseline:
             continue
         role, model = method.registered.model, baseline_model(method.base, card, models)
+        if role == "own" and model is not None:
+            method.registered.load().check_model(model, offline)
         if role in ("editor", "inpainting") and model is None and card.world:
             # the hub's default would not fit a shapes world
             raise DiffinvError(
@@ -359,7 +367,7 @@ def run_command(options: RunOptions, load_model: Callable[[ModelOptions], Differ
     card = model_card(options.model)
     baseline_models = parse_baseline_models(list(options.baseline_models))
     methods, base_config, editor, configs = build_methods(options, card, baseline_models)
-    check_methods(methods, card, triplets, baseline_models)
+    check_methods(methods, card, triplets, baseline_models, options.offline or hub_offline())
     if options.split:
         check_learned_split(card, editor)
     batch = batch_size(options, card)
