@@ -31,6 +31,7 @@ NAMES = [
     "visii",
     "analogist",
     "dia",
+    "qwen-edit",
     "oracle-instruction",
 ]
 WORDS = {"b_prime": "a photo of a blue square", "instruction": "make it blue"}  # per kind of text
@@ -42,6 +43,7 @@ FAST = {
     "visii": dict(steps=2, pez_steps=2, pez_prompt_len=4, sample_steps=2),
     "analogist": dict(steps=4, sac_layers=(0, 4), cam_layers=(0, 4)),
     "dia": dict(steps=2, token_steps=2, views=2, noise_steps=2, lbfgs_iterations=2, sufficient_loss=0.0),
+    "qwen-edit": dict(steps=2, resolution=32),
 }
 
 
@@ -100,8 +102,12 @@ class TinyModels:
         return self.models[self.entry.model][0]
 
     def load(self, method_class, config):
-        from diffinv.baselines import Visii
+        from diffinv.baselines import QwenEdit, Visii
 
+        if method_class is QwenEdit:  # its own model: a tiny Qwen-Image-Edit-Plus pipeline
+            from diffinv.testing_qwen import tiny_qwen_edit_pipeline
+
+            return QwenEdit(tiny_qwen_edit_pipeline(), config)
         pipe = self.models[self.entry.model][1]
         if method_class is Visii:
             return Visii(pipe, self.models["clip"], config=config)

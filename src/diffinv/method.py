@@ -305,6 +305,8 @@ for _entry in (
         model="inpainting",
     ),
     Registered("dia", "DIA: B's inverted conditioning shifted by A′'s minus A's", lambda: _baselines().Dia),
+    # model "none": none of the bench's models; it loads its own (--baseline-model qwen-edit=MODEL)
+    Registered("qwen-edit", "Qwen-Image-Edit-2509 shown [A, A′, B]", lambda: _baselines().QwenEdit, model="none"),
     # a reference rather than a baseline: the editor told exactly what to do, with
     # InstructPix2Pix's model and budget; listed with the baselines, whose settings it takes
     Registered(

@@ -8,6 +8,7 @@
     analogist.py        Analogist: B′ inpainted into the grid [A A′; B ?] with self-attention cloning
                         and cross-attention masking (text describing B′ given by the user)
     dia.py              DIA: B's inverted conditioning shifted by A′'s minus A's, drawn from B's inverted noise
+    qwen_edit.py        Qwen-Image-Edit-2509 shown [A, A′, B] and told to apply the change (not in the paper)
 
 Each class loads with `from_pretrained(model, device, dtype, offline)` or wraps a built
 pipeline, sizes its inputs as Difference Inversion does, and draws with a seeded CPU generator.
@@ -20,6 +21,7 @@ from .analogist import Analogist, AnalogistAttnProcessor, AnalogistConfig
 from .base import Cost, PipelineBaseline, TextEditBaseline
 from .dia import Dia, DiaConditioning, DiaConfig, DiaCost, DiaNoise
 from .instructpix2pix import InstructPix2Pix, InstructPix2PixConfig
+from .qwen_edit import QwenEdit, QwenEditConfig
 from .sdedit import SDEdit, SDEditConfig
 from .visii import Visii, VisiiConfig, VisiiInstruction, VisiiLoss, VisiiPair
 
@@ -36,6 +38,8 @@ __all__ = [
     "InstructPix2Pix",
     "InstructPix2PixConfig",
     "PipelineBaseline",
+    "QwenEdit",
+    "QwenEditConfig",
     "SDEdit",
     "SDEditConfig",
     "TextEditBaseline",
