@@ -222,7 +222,8 @@ def test_qwen_edit_runs_in_the_bench_on_shapes_triplets(tmp_path, capsys, loads)
     argv = ["bench", "run", "--out", out, "--n", "1", "--method", method, "--quiet", "--device", "cpu"]
     argv += ["--baseline-model", "qwen-edit=my/qwen-edit", "--embedder", "clip"]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
-    assert [call[0] for call in loads] == ["check", "my/qwen-edit"]
+    # checked before the bench's model loads, checked again and loaded when first needed
+    assert [call[0] for call in loads] == ["check", "check", "my/qwen-edit"]
     rows = read_results(out)
     assert [row["method"] for row in rows] == [method]
     triplets = {t.id: t for t in build_dataset(RunOptions(out=out, n=1))[0]}
@@ -231,3 +232,22 @@ def test_qwen_edit_runs_in_the_bench_on_shapes_triplets(tmp_path, capsys, loads)
         assert Image.open(out / row["b_prime"]).size == triplets[row["id"]].b().size
     configs = json.loads((out / "run.json").read_text())["configs"]
     assert configs[method]["steps"] == 2 and configs[method]["instruction"] == INSTRUCTION
+
+
+def test_a_qwen_edit_model_of_another_kind_stops_the_bench_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from diffinv.cli import main
+
+    monkeypatch.setattr(qwen_edit, "check_torchvision", lambda: None)
+    monkeypatch.setattr(
+        "diffinv.cli.bench.load_model", lambda *args, **kwargs: pytest.fail("the bench's model was loaded")
+    )
+    model = tmp_path / "sd"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    out = tmp_path / "run"
+    argv = ["bench", "run", "--out", out, "--n", "1", "--method", "qwen-edit", "--quiet", "--offline"]
+    argv += ["--baseline-model", f"qwen-edit={model}"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "needs a Qwen-Image-Edit-Plus model" in err, err
+    assert not (out / "results.jsonl").exists()

@@ -165,14 +165,21 @@ class QwenEdit(PipelineBaseline):
         config: QwenEditConfig | None = None,
         **pipeline_kwargs,
     ) -> QwenEdit:
-        """As `PipelineBaseline.from_pretrained` (None: Qwen/Qwen-Image-Edit-2509), after checking that
-        torchvision is installed and that the model is a Qwen-Image-Edit-Plus one (its model_index.json
-        only), so that neither is found out after minutes of loading."""
+        """As `PipelineBaseline.from_pretrained` (None: Qwen/Qwen-Image-Edit-2509), after `check_model`."""
         model = cls.default_model if model is None else model
         offline = hub_offline() if offline is None else offline
-        check_torchvision()
-        check_qwen_edit_model(model, offline)
+        cls.check_model(model, offline)
         return super().from_pretrained(model, device, dtype, offline, config, **pipeline_kwargs)
+
+    @classmethod
+    def check_model(cls, model: str | None = None, offline: bool | None = None) -> None:
+        """Check, without loading weights, that torchvision is installed and that `model` (None: the
+        default) is a Qwen-Image-Edit-Plus one (its model_index.json): the bench calls it before any
+        model loads, so that neither is found out after minutes of loading. offline: as `from_pretrained`."""
+        check_torchvision()
+        check_qwen_edit_model(
+            cls.default_model if model is None else model, hub_offline() if offline is None else offline
+        )
 
     def output_size(self, b: Image.Image) -> tuple[int, int] | None:
         """(width, height) B′ is drawn at: B's aspect ratio at an area of about `resolution`², sides

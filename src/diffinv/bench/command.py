@@ -137,11 +137,16 @@ def default_methods(options: RunOptions) -> list[str]:
 
 
 def check_methods(
-    methods: list[MethodSpec], card: ModelCard, triplets: list[BenchTriplet], models: dict[str, str]
+    methods: list[MethodSpec],
+    card: ModelCard,
+    triplets: list[BenchTriplet],
+    models: dict[str, str],
+    offline: bool = False,
 ) -> None:
     """Every text-using method's words found for every triplet, and on a shapes world every
     baseline's editor or inpainting model there (models: --baseline-model), so that a missing text
-    or a model still training stops the run before any model loads."""
+    or a model still training stops the run before any model loads; a baseline class with a
+    `check_model(model, offline)` (qwen-edit) checks its model then too."""
     from .build import baseline_model, triplet_text
 
     for method in methods:
@@ -161,6 +166,9 @@ def check_methods(
         named = card.path(card.bench[role]) if role in card.bench else None
         if named is not None and model == str(named) and not named.is_dir():
             raise DiffinvError(f"{method.spec}: the model card names {card.bench[role]!r}, which is missing")
+        check_model = getattr(method.registered.load(), "check_model", None)
+        if check_model is not None:
+            check_model(model, offline)
 
 
 def editor_card(methods: list[MethodSpec], card: ModelCard, models: dict[str, str]) -> ModelCard | None:
@@ -348,7 +356,7 @@ def run_command(options: RunOptions, load_model: Callable[[ModelOptions], Differ
     card = model_card(options.model)
     baseline_models = parse_baseline_models(list(options.baseline_models))
     methods, base_config, editor, configs = build_methods(options, card, baseline_models)
-    check_methods(methods, card, triplets, baseline_models)
+    check_methods(methods, card, triplets, baseline_models, options.offline or hub_offline())
     if options.split:
         check_learned_split(card, editor)
     batch = batch_size(options, card)
