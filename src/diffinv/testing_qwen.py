@@ -17,7 +17,6 @@ within `small_qwen_inputs()`, which cuts both areas to 32².
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
@@ -60,20 +59,12 @@ def tiny_qwen_tokenizer() -> Qwen2Tokenizer:
 
 
 def tiny_qwen_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
-    """Qwen2-VL's processor: the PIL image processor (patches of 14, merged 2 × 2) and `tokenizer`.
-
-    Its video processor needs torchvision; without it (this project does not depend on it) the
-    processor is built with none, its argument class check skipped — the check cannot run there,
-    and the pipeline gives it images only."""
-    image_processor = Qwen2VLImageProcessorPil()
-    if importlib.util.find_spec("torchvision") is not None:
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-        return Qwen2VLProcessor(
-            image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
-        )
+    """Qwen2-VL's processor: the PIL image processor (patches of 14, merged 2 × 2) and `tokenizer`, no
+    video processor. Its video processor needs torchvision, which this project does not depend on, and
+    without which transformers cannot run the processor's argument class check: the processor is built
+    with that check skipped (the pipeline gives it images only)."""
     with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, argument: None):
-        return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
+        return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer, video_processor=None)
 
 
 def tiny_qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
