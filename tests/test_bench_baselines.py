@@ -81,15 +81,21 @@ def test_baseline_specs_parse_and_their_settings_are_checked_against_their_confi
     assert (config.strength, config.steps, config.guidance_scale) == (0.6, 4, 4.0)  # the spec wins over the card
     with pytest.raises(DiffinvError, match="sdedit has no setting strenght"):
         baseline_config("sdedit", {}, {"strenght": 0.5})
-    assert [m.base for m in expand_methods(["baselines"])][-8:] == [
+    assert [m.base for m in expand_methods(["baselines"])][-6:] == [
         "sdedit",
         "instructpix2pix",
         "visii",
         "analogist",
         "dia",
+        "oracle-instruction",
+    ]
+    # today's editors, each on a model of its own, are a set apart
+    assert [m.base for m in expand_methods(["recent-editors"])] == [
+        "difference-inversion",
+        "copy-b",
         "kontext",
         "visualcloze",
-        "oracle-instruction",
+        "qwen-edit",
     ]
 
 

@@ -33,6 +33,7 @@ NAMES = [
     "dia",
     "kontext",
     "visualcloze",
+    "qwen-edit",
     "oracle-instruction",
 ]
 WORDS = {"b_prime": "a photo of a blue square", "instruction": "make it blue"}  # per kind of text
@@ -46,6 +47,7 @@ FAST = {
     "dia": dict(steps=2, token_steps=2, views=2, noise_steps=2, lbfgs_iterations=2, sufficient_loss=0.0),
     "kontext": dict(steps=2, resolution=64),
     "visualcloze": dict(steps=2),
+    "qwen-edit": dict(steps=2, resolution=32),
 }
 
 
@@ -59,7 +61,9 @@ def test_the_registry_names_each_method_once():
     assert not hasattr(diffinv.baselines, "BASELINES") and not hasattr(diffinv.bench.build, "BASELINE_METHODS")
     for name in NAMES:
         assert parse_method(name).base == name
-    assert [m.base for m in expand_methods(["baselines"])][3:] == NAMES[4:]
+    own = [name for name in NAMES if METHODS[name].model == "own"]
+    assert own == ["kontext", "visualcloze", "qwen-edit"]
+    assert [m.base for m in expand_methods(["baselines"])][3:] == [n for n in NAMES[4:] if n not in own]
     with pytest.raises(DiffinvError, match="registered already"):
         register(Registered("copy-b", "again", lambda: CopyB, model="none", kind="reference"))
     with pytest.raises(DiffinvError, match="without ':'"):
@@ -111,8 +115,12 @@ class TinyModels:
         return self.models[self.entry.model][0]
 
     def load(self, method_class, config):
-        from diffinv.baselines import Visii
+        from diffinv.baselines import QwenEdit, Visii
 
+        if method_class is QwenEdit:  # its own model: a tiny Qwen-Image-Edit-Plus pipeline
+            from diffinv.testing_qwen import tiny_qwen_edit_pipeline
+
+            return QwenEdit(tiny_qwen_edit_pipeline(), config)
         entry = self.entry
         pipe = self.models["own"][entry.name] if entry.model == "own" else self.models[entry.model][1]
         if method_class is Visii:

@@ -318,6 +318,8 @@ for _entry in (
         lambda: _baselines().VisualCloze,
         model="own",
     ),
+    # a model of its own (--baseline-model qwen-edit=MODEL)
+    Registered("qwen-edit", "Qwen-Image-Edit-2509 shown [A, A′, B]", lambda: _baselines().QwenEdit, model="own"),
     # a reference rather than a baseline: the editor told exactly what to do, with
     # InstructPix2Pix's model and budget; listed with the baselines, whose settings it takes
     Registered(

@@ -12,6 +12,7 @@ B′ = method.analogy(A, A′, B, seed=…[, text=…]).
     kontext.py          FLUX.1 Kontext: the grid [A A′; B ·], its empty cell filled when asked to repeat the edit
     visualcloze.py      VisualCloze: B′ infilled into [A A′; B ?] by visual in-context learning, then upsampled
     own_model.py        what the baselines on a model of their own kind share (Kontext, VisualCloze)
+    qwen_edit.py        Qwen-Image-Edit-2509 shown [A, A′, B] and told to apply the change (not in the paper)
 
 Each class loads with `from_pretrained(model, device, dtype, offline)` or wraps a built
 pipeline, sizes its inputs as Difference Inversion does, and draws with a seeded CPU generator.
@@ -26,6 +27,7 @@ from .dia import Dia, DiaConditioning, DiaConfig, DiaCost, DiaNoise
 from .instructpix2pix import InstructPix2Pix, InstructPix2PixConfig
 from .kontext import Kontext, KontextConfig
 from .own_model import OwnModelBaseline
+from .qwen_edit import QwenEdit, QwenEditConfig
 from .sdedit import SDEdit, SDEditConfig
 from .visii import Visii, VisiiConfig, VisiiInstruction, VisiiLoss, VisiiPair
 from .visualcloze import VisualCloze, VisualClozeConfig
@@ -46,6 +48,8 @@ __all__ = [
     "KontextConfig",
     "OwnModelBaseline",
     "PipelineBaseline",
+    "QwenEdit",
+    "QwenEditConfig",
     "SDEdit",
     "SDEditConfig",
     "TextEditBaseline",

@@ -52,10 +52,12 @@ class OwnModelBaseline(PipelineBaseline):
         )
 
     @classmethod
-    def check_model(cls, model: str, offline: bool) -> None:
+    def check_model(cls, model: str | None, offline: bool) -> None:
         """`model` (hub id or directory) is of the kind the method runs: its `model_index.json` names
         `pipeline_class`; else one `DiffinvError`. Reads only that file (the bench checks a model
-        given with --baseline-model so, before any model loads)."""
+        given with --baseline-model so, before any model loads). None: the published default, which is."""
+        if model is None:
+            return
         found = pipeline_class_name(model, offline)
         expected = cls.pipeline_class.__name__
         require(

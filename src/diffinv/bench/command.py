@@ -156,9 +156,9 @@ def check_methods(
 ) -> None:
     """Every text-using method's words found for every triplet, on a shapes world every baseline's
     editor or inpainting model there (models: --baseline-model), and a model given to a baseline on
-    a model of its own of the kind it runs (its `check_model`; offline: the hub's cache only), so
-    that a missing text, a model still training or a model of the wrong kind stops the run before
-    any model loads."""
+    a model of its own of the kind it runs (its `check_model`, given None for the default; offline:
+    the hub's cache only), so that a missing text, a model still training or a model of the wrong
+    kind stops the run before any model loads."""
     from .build import baseline_model, triplet_text
 
     for method in methods:
@@ -169,8 +169,6 @@ def check_methods(
         if not method.is_baseline:
             continue
         role, model = method.registered.model, baseline_model(method.base, card, models)
-        if role == "own" and model is not None:
-            method.registered.load().check_model(model, offline)
         if role in ("editor", "inpainting") and model is None and card.world:
             # the hub's default would not fit a shapes world
             raise DiffinvError(
@@ -180,6 +178,9 @@ def check_methods(
         named = card.path(card.bench[role]) if role in card.bench else None
         if named is not None and model == str(named) and not named.is_dir():
             raise DiffinvError(f"{method.spec}: the model card names {card.bench[role]!r}, which is missing")
+        check_model = getattr(method.registered.load(), "check_model", None)
+        if check_model is not None:  # a baseline on a model of its own: its kind (and what it needs installed)
+            check_model(model, offline)
 
 
 def editor_card(methods: list[MethodSpec], card: ModelCard, models: dict[str, str]) -> ModelCard | None:

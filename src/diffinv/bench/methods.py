@@ -57,8 +57,10 @@ VARIANTS: dict[str, dict] = {
     "edit-friendly": {"sampling_mode": "edit-friendly"},
     "candidates=4": {"candidates": 4},
 }
-# the registered baselines, in the registry's order (oracle-instruction last)
-BASELINES = [name for name, entry in METHODS.items() if entry.kind == "baseline"]
+# the registered baselines on the bench's models (the paper's five, then oracle-instruction), in the
+# registry's order, and those on a model of their own (today's editors: tens of GB each, a large GPU)
+BASELINES = [name for name, entry in METHODS.items() if entry.kind == "baseline" and entry.model != "own"]
+OWN_MODEL_BASELINES = [name for name, entry in METHODS.items() if entry.kind == "baseline" and entry.model == "own"]
 
 METHOD_SETS: dict[str, list[str]] = {
     "fig5": [
@@ -75,6 +77,7 @@ METHOD_SETS: dict[str, list[str]] = {
     "alpha-sweep": ["alpha=0", "alpha=0.5", "alpha=0.8", "alpha=1"],
     "open-choices": ["difference-inversion", "clip-loss-token-mean", "hard-tokens", "sample-from-noise"],
     "baselines": ["difference-inversion", "paper", "copy-b", *BASELINES],
+    "recent-editors": ["difference-inversion", "copy-b", *OWN_MODEL_BASELINES],
     "keep-b": [
         "difference-inversion",
         "copy-b",

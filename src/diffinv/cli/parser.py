@@ -264,8 +264,10 @@ def _add_bench_parser(commands) -> None:
             "clip-loss-token-mean, hard-tokens, sample-from-noise, edit-strength=0.5|1.5|2, negative-diff, inversion, "
             "edit-friendly, "
             "candidates=4), a named method (paper, in-context), a baseline (sdedit, instructpix2pix, visii, "
-            "analogist, dia; sdedit:strength=0.6 sets its own config), NAME:field=value,…, or a set (fig5, n-sweep, "
-            "alpha-sweep, open-choices, keep-b, baselines). "
+            "analogist, dia, kontext, visualcloze, qwen-edit; sdedit:strength=0.6 sets its own config), "
+            "NAME:field=value,…, "
+            "or a set (fig5, n-sweep, "
+            "alpha-sweep, open-choices, keep-b, baselines, recent-editors). "
             "Default: difference-inversion and copy-b (+ oracle-caption on shapes)"
         ),
     )
