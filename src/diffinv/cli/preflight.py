@@ -26,7 +26,23 @@ def common_checks(args: argparse.Namespace):
 
     checks.check_device(args.device)
     check_threads(args.threads)
+    if getattr(args, "encoder", None) is not None:
+        check_encoder_directory(args.encoder)
     return model_card(args.model)
+
+
+def check_encoder_directory(directory: str) -> None:
+    """--encoder names a directory with a DIFF-token encoder's two files (`diff_encoder`)."""
+    from pathlib import Path
+
+    missing = [
+        name for name in ("diff_encoder.json", "diff_encoder.safetensors") if not (Path(directory) / name).is_file()
+    ]
+    if missing:
+        raise DiffinvError(
+            f"--encoder {directory}: no DIFF-token encoder there (missing {' and '.join(missing)}; "
+            "`diffinv encoder train -o DIR` writes one)"
+        )
 
 
 def check_threads(threads: int | None) -> None:
