@@ -84,6 +84,7 @@ def train_diff_encoder(
     accelerator=None,
     log: Callable[[int, float], None] | None = None,
     log_every: int = 100,
+    warmup: int = WARMUP,
 ) -> DiffEncoder:
     """Train a `DiffEncoder` for `backbone` on the pairs (befores[i] → afters[i]); see the module's
     docstring for the loss of each kind of model, the data parallelism and the checkpoints.
@@ -105,10 +106,11 @@ def train_diff_encoder(
             configures); the backbone must be on its device.
         log: called on the main process with (steps done, mean loss since the last call) every
             `log_every` steps and at the end.
+        warmup: steps of the learning rate's linear warm-up (the world's 100).
     Returns the trained encoder (eval mode, no gradients), on the backbone's device.
     """
     kind = "editor" if backbone.takes_instructions else "text-to-image"
-    _check_arguments(befores, afters, steps, batch, learning_rate, checkpoint_every, prompts, kind)
+    _check_arguments(befores, afters, steps, batch, learning_rate, checkpoint_every, warmup, prompts, kind)
     if accelerator is None:
         from accelerate import Accelerator
 
@@ -137,6 +139,7 @@ def train_diff_encoder(
         steps=steps,
         batch=batch,
         learning_rate=learning_rate,
+        warmup=warmup,
         n_tokens=n_tokens,
         token_width=backbone.token_width,
         joint_width=clip.joint_width,
@@ -156,7 +159,7 @@ def train_diff_encoder(
     )
     with _CtrlCDeferred(checkpoint is not None) as stop:
         for step in bar:
-            cosine_lr(optimizer, step, steps, learning_rate, warmup=WARMUP)
+            cosine_lr(optimizer, step, steps, learning_rate, warmup=warmup)
             index = torch.randint(len(pool.sources), (batch,), generator=generator)
             if kind == "editor":
                 loss = _editor_loss(backbone, model, pool, index, mine, ids, slot_mask, scale, generator)
@@ -257,10 +260,15 @@ def _read(items: Sequence[ImageItem]) -> list[Image.Image]:
     return [item if isinstance(item, Image.Image) else item() for item in items]
 
 
-def _check_arguments(befores, afters, steps, batch, learning_rate, checkpoint_every, prompts, kind) -> None:
+def _check_arguments(befores, afters, steps, batch, learning_rate, checkpoint_every, warmup, prompts, kind) -> None:
     if len(befores) != len(afters) or not befores:
         raise DiffinvError("a DIFF-token encoder needs as many 'after' images as 'before' images, at least one")
-    for name, value in (("steps", steps), ("batch", batch), ("checkpoint_every", checkpoint_every)):
+    for name, value in (
+        ("steps", steps),
+        ("batch", batch),
+        ("checkpoint_every", checkpoint_every),
+        ("warmup", warmup),
+    ):
         if not isinstance(value, int) or value < 1:
             raise DiffinvError(f"{name} must be an integer ≥ 1, got {value!r}")
     if not learning_rate > 0:

@@ -76,7 +76,7 @@ def folder_pairs(root: Path) -> list[ImagePair]:
         if before is None or after is None:
             missing = "before" if before is None else "after"
             raise DiffinvError(
-                f"{directory}: a pair folder without an '{missing}' image ({', '.join(IMAGE_SUFFIXES)})"
+                f"{directory}: a pair folder without its '{missing}' image ({', '.join(IMAGE_SUFFIXES)})"
             )
         captions = _read_captions(directory / "captions.txt")
         pairs.append(ImagePair(directory.name, before, after, captions.get("before"), captions.get("after")))
