@@ -353,16 +353,18 @@ def test_the_command_refuses_bad_data_and_flags_before_loading(capsys, tmp_path,
 
 @pytest.mark.slow
 def test_two_processes_under_accelerate_take_the_steps_of_one(tmp_path, tiny_model_dir):
-    """`accelerate launch --cpu --num_processes 2`: each process works on half of each batch; the
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: each process works on half of each batch; the
     encoder equals the one-process run's up to float rounding, and only one process wrote."""
     model_dir, clip_dir = tiny_model_dir
     data = pair_folders(tmp_path / "data", n=3)
     env = {**os.environ, "PYTHONPATH": str(Path(diffinv.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     flags = ["--data", data, "--steps", "3", "--batch", "4", "--model", model_dir, "--clip-model", clip_dir, "--quiet"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    # accelerate's --cpu runs one process (several need MPI); --multi_gpu starts them through torchrun,
+    # and the command then asks accelerate for CPU processes (gloo), there being no GPU here.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     two = subprocess.run(
-        [*launch, "-m", "diffinv.cli", "encoder", "train", "-o", tmp_path / "two", *flags],
+        [*launch, "-m", "diffinv.cli", "encoder", "train", "-o", tmp_path / "two", "--device", "cpu", *flags],
         env=env,
         capture_output=True,
         text=True,

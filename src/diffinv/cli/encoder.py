@@ -132,7 +132,9 @@ def train_encoder(args: argparse.Namespace) -> None:
     from ..encoder_training import remove_checkpoint, train_diff_encoder
     from ..pair_data import load_pair_image
 
-    accelerator = Accelerator(cpu=args.device == "cpu", device_placement=False)
+    # On CPU (asked for, or no GPU) processes launched together talk through gloo (accelerate's "multi-CPU").
+    on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    accelerator = Accelerator(cpu=on_cpu, device_placement=False)
     main = accelerator.is_main_process
     if main and state == "fresh":
         _clear(out)
