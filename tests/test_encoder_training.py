@@ -389,3 +389,26 @@ def test_two_processes_under_accelerate_take_the_steps_of_one(tmp_path, tiny_mod
     for name, value in encoder_one.state_dict().items():
         torch.testing.assert_close(encoder_two.state_dict()[name], value, rtol=1e-4, atol=1e-6)
     assert any(value.abs().sum() > 0 for value in encoder_two.state_dict().values())
+
+
+def test_the_command_interrupted_resumes_with_its_whole_loss_curve(capsys, tmp_path, model_args, monkeypatch):
+    from diffinv.cli import encoder as encoder_command
+
+    data, out = pair_folders(tmp_path / "data"), tmp_path / "encoder"
+    train = ["encoder", "train", "--data", data, "-o", out, "--steps", "3", "--batch", "2", "--log-every", "1"]
+    write = encoder_command._write_record
+
+    def write_then_ctrl_c(directory, record):  # Ctrl-C as step 2's loss is recorded
+        write(directory, record)
+        if [step for step, _ in record.get("losses", [])] == [1, 2]:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(encoder_command, "_write_record", write_then_ctrl_c)
+    code, _, err = run(capsys, [*train, "--checkpoint-every", "1", *model_args])
+    assert code == 130 and "interrupted; stopped after step 2 of 3" in err
+    monkeypatch.setattr(encoder_command, "_write_record", write)
+    code, _, err = run(capsys, [*train, "--checkpoint-every", "2", *model_args])  # not a setting of the result
+    assert code == 0, err
+    record = json.loads((out / "encoder_training.json").read_text())
+    assert record["finished"] and [step for step, _ in record["losses"]] == [1, 2, 3]
+    assert not (out / "checkpoint").exists()

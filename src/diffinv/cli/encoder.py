@@ -129,7 +129,7 @@ def train_encoder(args: argparse.Namespace) -> None:
     import torch
     from accelerate import Accelerator
 
-    from ..encoder_training import remove_checkpoint, train_diff_encoder
+    from ..encoder_training import read_checkpoint_state, remove_checkpoint, train_diff_encoder
     from ..pair_data import load_pair_image
 
     # On CPU (asked for, or no GPU) processes launched together talk through gloo (accelerate's "multi-CPU").
@@ -149,16 +149,23 @@ def train_encoder(args: argparse.Namespace) -> None:
     afters = [_reader(load_pair_image, pair.after, size) for pair in pairs]
     prompts = None if backbone.takes_instructions else _prompts(di, pairs, size, args.quiet)
 
-    losses: list[list[float]] = []
+    # The record keeps the loss curve and the time of every leg of an interrupted run: the losses
+    # logged after its checkpoint are dropped, since those steps are taken again.
+    record = _read_record(out) if state == "resume" else None
+    record = record or {"format": RECORD_FORMAT, "run": run, "finished": False, "losses": [], "seconds": 0.0}
+    reached = (read_checkpoint_state(out / CHECKPOINT_DIR) or {}).get("step", 0)
+    record["losses"] = [entry for entry in record.get("losses", []) if entry[0] <= reached]
+    record["kind"], earlier_seconds, start = _kind(backbone), record.get("seconds", 0.0), time.time()
 
     def log(step: int, loss: float) -> None:
-        losses.append([step, round(loss, 6)])
+        record["losses"].append([step, round(loss, 6)])
+        record["seconds"] = round(earlier_seconds + time.time() - start, 1)
+        _write_record(out, record)
         if not args.quiet:
             from tqdm.auto import tqdm
 
             tqdm.write(f"step {step}/{args.steps}: loss {loss:.4f}", file=sys.stderr)
 
-    start = time.time()
     torch.manual_seed(args.seed)  # the encoder's initial weights (accelerate's DDP spreads the main process's)
     encoder = train_diff_encoder(
         backbone,
@@ -181,9 +188,9 @@ def train_encoder(args: argparse.Namespace) -> None:
     )
     if main:
         encoder.save_pretrained(out)  # each file under a temporary name, then moved into place
-        record = {"format": RECORD_FORMAT, "run": run, "finished": True, "kind": _kind(backbone)}
-        record |= {"processes": accelerator.num_processes, "seconds": round(time.time() - start, 1)}
-        _write_record(out, record | {"losses": losses})  # last: the run is finished once this says so
+        record |= {"finished": True, "processes": accelerator.num_processes}
+        record["seconds"] = round(earlier_seconds + time.time() - start, 1)
+        _write_record(out, record)  # last: the run is finished once this says so
         remove_checkpoint(out / CHECKPOINT_DIR)
         print(f"wrote {out}  (use it: diffinv fit --model {card.name} --init encoder --encoder {out} …)")
     accelerator.wait_for_everyone()
