@@ -213,6 +213,26 @@ def test_the_worlds_stage_trains_through_this_loop(editor, clip, tmp_path, monke
         assert torch.equal(value, trained.state_dict()[name])
 
 
+def test_a_bfloat16_model_trains_a_float32_encoder():
+    """bfloat16, the models' dtype on a GPU: latents, noise and the image condition in the model's
+    dtype, the encoder in float32 (checked on CPU, both kinds of model)."""
+    from diffinv.backbones.sd import StableDiffusionBackbone
+    from diffinv.testing import tiny_clip_for, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    clip = tiny_clip_for(pipe)
+    editor_pipe = tiny_instruct_pix2pix(pipe)
+    for module in (pipe, editor_pipe):
+        module.to(dtype=torch.bfloat16)
+    befores, afters, prompts = tiny_pairs(2)
+    for model in (StableDiffusionBackbone(pipe, "bf16"), InstructPix2PixBackbone(editor_pipe, "bf16-editor")):
+        encoder = train_diff_encoder(
+            model, clip, befores, afters, 1, batch=2, prompts=prompts, progress=False, warmup=1
+        )
+        assert all(p.dtype == torch.float32 and p.isfinite().all() for p in encoder.parameters())
+        assert any(p.abs().sum() > 0 for p in encoder.net[-1].parameters())  # a step was taken
+
+
 def test_bad_arguments_are_refused_in_one_line(backbone, editor, clip):
     befores, afters, prompts = tiny_pairs(2)
     with pytest.raises(DiffinvError, match="needs a .before, after. prompt for every pair"):

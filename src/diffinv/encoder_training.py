@@ -206,7 +206,8 @@ def _editor_loss(backbone, model, pool, index, mine, ids, slot_mask, scale, gene
     clean = pool.targets[index]
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, backbone.num_train_timesteps, (len(index),), generator=generator)
-    clean, noise, timesteps = clean[mine].to(device), noise[mine].to(device), timesteps[mine].to(device)
+    clean = clean[mine].to(device)
+    noise, timesteps = noise[mine].to(device, clean.dtype), timesteps[mine].to(device)  # the model's dtype
     rows = index[mine]
     tokens = model(pool.features_source[rows].to(device), pool.features_target[rows].to(device))
     text_states = backbone.encode_prompt(ids, slot_mask, tokens)
