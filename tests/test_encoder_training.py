@@ -351,14 +351,15 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
     tokens = tmp_path / "tokens.safetensors"
-    fit = ["fit", image_files["a"], image_files["a_prime"], "-o", tokens, "--init", "encoder", "--steps", "0"]
+    fit = ["fit", image_files["a"], image_files["a_prime"], "-o", tokens, "--steps", "0"]  # --encoder: init encoder
     code, _, err = run(capsys, [*fit, "--encoder", tmp_path / "other", *model_args])
     assert code == 2 and "--encoder" in err and "no DIFF-token encoder there" in err
     code, _, err = run(capsys, [*fit, "--encoder", out, *model_args])
     assert code == 0, err
     from diffinv.tokens import DiffTokens
 
-    assert DiffTokens.load(tokens).embeddings.abs().sum() > 0  # the encoder's prediction, not zeros
+    fitted = DiffTokens.load(tokens)
+    assert fitted.config.init == "encoder" and fitted.embeddings.abs().sum() > 0  # the encoder's prediction
 
 
 def test_the_command_refuses_bad_data_and_flags_before_loading(capsys, tmp_path, model_args):

@@ -230,8 +230,8 @@ def add_fit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--encoder",
         metavar="DIR",
-        help="with --init encoder: the DIFF-token encoder to start from, a directory `diffinv encoder train` wrote "
-        "(default: the model directory's diff_encoder/)",
+        help="start D̃ from this DIFF-token encoder, a directory `diffinv encoder train` wrote (implies --init "
+        "encoder; without it --init encoder reads the model directory's diff_encoder/)",
     )
     group.add_argument("--caption-a", help="caption of A (skips the captioner)")
     group.add_argument("--caption-a-prime", help="caption of A′ (skips the captioner)")

@@ -59,8 +59,11 @@ def given(args: argparse.Namespace, fields: list[str]) -> dict:
 def planned_config(args: argparse.Namespace, card, fields: list[str]) -> InversionConfig:
     """The model's defaults, the preset and the flags given, with the model's budget for the start of
     D̃ they choose (`ModelCard.config_for`), validated; the resolution checked against the model's
-    native size where the directory tells it."""
-    config = card.config_for(getattr(args, "preset", None), given(args, fields))
+    native size where the directory tells it. --encoder without --init means --init encoder."""
+    changes = given(args, fields)
+    if getattr(args, "encoder", None) is not None and "init" in fields:
+        changes.setdefault("init", "encoder")
+    config = card.config_for(getattr(args, "preset", None), changes)
     checks.check_resolution(config.resolution, card.native_resolution())
     return config
 
