@@ -30,10 +30,10 @@ generator and computes the loss on its own slice of `batch / processes` rows; ac
 averages the gradients, so N processes take the step one process takes (up to float rounding), and
 a checkpoint written by one count of processes resumes under another. Only the main process writes.
 
-Checkpoints (`checkpoint`, a directory): every `checkpoint_every` steps and on Ctrl-C (the step under
-way is finished first; a second Ctrl-C stops at once), `state.json` (the step reached and the settings
-that decide the result) naming `encoder-<step>.safetensors` (the weights) and
-`training-<step>.safetensors` (AdamW's state and the generator's). `state.json` is replaced last, so
+Checkpoints (`checkpoint`, a directory): every `checkpoint_every` steps and on Ctrl-C (the step
+under way is finished first; a second Ctrl-C, seconds later, stops at once), `state.json` (the step
+reached and the settings that decide the result) naming `encoder-<step>.safetensors` (the weights)
+and `training-<step>.safetensors` (AdamW's state and the generator's). `state.json` is replaced last, so
 an interruption while saving leaves the previous checkpoint whole. Called again with the same
 settings, training resumes there and ends where an uninterrupted run ends; other settings are refused.
 """
@@ -44,6 +44,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -283,12 +284,20 @@ def _check_arguments(befores, afters, steps, batch, learning_rate, checkpoint_ev
 
 # --- Ctrl-C and checkpoints -----------------------------------------------------------------------------
 class _StopRequest:
-    requested = False
+    requested_at: float | None = None  # time.monotonic() of the first Ctrl-C
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
 
 
 class _CtrlCDeferred:
     """While active (and `enabled`, on the main thread): the first Ctrl-C only sets `requested`, so the
-    step under way ends and is checkpointed; a second one interrupts at once."""
+    step under way ends and is checkpointed; another one more than `REPEAT_WINDOW` seconds later
+    interrupts at once. Within the window it is taken for the same Ctrl-C: under `accelerate launch`
+    (torchrun) a worker gets the terminal's SIGINT and then the launcher's, which passes it on."""
+
+    REPEAT_WINDOW = 3.0
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -300,8 +309,11 @@ class _CtrlCDeferred:
             self.previous = signal.getsignal(signal.SIGINT)
 
             def handler(signum, frame):
-                self.request.requested = True
-                signal.signal(signal.SIGINT, self.previous)
+                now = time.monotonic()
+                if self.request.requested_at is None:
+                    self.request.requested_at = now
+                elif now - self.request.requested_at > self.REPEAT_WINDOW:
+                    raise KeyboardInterrupt
 
             signal.signal(signal.SIGINT, handler)
         return self.request
