@@ -23,7 +23,8 @@ from its prediction (`init="encoder"` with steps > 0) adds L_clip for the pair a
 Optimisation: AdamW (weight decay 1e-4) on the encoder alone; a cosine learning rate after 100
 warm-up steps (`schedules.cosine_lr`). Each step draws `batch` pairs with replacement, then a
 timestep and noise per latent, all from one CPU generator. Latents and CLIP features of every pair
-are computed once before the loop (on CPU memory; each batch goes to the device as it is used).
+are computed once before the loop (each process encodes its share, all keep the whole set in CPU
+memory; each batch goes to the device as it is used).
 
 Data parallel (`accelerate launch`): every process draws the same global batch from the same
 generator and computes the loss on its own slice of `batch / processes` rows; accelerate's DDP
@@ -122,7 +123,7 @@ def train_diff_encoder(
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     device = backbone.device
 
-    pool = _encoded_pool(backbone, clip, befores, afters, both_ways)
+    pool = _encoded_pool(backbone, clip, befores, afters, both_ways, accelerator)
     if kind == "text-to-image":
         ordered = [(after, before) for before, after in prompts]  # L_tc's rows: {prompt_A′, −D̃}, {prompt_A, +D̃}
         if both_ways:
@@ -239,15 +240,22 @@ def _text_to_image_loss(backbone, model, pool, index, mine, ids, slot_mask, gene
     return loss.mean()
 
 
-def _encoded_pool(backbone, clip, befores, afters, both_ways: bool) -> _Pool:
-    """Latents and CLIP features of every pair, a chunk of images at a time."""
+def _encoded_pool(backbone, clip, befores, afters, both_ways: bool, accelerator=None) -> _Pool:
+    """Latents and CLIP features of every pair, a chunk of images at a time. With several processes
+    each encodes every N-th pair and all gather the results (each then holds the whole pool)."""
+    processes = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    share = range(rank, len(befores), processes)
     with torch.no_grad():
-        latents, features = [], []
+        encoded = []  # latents and features of the befores, then of the afters: this process's share
         for images in (befores, afters):
-            chunks = [_read(images[i : i + ENCODE_CHUNK]) for i in range(0, len(images), ENCODE_CHUNK)]
-            latents.append(torch.cat([backbone.encode_images(chunk).cpu() for chunk in chunks]))
-            features.append(torch.cat([clip.image_features(chunk).float().cpu() for chunk in chunks]))
-    (latents_before, latents_after), (features_before, features_after) = latents, features
+            mine = [images[i] for i in share]
+            chunks = [_read(mine[i : i + ENCODE_CHUNK]) for i in range(0, len(mine), ENCODE_CHUNK)]
+            encoded.append(torch.cat([backbone.encode_images(chunk).cpu() for chunk in chunks]))
+            encoded.append(torch.cat([clip.image_features(chunk).float().cpu() for chunk in chunks]))
+    if processes > 1:
+        encoded = [_gathered(accelerator, tensor, len(befores)) for tensor in encoded]
+    latents_before, features_before, latents_after, features_after = encoded
     if not both_ways:
         return _Pool(latents_before, latents_after, features_before, features_after)
     return _Pool(  # each pair also teaches the edit back
@@ -256,6 +264,15 @@ def _encoded_pool(backbone, clip, befores, afters, both_ways: bool) -> _Pool:
         torch.cat([features_before, features_after]),
         torch.cat([features_after, features_before]),
     )
+
+
+def _gathered(accelerator, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """The rows of all processes in pair order: process r holds pairs r, r + N, r + 2N, … (`share`)."""
+    processes, per_process = accelerator.num_processes, -(-total // accelerator.num_processes)
+    padded = torch.zeros((per_process, *rows.shape[1:]), dtype=rows.dtype)
+    padded[: len(rows)] = rows
+    everyone = accelerator.gather(padded.to(accelerator.device)).cpu().view(processes, per_process, *rows.shape[1:])
+    return everyone.transpose(0, 1).reshape(processes * per_process, *rows.shape[1:])[:total]
 
 
 def _read(items: Sequence[ImageItem]) -> list[Image.Image]:
