@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..checks import check_resolution
 from ..errors import DiffinvError
 from .flags import add_common, add_overwrite
 from .load import load_model, model_options
@@ -100,8 +102,9 @@ def train_encoder(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < 1:
             raise DiffinvError(f"{flag} must be at least 1, got {value}")
-    if not args.lr > 0:
-        raise DiffinvError(f"--lr must be > 0, got {args.lr}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise DiffinvError(f"--lr must be a finite number > 0, got {args.lr}")
+    check_resolution(args.resolution, card.native_resolution())
     from ..pair_data import find_pairs
 
     layout, pairs = find_pairs(args.data)
