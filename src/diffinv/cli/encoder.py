@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..checks import check_resolution
 from ..errors import DiffinvError
-from .flags import add_common, add_overwrite
+from .flags import add_common
 from .load import load_model, model_options
 from .preflight import caption_lines, common_checks
 
@@ -78,7 +78,11 @@ def add_encoder_parser(commands) -> None:
     )
     train.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     train.add_argument("--log-every", type=int, default=100, help="steps between loss lines (default 100)")
-    add_overwrite(train)
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds another run or other files (only this command's files are removed)",
+    )
     add_common(train)
 
 
