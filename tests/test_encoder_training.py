@@ -349,10 +349,14 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     code, _, err = run(capsys, [*train[:5], tmp_path / "other", *train[6:]])
     assert code == 2 and "is not a DIFF-token encoder's training run" in err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    code, _, err = run(capsys, [*train[:5], tmp_path / "other", *train[6:], "--overwrite"])
+    assert code == 0, err  # the encoder written beside the user's file, which stays
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert DiffEncoder.from_pretrained(tmp_path / "other").config == encoder.config
 
     tokens = tmp_path / "tokens.safetensors"
     fit = ["fit", image_files["a"], image_files["a_prime"], "-o", tokens, "--steps", "0"]  # --encoder: init encoder
-    code, _, err = run(capsys, [*fit, "--encoder", tmp_path / "other", *model_args])
+    code, _, err = run(capsys, [*fit, "--encoder", tmp_path / "data", *model_args])
     assert code == 2 and "--encoder" in err and "no DIFF-token encoder there" in err
     code, _, err = run(capsys, [*fit, "--encoder", out, *model_args])
     assert code == 0, err
