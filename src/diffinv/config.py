@@ -38,7 +38,7 @@ class InversionConfig:
         lambda_tc: weight of the token consistency loss. *paper* 0.01.
         lambda_clip: weight of the CLIP (delta) loss. *paper* 6.
         init: "zeros" (*paper*) or "random" (the ablation of Fig. 5; N(0, σ²) with σ the std of
-            the vocabulary embeddings), or "encoder" (beyond the paper, instruction editors only):
+            the vocabulary embeddings), or "encoder" (beyond the paper):
             the prediction of a DIFF-token encoder trained for the model (`diff_encoder`; the
             paper's Sec. 6 future work), to which the fit adds a correction that starts at zero
             and decays towards zero.

@@ -8,13 +8,15 @@ pair can tell that leak from the edit; a map trained on many pairs, where the ke
 independently of the edit, can: tokens that spelled out a pair's kept content would miss on every
 other pair with the same edit.
 
-`DiffEncoder` maps (E_I(A), E_I(A′)) — unit CLIP image features — to n tokens; it is trained
-(`train_diff_encoder`) with the editor's own loss, the "after" branch of L_tc: z_A′,t denoised with
-the image A and the instruction {"", encoder(A, A′)}, on many (before, after) pairs, both ways round.
-`InversionConfig.init = "encoder"` starts D̃ at its prediction (with `steps = 0`, D̃ is the prediction).
+`DiffEncoder` maps (E_I(A), E_I(A′)) — unit CLIP image features — to n tokens; it is trained on
+many (before, after) pairs by `encoder_training.train_diff_encoder` (`diffinv encoder train`): on an
+instruction editor with the editor's own loss, the "after" branch of L_tc, both ways round; on a
+text-to-image model with the paper's L_tc, both branches. `InversionConfig.init = "encoder"` starts
+D̃ at its prediction (with `steps = 0`, D̃ is the prediction).
 
 Files: `diff_encoder.json` (the widths) and `diff_encoder.safetensors`, in a `diff_encoder/` folder
-of the editor's model directory.
+of the model's directory (where `DifferenceInversion.from_pretrained` finds it), or anywhere else
+given as `diff_encoder=` (`--encoder DIR`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from .errors import DiffinvError
-from .schedules import cosine_lr
 
 ENCODER_DIR = "diff_encoder"
 CONFIG_NAME, WEIGHTS_NAME = "diff_encoder.json", "diff_encoder.safetensors"
@@ -104,81 +103,3 @@ def check_encoder_fits(encoder: DiffEncoder, n_tokens: int, token_width: int, jo
             f"features of width {c.joint_width}, but this fit needs {n_tokens} of width {token_width} from "
             f"{joint_width}; use n_tokens={c.n_tokens} or another init"
         )
-
-
-def train_diff_encoder(
-    backbone,
-    clip,
-    befores: list,
-    afters: list,
-    steps: int,
-    n_tokens: int = 5,
-    batch: int = 32,
-    learning_rate: float = 1e-3,
-    checkpoint: Path | None = None,
-    checkpoint_every: int = 500,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    both_ways: bool = True,
-) -> DiffEncoder:
-    """Train a `DiffEncoder` for the instruction editor `backbone` on image pairs (before → after),
-    each used both ways round. Loss: per sampled pair, the squared error of the editor's
-    prediction for z_after,t given the image `before` and {"", encoder(before, after)}, summed
-    over the latent (L_tc's "after" branch with `tc_reduction="sum"`). AdamW (weight decay 1e-4),
-    cosine learning rate after 100 warm-up steps.
-
-    Every `checkpoint_every` steps the weights go to `checkpoint` (safetensors, with the step);
-    a run started again with the same arguments resumes there, with a fresh optimiser.
-    both_ways: also train each pair backwards (after → before); off where the way back must not be
-    learned (an edit type held out of the encoder's training, `shapes.world.SPLIT`).
-    """
-    if not backbone.takes_instructions:
-        raise DiffinvError(f"{backbone.model_id}: a DIFF-token encoder is trained on an instruction editor")
-    if len(befores) != len(afters) or not befores:
-        raise DiffinvError("train_diff_encoder needs as many 'after' images as 'before' images, at least one")
-    with torch.no_grad():
-        chunks = range(0, len(befores), 256)
-        latents_before = torch.cat([backbone.encode_images(befores[i : i + 256]) for i in chunks])
-        latents_after = torch.cat([backbone.encode_images(afters[i : i + 256]) for i in chunks])
-        features_before = torch.cat([clip.image_features(befores[i : i + 256]) for i in chunks]).float()
-        features_after = torch.cat([clip.image_features(afters[i : i + 256]) for i in chunks]).float()
-    sources, targets = latents_before, latents_after
-    features_source, features_target = features_before, features_after
-    if both_ways:  # each pair also teaches the edit back
-        sources = torch.cat([latents_before, latents_after])
-        targets = torch.cat([latents_after, latents_before])
-        features_source = torch.cat([features_before, features_after])
-        features_target = torch.cat([features_after, features_before])
-
-    config = DiffEncoderConfig(clip.joint_width, n_tokens, backbone.token_width)
-    encoder = DiffEncoder(config).to(backbone.device)
-    start = 0
-    if checkpoint is not None and checkpoint.exists():
-        encoder.load_state_dict(load_file(str(checkpoint)))
-        with safe_open(str(checkpoint), framework="pt") as handle:
-            start = int(handle.metadata()["step"]) + 1
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=learning_rate, weight_decay=1e-4)
-    ids, slot_mask = backbone.slot_ids([""] * batch, n_tokens)
-    scale = backbone.vae.config.scaling_factor
-    bar = tqdm(range(start, steps), desc="DIFF-token encoder", initial=start, total=steps, disable=not progress)
-    for step in bar:
-        cosine_lr(optimizer, step, steps, learning_rate, warmup=100)
-        index = torch.randint(len(sources), (batch,), generator=generator)
-        clean = targets[index]
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, backbone.num_train_timesteps, (batch,), generator=generator)
-        tokens = encoder(features_source[index], features_target[index])
-        text_states = backbone.encode_prompt(ids, slot_mask, tokens)
-        noisy = backbone.add_noise(clean, noise, timesteps)
-        prediction = backbone.predict(noisy, timesteps, text_states, sources[index] / scale)
-        target = backbone.loss_target(clean, noise, timesteps)
-        loss = (prediction.float() - target.float()).pow(2).sum(dim=(1, 2, 3)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            weights = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
-            save_file(weights, str(checkpoint), metadata={"step": str(step)})
-    return encoder.eval().requires_grad_(False)

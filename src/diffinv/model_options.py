@@ -23,3 +23,4 @@ class ModelOptions:
     offline: bool = False  # --offline: never use the network
     threads: int | None = None  # --threads: torch's CPU threads (None: torch's default)
     quiet: bool = False  # --quiet: no loading bars
+    diff_encoder: str | os.PathLike | None = None  # --encoder: a DIFF-token encoder directory (None: the model's)

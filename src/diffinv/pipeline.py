@@ -14,6 +14,7 @@ working images to a private twin (`_prepare`, `_apply`), which `analogy` calls d
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -92,6 +93,7 @@ class DifferenceInversion:
         clip_model: str | None = None,
         captioner: Captioner | None = None,
         offline: bool | None = None,
+        diff_encoder: str | os.PathLike | None = None,
         **pipeline_kwargs,
     ) -> DifferenceInversion:
         """Load a Stable Diffusion 1.x / 2.x, SDXL or InstructPix2Pix model (hub id or local directory) and its CLIP.
@@ -108,6 +110,8 @@ class DifferenceInversion:
             loaded on first use.
         offline: never use the network, only local directories and the hub cache. Default:
             the `HF_HUB_OFFLINE` environment variable.
+        diff_encoder: a DIFF-token encoder's directory (`diffinv encoder train -o DIR`), which
+            init="encoder" starts from; default the model directory's `diff_encoder/` if it has one.
         pipeline_kwargs: passed to the pipeline's `from_pretrained` (e.g. `variant="fp16"`).
         """
         card = model_card(model)
@@ -136,9 +140,10 @@ class DifferenceInversion:
             else:
                 captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
         default_config = card.default_config(editor=backbone.takes_instructions)
-        diff_encoder = None
-        if card.directory is not None and (card.directory / ENCODER_DIR).is_dir():
-            diff_encoder = DiffEncoder.from_pretrained(card.directory / ENCODER_DIR).to(device)
+        if diff_encoder is None and card.directory is not None and (card.directory / ENCODER_DIR).is_dir():
+            diff_encoder = card.directory / ENCODER_DIR
+        if diff_encoder is not None:
+            diff_encoder = DiffEncoder.from_pretrained(diff_encoder).to(device)
         return cls(
             backbone,
             clip,
@@ -249,13 +254,14 @@ class DifferenceInversion:
         )
 
     def _check_encoder(self, config: InversionConfig) -> None:
-        """init="encoder" needs an instruction editor with an encoder made for it and for n_tokens."""
+        """init="encoder" needs an encoder made for the model, its CLIP and n_tokens."""
         if config.init != "encoder":
             return
         if self.diff_encoder is None:
             raise DiffinvError(
                 f"init='encoder' needs a DIFF-token encoder, and {self.backbone.model_id} has none (a "
-                f"'{ENCODER_DIR}' folder in its model directory, see diffinv.diff_encoder); use init='zeros'"
+                f"'{ENCODER_DIR}' folder in its model directory, or --encoder DIR: `diffinv encoder train` makes "
+                "one); use init='zeros'"
             )
         check_encoder_fits(
             self.diff_encoder,

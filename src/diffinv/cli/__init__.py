@@ -1,4 +1,4 @@
-"""The `diffinv` command: fit, apply, analogy, export, defaults, shapes, bench, demo.
+"""The `diffinv` command: fit, apply, analogy, export, defaults, shapes, bench, demo, encoder.
 
 Every argument, every output path and every hyperparameter is checked before torch or a model
 loads; a problem prints one line on stderr and exits with status 2. Outputs never replace an
@@ -8,8 +8,8 @@ renamed into place at the end. An unexpected failure prints one line and exits w
 
 The package: `flags.py` (the flags several commands share) and `parser.py` (the command tree);
 `preflight.py` (the checks before any model loads) and `load.py` (torch and the model); the
-handlers in `commands.py` (fit, apply, analogy, export, defaults), `shapes.py`, `demo.py` and
-`bench.py`; here `main`, which turns their errors into messages and exit codes. Nothing imported
+handlers in `commands.py` (fit, apply, analogy, export, defaults), `shapes.py`, `demo.py`,
+`bench.py` and `encoder.py`; here `main`, which turns their errors into messages and exit codes. Nothing imported
 at the top of these modules imports torch, so `diffinv --help` stays instant.
 """
 
@@ -24,6 +24,7 @@ from ..errors import DiffinvError, DiffinvWarning, Interrupted  # torch-free: `-
 from .bench import run_bench
 from .commands import run_analogy, run_apply, run_defaults, run_export, run_fit
 from .demo import run_demo
+from .encoder import run_encoder
 from .parser import build_parser
 from .shapes import run_shapes
 
@@ -38,6 +39,7 @@ COMMANDS = {
     "shapes": run_shapes,
     "demo": run_demo,
     "bench": run_bench,
+    "encoder": run_encoder,
 }
 
 
@@ -72,6 +74,8 @@ def _interrupted_note(args: argparse.Namespace, interrupt: KeyboardInterrupt) ->
         return interrupt.args[0]
     if args.command == "shapes" and args.shapes_command == "train":
         return f"the finished stages and the last checkpoint are kept in {args.out}; the same command resumes"
+    if args.command == "encoder":
+        return f"{args.output} keeps the run's record and its last checkpoint; the same command resumes"
     if args.command == "demo":
         return "the demo stopped"
     if args.command == "bench" and args.bench_command == "run":

@@ -227,6 +227,12 @@ def add_fit_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ablation: drop the CLIP delta loss",
     )
+    group.add_argument(
+        "--encoder",
+        metavar="DIR",
+        help="start D̃ from this DIFF-token encoder, a directory `diffinv encoder train` wrote (implies --init "
+        "encoder; without it --init encoder reads the model directory's diff_encoder/)",
+    )
     group.add_argument("--caption-a", help="caption of A (skips the captioner)")
     group.add_argument("--caption-a-prime", help="caption of A′ (skips the captioner)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .encoder import add_encoder_parser
 from .flags import (
     BENCH_MODEL,
     DEFAULT_MODEL,
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     _add_bench_parser(commands)
+    add_encoder_parser(commands)
     return parser
 
 

@@ -26,7 +26,23 @@ def common_checks(args: argparse.Namespace):
 
     checks.check_device(args.device)
     check_threads(args.threads)
+    if getattr(args, "encoder", None) is not None:
+        check_encoder_directory(args.encoder)
     return model_card(args.model)
+
+
+def check_encoder_directory(directory: str) -> None:
+    """--encoder names a directory with a DIFF-token encoder's two files (`diff_encoder`)."""
+    from pathlib import Path
+
+    missing = [
+        name for name in ("diff_encoder.json", "diff_encoder.safetensors") if not (Path(directory) / name).is_file()
+    ]
+    if missing:
+        raise DiffinvError(
+            f"--encoder {directory}: no DIFF-token encoder there (missing {' and '.join(missing)}; "
+            "`diffinv encoder train -o DIR` writes one)"
+        )
 
 
 def check_threads(threads: int | None) -> None:
@@ -43,8 +59,11 @@ def given(args: argparse.Namespace, fields: list[str]) -> dict:
 def planned_config(args: argparse.Namespace, card, fields: list[str]) -> InversionConfig:
     """The model's defaults, the preset and the flags given, with the model's budget for the start of
     D̃ they choose (`ModelCard.config_for`), validated; the resolution checked against the model's
-    native size where the directory tells it."""
-    config = card.config_for(getattr(args, "preset", None), given(args, fields))
+    native size where the directory tells it. --encoder without --init means --init encoder."""
+    changes = given(args, fields)
+    if getattr(args, "encoder", None) is not None and "init" in fields:
+        changes.setdefault("init", "encoder")
+    config = card.config_for(getattr(args, "preset", None), changes)
     checks.check_resolution(config.resolution, card.native_resolution())
     return config
 

@@ -22,7 +22,8 @@ checkpoint, and leave a usable pipeline in the directory at each one):
 8. vae_grids   — (v2) the VAE decoder again, encoder frozen, on single pictures and 2×2 grids in
                  turn: grids' latents are not their cells' latents side by side
 9. diff_encoder — (v2) the editor's DIFF-token encoder (`diffinv.diff_encoder`, `init="encoder"`),
-                 on the editor's own training pairs, into `editor/diff_encoder/`
+                 on the editor's own training pairs, into `editor/diff_encoder/`, by the loop of
+                 `diffinv encoder train` (`diffinv.encoder_training`)
 
 The output directory is a standard Stable Diffusion directory (`StableDiffusionPipeline.
 from_pretrained` loads it) with `clip/` and `classifier/` beside the usual components, and for v2
@@ -163,7 +164,8 @@ def diff_encoder_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> Non
     """The editor's DIFF-token encoder, on editor/ and clip/, into editor/diff_encoder/."""
     from ..backbones.editor import InstructPix2PixBackbone  # the core's models, loaded only for this stage
     from ..clip_space import ClipSpace
-    from ..diff_encoder import ENCODER_DIR, train_diff_encoder
+    from ..diff_encoder import ENCODER_DIR
+    from ..encoder_training import remove_checkpoint, train_diff_encoder  # `diffinv encoder train`'s loop
 
     backbone = InstructPix2PixBackbone.from_pretrained(str(out / EDITOR_DIR), "cpu", torch.float32)
     clip = ClipSpace.from_pretrained(str(out / "clip"), "cpu", torch.float32)
@@ -177,7 +179,7 @@ def diff_encoder_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> Non
             plan.n_edit_pairs, f"diff_encoder/{plan.seed}", plan.layout_range, SPLIT[plan.diff_encoder_split]
         )
         both_ways = False  # the way back is another edit type, which may be unseen
-    partial = out / "diff_encoder-partial.safetensors"
+    partial = out / "diff_encoder-partial"  # the checkpoint directory
     encoder = train_diff_encoder(
         backbone,
         clip,
@@ -190,7 +192,7 @@ def diff_encoder_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> Non
         generator=torch.Generator().manual_seed(plan.seed + 4),
     )
     encoder.save_pretrained(out / EDITOR_DIR / ENCODER_DIR)
-    partial.unlink(missing_ok=True)
+    remove_checkpoint(partial)
 
 
 # The denoiser stages: the plan field that counts their steps, and the directory of their pipeline.
