@@ -201,6 +201,9 @@ TINY_PLAN = dict(
     inpainting_batch=4,
     batch=8,
     clip_batch=16,
+    classifier_batch=16,
+    vae_batch=8,
+    layout_check_renders=64,
 )
 
 
@@ -342,6 +345,8 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
         unet_steps=1,
         batch=4,
         clip_batch=8,
+        classifier_batch=8,
+        vae_batch=4,
     )
     timings = train_world(tmp_path / "v1", plan)
     assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet"]
