@@ -184,8 +184,10 @@ def test_widened_unet_starts_as_the_text_to_image_one():
 
 
 # --- training --------------------------------------------------------------------------------------
+# Every stage for two steps on a few pictures in small batches: what the training tests check
+# (stages, resumes, directories, formats) does not depend on the sizes.
 TINY_PLAN = dict(
-    n_images=48,
+    n_images=16,
     classifier_steps=2,
     clip_steps=2,
     clip_vision_steps=2,
@@ -194,16 +196,16 @@ TINY_PLAN = dict(
     vae_grid_steps=2,
     unet_steps=2,
     editor_steps=2,
-    n_edit_pairs=16,
+    n_edit_pairs=4,
     inpainting_steps=2,
-    n_grids=8,
+    n_grids=2,
     diff_encoder_steps=2,
-    inpainting_batch=4,
-    batch=8,
-    clip_batch=16,
-    classifier_batch=16,
-    vae_batch=8,
-    layout_check_renders=64,
+    inpainting_batch=1,
+    batch=2,
+    clip_batch=4,
+    classifier_batch=8,
+    vae_batch=4,
+    layout_check_renders=16,
 )
 
 
