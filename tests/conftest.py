@@ -137,3 +137,46 @@ def wide_di():
 
     pipe = tiny_pipeline(width=48)
     return DifferenceInversion(StableDiffusionBackbone(pipe, "tiny-wide"), tiny_clip_for(pipe))
+
+
+# --- per-test CPU time, on request ------------------------------------------------------------------
+# DIFFINV_TEST_CPU=FILE.json writes, for each test (its setup and teardown included), the CPU seconds
+# of this process and of the child processes it waited for, and the wall seconds; and the whole run's
+# CPU. On a machine shared with other work, CPU time is the steadier figure (docs/benchmarks.md).
+_test_times: dict[str, dict[str, float]] = {}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process's, its reaped children's) user + system CPU seconds so far."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("DIFFINV_TEST_CPU"):
+        yield
+        return
+    import time
+
+    (own, children), wall = _cpu_seconds(), time.perf_counter()
+    yield
+    (own_after, children_after), wall_after = _cpu_seconds(), time.perf_counter()
+    _test_times[item.nodeid] = {
+        "cpu_s": round(own_after - own, 3),
+        "children_cpu_s": round(children_after - children, 3),
+        "wall_s": round(wall_after - wall, 3),
+    }
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("DIFFINV_TEST_CPU")
+    if path:
+        import json
+        from pathlib import Path
+
+        own, children = _cpu_seconds()
+        run = {"cpu_s": round(own, 2), "children_cpu_s": round(children, 2), "tests": _test_times}
+        Path(path).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")

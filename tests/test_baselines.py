@@ -288,11 +288,13 @@ def test_visii_loss_decreases_and_the_best_step_is_kept(ip2p_pipe, clip, images)
         assert objective(last.learned) < objective(pair.initial) - 0.05
     assert last.kept_step == config.steps - 1 and len(last.history["loss"]) == config.steps
 
-    best = Visii(ip2p_pipe, clip, config=dataclasses.replace(config, keep="best")).fit(
+    # keep="best" over the first 10 of those steps (the learning rate is constant and the draws come in
+    # the same order, so a shorter run is the same run's beginning)
+    best = Visii(ip2p_pipe, clip, config=dataclasses.replace(config, keep="best", steps=10)).fit(
         a, a_prime, prompt=INIT_PROMPT, progress=False
     )
     mse = best.history["mse"]
-    assert mse == last.history["mse"]  # same seed, same run
+    assert mse == last.history["mse"][:10]  # same seed, same run
     assert best.kept_step == max(i for i, value in enumerate(mse) if value == min(mse))
 
 

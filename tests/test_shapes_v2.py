@@ -184,8 +184,10 @@ def test_widened_unet_starts_as_the_text_to_image_one():
 
 
 # --- training --------------------------------------------------------------------------------------
+# Every stage for two steps on a few pictures in small batches: what the training tests check
+# (stages, resumes, directories, formats) does not depend on the sizes.
 TINY_PLAN = dict(
-    n_images=48,
+    n_images=16,
     classifier_steps=2,
     clip_steps=2,
     clip_vision_steps=2,
@@ -194,14 +196,25 @@ TINY_PLAN = dict(
     vae_grid_steps=2,
     unet_steps=2,
     editor_steps=2,
-    n_edit_pairs=16,
+    n_edit_pairs=4,
     inpainting_steps=2,
-    n_grids=8,
+    n_grids=2,
     diff_encoder_steps=2,
-    inpainting_batch=4,
-    batch=8,
-    clip_batch=16,
+    inpainting_batch=1,
+    batch=2,
+    clip_batch=4,
+    classifier_batch=8,
+    vae_batch=4,
+    layout_check_renders=16,
 )
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """(directory, timings): a v2 world trained on TINY_PLAN by one `train_world` call from an empty
+    directory, once for the tests that only read a finished world (a rerun there trains nothing)."""
+    out = tmp_path_factory.mktemp("tiny-world") / "world"
+    return out, train_world(out, TrainingPlan(**TINY_PLAN))
 
 
 def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
@@ -240,10 +253,9 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     assert editor.config_for(changes={"init": "encoder"}).steps == 0
 
 
-def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tmp_path):
+def test_a_tiny_v2_training_run_makes_every_model_and_resumes(tiny_world):
     plan = TrainingPlan(**TINY_PLAN)
-    out = tmp_path / "world"
-    timings = train_world(out, plan)
+    out, timings = tiny_world
     assert list(timings) == [
         "classifier",
         "clip",
@@ -294,7 +306,7 @@ def test_a_finished_denoiser_stage_is_extended_from_its_saved_weights(tmp_path, 
     from diffinv.shapes.train import extend_stage
 
     plan, out = TrainingPlan(**TINY_PLAN), tmp_path / "world"
-    train_world(out, plan, stages=["classifier", "clip", "vae", "vae_decoder", "unet"])
+    train_world(out, plan, stages=["clip", "vae", "vae_decoder", "unet"])  # the unet's prerequisites only
     saved = UNet2DConditionModel.from_pretrained(out / "unet").state_dict()
     with pytest.raises(DiffinvError, match="denoiser stage"):
         extend_stage(out, "vae", 4)
@@ -335,6 +347,8 @@ def test_v1_plans_train_only_the_four_v1_stages(tmp_path):
         unet_steps=1,
         batch=4,
         clip_batch=8,
+        classifier_batch=8,
+        vae_batch=4,
     )
     timings = train_world(tmp_path / "v1", plan)
     assert list(timings) == ["classifier", "clip", "vae", "vae_decoder", "unet"]
@@ -354,11 +368,10 @@ def test_the_v2_baseline_budgets_are_valid_settings_of_each_baseline(name):
     assert all(getattr(config, field) == value for field, value in budget.items())
 
 
-def test_the_editor_and_inpainting_unets_are_stored_in_half_precision_and_load_in_float32(tmp_path):
+def test_the_editor_and_inpainting_unets_are_stored_in_half_precision_and_load_in_float32(tiny_world):
     from safetensors import safe_open
 
-    out = tmp_path / "world"
-    train_world(out, TrainingPlan(**TINY_PLAN))
+    out, _ = tiny_world
     for directory, dtype in (("unet", "F32"), ("editor/unet", "F16"), ("inpainting/unet", "F16")):
         with safe_open(str(out / directory / "diffusion_pytorch_model.safetensors"), framework="pt") as handle:
             key = next(iter(handle.keys()))

@@ -43,6 +43,9 @@ class TrainingPlan:
     checkpoint_every: int = 500
     batch: int = 64
     clip_batch: int = 128
+    classifier_batch: int = 128
+    vae_batch: int = 32  # pictures per VAE step; the decoder's grid steps take a quarter as many grids
+    layout_check_renders: int = 1000  # fresh renders the layout threshold is chosen on (world v2)
 
     @property
     def layout_range(self) -> float:

@@ -41,7 +41,7 @@ def train_classifier(scenes, images: np.ndarray, plan: TrainingPlan) -> Attribut
     centres = torch.tensor([[s.dx, s.dy] for s in scenes], dtype=torch.float32)
     for step in tqdm(range(plan.classifier_steps), desc="classifier"):
         cosine_lr(optimizer, step, plan.classifier_steps, 2e-3)
-        index = torch.randint(len(scenes), (128,))
+        index = torch.randint(len(scenes), (plan.classifier_batch,))
         outputs = model(_perturb(pixels[index]))
         loss = sum(F.cross_entropy(outputs[k], labels[k][index]) for k in ATTRIBUTES)
         if model.centre is not None:
@@ -51,7 +51,7 @@ def train_classifier(scenes, images: np.ndarray, plan: TrainingPlan) -> Attribut
         optimizer.step()
     model.eval()
     if model.centre is not None:
-        errors = centre_errors(model, plan.layout_range, seed=plan.seed + 7)
+        errors = centre_errors(model, plan.layout_range, n=plan.layout_check_renders, seed=plan.seed + 7)
         model.layout_threshold = layout_threshold(errors)
     return model
 
@@ -148,7 +148,7 @@ def train_vae(images: np.ndarray, plan: TrainingPlan) -> AutoencoderKL:
     pixels = to_pixels(images) * 2 - 1
     for step in tqdm(range(plan.vae_steps), desc="VAE"):
         cosine_lr(optimizer, step, plan.vae_steps, 1e-3)
-        x = pixels[torch.randint(len(pixels), (32,))]
+        x = pixels[torch.randint(len(pixels), (plan.vae_batch,))]
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
@@ -186,7 +186,8 @@ def refine_vae_decoder(
     for step in tqdm(range(steps), desc="VAE decoder" if grids is None else "VAE decoder (grids)"):
         cosine_lr(optimizer, step, steps, 1e-3)
         pixels, mean, std = sets[step % len(sets)]
-        index = torch.randint(len(pixels), (32 if step % len(sets) == 0 else 8,))  # a grid is four pictures
+        batch = plan.vae_batch if step % len(sets) == 0 else max(1, plan.vae_batch // 4)  # a grid is four pictures
+        index = torch.randint(len(pixels), (batch,))
         latents = mean[index] + std[index] * torch.randn_like(mean[index])
         reconstruction = vae.decode(latents).sample
         loss = F.mse_loss(reconstruction, pixels[index]) + 0.5 * F.l1_loss(reconstruction, pixels[index])
