@@ -29,3 +29,179 @@ def test_the_triplets_are_drawn_as_before_the_examples_existed(layout_range, spl
         for seed in (0, 1, 200)
     ]
     assert digests == TRIPLET_DIGESTS[(layout_range, split)]
+
+
+# --- fit over several pairs ---------------------------------------------------------------------------
+import torch  # noqa: E402
+
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image  # noqa: E402
+from diffinv import inversion  # noqa: E402
+from diffinv.errors import DiffinvError  # noqa: E402
+
+CAPTIONS = (CAPTION_A, CAPTION_A_PRIME)
+
+
+@pytest.fixture(scope="module")
+def pairs(images):
+    """Three (A, A′) pairs of one edit (red → blue) on other shapes and backgrounds, 32² each."""
+    return [
+        (images["a"], images["a_prime"]),
+        (shape_image((32, 32), "red", "square", seed=11), shape_image((32, 32), "blue", "square", seed=12)),
+        (shape_image((32, 32), "red", seed=13), shape_image((32, 32), "blue", seed=14)),
+    ]
+
+
+@pytest.mark.parametrize("changes", [{}, {"init": "random"}, {"clip_loss_space": "in-context"}])
+def test_one_pair_in_a_list_is_the_single_pair_fit(di, pairs, changes):
+    config = fast_config(steps=2, **changes)
+    alone = di.fit(*pairs[0], config, captions=CAPTIONS, seed=3, progress=False)
+    listed = di.fit([pairs[0]], config=config, captions=[CAPTIONS], seed=3, progress=False)
+    assert torch.equal(alone.embeddings, listed.embeddings) and alone.history == listed.history
+    assert listed.n_pairs == 1
+
+
+def test_the_grouped_loop_with_one_pair_is_the_single_pair_loop(di, pairs):
+    """`PairGroups` (the path of several pairs) computes, for one pair, what the plain loop does."""
+    config = fast_config(steps=3, clip_loss_space="in-context", lambda_clip_b=1.0)
+    prepared = di.prepare(*pairs[0], config, captions=CAPTIONS, prompt_b=PROMPT_B)
+    plain, plain_history = inversion.fit_diff_tokens(
+        di.backbone, di.clip, [prepared], config, torch.Generator().manual_seed(0), False
+    )
+    grouped, grouped_history = inversion.fit_diff_tokens(
+        di.backbone, di.clip, [prepared], config, torch.Generator().manual_seed(0), False, groups=[0]
+    )
+    assert grouped.shape == plain.shape == (1, config.n_tokens, di.backbone.token_width)
+    torch.testing.assert_close(grouped, plain, rtol=0, atol=1e-6)
+    for name in ("loss", "loss_tc", "loss_clip"):
+        assert grouped_history[0][name] == pytest.approx(plain_history[0][name], abs=1e-6)
+
+
+def test_several_pairs_give_one_d_whose_losses_average_every_pair(di, pairs, monkeypatch):
+    config = fast_config(steps=2)
+    captions = [CAPTIONS] * 3
+    recorded = []
+    real_loss = inversion.token_consistency_loss
+
+    def recording(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)  # (K,): one per pair
+        recorded.append(losses.detach().clone())
+        return losses
+
+    monkeypatch.setattr(inversion, "token_consistency_loss", recording)
+    tokens = di.fit(pairs, config=config, captions=captions, progress=False)
+    assert tokens.embeddings.shape == (config.n_tokens, di.backbone.token_width) and tokens.n_pairs == 3
+    assert [len(losses) for losses in recorded] == [3] * config.steps  # every pair's L_tc, every step
+    assert tokens.history["loss_tc"] == pytest.approx([losses.mean().item() for losses in recorded], rel=1e-6)
+
+    def without_the_third(*args, **kwargs):
+        return real_loss(*args, **kwargs) * torch.tensor([1.0, 1.0, 0.0])
+
+    monkeypatch.setattr(inversion, "token_consistency_loss", without_the_third)
+    dropped = di.fit(pairs, config=config, captions=captions, progress=False)
+    assert not torch.allclose(dropped.embeddings, tokens.embeddings)  # the third pair's loss moves D̃
+    monkeypatch.setattr(inversion, "token_consistency_loss", real_loss)
+    two = di.fit(pairs[:2], config=config, captions=captions[:2], progress=False)
+    assert not torch.allclose(two.embeddings, tokens.embeddings)
+
+
+def test_a_pair_given_twice_is_averaged_not_summed(di, pairs):
+    """The per-step scale does not grow with K: with the CLIP loss alone (no noise draws), the
+    same pair twice is the same fit, losses included."""
+    config = fast_config(steps=3, use_token_consistency=False, clip_loss_space="in-context")
+    once = di.fit([pairs[1]], config=config, captions=[CAPTIONS], progress=False)
+    twice = di.fit([pairs[1], pairs[1]], config=config, captions=[CAPTIONS, CAPTIONS], progress=False)
+    torch.testing.assert_close(twice.embeddings, once.embeddings, rtol=0, atol=1e-6)
+    assert twice.history["loss"] == pytest.approx(once.history["loss"], abs=1e-6)
+
+
+def test_the_groups_target_is_the_normalised_mean_of_the_pairs_deltas():
+    groups = inversion.PairGroups([0, 1, 1, 0, 1], torch.device("cpu"))
+    values = torch.arange(10.0).view(5, 2)
+    torch.testing.assert_close(groups.mean(values), torch.stack([values[[0, 3]].mean(0), values[[1, 2, 4]].mean(0)]))
+    torch.testing.assert_close(
+        groups.per_pair(torch.tensor([[7.0], [9.0]])).flatten(), torch.tensor([7, 9, 9, 7, 9.0])
+    )
+    deltas = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
+    pairs = [inversion.PreparedPair("", "", "", "", delta, None) for delta in deltas]
+    target = inversion.group_targets(inversion.PairGroups([0, 0], torch.device("cpu")), pairs)
+    torch.testing.assert_close(target, torch.tensor([[0.5**0.5, 0.5**0.5]]))
+    with pytest.raises(DiffinvError, match="none empty"):
+        inversion.PairGroups([0, 2], torch.device("cpu"))
+
+
+def test_the_encoders_start_is_the_mean_of_its_predictions(backbone, clip, pairs):
+    from diffinv.backbones.editor import InstructPix2PixBackbone
+    from diffinv.diff_encoder import DiffEncoder, DiffEncoderConfig
+    from diffinv.pipeline import DifferenceInversion
+    from diffinv.testing import tiny_instruct_pix2pix
+
+    editor = InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
+    encoder = DiffEncoder(DiffEncoderConfig(clip.joint_width, 5, editor.token_width, hidden=16))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.normal_(0, 0.3)
+    config = fast_config(sampling_mode="editor", init="encoder", steps=0)
+    di = DifferenceInversion(editor, clip, captioner=None, default_config=config, diff_encoder=encoder.eval())
+    each = [di.fit(*pair, progress=False).embeddings for pair in pairs[:2]]
+    pooled = di.fit(pairs[:2], progress=False)
+    torch.testing.assert_close(pooled.embeddings, (each[0] + each[1]) / 2, rtol=0, atol=1e-6)
+    assert pooled.n_pairs == 2 and pooled.history["loss"] == []
+
+
+def test_analogy_takes_the_examples_as_fit_does(di, pairs, images):
+    import numpy as np
+
+    config = fast_config(steps=2)
+    captions = [CAPTIONS] * 3
+    b_prime, tokens = di.analogy(
+        *pairs[0], images["b"], config, captions=captions, prompt_b=PROMPT_B, examples=pairs[1:], progress=False
+    )
+    fitted = di.fit(pairs, config=config, captions=captions, progress=False)
+    assert torch.equal(tokens.embeddings, fitted.embeddings) and tokens.n_pairs == 3
+    drawn = di.apply(fitted, images["b"], prompt=PROMPT_B, config=config, progress=False)
+    assert np.array_equal(np.asarray(b_prime), np.asarray(drawn))
+
+
+def test_fit_many_fits_tasks_of_several_pairs_beside_single_pairs(di, pairs):
+    config = fast_config(steps=2)
+    tokens = di.fit_many(
+        [pairs[:2], pairs[2]], config, captions=[[CAPTIONS, CAPTIONS], CAPTIONS], seeds=[0, 1], progress=False
+    )
+    assert [t.n_pairs for t in tokens] == [2, 1]
+    assert all(t.embeddings.shape == (config.n_tokens, di.backbone.token_width) for t in tokens)
+    assert not torch.allclose(tokens[0].embeddings, tokens[1].embeddings)
+
+
+def test_further_pairs_take_the_first_as_working_size(di, pairs):
+    wide = (shape_image((64, 32), "red", seed=5), shape_image((64, 32), "blue", seed=6))
+    working = di.working_pairs([pairs[0], wide], fast_config())
+    assert {image.size for pair in working for image in pair} == {working[0].a.size}
+    tokens = di.fit([pairs[0], wide], config=fast_config(steps=1), captions=[CAPTIONS] * 2, progress=False)
+    assert tokens.n_pairs == 2
+
+
+def test_bad_pairs_and_captions_are_one_clear_error(di, pairs):
+    with pytest.raises(DiffinvError, match="list of \\(A, A′\\) pairs"):
+        di.fit([], progress=False)
+    with pytest.raises(DiffinvError, match="either A and A′"):
+        di.fit(pairs, pairs[0][1], progress=False)
+    with pytest.raises(DiffinvError, match="list of \\(A, A′\\) pairs"):
+        di.fit([pairs[0][0]], progress=False)
+    with pytest.raises(DiffinvError, match="captions: expected"):
+        di.fit(pairs, config=fast_config(), captions=[CAPTIONS], progress=False)
+
+
+def test_the_token_file_records_how_many_pairs(di, pairs, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from diffinv.tokens import DiffTokens
+
+    tokens = di.fit(pairs[:2], config=fast_config(steps=1), captions=[CAPTIONS] * 2, progress=False)
+    tokens.save(tmp_path / "two.safetensors")
+    assert DiffTokens.load(tmp_path / "two.safetensors").n_pairs == 2
+    with safe_open(str(tmp_path / "two.safetensors"), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "n_pairs"}  # a file from before
+    save_file({"diff_tokens": tokens.embeddings}, str(tmp_path / "old.safetensors"), metadata=metadata)
+    assert DiffTokens.load(tmp_path / "old.safetensors").n_pairs == 1

@@ -412,12 +412,14 @@ class DifferenceInversion:
         return self._fit_prepared(prepared, config, seeds, progress)
 
     def _fit_prepared(
-        self, tasks: list[list[PreparedPair]], config: InversionConfig, seeds: list[int], progress: bool
+        self, tasks: list[list[PreparedPair] | PreparedPair], config: InversionConfig, seeds: list[int], progress: bool
     ) -> list[DiffTokens]:
         """One batched optimisation per latent size (tasks of other aspect ratios cannot share a
         UNet call), seeded by the first seed of each group; tokens come back in task order. A task
         is one pair, or example pairs of one edit that share one D̃ (and one latent size). With no
-        fit (steps = 0, no latents) all tasks are one group: nothing is optimised."""
+        fit (steps = 0, no latents) all tasks are one group: nothing is optimised. A task may be
+        given as a bare `PreparedPair` (one pair)."""
+        tasks = [[task] if isinstance(task, PreparedPair) else task for task in tasks]
         by_size: dict[tuple | None, list[int]] = {}
         for index, task in enumerate(tasks):
             by_size.setdefault(None if task[0].latents is None else tuple(task[0].latents.shape), []).append(index)
@@ -426,10 +428,12 @@ class DifferenceInversion:
             # A CPU generator: timesteps and noise are drawn on the CPU, so a seed gives one D̃ on any device.
             generator = torch.Generator().manual_seed(seeds[members[0]])
             pairs = [pair for i in members for pair in tasks[i]]
-            # pair → its task's D̃; None where every task is one pair (the path of single pairs, unchanged)
-            groups = [g for g, i in enumerate(members) for _ in tasks[i]] if len(pairs) > len(members) else None
+            # pair → its task's D̃, where a task has several pairs (single pairs: the path they always took)
+            several = (
+                {"groups": [g for g, i in enumerate(members) for _ in tasks[i]]} if len(pairs) > len(members) else {}
+            )
             embeddings, histories = fit_diff_tokens(
-                self.backbone, self.clip, pairs, config, generator, progress, groups=groups
+                self.backbone, self.clip, pairs, config, generator, progress, **several
             )
             for i, embedding, history in zip(members, embeddings, histories):
                 tokens[i] = self._tokens(tasks[i], embedding, history, config)
