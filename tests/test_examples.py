@@ -205,3 +205,87 @@ def test_the_token_file_records_how_many_pairs(di, pairs, tmp_path):
         metadata = {k: v for k, v in handle.metadata().items() if k != "n_pairs"}  # a file from before
     save_file({"diff_tokens": tokens.embeddings}, str(tmp_path / "old.safetensors"), metadata=metadata)
     assert DiffTokens.load(tmp_path / "old.safetensors").n_pairs == 1
+
+
+# --- the command line ----------------------------------------------------------------------------------
+def run_cli(capsys, argv):
+    from diffinv.cli import main
+
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model_args(tiny_model_dir):
+    model_dir, clip_dir = tiny_model_dir
+    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    from diffinv.pipeline import DifferenceInversion
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(DifferenceInversion, "from_pretrained", refuse)
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory, pairs):
+    folder = tmp_path_factory.mktemp("pairs")
+    paths = []
+    for k, pair in enumerate(pairs):
+        for name, image in zip(("a", "a_prime"), pair):
+            image.save(folder / f"{name}{k}.png")
+        paths.append((str(folder / f"a{k}.png"), str(folder / f"a_prime{k}.png")))
+    return paths
+
+
+def test_an_odd_number_of_images_is_one_line(capsys, tmp_path, pair_files, model_args, no_model_loading):
+    argv = ["fit", *pair_files[0], pair_files[1][0], "-o", tmp_path / "t.safetensors", *model_args]
+    code, _, err = run_cli(capsys, argv)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "odd number" in err and pair_files[1][0] in err
+
+
+@pytest.mark.parametrize("where", ["positional", "--pair"])
+def test_a_bad_image_of_a_further_pair_is_named_before_loading(
+    capsys, tmp_path, pair_files, model_args, no_model_loading, where
+):
+    missing = tmp_path / "missing.png"
+    further = [pair_files[1][0], missing] if where == "positional" else ["--pair", pair_files[1][0], missing]
+    code, _, err = run_cli(capsys, ["fit", *pair_files[0], *further, "-o", tmp_path / "t.safetensors", *model_args])
+    assert code == 2 and len(err.splitlines()) == 1 and f"{missing}: no such file" in err
+    code, _, err = run_cli(
+        capsys,
+        ["analogy", *pair_files[0], pair_files[2][0], "--pair", missing, pair_files[1][1], "-o", tmp_path / "b.png"],
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and f"{missing}: no such file" in err
+
+
+def test_fit_on_several_pairs_from_the_command_line(capsys, tmp_path, pair_files, model_args):
+    from diffinv.tokens import DiffTokens
+
+    fitting = ["--steps", "2", "--prompt-source", "caption", "--caption-a", CAPTION_A, "--caption-a-prime"]
+    fitting += [CAPTION_A_PRIME, "--captions-from", tmp_path / "captions.txt", *model_args]
+    (tmp_path / "captions.txt").write_text(f"{CAPTION_A}\n{CAPTION_A_PRIME}\n{PROMPT_B}\n")
+    listed = tmp_path / "listed.safetensors"
+    code, out, err = run_cli(capsys, ["fit", *pair_files[0], *pair_files[1], "-o", listed, *fitting])
+    assert code == 0, err
+    assert "2 pairs" in out and DiffTokens.load(listed).n_pairs == 2
+    flagged = tmp_path / "flagged.safetensors"
+    code, _, err = run_cli(capsys, ["fit", *pair_files[0], "--pair", *pair_files[1], "-o", flagged, *fitting])
+    assert code == 0, err
+    assert torch.equal(DiffTokens.load(listed).embeddings, DiffTokens.load(flagged).embeddings)
+    single = tmp_path / "single.safetensors"
+    assert run_cli(capsys, ["fit", *pair_files[0], "-o", single, *fitting])[0] == 0
+    assert DiffTokens.load(single).n_pairs == 1
+    assert not torch.equal(DiffTokens.load(single).embeddings, DiffTokens.load(listed).embeddings)
+
+    b_prime = tmp_path / "b_prime.png"
+    argv = ["analogy", *pair_files[0], pair_files[2][0], "--pair", *pair_files[1], "-o", b_prime, "--prompt", PROMPT_B]
+    code, _, err = run_cli(capsys, [*argv, "--sampling-steps", "2", *fitting])
+    assert code == 0, err
+    assert DiffTokens.load(b_prime.with_suffix(".safetensors")).n_pairs == 2
