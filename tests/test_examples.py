@@ -289,3 +289,120 @@ def test_fit_on_several_pairs_from_the_command_line(capsys, tmp_path, pair_files
     code, _, err = run_cli(capsys, [*argv, "--sampling-steps", "2", *fitting])
     assert code == 0, err
     assert DiffTokens.load(b_prime.with_suffix(".safetensors")).n_pairs == 2
+
+
+# --- the bench: --examples K ------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", [None, "seen", "unseen", "compound"])
+def test_example_pairs_show_the_triplets_edit_with_everything_else_drawn_anew(split):
+    from diffinv.shapes.world import ATTRIBUTES, example_pairs
+
+    kept_values = {}
+    for index, triplet in enumerate(triplets(30, seed=1, layout_range=LAYOUT_RANGE, split=split)):
+        pairs = example_pairs(triplet, 3, 1, split, index, LAYOUT_RANGE)
+        assert len(pairs) == 3 and example_pairs(triplet, 3, 1, split, index, LAYOUT_RANGE) == pairs  # seeded
+        assert example_pairs(triplet, 2, 1, split, index, LAYOUT_RANGE) == pairs[:2]  # more K, same first pairs
+        changed = triplet.attributes_changed
+        kept = [name for name in ATTRIBUTES if name not in changed]
+        for a, a_prime in pairs:
+            # the same edit type: A's values before, A′'s after, nothing else changed
+            assert all(getattr(a, k) == getattr(triplet.a, k) for k in changed)
+            assert all(getattr(a_prime, k) == getattr(triplet.a_prime, k) for k in changed)
+            assert all(getattr(a, k) == getattr(a_prime, k) for k in kept) and (a.dx, a.dy) == (a_prime.dx, a_prime.dy)
+            # neither A nor B again: another scene showing the edit
+            assert any(getattr(a, k) != getattr(triplet.a, k) for k in kept)
+            assert any(getattr(a, k) != getattr(triplet.b, k) for k in kept)
+            for k in kept:
+                kept_values.setdefault(k, set()).add(getattr(a, k))
+    assert all(values == set(ATTRIBUTES[k]) for k, values in kept_values.items())  # every value turns up
+
+
+def test_the_bench_draws_the_same_triplets_with_k_examples_each():
+    from diffinv.bench.datasets import shapes_dataset
+    from diffinv.shapes.world import example_pairs, render
+
+    one = shapes_dataset(4, seed=1, layout_range=LAYOUT_RANGE, split="all")
+    three = shapes_dataset(4, seed=1, layout_range=LAYOUT_RANGE, split="all", examples=3)
+    assert [(t.id, t.truth) for t in three] == [(t.id, t.truth) for t in one]
+    assert all(t.examples == [] for t in one) and all(len(t.examples) == 2 for t in three)
+    triplet = three[5]  # unseen, index 1
+    scenes = example_pairs(triplet.truth, 2, 1, "unseen", 1, LAYOUT_RANGE)
+    assert triplet.examples[1][1]().tobytes() == render(scenes[1][1]).tobytes()
+
+
+def bench_options(*argv):
+    from diffinv.cli import build_parser
+    from diffinv.cli.bench import run_options
+
+    return run_options(build_parser().parse_args(["bench", "run", *map(str, argv)]))
+
+
+def no_loading(options):
+    raise AssertionError("the model was loaded before every check was made")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--method", "sdedit"], "sdedit take one example pair"),
+        (["--method", "difference-inversion", "--method", "dia"], "dia take one example pair"),
+        (["--dataset", "folder", "--data", "somewhere"], "--examples is for the shapes dataset"),
+    ],
+)
+def test_examples_are_refused_in_one_line_before_loading(tmp_path, argv, fragment):
+    from diffinv.bench.command import run_command
+
+    with pytest.raises(DiffinvError, match=fragment):
+        run_command(bench_options("--out", tmp_path / "run", "--n", "1", "--examples", "2", *argv), no_loading)
+    with pytest.raises(DiffinvError, match="at least 1"):
+        run_command(bench_options("--out", tmp_path / "run", "--n", "1", "--examples", "0"), no_loading)
+
+
+def test_the_run_record_says_how_many_examples(tmp_path):
+    from diffinv.bench.command import build_dataset
+
+    triplets_, dataset = build_dataset(bench_options("--out", tmp_path, "--n", "2", "--examples", "3"))
+    assert dataset["examples"] == 3 and all(len(t.examples) == 2 for t in triplets_)
+    assert "examples" not in build_dataset(bench_options("--out", tmp_path, "--n", "2"))[1]  # as before
+
+
+@pytest.mark.filterwarnings("ignore:the captions of A and A′")  # the random CLIP captions A and A′ alike
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_runner_hands_each_triplet_its_examples(di, clip, pairs, tmp_path, monkeypatch, batch):
+    from diffinv.bench.datasets import BenchTriplet
+    from diffinv.bench.methods import expand_methods
+    from diffinv.bench.metrics import ClipEmbedder
+    from diffinv.bench.run import BenchRunner, read_results
+    from diffinv.captioners import ClipRetrievalCaptioner
+    from diffinv.pipeline import DifferenceInversion
+
+    def constant(image):
+        return lambda: image
+
+    bench_di = DifferenceInversion(di.backbone, clip, ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME]))
+    shown = []
+    real_analogy, real_fit_many = bench_di.analogy, bench_di.fit_many
+    monkeypatch.setattr(
+        bench_di, "analogy", lambda *a, **k: shown.append(1 + len(k["examples"])) or real_analogy(*a, **k)
+    )
+    monkeypatch.setattr(
+        bench_di, "fit_many", lambda tasks, *a, **k: shown.extend(map(len, tasks)) or real_fit_many(tasks, *a, **k)
+    )
+    triplets_ = [
+        BenchTriplet(
+            id=f"t{i}",
+            a=constant(pairs[i][0]),
+            a_prime=constant(pairs[i][1]),
+            b=constant(shape_image((32, 32), "red", "square", seed=20 + i)),
+            caption_b_prime="a photo of a blue square",
+            examples=[(constant(pairs[2][0]), constant(pairs[2][1]))],
+        )
+        for i in range(2)
+    ]
+    runner = BenchRunner(
+        bench_di, tmp_path, fast_config(steps=1), [ClipEmbedder(clip)], batch_size=batch, progress=False
+    )
+    methods = expand_methods(["difference-inversion", "copy-b", "oracle-caption"])
+    assert runner.run(methods, triplets_) == 6
+    assert shown == [2, 2]  # the fits (one batch of two, or two batches of one) were shown both pairs
+    rows = read_results(tmp_path)
+    assert len(rows) == 6 and all(row["examples"] == 2 for row in rows)

@@ -274,6 +274,15 @@ def _add_bench_parser(commands) -> None:
         "default: every edit type",
     )
     run.add_argument(
+        "--examples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="shapes only: show methods K example pairs of each triplet's edit (its own A, A′ and K − 1 more whose "
+        "other attributes are drawn anew; the triplets stay the same); only methods that take several examples "
+        "(difference-inversion, on-editor and the references) run with K > 1 (default 1)",
+    )
+    run.add_argument(
         "--method",
         action="append",
         dest="methods",
