@@ -406,3 +406,33 @@ def test_the_runner_hands_each_triplet_its_examples(di, clip, pairs, tmp_path, m
     assert shown == [2, 2]  # the fits (one batch of two, or two batches of one) were shown both pairs
     rows = read_results(tmp_path)
     assert len(rows) == 6 and all(row["examples"] == 2 for row in rows)
+
+
+# --- the demo ------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:the captions of A and A′")  # the random CLIP captions A and A′ alike
+def test_the_demo_fits_on_the_extra_pairs_it_is_given(backbone, clip, tmp_path):
+    from pathlib import Path
+
+    from diffinv.captioners import ClipRetrievalCaptioner
+    from diffinv.demo import ModelCache, run_analogy
+    from diffinv.pipeline import DifferenceInversion
+    from diffinv.tokens import DiffTokens
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    a, a_prime, b = (str(examples / "colour" / name) for name in ("a.png", "a_prime.png", "b.png"))
+    further = (str(examples / "shape" / "a.png"), str(examples / "shape" / "a_prime.png"))
+
+    def never(model):
+        raise AssertionError("no model should load for a half pair")
+
+    with pytest.raises(DiffinvError, match="example pair 3: upload both A3 and A′3, or neither"):
+        run_analogy(a, a_prime, b, examples=[(None, None), (further[0], None)], cache=ModelCache(load=never))
+    captioner = ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME, PROMPT_B])
+    tiny = DifferenceInversion(backbone, clip, captioner, default_config=fast_config(steps=2))
+    cache = ModelCache(load=lambda name: tiny)
+    result = run_analogy(
+        a, a_prime, b, "tiny", 2, examples=[(None, None), further], cache=cache, out_dir=tmp_path / "two"
+    )
+    assert DiffTokens.load(result.tokens_path).n_pairs == 2 and "2 example pairs" in result.message
+    alone = run_analogy(a, a_prime, b, "tiny", 2, examples=[(None, None)], cache=cache, out_dir=tmp_path / "one")
+    assert DiffTokens.load(alone.tokens_path).n_pairs == 1 and "example pairs" not in alone.message
