@@ -343,8 +343,8 @@ def no_loading(options):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--method", "sdedit"], "sdedit take one example pair"),
-        (["--method", "difference-inversion", "--method", "dia"], "dia take one example pair"),
+        (["--method", "sdedit"], "not for sdedit: one example pair"),
+        (["--method", "difference-inversion", "--method", "dia"], "not for dia: one example pair"),
         (["--dataset", "folder", "--data", "somewhere"], "--examples is for the shapes dataset"),
     ],
 )

@@ -506,19 +506,10 @@ def fit_diff_tokens(
         loss_tc = loss_clip = zero
         if config.use_token_consistency:
             noisy, timesteps, targets = noised_pair(backbone, latents, generator)
-            loss_tc = grouped.mean(
-                token_consistency_loss(
-                    backbone,
-                    used_by_pair,
-                    ids,
-                    slot_mask,
-                    noisy,
-                    timesteps,
-                    targets,
-                    config.tc_reduction,
-                    image_latents,
-                )
-            )
+            each = token_consistency_loss(
+                backbone, used_by_pair, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction, image_latents
+            )  # (K,): one per pair
+            loss_tc = grouped.mean(each)
         if config.use_clip_loss and in_context:  # beside each pair's own prompts
             moved = clip_loss(
                 clip, used_by_pair[..., backbone.clip_dims], grouped.per_pair(target_delta), "in-context", context

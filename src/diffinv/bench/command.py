@@ -180,7 +180,7 @@ def check_examples(methods: list[MethodSpec], examples: int) -> None:
     if unable:
         able = [name for name, entry in METHODS.items() if takes_examples(entry.load())]
         raise DiffinvError(
-            f"--examples {examples}: {', '.join(unable)} take one example pair (A, A′), not several; "
+            f"--examples {examples} is not for {', '.join(unable)}: one example pair (A, A′) only; "
             f"methods that take several: {', '.join(able)}"
         )
 
