@@ -406,6 +406,12 @@ def test_the_runner_hands_each_triplet_its_examples(di, clip, pairs, tmp_path, m
     assert shown == [2, 2]  # the fits (one batch of two, or two batches of one) were shown both pairs
     rows = read_results(tmp_path)
     assert len(rows) == 6 and all(row["examples"] == 2 for row in rows)
+    from diffinv.bench.report import write_reports
+
+    header = next(
+        line for line in write_reports(tmp_path)["md"].read_text().splitlines() if line.startswith("| method")
+    )
+    assert "examples" not in header  # a count of pairs, not a score
 
 
 # --- the demo ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ METRIC_ORDER = (
     "final_loss_tc",
     "final_loss_clip",
 )
-NOT_METRICS = {"index", "seconds"}
+NOT_METRICS = {"index", "seconds", "examples"}  # examples: the pairs a method was shown (--examples)
 PERCENT = {"correct", "edit", "preserved", "layout", "preserved_attributes"}
 
 
