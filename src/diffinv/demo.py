@@ -1,9 +1,10 @@
 """`diffinv demo`: a Gradio web page for one analogy A : A′ :: B : B′ at a time.
 
-The page uploads A, A′ and B (or takes one of the triplets in `examples/`), draws B′ with the
-public `DifferenceInversion` API and offers B′, the grid A | A′ | B | B′, the token file and its
-diffusers export. Requests wait in Gradio's queue and run one at a time on models that are loaded
-once per model name and shared by every visitor.
+The page uploads A, A′ and B (or takes one of the triplets in `examples/`) and optionally two
+further example pairs of the same edit, draws B′ with the public `DifferenceInversion` API and
+offers B′, the grid A | A′ | B | B′, the token file and its diffusers export. Requests wait in
+Gradio's queue and run one at a time on models that are loaded once per model name and shared by
+every visitor.
 
 `run_analogy` is the page's work without Gradio (tested on its own); gradio is imported only by
 the page's functions (`build_demo`, `launch`, `page_error`), so the rest of diffinv never needs it
@@ -97,17 +98,28 @@ def run_analogy(
     cache: ModelCache,
     out_dir: str | Path | None = None,
     progress: Progress = None,
+    examples: list[tuple] | None = None,
 ) -> DemoResult:
     """Fit DIFF tokens on (A, A′) and draw B′; write the token file and its diffusers export.
 
     a, a_prime, b: PIL images or paths (None: a DiffinvError naming the missing one). steps:
-    optimisation steps (None: the model's default). Bad input raises DiffinvError.
+    optimisation steps (None: the model's default). examples: further (A, A′) pairs of the same
+    edit, fitted together with (A, A′) (`DifferenceInversion.fit` of a list); a pair of two Nones
+    (an empty slot of the page) is skipped, a half pair is a DiffinvError. Bad input raises
+    DiffinvError.
     """
     from .export import export
     from .grid import image_grid
     from .images import as_rgb
 
     images = [_image(a, "A"), _image(a_prime, "A′"), _image(b, "B")]
+    pairs = [(images[0], images[1])]
+    for number, (before, after) in enumerate(examples or [], start=2):
+        if before is None and after is None:
+            continue
+        if before is None or after is None:
+            raise DiffinvError(f"example pair {number}: upload both A{number} and A′{number}, or neither")
+        pairs.append((_image(before, f"A{number}"), _image(after, f"A′{number}")))
     seed = int(seed)
     if seed < 0:
         raise DiffinvError(f"seed must be ≥ 0, got {seed}")
@@ -122,7 +134,10 @@ def run_analogy(
     # fit, then apply: the same B′ and tokens as `analogy`, with a stage for each.
     report(0.05, desc="fitting…")
     bars = progress is not None  # tqdm bars, which gr.Progress(track_tqdm=True) shows in the page
-    tokens = di.fit(images[0], images[1], config, seed=seed, progress=bars)
+    if len(pairs) == 1:
+        tokens = di.fit(images[0], images[1], config, seed=seed, progress=bars)
+    else:  # one D̃ from every pair
+        tokens = di.fit(pairs, config=config, seed=seed, progress=bars)
     report(0.7, desc="drawing…")
     b_prime = di.apply(tokens, images[2], config=config, seed=seed, reference=(images[0], images[1]), progress=bars)
     report(0.95, desc="writing files…")
@@ -135,11 +150,16 @@ def run_analogy(
     tokens.save(tokens_path)
     export(tokens, "diffusers", export_path, token=EXPORT_TOKEN)
     message = (
-        f"Done: model {tokens.model_id or model}, {config.steps} steps, seed {seed}, edit strength "
-        f"{config.edit_strength:g}. prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r}. "
+        f"Done: model {tokens.model_id or model}, {config.steps} steps, {_pairs_text(len(pairs))}seed {seed}, "
+        f"edit strength {config.edit_strength:g}. prompt_A: {tokens.prompt_a!r}; "
+        f"prompt_A′: {tokens.prompt_a_prime!r}. "
         f'diffusers: `pipe.load_textual_inversion(file, token="{EXPORT_TOKEN}")`'
     )
     return DemoResult(b_prime, grid, tokens_path, export_path, message)
+
+
+def _pairs_text(count: int) -> str:
+    return f"{count} example pairs, " if count > 1 else ""
 
 
 def example_triplets(examples_dir: str | Path | None = None) -> list[list[str]]:
@@ -187,9 +207,34 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
     cache = cache or ModelCache()
     defaults = model_card(model).default_config()
 
-    def work(a, a_prime, b, model_name, steps, seed, edit_strength, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio idiom)
+    def work(
+        a,
+        a_prime,
+        b,
+        model_name,
+        steps,
+        seed,
+        edit_strength,
+        a2,
+        a2_prime,
+        a3,
+        a3_prime,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (gradio idiom)
+    ):
+        examples = [(a2, a2_prime), (a3, a3_prime)]  # empty slots are skipped
         try:
-            result = run_analogy(a, a_prime, b, model_name, steps, seed, edit_strength, cache=cache, progress=progress)
+            result = run_analogy(
+                a,
+                a_prime,
+                b,
+                model_name,
+                steps,
+                seed,
+                edit_strength,
+                cache=cache,
+                progress=progress,
+                examples=examples,
+            )
         except Exception as error:  # never a traceback in the page
             raise page_error(error) from None
         shown = result.b_prime
@@ -208,6 +253,12 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
             a = gr.Image(type="pil", label="A", elem_id="input-a", height=200)
             a_prime = gr.Image(type="pil", label="A′", elem_id="input-a-prime", height=200)
             b = gr.Image(type="pil", label="B", elem_id="input-b", height=200)
+        extra_images = []
+        with gr.Accordion("More examples of the same edit (optional)", open=False):
+            for number in (2, 3):
+                with gr.Row():
+                    for name, elem in ((f"A{number}", f"input-a{number}"), (f"A′{number}", f"input-a-prime{number}")):
+                        extra_images.append(gr.Image(type="pil", label=name, elem_id=elem, height=160))
         triplets = example_triplets(examples_dir)
         if triplets:
             gr.Examples(examples=triplets, inputs=[a, a_prime, b], label="Examples (examples/<family>/)")
@@ -239,7 +290,7 @@ def build_demo(model: str = DEFAULT_MODEL, cache: ModelCache | None = None, exam
         message = gr.Markdown(elem_id="message")
         run.click(
             work,
-            inputs=[a, a_prime, b, model_box, steps, seed, edit_strength],
+            inputs=[a, a_prime, b, model_box, steps, seed, edit_strength, *extra_images],
             outputs=[b_prime, grid, tokens_file, export_file, message],
         )
     return demo

@@ -94,6 +94,15 @@ class DiffEncoder(torch.nn.Module):
         return encoder.eval().requires_grad_(False)
 
 
+def pool_predictions(predictions: torch.Tensor) -> torch.Tensor:
+    """One D̃ (n, d) from the encoder's predictions for K example pairs of one edit (K, n, d): their
+    mean. Chosen over pooling the CLIP features before the MLP because each prediction is what the
+    encoder says of a whole pair (its kept content included), and the mean is the D̃ closest to all
+    of them in squared distance: what the pairs agree on (the edit) adds up, what each says of its
+    own kept content is averaged down. For K = 1 it is the prediction itself."""
+    return predictions.mean(dim=0)
+
+
 def check_encoder_fits(encoder: DiffEncoder, n_tokens: int, token_width: int, joint_width: int, where: str) -> None:
     """Refuse an encoder made for another model, CLIP or token count, before any work is done."""
     c = encoder.config

@@ -9,7 +9,8 @@
                              (on an instruction editor: the image A′ or A, and {"", ∓D̃}; backbones.editor)
     ⑦ clip_loss              1 − cos(D̃ in CLIP space, D_inter)
        fit_diff_tokens       the loop: L = λ_tc L_tc + λ_clip L_clip, AdamW on D̃ only
-       (beyond the paper: + λ_clip_b clip_loss_on_b, the CLIP loss in prompt_B's context)
+       (beyond the paper: + λ_clip_b clip_loss_on_b, the CLIP loss in prompt_B's context;
+       several example pairs of one edit: one D̃, each loss the mean over the pairs, `PairGroups`)
 
 Everything else (UNet, VAE, text encoders, CLIP) is frozen; D̃ is the only leaf with a gradient.
 """
@@ -30,6 +31,7 @@ from .backbones.text_slots import slot_token_ids
 from .captioners import Captioner
 from .clip_space import ClipSpace, delta, slerp
 from .config import InversionConfig
+from .diff_encoder import pool_predictions
 from .errors import DiffinvError, DiffinvWarning
 from .pez import TokenTable, invert_prompts, random_token_ids
 
@@ -365,6 +367,70 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
         )
 
 
+# Several example pairs of one edit ------------------------------------------------------------
+class PairGroups:
+    """Which D̃ each of K pairs trains, when several pairs show one edit: pair k trains D̃ of
+    group `groups[k]` (G groups, numbered 0 … G − 1 in order of first appearance, none empty).
+
+    One D̃ fitted to several pairs (beyond the paper, which fits one pair): each loss is taken on
+    every pair — its L_tc with its own latents and prompts, its in-context CLIP loss beside its own
+    prompts — and a group's loss is the mean over its pairs, so the per-step scale (and the
+    learning rate's meaning) is that of one pair whatever the number of pairs. D_inter of a group
+    is the mean of its pairs' D_inter, normalised; the DIFF-token encoder's start the mean of its
+    pairs' predictions (`diff_encoder.pool_predictions`).
+    """
+
+    def __init__(self, groups: list[int], device: torch.device):
+        count = max(groups) + 1 if groups else 0
+        if sorted(set(groups)) != list(range(count)):
+            raise DiffinvError(f"pair groups must number 0 … G − 1 with none empty, got {groups}")
+        self.count = count
+        self.index = torch.tensor(groups, device=device)  # (K,): each pair's group
+        self.sizes = torch.bincount(self.index, minlength=count)  # (G,): pairs per group
+
+    def per_pair(self, values: torch.Tensor) -> torch.Tensor:
+        """(G, …) → (K, …): each pair gets its group's row."""
+        return values[self.index]
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """(K, …) → (G, …): each group's mean over its pairs."""
+        total = torch.zeros((self.count, *values.shape[1:]), device=values.device, dtype=values.dtype)
+        total = total.index_add(0, self.index.to(values.device), values)
+        return total / self.sizes.to(values.device).view(-1, *([1] * (values.dim() - 1)))
+
+
+class _Singletons:
+    """Every pair its own D̃ (`fit_many`'s independent pairs, and one pair): the identity, so
+    that this path computes exactly what it did before groups existed."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def per_pair(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+
+def group_targets(groups: PairGroups | _Singletons, pairs: list[PreparedPair]) -> torch.Tensor:
+    """D_inter of each group (G, D): a pair's own, or the normalised mean of the group's pairs'."""
+    target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
+    if isinstance(groups, _Singletons):
+        return target_delta
+    return F.normalize(groups.mean(target_delta.float()), dim=-1)
+
+
+def group_encoded(groups: PairGroups | _Singletons, pairs: list[PreparedPair]) -> torch.Tensor:
+    """The DIFF-token encoder's D̃ of each group (G, n, d): a pair's own prediction, or the pooled
+    predictions of the group's pairs (`diff_encoder.pool_predictions`)."""
+    encoded = torch.stack([encoded_tokens(p) for p in pairs])  # (K, n, d)
+    if isinstance(groups, _Singletons):
+        return encoded
+    members = [groups.index.cpu() == g for g in range(groups.count)]
+    return torch.stack([pool_predictions(encoded[mask.to(encoded.device)]) for mask in members])
+
+
 # The loop ------------------------------------------------------------------------------------
 def encoded_tokens(pair: PreparedPair) -> torch.Tensor:
     """The DIFF-token encoder's D̃ (n, d) for `pair`, which init="encoder" starts from."""
@@ -380,6 +446,7 @@ def fit_diff_tokens(
     config: InversionConfig,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    groups: list[int] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, list[float]]]]:
     """Steps ④–⑦ repeated `config.steps` times, for one pair or for K independent pairs at once.
 
@@ -393,26 +460,33 @@ def fit_diff_tokens(
     D̃ is each pair's `encoded` tokens plus a fitted correction (weight decay pulls the correction,
     not D̃, towards zero); with 0 steps, the encoded tokens as they are (no optimiser, no
     latents read) and an empty history.
+
+    groups: several example pairs of one edit (`PairGroups`): pair k trains D̃ of group groups[k],
+    each group's losses are the means over its pairs; D̃ is then (G, n, d) with one history per
+    group. None: every pair its own D̃, as above.
     """
     single = isinstance(pairs, PreparedPair)
     pairs = [pairs] if single else pairs
     check_compatible(backbone, clip, config)
+    if groups is not None and len(groups) != len(pairs):
+        raise DiffinvError(f"{len(groups)} group numbers for {len(pairs)} pairs")
+    grouped = _Singletons(len(pairs)) if groups is None else PairGroups(groups, backbone.device)
     if config.steps == 0:  # only with init="encoder" (`InversionConfig.validate`): nothing to fit
-        diff = torch.stack([encoded_tokens(p) for p in pairs]).to(backbone.device, torch.float32)
-        curves = [{name: [] for name in ("loss", "loss_tc", "loss_clip")} for _ in pairs]
+        diff = group_encoded(grouped, pairs).to(backbone.device, torch.float32)
+        curves = [{name: [] for name in ("loss", "loss_tc", "loss_clip")} for _ in range(grouped.count)]
         return (diff[0], curves[0]) if single else (diff, curves)
     if len({tuple(p.latents.shape) for p in pairs}) > 1:
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
-    target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
+    target_delta = group_targets(grouped, pairs)  # (G, D)
     # An editor's instruction is the DIFF tokens alone; a text-to-image model's text is the paper's prompts.
     texts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
     ids, slot_mask = backbone.slot_ids([""] * len(texts) if backbone.takes_instructions else texts, config.n_tokens)
     image_latents = backbone.pair_conditioning(latents)  # None for a text-to-image model
-    diff = init_diff_tokens(config, backbone, generator, count=len(pairs))
+    diff = init_diff_tokens(config, backbone, generator, count=grouped.count)  # (G, n, d)
     encoded = None
     if config.init == "encoder":
-        encoded = torch.stack([encoded_tokens(p) for p in pairs]).to(diff.device, diff.dtype)
+        encoded = group_encoded(grouped, pairs).to(diff.device, diff.dtype)
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     # hard DIFF tokens: whole words only, so that their words can be exported and pasted back
@@ -420,7 +494,7 @@ def fit_diff_tokens(
     in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
     context = prompt_context(clip, pairs, config.n_tokens) if in_context else None
     context_b = prompt_b_context(clip, pairs, config.n_tokens) if config.lambda_clip_b > 0 else None
-    zero = torch.zeros(len(pairs), device=backbone.device)
+    zero = torch.zeros(grouped.count, device=backbone.device)
     history, report_every = [], max(1, config.steps // 25)  # the bar's losses sync the host: ~25 times a run
 
     bar = tqdm(range(config.steps), desc="DIFF tokens", disable=not progress, leave=False)
@@ -428,29 +502,38 @@ def fit_diff_tokens(
         used = table.project(diff)[0] if config.hard_tokens else diff
         if encoded is not None:
             used = encoded + used
+        used_by_pair = grouped.per_pair(used)  # (K, n, d): each pair's D̃ (its group's)
         loss_tc = loss_clip = zero
         if config.use_token_consistency:
             noisy, timesteps, targets = noised_pair(backbone, latents, generator)
-            loss_tc = token_consistency_loss(
-                backbone, used, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction, image_latents
+            each = token_consistency_loss(
+                backbone, used_by_pair, ids, slot_mask, noisy, timesteps, targets, config.tc_reduction, image_latents
+            )  # (K,): one per pair
+            loss_tc = grouped.mean(each)
+        if config.use_clip_loss and in_context:  # beside each pair's own prompts
+            moved = clip_loss(
+                clip, used_by_pair[..., backbone.clip_dims], grouped.per_pair(target_delta), "in-context", context
             )
-        if config.use_clip_loss:
+            loss_clip = grouped.mean(moved)
+        elif config.use_clip_loss:  # D̃ alone: once per group
             # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbones.sdxl).
             loss_clip = clip_loss(clip, used[..., backbone.clip_dims], target_delta, config.clip_loss_space, context)
-        loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (K,): one per pair
+        loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (G,): one per D̃
         if context_b is not None:
-            loss_b = clip_loss_on_b(clip, used[..., backbone.clip_dims], target_delta, context_b)
-            loss = loss + config.lambda_clip_b * loss_b
+            loss_b = clip_loss_on_b(
+                clip, used_by_pair[..., backbone.clip_dims], grouped.per_pair(target_delta), context_b
+            )
+            loss = loss + config.lambda_clip_b * grouped.mean(loss_b)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss.sum()).backward()
         scaler.step(optimizer)
         scaler.update()
-        history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()], dim=1))  # (K, 3)
+        history.append(torch.stack([loss.detach(), loss_tc.detach(), loss_clip.detach()], dim=1))  # (G, 3)
         if progress and (step % report_every == 0 or step == config.steps - 1):
             bar.set_postfix(tc=f"{loss_tc.mean().item():.4f}", clip=f"{loss_clip.mean().item():.4f}")
 
-    trace = torch.stack(history, dim=1).cpu().tolist() if history else [[] for _ in pairs]  # (K, steps, 3)
+    trace = torch.stack(history, dim=1).cpu().tolist() if history else [[] for _ in range(grouped.count)]
     curves = [
         {name: [row[i] for row in rows] for i, name in enumerate(("loss", "loss_tc", "loss_clip"))} for rows in trace
     ]

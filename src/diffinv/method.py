@@ -11,6 +11,10 @@ What a method has beyond that, it declares:
                  "b_prime" (a description of the wanted B′) or "instruction" (the edit in words)
     uses_text    whether its results count as told the edit in words (the paper's * references)
     analogies    `BatchedMethod`: several triplets in one optimisation (Difference Inversion's `fit_many`)
+    several_examples  `takes_examples`: further (A, A′) pairs of the same edit, given as
+                 `analogy(…, examples=[(A2, A2′), …])` (and `analogies(…, examples=…)`, one list
+                 per triplet); Difference Inversion fits one D̃ on all the pairs. The bench refuses
+                 `--examples K` > 1 for a method without it
     cost()       what one triplet costs in UNet work, known before any model loads (the baselines)
     config       its resolved hyperparameters, a dataclass (none for copy-b)
     last_tokens  the `DiffTokens` behind the B′ it drew last (Difference Inversion: its loss
@@ -83,6 +87,33 @@ def is_batched(method) -> bool:
     return callable(getattr(method, "analogies", None))
 
 
+@runtime_checkable
+class ExamplesMethod(Method, Protocol):
+    """A method shown several example pairs of one edit: `several_examples = True`, and
+    analogy(a, a_prime, b, *, seed, progress, examples) takes `examples`, further (A, A′) pairs of
+    the edit A → A′ (None or empty: none). If it is batched, `analogies` takes `examples` too, one
+    list per triplet. A method that never looks at A and A′ (copy-B) may declare it and ignore them.
+    """
+
+    several_examples: bool
+
+    def analogy(
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        examples: list[tuple[ImageInput, ImageInput]] | None = None,
+    ): ...
+
+
+def takes_examples(method) -> bool:
+    """Whether `method` (a method or its class) declares that it takes several example pairs."""
+    return getattr(method, "several_examples", False) is True
+
+
 class Models(Protocol):
     """The models one registered method is built on, as its builder provides them (the bench's:
     `bench.build.MethodBuilder`).
@@ -104,7 +135,8 @@ class DifferenceInversionMethod:
     analogy: `DifferenceInversion.analogy` (one call, each input read once). analogies: the
     tokens of all triplets fitted in one `fit_many` (each for its own B's prompt when
     `lambda_clip_b` > 0), then each B′ drawn by `apply` with its triplet's seed — what the bench
-    runs. `last_tokens` holds the tokens of the last B′ drawn.
+    runs. `last_tokens` holds the tokens of the last B′ drawn. Both take further example pairs of
+    each triplet's edit (`examples`), fitting one D̃ on all of a triplet's pairs.
 
     Args:
         di: the pipeline.
@@ -114,6 +146,7 @@ class DifferenceInversionMethod:
     name = "Difference Inversion"
     needs_text = None
     uses_text = False
+    several_examples = True
     config_class = InversionConfig
 
     def __init__(self, di: DifferenceInversion, config: InversionConfig | None = None):
@@ -126,19 +159,36 @@ class DifferenceInversionMethod:
         return cls(models.difference_inversion(), config)
 
     def analogy(
-        self, a: ImageInput, a_prime: ImageInput, b: ImageInput, *, seed: int = 0, progress: bool = True
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        examples: list[tuple[ImageInput, ImageInput]] | None = None,
     ) -> Image.Image:
-        b_prime, self.last_tokens = self.di.analogy(a, a_prime, b, self.config, seed=seed, progress=progress)
+        b_prime, self.last_tokens = self.di.analogy(
+            a, a_prime, b, self.config, seed=seed, progress=progress, examples=examples
+        )
         return b_prime
 
-    def analogies(self, triplets: list[Triplet], *, seeds: list[int], progress: bool = True) -> Iterator[Image.Image]:
+    def analogies(
+        self,
+        triplets: list[Triplet],
+        *,
+        seeds: list[int],
+        progress: bool = True,
+        examples: list[list[tuple[ImageInput, ImageInput]]] | None = None,
+    ) -> Iterator[Image.Image]:
         config, di = self.config, self.di
         prompts_b = None
         if config.lambda_clip_b > 0:  # each triplet's tokens fitted for its B, as `analogy` does
             prompts_b = [di.describe_b(b, config, seed, progress) for (_, _, b), seed in zip(triplets, seeds)]
-        tokens = di.fit_many(
-            [(a, a_prime) for a, a_prime, _ in triplets], config, seeds=seeds, progress=progress, prompts_b=prompts_b
-        )
+        tasks = [(a, a_prime) for a, a_prime, _ in triplets]
+        if examples is not None:  # each triplet's pairs: one D̃ from all of them
+            tasks = [[task, *extra] for task, extra in zip(tasks, examples)]
+        tokens = di.fit_many(tasks, config, seeds=seeds, progress=progress, prompts_b=prompts_b)
         # None: `apply` describes B itself (an editor: no words beside the tokens; prompt_B served the fit)
         if prompts_b is None or di.backbone.takes_instructions:
             prompts_b = [None] * len(triplets)
@@ -162,6 +212,7 @@ class CopyB:
     name = "copy-B"
     needs_text = None
     uses_text = False
+    several_examples = True  # it looks at no example: any number is fine
     config_class = None
 
     @classmethod
@@ -169,7 +220,14 @@ class CopyB:
         return cls()
 
     def analogy(
-        self, a: ImageInput, a_prime: ImageInput, b: ImageInput, *, seed: int = 0, progress: bool = True
+        self,
+        a: ImageInput,
+        a_prime: ImageInput,
+        b: ImageInput,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        examples: list | None = None,
     ) -> Image.Image:
         return b if isinstance(b, Image.Image) else load_image(b)
 
@@ -184,6 +242,7 @@ class OracleCaption:
     name = "oracle caption"
     needs_text = "b_prime"
     uses_text = False
+    several_examples = True  # told B′ in words, it needs no example: any number is fine
     config_class = InversionConfig
 
     def __init__(self, di: DifferenceInversion, config: InversionConfig | None = None):
@@ -203,6 +262,7 @@ class OracleCaption:
         seed: int = 0,
         progress: bool = True,
         text: str | None = None,
+        examples: list | None = None,
     ) -> Image.Image:
         if not isinstance(text, str) or not text.strip():
             raise DiffinvError(f"oracle-caption needs the true description of B′ as its text, got {text!r}")

@@ -3,6 +3,7 @@
 di = DifferenceInversion.from_pretrained("stabilityai/stable-diffusion-2-1")
 tokens = di.fit(a, a_prime)            # learn D̃ from the pair (Algorithm 1)
 b_prime = di.apply(tokens, b, seed=0)  # draw B′ from {prompt_B, D̃}
+tokens = di.fit([(a1, a1_prime), (a2, a2_prime)])  # one D̃ from several examples of one edit
 
 Loading is `loading.py`'s, reading images `images.py`'s, Algorithm 1 `inversion.py`'s and the
 samplers the backbones' and `sampling.py`'s. Longer than this project's usual 400 lines: the
@@ -31,18 +32,49 @@ from .errors import DiffinvError, DiffinvWarning
 from .images import ImageInput, WorkingPair, as_rgb, fit_to, working_size
 from .inversion import (
     PreparedPair,
-    caption_pair,
     fit_diff_tokens,
     interpolated_delta,
     latent_pair,
     pez_prompt,
     pez_prompts,
-    prompt_pair,
 )
 from .loading import backbone_class, load_or_explain, resolve_device_dtype
 from .model_card import model_card
 from .pez import harden
 from .tokens import DiffTokens
+
+Pair = tuple[ImageInput, ImageInput]  # (A, A′)
+
+
+def _is_pair(item) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[0], (tuple, list))
+
+
+def example_pairs(a, a_prime=None) -> list[Pair]:
+    """The (A, A′) pairs `fit` is given: `a` and `a_prime` (one pair), or `a` a list of pairs and
+    `a_prime` left out. Anything else is a `DiffinvError` saying what is expected."""
+    if a_prime is not None:
+        if isinstance(a, (list, tuple)):
+            raise DiffinvError("give either A and A′, or a list of (A, A′) pairs as the only images")
+        return [(a, a_prime)]
+    if not isinstance(a, (list, tuple)) or not a or not all(_is_pair(item) for item in a):
+        raise DiffinvError("expected A and A′, or a non-empty list of (A, A′) pairs of one edit")
+    return [tuple(item) for item in a]
+
+
+def per_pair(given, count: int, name: str) -> list:
+    """`given` captions or prompts as one entry per pair: None (none given), one (first, second)
+    tuple (the first pair's: with several pairs the others get the captioner's or PEZ's), or a
+    list of `count` such tuples or None."""
+    if given is None:
+        return [None] * count
+    if _is_pair(given) and all(isinstance(text, str) for text in given):
+        return [tuple(given)] + [None] * (count - 1)
+    if isinstance(given, list) and len(given) == count and all(item is None or _is_pair(item) for item in given):
+        return [None if item is None else tuple(item) for item in given]
+    raise DiffinvError(
+        f"{name}: expected a pair of strings (the first pair's) or a list of {count} (one per pair, None for none)"
+    )
 
 
 def _check_reference(config: InversionConfig, reference) -> None:
@@ -176,6 +208,13 @@ class DifferenceInversion:
         a = self._working_image(a, config)
         return WorkingPair(a, fit_to(as_rgb(a_prime), a.size))
 
+    def working_pairs(self, pairs: list[Pair], config: InversionConfig) -> list[WorkingPair]:
+        """Example pairs of one edit at one working size (they share every batch of the fit): the
+        first as `working_pair` makes it, every further A and A′ brought to the first A's size
+        (`images.fit_to`: centre-cropped to its aspect ratio, then resized)."""
+        first = self.working_pair(*pairs[0], config)
+        return [first] + [WorkingPair(*(fit_to(as_rgb(image), first.a.size) for image in pair)) for pair in pairs[1:]]
+
     def _caption(self, images: list[Image.Image]) -> list[str]:
         if self.captioner is None:
             raise DiffinvError("no captioner is set: pass the captions (--caption-a/--caption-a-prime/--prompt)")
@@ -208,7 +247,24 @@ class DifferenceInversion:
         progress: bool,
         prompt_b: str | None,
     ) -> PreparedPair:
-        """`prepare` on A and A′ already at their working size. With no fit (steps = 0: D̃ is the
+        """`prepare` on A and A′ already at their working size (`_prepare_pairs` of one pair)."""
+        return self._prepare_pairs([pair], config, [captions], [prompts], seed, progress, prompt_b)[0]
+
+    def _prepare_pairs(
+        self,
+        pairs: list[WorkingPair],
+        config: InversionConfig,
+        captions: list[tuple[str, str] | None],
+        prompts: list[tuple[str, str] | None],
+        seed: int,
+        progress: bool,
+        prompt_b: str | None,
+    ) -> list[PreparedPair]:
+        """Steps ①–③ for K example pairs of one edit already at their working size (K = 1: one
+        pair); captions[k], prompts[k]: pair k's given ones, or None. The captioner describes every
+        pair it must in one call, and PEZ inverts every missing prompt in one batched optimisation,
+        its starts drawn in order from one CPU generator seeded with `seed` (pair 1's A and A′
+        take the first two draws, as a pair fitted alone does). With no fit (steps = 0: D̃ is the
         encoder's prediction) A and A′ are not encoded by the VAE: no loss reads their latents."""
         if config.lambda_clip_b > 0 and not prompt_b:
             raise DiffinvError(
@@ -216,42 +272,51 @@ class DifferenceInversion:
                 "use analogy (or pass prompt_b)"
             )
         self._check_encoder(config)
-        a, a_prime = pair
-        features = self.clip.image_features([a, a_prime])  # (2, D): step ②'s, and the encoder's input
-        encoded = None
-        if config.init == "encoder":
+        features = [self.clip.image_features([a, a_prime]) for a, a_prime in pairs]  # (2, D) each: step ②'s
+        encoded = [None] * len(pairs)
+        if config.init == "encoder":  # the encoder's input is the same features
             with torch.no_grad():
-                encoded = self.diff_encoder(features[:1], features[1:])[0].float()
-        needs_captions = config.needs_pair_captions(self.backbone.takes_instructions, prompts is not None)
+                encoded = [self.diff_encoder(f[:1], f[1:])[0].float() for f in features]
+        editor = self.backbone.takes_instructions
+        captions, prompts = list(captions), list(prompts)
+        needs_captions = [config.needs_pair_captions(editor, given is not None) for given in prompts]
         # An editor's L_tc has no prompts beside the tokens: only the in-context CLIP loss reads them.
         in_context = config.use_clip_loss and config.clip_loss_space == "in-context"
-        if prompts is None and self.backbone.takes_instructions and not in_context:
-            prompts = ("", "")
-        if config.steps == 0:  # the encoder's D̃ as it is: no loss reads prompts or captions
-            prompts, captions = prompts or ("", ""), captions or ("", "")
-        if captions is None:
-            captions = caption_pair(self._caption, a, a_prime) if needs_captions else ("", "")
-        if prompts is None:
-            prompts = prompt_pair(
-                self.clip, a, a_prime, captions, config, torch.Generator().manual_seed(seed), progress
+        for k in range(len(pairs)):
+            if prompts[k] is None and editor and not in_context:
+                prompts[k] = ("", "")
+            if config.steps == 0:  # the encoder's D̃ as it is: no loss reads prompts or captions
+                prompts[k], captions[k] = prompts[k] or ("", ""), captions[k] or ("", "")
+        uncaptioned = [k for k in range(len(pairs)) if captions[k] is None and needs_captions[k]]
+        if uncaptioned:
+            described = self._caption([image for k in uncaptioned for image in pairs[k]])
+            for j, k in enumerate(uncaptioned):
+                captions[k] = (described[2 * j], described[2 * j + 1])
+        captions = [given or ("", "") for given in captions]
+        unprompted = [k for k in range(len(pairs)) if prompts[k] is None]
+        if unprompted and config.prompt_source == "caption":
+            for k in unprompted:
+                prompts[k] = captions[k]
+        elif unprompted:
+            generator = torch.Generator().manual_seed(seed)
+            images = [image for k in unprompted for image in pairs[k]]
+            inverted = pez_prompts(self.clip, images, config, [generator] * len(images), progress)
+            for j, k in enumerate(unprompted):
+                prompts[k] = (inverted[2 * j], inverted[2 * j + 1])
+        alpha = config.alpha if config.use_clip_loss and config.steps > 0 else 0.0
+        return [
+            PreparedPair(
+                caption_a=captions[k][0],
+                caption_a_prime=captions[k][1],
+                prompt_a=prompts[k][0],
+                prompt_a_prime=prompts[k][1],
+                **interpolated_delta(self.clip, a, a_prime, *captions[k], alpha, image_features=features[k])._asdict(),
+                latents=latent_pair(self.backbone, a, a_prime) if config.steps > 0 else None,
+                prompt_b=prompt_b,
+                encoded=encoded[k],
             )
-        return PreparedPair(
-            caption_a=captions[0],
-            caption_a_prime=captions[1],
-            prompt_a=prompts[0],
-            prompt_a_prime=prompts[1],
-            **interpolated_delta(
-                self.clip,
-                a,
-                a_prime,
-                *captions,
-                config.alpha if config.use_clip_loss and config.steps > 0 else 0.0,
-                image_features=features,
-            )._asdict(),
-            latents=latent_pair(self.backbone, a, a_prime) if config.steps > 0 else None,
-            prompt_b=prompt_b,
-            encoded=encoded,
-        )
+            for k, (a, a_prime) in enumerate(pairs)
+        ]
 
     def _check_encoder(self, config: InversionConfig) -> None:
         """init="encoder" needs an encoder made for the model, its CLIP and n_tokens."""
@@ -273,44 +338,60 @@ class DifferenceInversion:
 
     def fit(
         self,
-        a: ImageInput,
-        a_prime: ImageInput,
+        a: ImageInput | list[Pair],
+        a_prime: ImageInput | None = None,
         config: InversionConfig | None = None,
-        captions: tuple[str, str] | None = None,
-        prompts: tuple[str, str] | None = None,
+        captions: tuple[str, str] | list[tuple[str, str] | None] | None = None,
+        prompts: tuple[str, str] | list[tuple[str, str] | None] | None = None,
         seed: int = 0,
         progress: bool = True,
         prompt_b: str | None = None,
     ) -> DiffTokens:
         """Learn DIFF tokens holding the difference A → A′.
 
-        captions: (cap_A, cap_A′) instead of the captioner's. prompts: (prompt_A, prompt_A′)
-        instead of PEZ / the captions. seed: fixes PEZ, the timesteps and the noise.
+        `fit(a, a_prime)`: one pair. `fit([(a1, a1_prime), (a2, a2_prime), …])`: one D̃ from K
+        example pairs of one edit (beyond the paper): every loss is taken on every pair and averaged
+        over them (the step size does not grow with K), D_inter is the normalised mean of the
+        pairs' D_inter, and init="encoder" starts from the mean of the encoder's predictions
+        (`inversion.PairGroups`). Every pair is brought to the first A's working size. With one pair
+        in a list, the result is that of `fit(a, a_prime)`.
+        captions: (cap_A, cap_A′) instead of the captioner's — of the first pair; or a list with one
+        per pair (None: the captioner's). prompts: (prompt_A, prompt_A′) instead of PEZ / the
+        captions, given the same way. seed: fixes PEZ, the timesteps and the noise.
         prompt_b: prompt_B (`describe_b`), needed only with `lambda_clip_b` > 0.
+        The tokens record the first pair's prompts and captions, and `n_pairs`.
         """
         config = config or self.default_config
-        pair = self._prepare(
-            self.working_pair(a, a_prime, config), config, captions, prompts, seed, progress, prompt_b
+        pairs = example_pairs(a, a_prime)
+        prepared = self._prepare_pairs(
+            self.working_pairs(pairs, config),
+            config,
+            per_pair(captions, len(pairs), "captions"),
+            per_pair(prompts, len(pairs), "prompts"),
+            seed,
+            progress,
+            prompt_b,
         )
-        return self._fit_prepared([pair], config, [seed], progress)[0]
+        return self._fit_prepared([prepared], config, [seed], progress)[0]
 
     def fit_many(
         self,
-        pairs: list[tuple[ImageInput, ImageInput]],
+        pairs: list[Pair | list[Pair]],
         config: InversionConfig | None = None,
-        captions: list[tuple[str, str] | None] | None = None,
+        captions: list | None = None,
         seeds: list[int] | None = None,
         progress: bool = True,
         prompts_b: list[str] | None = None,
     ) -> list[DiffTokens]:
-        """DIFF tokens for several independent (A, A′) pairs, fitted in one batched optimisation
-        (one UNet call per step for all of them; see `fit_diff_tokens`). Each pair's tokens follow
-        the same dynamics as `fit` would give them, with other noise draws. Pairs whose A has
-        another working size (aspect ratio) are fitted in a batch of their own.
+        """DIFF tokens for several independent tasks, fitted in one batched optimisation (one UNet
+        call per step for all of them; see `fit_diff_tokens`). A task is an (A, A′) pair, or a list
+        of example pairs of one edit that get one D̃ together (as `fit` of that list). Each task's
+        tokens follow the same dynamics as `fit` would give them, with other noise draws. Tasks
+        whose A has another working size (aspect ratio) are fitted in a batch of their own.
 
-        captions: per pair, or None for the captioner. seeds: per pair for its preparation (PEZ);
-        each batch's noise is seeded by its first pair's seed. prompts_b: prompt_B per pair,
-        needed only with `lambda_clip_b` > 0.
+        captions: per task (as `fit` takes them), or None for the captioner. seeds: per task for its
+        preparation (PEZ); each batch's noise is seeded by its first task's seed. prompts_b:
+        prompt_B per task, needed only with `lambda_clip_b` > 0.
         """
         config = config or self.default_config
         seeds = list(range(len(pairs))) if seeds is None else seeds
@@ -321,35 +402,54 @@ class DifferenceInversion:
                 "fit_many needs one seed, one caption pair (or None) and one prompt_B (or None) per pair, "
                 "and at least one pair"
             )
+        tasks = [example_pairs(*task) if _is_pair(task) else example_pairs(task) for task in pairs]
         prepared = [
-            self._prepare(self.working_pair(a, a_prime, config), config, caption, None, seed, progress, prompt_b)
-            for (a, a_prime), caption, seed, prompt_b in zip(pairs, captions, seeds, prompts_b)
+            self._prepare_pairs(
+                self.working_pairs(task, config),
+                config,
+                per_pair(caption, len(task), "captions"),
+                [None] * len(task),
+                seed,
+                progress,
+                prompt_b,
+            )
+            for task, caption, seed, prompt_b in zip(tasks, captions, seeds, prompts_b)
         ]
         return self._fit_prepared(prepared, config, seeds, progress)
 
     def _fit_prepared(
-        self, pairs: list[PreparedPair], config: InversionConfig, seeds: list[int], progress: bool
+        self, tasks: list[list[PreparedPair] | PreparedPair], config: InversionConfig, seeds: list[int], progress: bool
     ) -> list[DiffTokens]:
-        """One batched optimisation per latent size (pairs of other aspect ratios cannot share a
-        UNet call), seeded by the first seed of each group; tokens come back in input order. With
-        no fit (steps = 0, no latents) all pairs are one group: nothing is optimised."""
-        groups: dict[tuple | None, list[int]] = {}
-        for index, pair in enumerate(pairs):
-            groups.setdefault(None if pair.latents is None else tuple(pair.latents.shape), []).append(index)
-        tokens: list[DiffTokens | None] = [None] * len(pairs)
-        for members in groups.values():
+        """One batched optimisation per latent size (tasks of other aspect ratios cannot share a
+        UNet call), seeded by the first seed of each group; tokens come back in task order. A task
+        is one pair, or example pairs of one edit that share one D̃ (and one latent size). With no
+        fit (steps = 0, no latents) all tasks are one group: nothing is optimised. A task may be
+        given as a bare `PreparedPair` (one pair)."""
+        tasks = [[task] if isinstance(task, PreparedPair) else task for task in tasks]
+        by_size: dict[tuple | None, list[int]] = {}
+        for index, task in enumerate(tasks):
+            by_size.setdefault(None if task[0].latents is None else tuple(task[0].latents.shape), []).append(index)
+        tokens: list[DiffTokens | None] = [None] * len(tasks)
+        for members in by_size.values():
             # A CPU generator: timesteps and noise are drawn on the CPU, so a seed gives one D̃ on any device.
             generator = torch.Generator().manual_seed(seeds[members[0]])
+            pairs = [pair for i in members for pair in tasks[i]]
+            # pair → its task's D̃, where a task has several pairs (single pairs: the path they always took)
+            several = (
+                {"groups": [g for g, i in enumerate(members) for _ in tasks[i]]} if len(pairs) > len(members) else {}
+            )
             embeddings, histories = fit_diff_tokens(
-                self.backbone, self.clip, [pairs[i] for i in members], config, generator, progress
+                self.backbone, self.clip, pairs, config, generator, progress, **several
             )
             for i, embedding, history in zip(members, embeddings, histories):
-                tokens[i] = self._tokens(pairs[i], embedding, history, config)
+                tokens[i] = self._tokens(tasks[i], embedding, history, config)
         return tokens
 
     def _tokens(
-        self, pair: PreparedPair, embeddings: torch.Tensor, history: dict, config: InversionConfig
+        self, task: list[PreparedPair], embeddings: torch.Tensor, history: dict, config: InversionConfig
     ) -> DiffTokens:
+        """The token file of one task: the first pair's prompts and captions, and how many pairs."""
+        pair = task[0]
         hard_ids, hard_text = None, ""
         if config.hard_tokens:
             embeddings, hard_ids, hard_text = harden(embeddings, self.backbone.vocabulary, self.backbone.tokenizer)
@@ -369,6 +469,7 @@ class DifferenceInversion:
             history=history,
             text_delta_norm=pair.text_delta_norm,
             effective_alpha=pair.effective_alpha,
+            n_pairs=len(task),
         )
 
     def describe(self, image: Image.Image, config: InversionConfig, seed: int = 0, progress: bool = True) -> str:
@@ -530,53 +631,61 @@ class DifferenceInversion:
         b: ImageInput,
         config: InversionConfig | None = None,
         seed: int = 0,
-        captions: tuple[str, str] | None = None,
+        captions: tuple[str, str] | list[tuple[str, str] | None] | None = None,
         prompt_b: str | None = None,
         progress: bool = True,
+        examples: list[Pair] | None = None,
     ) -> tuple[Image.Image, DiffTokens]:
         """fit on (A, A′), then apply to B. Returns (B′, tokens).
 
-        With PEZ prompts and no prompt_b, prompt_A, prompt_A′ and prompt_B come from one batched
-        inversion of the three working images, each from the start `fit` and `apply` would draw
-        (A, A′: first and second draw of a generator seeded with `seed`; B: the first draw of
-        another), so the result is theirs, for about the time of one inversion instead of three.
+        examples: further (A, A′) pairs of the same edit, `[(a2, a2_prime), …]`: the tokens are
+        then fitted on all the pairs as `fit([(a, a_prime), *examples])` fits them (one D̃, the
+        losses averaged over the pairs); B′'s candidates (`candidates` > 1) are scored against
+        (A, A′). captions: as `fit` takes them — (cap_A, cap_A′) of (A, A′), or one per pair.
+        With PEZ prompts and no prompt_b, prompt_A, prompt_A′ (of every pair) and prompt_B come from
+        one batched inversion of the working images, each from the start `fit` and `apply` would
+        draw (the pairs' images: the draws of a generator seeded with `seed`, in order; B: the first
+        draw of another), so the result is theirs, for about the time of one inversion.
         With `lambda_clip_b` > 0 the tokens are fitted for B's prompt, the one B′ is drawn with.
         On an instruction editor, prompt_b is words given beside the DIFF tokens in its instruction
         (default none), and B is described only for `lambda_clip_b`.
         """
         config = config or self.default_config
         check_sampling_mode(config.sampling_mode, self.backbone.model_id, self.backbone.takes_instructions)
+        pairs = example_pairs([(a, a_prime), *(examples or [])])
+        captions = per_pair(captions, len(pairs), "captions")
         # Each input is read and brought to its working size once; fit, apply and the candidates'
         # scores all take these images as they are.
-        pair, b = self.working_pair(a, a_prime, config), self._working_image(b, config)
+        working, b = self.working_pairs(pairs, config), self._working_image(b, config)
         if self.backbone.takes_instructions:
-            return self._edit_analogy(pair, b, config, seed, captions, prompt_b, progress)
-        prompts = None
+            return self._edit_analogy(working, b, config, seed, captions, prompt_b, progress)
+        prompts = [None] * len(pairs)
         if prompt_b is None and config.prompt_source == "pez":
             pair_generator, b_generator = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-            prompt_a, prompt_a_prime, prompt_b = pez_prompts(
-                self.clip, [*pair, b], config, [pair_generator, pair_generator, b_generator], progress
+            images = [image for pair in working for image in pair]
+            *inverted, prompt_b = pez_prompts(
+                self.clip, [*images, b], config, [pair_generator] * len(images) + [b_generator], progress
             )
-            prompts = (prompt_a, prompt_a_prime)
+            prompts = [(inverted[2 * k], inverted[2 * k + 1]) for k in range(len(pairs))]
         elif prompt_b is None and config.lambda_clip_b > 0:  # the fit needs prompt_B; apply then reuses it
             prompt_b = self.describe(b, config, seed, progress)
-        prepared = self._prepare(pair, config, captions, prompts, seed, progress, prompt_b)
+        prepared = self._prepare_pairs(working, config, captions, prompts, seed, progress, prompt_b)
         tokens = self._fit_prepared([prepared], config, [seed], progress)[0]
         b_prime = self._apply(
-            tokens, b, seed, prompt=prompt_b, config=tokens.config, progress=progress, reference=pair
+            tokens, b, seed, prompt=prompt_b, config=tokens.config, progress=progress, reference=working[0]
         )
         return b_prime, tokens
 
-    def _edit_analogy(self, pair, b, config, seed, captions, instruction, progress):
-        """`analogy` on an instruction editor, from A, A′ and B at their working sizes: B′ is B
-        edited by {instruction, D̃} (default: the DIFF tokens alone). B's description serves only
-        the CLIP loss in its context (`lambda_clip_b` > 0), which then fits the tokens for this B;
-        prompt_A and prompt_A′ are made as `fit` makes them."""
+    def _edit_analogy(self, pairs, b, config, seed, captions, instruction, progress):
+        """`analogy` on an instruction editor, from the example pairs and B at their working sizes:
+        B′ is B edited by {instruction, D̃} (default: the DIFF tokens alone). B's description serves
+        only the CLIP loss in its context (`lambda_clip_b` > 0), which then fits the tokens for this
+        B; each pair's prompts are made as `fit` makes them."""
         description = self.describe(b, config, seed, progress) if config.lambda_clip_b > 0 else None
-        prepared = self._prepare(pair, config, captions, None, seed, progress, description)
+        prepared = self._prepare_pairs(pairs, config, captions, [None] * len(pairs), seed, progress, description)
         tokens = self._fit_prepared([prepared], config, [seed], progress)[0]
         instruction = instruction or ""
         b_prime = self._apply(
-            tokens, b, seed, prompt=instruction, config=tokens.config, progress=progress, reference=pair
+            tokens, b, seed, prompt=instruction, config=tokens.config, progress=progress, reference=pairs[0]
         )
         return b_prime, tokens

@@ -6,9 +6,10 @@ File layout: one tensor `diff_tokens` (n, d) float32, plus string metadata:
 `hard_token_ids` (JSON list or ""), `hard_text`, `history` (JSON of the loss curves),
 `text_delta_norm` and `effective_alpha` (numbers, or "" where unknown), `family` ("sd" for
 SD 1.x / 2.x, "sdxl": whose text encoders the tokens condition), `encoder_widths` (JSON [d₁, d₂]
-for SDXL, else ""), `diffinv_version`.
+for SDXL, else ""), `n_pairs` (how many example pairs of the edit D̃ was fitted on), `diffinv_version`.
 Files written before `text_delta_norm` / `effective_alpha` existed load with both None; files
-written before `family` existed are SD 1.x / 2.x ones (diffinv had no other backbone then).
+written before `family` existed are SD 1.x / 2.x ones (diffinv had no other backbone then), and
+those written before `n_pairs` existed were fitted on one pair.
 safetensors holds no code, so loading a file cannot run any.
 """
 
@@ -34,7 +35,7 @@ FAMILY_NAMES = {"sd": "SD 1.x / 2.x", "sdxl": "SDXL"}
 
 @dataclass
 class DiffTokens:
-    """DIFF tokens D̃ learned from one pair (A, A′).
+    """DIFF tokens D̃ learned from one pair (A, A′), or from several example pairs of one edit.
 
     embeddings: (n, d) float32 on the CPU, in the text encoder's token-embedding space.
     hard_token_ids / hard_text: the vocabulary tokens D̃ was projected onto, when fitted with
@@ -45,6 +46,8 @@ class DiffTokens:
     family: the backbone family, "sd" (SD 1.x / 2.x: one text encoder, d wide) or "sdxl" (two:
     d = d₁ + d₂, encoder 1's columns first).
     encoder_widths: (d₁, d₂) for SDXL tokens, None for SD 1.x / 2.x.
+    n_pairs: how many example pairs (A, A′) of the edit D̃ was fitted on; the prompts and captions
+        are the first pair's.
     """
 
     embeddings: torch.Tensor
@@ -62,6 +65,7 @@ class DiffTokens:
     effective_alpha: float | None = None
     family: str = "sd"
     encoder_widths: tuple[int, int] | None = None
+    n_pairs: int = 1
 
     def __post_init__(self):
         if self.family not in FAMILY_NAMES:
@@ -107,6 +111,7 @@ class DiffTokens:
             "effective_alpha": _number_text(self.effective_alpha),
             "family": self.family,
             "encoder_widths": json.dumps(list(self.encoder_widths)) if self.encoder_widths else "",
+            "n_pairs": str(self.n_pairs),
             "diffinv_version": __version__,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +150,7 @@ class DiffTokens:
                 effective_alpha=_number(metadata.get("effective_alpha", "")),
                 family=metadata.get("family", "sd"),
                 encoder_widths=json.loads(metadata["encoder_widths"]) if metadata.get("encoder_widths") else None,
+                n_pairs=int(metadata.get("n_pairs") or 1),
             )
         except (KeyError, ValueError, DiffinvError) as error:
             raise DiffinvError(f"{path}: damaged DIFF-token metadata ({error})") from None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..config import InversionConfig, check_sampling_mode
 from ..errors import DiffinvError, DiffinvWarning
+from ..method import METHODS
 from ..model_card import DEFAULT_EDITOR, ModelCard, model_card
 from ..model_options import ModelOptions
 from ..shapes.world import JITTER, layout_range_of
@@ -57,6 +58,7 @@ class RunOptions:
     triplet_seed: int = 0  # --triplet-seed: draws the shapes / InstructPix2Pix triplets
     families: str | None = None  # --families: shapes only, comma-separated (None: all)
     split: str | None = None  # --split: shapes only, seen | unseen | compound | all (None: every edit type)
+    examples: int = 1  # --examples: shapes only, example pairs of each triplet's edit (1: its own A, A′)
     methods: Sequence[str] = ()  # --method: specs or sets (empty: `default_methods`)
     base_changes: str = ""  # --set: "field=value,…" for every Difference Inversion method
     embedders: Sequence[str] = ()  # --embedder: NAME[=MODEL] (empty: the card's, else DEFAULT_EMBEDDERS)
@@ -108,6 +110,8 @@ def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
         )
     if options.split and options.dataset != "shapes":
         raise DiffinvError("--split is for the shapes dataset, whose edit types are declared seen or unseen")
+    if options.examples != 1 and options.dataset != "shapes":
+        raise DiffinvError("--examples is for the shapes dataset, which draws further pairs of each triplet's edit")
     if options.dataset == "shapes":
         if options.data:
             raise DiffinvError(
@@ -117,10 +121,12 @@ def build_dataset(options: RunOptions) -> tuple[list[BenchTriplet], dict]:
         families = tuple(options.families.split(",")) if options.families else None
         layout_range = layout_range_of(model_card(options.model))
         n, seed = options.n or 100, options.triplet_seed
-        triplets = shapes_dataset(n, seed, families, layout_range, options.split)
+        triplets = shapes_dataset(n, seed, families, layout_range, options.split, options.examples)
         dataset = {"name": "shapes", "n": n, "seed": seed, "families": options.families or "all"}
         if options.split:  # runs without a split keep their record unchanged (and resumable)
             dataset["split"] = options.split
+        if options.examples != 1:  # likewise: absent means one pair per triplet
+            dataset["examples"] = options.examples
         if layout_range != JITTER:  # world v2; v1 runs keep their record unchanged (and resumable)
             dataset["layout_range"] = layout_range
         return triplets, dataset
@@ -181,6 +187,22 @@ def check_methods(
         check_model = getattr(method.registered.load(), "check_model", None)
         if check_model is not None:  # a baseline on a model of its own: its kind (and what it needs installed)
             check_model(model, offline)
+
+
+def check_examples(methods: list[MethodSpec], examples: int) -> None:
+    """--examples K > 1 only for methods that take several example pairs (`method.takes_examples`),
+    refused in one line before any model loads."""
+    from ..method import takes_examples
+
+    if examples == 1:
+        return
+    unable = [method.spec for method in methods if not takes_examples(method.registered.load())]
+    if unable:
+        able = [name for name, entry in METHODS.items() if takes_examples(entry.load())]
+        raise DiffinvError(
+            f"--examples {examples} is not for {', '.join(unable)}: one example pair (A, A′) only; "
+            f"methods that take several: {', '.join(able)}"
+        )
 
 
 def editor_card(methods: list[MethodSpec], card: ModelCard, models: dict[str, str]) -> ModelCard | None:
@@ -369,6 +391,7 @@ def run_command(options: RunOptions, load_model: Callable[[ModelOptions], Differ
     baseline_models = parse_baseline_models(list(options.baseline_models))
     methods, base_config, editor, configs = build_methods(options, card, baseline_models)
     check_methods(methods, card, triplets, baseline_models, options.offline or hub_offline())
+    check_examples(methods, options.examples)
     if options.split:
         check_learned_split(card, editor)
     batch = batch_size(options, card)

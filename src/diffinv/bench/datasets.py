@@ -47,6 +47,8 @@ class BenchTriplet:
     info: anything else worth keeping in the results (never shown to a method).
     split: for shapes triplets drawn by split, which half of the world's declared split A → A′
         belongs to ("seen", "unseen") or "compound"; empty otherwise.
+    examples: further (A, A′) pairs of the same edit, as loaders (bench `--examples K`: K − 1 of
+        them), for methods that take several examples (`method.takes_examples`); empty otherwise.
     """
 
     id: str
@@ -60,6 +62,7 @@ class BenchTriplet:
     truth: object | None = None
     info: dict = field(default_factory=dict)
     split: str = ""  # shapes: "seen", "unseen" or "compound" when drawn by split (`shapes.world.SPLIT`)
+    examples: list[tuple[ImageSource, ImageSource]] = field(default_factory=list)  # --examples K: K − 1 pairs
 
 
 def _constant(image: Image.Image) -> ImageSource:
@@ -80,6 +83,7 @@ def shapes_dataset(
     families: tuple[str, ...] | None = None,
     layout_range: float | None = None,
     split: str | None = None,
+    examples: int = 1,
 ) -> list[BenchTriplet]:
     """`n` seeded shapes-world triplets, the families taken in turn (all five by default), with
     offsets within ±`layout_range` (default v1's jitter; the model card says which world).
@@ -87,8 +91,11 @@ def shapes_dataset(
     split: None (every edit type, as every run before the split), "seen" or "unseen" (only edit
     types of that half of the world's declared split, `shapes.world.SPLIT`), "compound" (two
     attributes changed at once; `families` unused) or "all" (`n` of each of the three, side by side).
+    examples: example pairs of each triplet's edit, (A, A′) and `examples` − 1 more
+    (`shapes.world.example_pairs`: other attributes drawn anew, from a stream of their own, so the
+    triplets are the same for every count).
     """
-    from ..shapes.world import FAMILIES, JITTER, canonical_caption, render, triplets
+    from ..shapes.world import FAMILIES, JITTER, canonical_caption, example_pairs, render, triplets
 
     families = tuple(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
@@ -96,6 +103,8 @@ def shapes_dataset(
         raise DiffinvError(f"unknown shapes families {unknown}; choose from {', '.join(FAMILIES)}")
     if n < 1:
         raise DiffinvError(f"--n must be at least 1, got {n}")
+    if examples < 1:
+        raise DiffinvError(f"--examples must be at least 1 (the triplet's own pair), got {examples}")
     if split is not None and split not in SPLIT_CHOICES:
         raise DiffinvError(f"unknown split {split!r}; choose from {', '.join(SPLIT_CHOICES)}")
     layout_range = JITTER if layout_range is None else layout_range
@@ -108,6 +117,7 @@ def shapes_dataset(
             raise DiffinvError(str(error)) from None
         for index, triplet in enumerate(drawn):
             a, a_prime, b, b_prime = (render(s) for s in (triplet.a, triplet.a_prime, triplet.b, triplet.b_prime))
+            further = example_pairs(triplet, examples - 1, seed, part, index, layout_range)
             out.append(
                 BenchTriplet(
                     id=f"shapes-s{seed}-{index:04d}" if part is None else f"shapes-s{seed}-{part}-{index:04d}",
@@ -120,6 +130,7 @@ def shapes_dataset(
                     instruction=triplet.instruction,
                     truth=triplet,
                     split=part or "",
+                    examples=[(_constant(render(x)), _constant(render(y))) for x, y in further],
                 )
             )
     return out

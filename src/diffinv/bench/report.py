@@ -32,7 +32,8 @@ METRIC_ORDER = (
     "final_loss_tc",
     "final_loss_clip",
 )
-NOT_METRICS = {"index", "seconds", "peak_memory_mb"}  # peak memory: its own column (`memory_by_method`)
+# peak memory: its own column (`memory_by_method`); examples: the pairs a method was shown (--examples)
+NOT_METRICS = {"index", "seconds", "peak_memory_mb", "examples"}
 PERCENT = {"correct", "edit", "preserved", "layout", "preserved_attributes"}
 
 

@@ -11,7 +11,9 @@ Layout of a run directory::
 Every method is a `method.Method`, built from its spec through the registry (`build.MethodBuilder`)
 and called alike: `analogy(A, A′, B, seed=…)` per triplet, or `analogies` on `batch_size` triplets
 at once where the method declares it (Difference Inversion: one `fit_many`); a text-using method
-is given its triplet's words as `text=`. Triplet i is drawn with seed + i.
+is given its triplet's words as `text=`, and a method that takes several examples
+(`method.takes_examples`) the triplet's further example pairs as `examples=` (`--examples K`).
+Triplet i is drawn with seed + i.
 
 Resuming: the same command skips every (method, triplet) already in results.jsonl; a kill loses
 at most the batch being fitted. Sharding: under `accelerate launch` (or torchrun) each process
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 from ..config import InversionConfig
 from ..errors import DiffinvError, Interrupted
 from ..grid import image_grid
-from ..method import Method, is_batched
+from ..method import Method, is_batched, takes_examples
 from .build import EditorModel, MethodBuilder
 from .datasets import BenchTriplet
 from .memory import PeakMemory
@@ -197,9 +199,14 @@ class BenchRunner:
         images = [(t.a(), t.a_prime(), t.b()) for _, t in chunk]
         seeds = [self.seed + index for index, _ in chunk]
         texts = [self.builder.text(spec, method, t) for _, t in chunk]
+        examples = None
+        if any(t.examples for _, t in chunk):  # --examples K > 1: K − 1 further pairs of each triplet's edit
+            if not takes_examples(method):
+                raise DiffinvError(f"{spec.spec} takes one example pair (A, A′), not several")
+            examples = [[(x(), y()) for x, y in t.examples] for _, t in chunk]
         # the peak is reset around the method's own work only (not the scoring of its B′ that follows)
         self.memory.start()
-        drawn, shared_seconds = self._draws(method, images, seeds, texts)
+        drawn, shared_seconds = self._draws(method, images, seeds, texts, examples)
         shared_peak = self.memory.peak_mb()
         for (index, triplet), (a, a_prime, b) in zip(chunk, images):
             self.memory.start()
@@ -213,17 +220,23 @@ class BenchRunner:
             row["peak_memory_mb"], row["memory"] = round(peak, 1), self.memory.kind
             yield row, staged
 
-    def _draws(self, method: Method, images: list[tuple], seeds: list[int], texts: list[dict]):
+    def _draws(
+        self, method: Method, images: list[tuple], seeds: list[int], texts: list[dict], examples: list | None = None
+    ):
         """An iterator drawing each B′ of a chunk when asked, and each triplet's share of the work
-        done for all of them first (a batched method's fit, timed here; 0 otherwise)."""
+        done for all of them first (a batched method's fit, timed here; 0 otherwise). examples:
+        each triplet's further example pairs, or None (then `examples=` is not passed at all)."""
         if is_batched(method):
             start = time.perf_counter()
             batch_texts = {"texts": [text["text"] for text in texts]} if method.needs_text else {}
+            if examples is not None:
+                batch_texts["examples"] = examples
             drawn = iter(method.analogies(images, seeds=seeds, progress=False, **batch_texts))
             return drawn, (time.perf_counter() - start) / len(images)
+        extra = [{"examples": pairs} for pairs in examples] if examples is not None else [{}] * len(images)
         drawn = (
-            method.analogy(a, a_prime, b, seed=seed, progress=False, **text)
-            for (a, a_prime, b), seed, text in zip(images, seeds, texts)
+            method.analogy(a, a_prime, b, seed=seed, progress=False, **text, **more)
+            for (a, a_prime, b), seed, text, more in zip(images, seeds, texts, extra)
         )
         return drawn, 0.0
 
@@ -282,6 +295,8 @@ class BenchRunner:
         }
         if triplet.split:
             row["split"] = triplet.split
+        if triplet.examples:  # --examples K: the pairs the method was shown, its own included
+            row["examples"] = 1 + len(triplet.examples)
         if method.uses_text:
             row["uses_text"] = True  # told the edit in words: not an analogy from images alone
         if tokens is not None and tokens.history.get("loss"):

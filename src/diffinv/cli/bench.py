@@ -44,6 +44,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         triplet_seed=args.triplet_seed,
         families=args.families,
         split=args.split,
+        examples=args.examples,
         methods=args.methods or (),
         base_changes=args.base_changes,
         embedders=args.embedders or (),

@@ -23,6 +23,7 @@ from .preflight import (
     check_images,
     common_checks,
     drawing_config,
+    example_paths,
     given,
     given_captions,
     planned_config,
@@ -30,22 +31,33 @@ from .preflight import (
 )
 
 
+def _pairs_of(images: list) -> list[tuple]:
+    """Images read in pair order (A, A′, A2, A2′, …) as pairs."""
+    return [(images[i], images[i + 1]) for i in range(0, len(images), 2)]
+
+
 def run_fit(args: argparse.Namespace) -> None:
-    """Learn DIFF tokens from A and A′ and write the token file."""
+    """Learn DIFF tokens from A and A′ (and any further example pairs) and write the token file."""
     card = common_checks(args)
     config = planned_config(args, card, fields(CONFIG_FLAGS) + FIT_ONLY)
     captions = given_captions(args)
-    outputs = Outputs([args.a, args.a_prime], args.overwrite)
+    paths = [path for pair in example_paths(args) for path in pair]
+    outputs = Outputs(paths, args.overwrite)
     tokens_path = outputs.add(args.output, (TOKEN_SUFFIX,), "token file")
-    a, a_prime = read_images(args.a, args.a_prime)
+    pairs = _pairs_of(read_images(*paths))
     caption_lines(args)  # a bad caption file is reported now
     check_downloads(args, card, captioner_use(args, card, config, fitting=True, drawing=False))
 
     di = load_model(model_options(args))
-    tokens = di.fit(a, a_prime, config, captions=captions, seed=args.seed, progress=not args.quiet)
+    progress = not args.quiet
+    if len(pairs) == 1:
+        tokens = di.fit(*pairs[0], config, captions=captions, seed=args.seed, progress=progress)
+    else:  # one D̃ from every pair; captions given are the first pair's
+        tokens = di.fit(pairs, config=config, captions=captions, seed=args.seed, progress=progress)
     with outputs.writing() as write:
         write(tokens_path, tokens.save)
-    print(f"wrote {tokens_path}  (prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
+    fitted_on = f"{len(pairs)} pairs; first " if len(pairs) > 1 else ""
+    print(f"wrote {tokens_path}  ({fitted_on}prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
     if tokens.hard_text:
         print(f"hard DIFF tokens: {tokens.hard_text!r}")
 
@@ -131,11 +143,13 @@ def run_analogy(args: argparse.Namespace) -> None:
     card = common_checks(args)
     config = planned_config(args, card, fields(CONFIG_FLAGS + SAMPLING_FLAGS) + FIT_ONLY)
     captions = given_captions(args)
-    outputs = Outputs([args.a, args.a_prime, args.b], args.overwrite)
+    example_files = [path for pair in example_paths(args)[1:] for path in pair]  # --pair
+    outputs = Outputs([args.a, args.a_prime, args.b, *example_files], args.overwrite)
     b_prime_path = outputs.add(args.output, IMAGE_SUFFIXES, "B′ image")
     grid_path = outputs.add(b_prime_path.with_name(f"{b_prime_path.stem}-grid.png"), (".png",), "grid")
     tokens_path = outputs.add(b_prime_path.with_suffix(TOKEN_SUFFIX), (TOKEN_SUFFIX,), "token file")
     images = read_images(args.a, args.a_prime, args.b)  # read once: for the analogy and the grid
+    examples = _pairs_of(read_images(*example_files))
     caption_lines(args)  # a bad caption file is reported now
     check_downloads(args, card, captioner_use(args, card, config, fitting=True, drawing=True))
 
@@ -149,6 +163,7 @@ def run_analogy(args: argparse.Namespace) -> None:
         captions=captions,
         prompt_b=args.prompt,
         progress=not args.quiet,
+        **({"examples": examples} if examples else {}),
     )
     # ASCII primes: Pillow's built-in font has no ′.
     grid = image_grid([*images, b_prime], ["A", "A'", "B", "B'"])

@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("a", metavar="A", help="the image before the change")
     fit.add_argument("a_prime", metavar="A_PRIME", help="the image after the change")
+    fit.add_argument(
+        "more_images",
+        metavar="MORE",
+        nargs="*",
+        help="further example pairs of the same edit, A2 A2_PRIME A3 A3_PRIME … (one D̃ from all the pairs)",
+    )
     fit.add_argument("-o", "--output", required=True, help="token file to write (.safetensors)")
+    _add_pair_flag(fit)
     add_overwrite(fit)
     add_common(fit)
     add_fit_flags(fit)
@@ -103,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="B′ image to write (.png, .jpg, …); also writes <stem>-grid.png and <stem>.safetensors",
     )
     analogy.add_argument("--prompt", help="prompt_B (default: PEZ or caption)")
+    _add_pair_flag(analogy)
     add_overwrite(analogy)
     add_common(analogy)
     add_fit_flags(analogy)
@@ -199,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pair_flag(parser: argparse.ArgumentParser) -> None:
+    """--pair A A_PRIME, repeatable: further example pairs of the edit (`fit` and `analogy`)."""
+    parser.add_argument(
+        "--pair",
+        dest="pairs",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "A_PRIME"),
+        help="repeatable: a further example pair of the same edit; D̃ is fitted on all the pairs together "
+        "(the losses averaged over them)",
+    )
+
+
 def _add_bench_parser(commands) -> None:
     """`diffinv bench` and its actions run, report and judge (their handlers: `diffinv.bench`)."""
     bench = commands.add_parser(
@@ -254,6 +276,15 @@ def _add_bench_parser(commands) -> None:
         help="shapes only: triplets whose edit types are the world's seen or unseen half (what a learned analogy "
         "component may train on), two attributes at once (compound), or --n of each side by side (all); "
         "default: every edit type",
+    )
+    run.add_argument(
+        "--examples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="shapes only: show methods K example pairs of each triplet's edit (its own A, A′ and K − 1 more whose "
+        "other attributes are drawn anew; the triplets stay the same); only methods that take several examples "
+        "(difference-inversion, on-editor and the references) run with K > 1 (default 1)",
     )
     run.add_argument(
         "--method",

@@ -98,6 +98,19 @@ def given_captions(args: argparse.Namespace) -> tuple[str, str] | None:
     return None if args.caption_a is None else (args.caption_a, args.caption_a_prime)
 
 
+def example_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (A, A′) paths of `fit` or `analogy`: A A_PRIME, then `fit`'s further images taken two by
+    two, then each --pair. An odd number of images is one line."""
+    more = list(getattr(args, "more_images", None) or [])
+    if len(more) % 2:
+        raise DiffinvError(
+            f"fit takes pairs of images, A A_PRIME [A2 A2_PRIME …], and got {len(more) + 2}, an odd number; "
+            f"{more[-1]} has no A′"
+        )
+    pairs = [(args.a, args.a_prime)] + [(more[i], more[i + 1]) for i in range(0, len(more), 2)]
+    return pairs + [tuple(pair) for pair in getattr(args, "pairs", None) or []]
+
+
 def check_images(*paths: str) -> None:
     """Fail on unreadable, tiny or too elongated images before loading any model (`apply`: its Bs,
     which may be many, are read again one at a time as they are drawn)."""
@@ -173,9 +186,9 @@ def captioner_use(args: argparse.Namespace, card, config: InversionConfig, fitti
     read (--captions-from, --caption-a/--caption-a-prime) are said to do nothing, in one line."""
     editor = bool(card.is_editor())  # None (a hub model not in the cache): as a text-to-image model
     pair = fitting and config.needs_pair_captions(editor)
-    needs = (pair and getattr(args, "caption_a", None) is None) or (
-        drawing and args.prompt is None and config.needs_b_caption(editor)
-    )
+    # --caption-a/--caption-a-prime describe the first pair: further pairs are the captioner's
+    uncaptioned = getattr(args, "caption_a", None) is None or len(example_paths(args)) > 1
+    needs = (pair and uncaptioned) or (drawing and args.prompt is None and config.needs_b_caption(editor))
     if fitting and getattr(args, "caption_a", None) is not None and not pair:
         _unused("--caption-a and --caption-a-prime", config, editor)
     if args.captions_from and not needs:

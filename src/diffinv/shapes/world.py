@@ -376,6 +376,35 @@ def make_compound_triplet(rng: random.Random, layout_range: float = JITTER) -> T
     return Triplet(COMPOUND, a, a_prime, b, b_prime, changed)
 
 
+# --- further example pairs of a triplet's edit -----------------------------------------------------
+def example_pairs(
+    triplet: Triplet, count: int, seed: int, split: str | None, index: int, layout_range: float = JITTER
+) -> list[tuple[Scene, Scene]]:
+    """`count` further (A, A′) pairs of the edit of `triplet` (the i-th, `index`, of `triplets(…,
+    seed, split=split)`), for methods shown several examples of one edit.
+
+    Each pair's A has A's values of the changed attributes and everything else drawn anew — what
+    the pairs share is the edit alone — and differs in at least one kept attribute from A (as B
+    does) and from B (so that no example shows B's own change); its A′ is it with A′'s values of
+    the changed attributes. Drawn from a string-keyed stream of the triplet's own,
+    "examples/<split>/<seed>/<index>": the triplets are drawn exactly as without examples, and
+    the first j pairs are the same for any count ≥ j.
+    """
+    rng = random.Random(f"examples/{split or 'any'}/{seed}/{index}")
+    changed = triplet.attributes_changed
+    pairs = []
+    for _ in range(count):
+        while True:
+            a = _b_for(triplet.a, changed, rng, layout_range)
+            if any(getattr(a, k) != getattr(triplet.b, k) for k in ATTRIBUTES if k not in changed):
+                break
+        a_prime = a
+        for name in changed:
+            a_prime = a_prime.with_(name, getattr(triplet.a_prime, name))
+        pairs.append((a, a_prime))
+    return pairs
+
+
 # --- 2×2 grids (what the inpainting model is trained and gated on) ---------------------------------
 CELLS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (column, row) of the 2×2 grid: A | A′ over B | B′
 
