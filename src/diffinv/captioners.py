@@ -6,7 +6,7 @@ captioners altogether (`DifferenceInversion.fit(..., captions=(cap_a, cap_a_prim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -39,13 +39,23 @@ class Blip2Captioner:
         max_new_tokens: int = 30,
         local_files_only: bool = False,
         keep_loaded: bool = False,
+        make_room: Callable[[], None] | None = None,
     ):
         self.model_name, self.device, self.dtype, self.max_new_tokens = model, device, dtype, max_new_tokens
         self.local_files_only, self.keep_loaded = local_files_only, keep_loaded
+        # Called before loading, to free the device for BLIP-2 (low memory: the other models to the CPU).
+        self.make_room = make_room
         self._model = self._processor = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     def _load(self) -> None:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+        if self.make_room is not None:
+            self.make_room()
 
         try:
             self._processor = Blip2Processor.from_pretrained(self.model_name, local_files_only=self.local_files_only)

@@ -24,6 +24,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         offline=args.offline,
         threads=args.threads,
         quiet=args.quiet,
+        memory=getattr(args, "memory", "default"),
     )
 
 
@@ -60,6 +61,7 @@ def load_model(options: ModelOptions):
         dtype=options.dtype,
         clip_model=options.clip_model,
         offline=options.offline or None,
+        memory=options.memory,
     )
     if options.captions_from:
         di.captioner = ClipRetrievalCaptioner(di.clip, read_caption_lines(options.captions_from))
