@@ -54,9 +54,6 @@ class Blip2Captioner:
     def _load(self) -> None:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        if self.make_room is not None:
-            self.make_room()
-
         try:
             self._processor = Blip2Processor.from_pretrained(self.model_name, local_files_only=self.local_files_only)
             self._model = Blip2ForConditionalGeneration.from_pretrained(
@@ -80,6 +77,8 @@ class Blip2Captioner:
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> list[str]:
         if self._model is None:
+            if self.make_room is not None:
+                self.make_room()
             self._load()
         inputs = self._processor(images=images, return_tensors="pt").to(self.device, self.dtype)
         generated = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens)

@@ -73,23 +73,26 @@ def lean_attention(model) -> str:
 
 
 # --- the VAE --------------------------------------------------------------------------------------------
-def half_vae_weights(vae, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether low mode stores `vae`'s weights in float16: only on a CUDA device with a float32 model (in
-    bfloat16 or float16, the CUDA default, the VAE already is 16-bit), and never for a VAE that says it
-    overflows in float16 (`force_upcast`, as SDXL base's does; the fp16-fix VAE does not say it)."""
-    return device.type == "cuda" and dtype == torch.float32 and not vae.config.get("force_upcast", False)
+def half_vae_weights(backbone, device: torch.device) -> bool:
+    """Whether low mode stores the VAE's weights in float16: only on a CUDA device with a float32 model (in
+    bfloat16 or float16, the CUDA default, the VAE already is 16-bit), and not for SDXL's VAE, which
+    overflows in float16 — unless its config says otherwise (`force_upcast` false, as the fp16-fix VAE's
+    does). SD 1.x / 2.x VAEs run in float16 in diffusers' own pipelines."""
+    overflows = backbone.family == "sdxl" and backbone.vae.config.get("force_upcast", True)
+    return torch.device(device).type == "cuda" and backbone.dtype == torch.float32 and not overflows
 
 
-def lean_vae(vae, device: torch.device, dtype: torch.dtype) -> None:
+def lean_vae(backbone, device: torch.device) -> None:
     """VAE slicing (a batch encoded and decoded one image at a time) and tiling (an image larger than the
     VAE's tile, e.g. 512 px for SD 1.5, in overlapping tiles with blended seams; at or below it nothing
     changes), and, where `half_vae_weights`, float16 weights computed in the model's float32. The weights
     are cast layer by layer (diffusers' layerwise casting, 0.32 and later) rather than the VAE run in
     float16, because diffusers' SD pipelines hand the VAE latents in the UNet's dtype."""
+    vae = backbone.vae
     vae.enable_slicing()
     vae.enable_tiling()
-    if half_vae_weights(vae, device, dtype) and hasattr(vae, "enable_layerwise_casting"):
-        vae.enable_layerwise_casting(storage_dtype=torch.float16, compute_dtype=dtype)
+    if half_vae_weights(backbone, device) and hasattr(vae, "enable_layerwise_casting"):
+        vae.enable_layerwise_casting(storage_dtype=torch.float16, compute_dtype=backbone.dtype)
 
 
 # --- model CPU offload between stages ------------------------------------------------------------------
@@ -145,11 +148,11 @@ class StageOffload:
             self._with_gradients.clear()
         leaving = [other for other in self.resident if other != unit and other not in self._with_gradients]
         for other in leaving:
-            self._move(other, torch.device("cpu"))
+            self._move(other, onto_device=False)
         if leaving and self.device.type == "cuda":
             torch.cuda.empty_cache()  # the freed weights back to the driver, for what runs next
         if unit not in self.resident:
-            self._move(unit, self.device)
+            self._move(unit, onto_device=True)
         if gradients:
             self._with_gradients.add(unit)
         if not self.stages or self.stages[-1] != (unit, frozenset(self.resident)):
@@ -158,15 +161,15 @@ class StageOffload:
     def offload_all(self) -> None:
         """Every unit on the CPU (before a model outside the units, the captioner, loads)."""
         for unit in list(self.resident):
-            self._move(unit, torch.device("cpu"))
+            self._move(unit, onto_device=False)
         self._with_gradients.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _move(self, unit: str, device: torch.device) -> None:
+    def _move(self, unit: str, onto_device: bool) -> None:
         for module in self.units[unit]:
-            module.to(device)
-        if device == self.device:
+            module.to(self.device if onto_device else "cpu")
+        if onto_device:
             self.resident.add(unit)
         else:
             self.resident.discard(unit)
@@ -204,7 +207,7 @@ def apply_low_memory(backbone, clip, device: torch.device, offload: bool | None 
     checkpoint_unet(backbone.unet)
     lean_attention(backbone.unet)
     lean_attention(backbone.vae)
-    lean_vae(backbone.vae, device, backbone.dtype)
+    lean_vae(backbone, device)
     if offload is None:
         offload = device.type == "cuda"
     return stage_offload(backbone, clip, device) if offload else None
