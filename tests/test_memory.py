@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
 from diffinv.captioners import Blip2Captioner
 from diffinv.errors import DiffinvError
 from diffinv.memory import apply_low_memory, half_vae_weights, memory_switches
