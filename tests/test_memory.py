@@ -14,7 +14,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
 from diffinv.captioners import Blip2Captioner
 from diffinv.errors import DiffinvError
-from diffinv.memory import apply_low_memory, half_vae_weights, memory_switches
+from diffinv.memory import apply_low_memory, half_vae_weights, lean_vae, memory_switches
 from diffinv.pipeline import DifferenceInversion
 from diffinv.testing import tiny_backbone, tiny_clip_for, tiny_xl_backbone
 
@@ -135,6 +135,16 @@ def test_half_vae_weights_only_where_the_vae_takes_them():
     assert not half_vae_weights(xl, cuda)  # SDXL's VAE overflows in float16 (force_upcast)
     xl.vae.register_to_config(force_upcast=False)  # as the fp16-fix VAE says
     assert half_vae_weights(xl, cuda)
+
+    # Where it applies, the weights are stored in float16 and computed in float32: the same picture, nearly.
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = sd.vae.decode(latents).sample
+        lean_vae(sd, cuda)  # the device only decides; nothing here runs on CUDA
+        half = sd.vae.decode(latents).sample
+    assert sd.vae.decoder.conv_in.weight.dtype == torch.float16 and half.dtype == torch.float32
+    assert sd.vae.use_slicing and sd.vae.use_tiling
+    torch.testing.assert_close(half, full, rtol=0, atol=2e-2)
     assert not half_vae_weights(tiny_backbone().__class__(sd.pipe.to(torch.bfloat16), "bf16"), cuda)
 
 
