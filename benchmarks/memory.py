@@ -165,15 +165,16 @@ def _key(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage()._cdata  # the storage itself, shared by its views
 
 
-def measured(fn, *args, **kwargs) -> tuple[object, float, float]:
-    """(fn(*args, **kwargs), peak GiB of new live tensors while it ran, seconds)."""
+def measured(fn, *args, **kwargs) -> tuple[object, float, float, float]:
+    """(fn(*args, **kwargs), peak GiB of new live tensors while it ran, wall seconds, CPU seconds). The CPU
+    seconds of this process are the steadier figure on a shared machine: other processes' load stretches
+    the wall time, much less the work done."""
     gc.collect()
     counter = LiveBytes()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with counter:
         result = fn(*args, **kwargs)
-    seconds = time.perf_counter() - start
-    return result, counter.peak / GIB, seconds
+    return result, counter.peak / GIB, time.perf_counter() - start, time.process_time() - start_cpu
 
 
 # --- the models ---------------------------------------------------------------------------------------------
@@ -359,7 +360,9 @@ def bench(name: str, args, dtype: torch.dtype) -> dict:
             if stage in MEASURED and stage in args.stages:
                 try:
                     inputs = (backbone, clip) if stage == "fit_step" else (backbone,)
-                    _, row["activations_gib"], row["seconds"] = measured(RUNS[stage], *inputs, resolution)
+                    _, row["activations_gib"], row["seconds"], row["cpu_seconds"] = measured(
+                        RUNS[stage], *inputs, resolution
+                    )
                 except (RuntimeError, MemoryError) as error:  # over --max-ram-gb: reported, not measured
                     if not isinstance(error, MemoryError) and "allocate" not in str(error):
                         raise
@@ -399,7 +402,9 @@ def markdown(report: dict) -> str:
     for name, model in report["models"].items():
         modes = [mode for mode in MODES if mode in model]
         lines += ["", f"### {MODELS[name]['title']} at {model['resolution']} px", ""]
-        header = "| stage | " + " | ".join(f"{m}: resident / weights + activations = total / s" for m in modes) + " |"
+        header = (
+            "| stage | " + " | ".join(f"{m}: resident / weights + activations = total / CPU s" for m in modes) + " |"
+        )
         lines += [header, "| --- |" + " --- |" * len(modes)]
         for stage in STAGES:
             cells = []
@@ -411,7 +416,7 @@ def markdown(report: dict) -> str:
                 elif "activations_gib" in row and row["activations_gib"] is not None:
                     cells.append(
                         f"{what} / {_gib(row['weights_gib'])} + {_gib(row['activations_gib'])} = "
-                        f"**{_gib(row['total_gib'])}** / {row['seconds']:.1f}"
+                        f"**{_gib(row['total_gib'])}** / {row['cpu_seconds']:.1f}"
                     )
                 else:
                     cells.append(f"{what} / {_gib(row['weights_gib'])} (weights only)")
