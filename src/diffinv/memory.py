@@ -124,6 +124,11 @@ class StageOffload:
     text encoder, UNet and CLIP text tower share one graph per step). The captioner makes room with
     `offload_all` before loading.
 
+    Why not diffinv's own call of diffusers' `enable_model_cpu_offload` (or accelerate's chained
+    `cpu_offload_with_hook`): their chain sends the text encoder to the CPU as soon as the UNet is
+    called, and the fit's backward pass still needs the text encoder's weights on the device, since
+    D̃'s gradient flows through it. The hooks here are accelerate's; the policy is the one above.
+
     Active on a CUDA device only (`apply_low_memory`); on the CPU offload would move nothing.
     `stages` records each entry's resident units (a benchmark reads it).
     """
