@@ -230,9 +230,12 @@ def clip_with_text_tower_only(config: dict, text_source: torch.nn.Module, dtype:
     return model.to(dtype).requires_grad_(False).eval()
 
 
-def build(name: str, dtype: torch.dtype, tiny: bool) -> tuple[StableDiffusionBackbone, ClipSpace]:
+def build(
+    name: str, dtype: torch.dtype, tiny: bool, vae_only: bool = False
+) -> tuple[StableDiffusionBackbone, ClipSpace]:
     """The `name`-size backbone (random weights from the configurations, in `dtype`) and its CLIP; `tiny`
-    shrinks every configuration as `gpu_speed --tiny` does (a smoke run)."""
+    shrinks every configuration as `gpu_speed --tiny` does (a smoke run). `vae_only`: every model but the
+    VAE on the meta device (counted, never run), for the VAE stages alone."""
     spec = MODELS[name]
     encoders_config = [gpu_speed.load_config(config) for config, _ in spec["encoders"]]
     vocab = encoders_config[0]["vocab_size"]
@@ -245,13 +248,15 @@ def build(name: str, dtype: torch.dtype, tiny: bool) -> tuple[StableDiffusionBac
         unet = gpu_speed.tiny_unet(unet, sum(widths), pooled_width=pooled)
         vae, clip = gpu_speed.tiny_vae(vae), gpu_speed.tiny_clip(clip, widths[-1], len(tokenizer))
     torch.manual_seed(0)
-    encoders = [
-        cls(CLIPTextConfig(**config)).to(dtype).requires_grad_(False).eval()
-        for (_, cls), config in zip(spec["encoders"], encoders_config)
-    ]
+    with torch.device("meta" if vae_only else "cpu"):
+        encoders = [
+            cls(CLIPTextConfig(**config)).to(dtype).requires_grad_(False).eval()
+            for (_, cls), config in zip(spec["encoders"], encoders_config)
+        ]
+        unet = UNet2DConditionModel.from_config(unet).to(dtype).requires_grad_(False).eval()
     modules = dict(
         vae=AutoencoderKL.from_config(vae).to(dtype).requires_grad_(False).eval(),
-        unet=UNet2DConditionModel.from_config(unet).to(dtype).requires_grad_(False).eval(),
+        unet=unet,
         text_encoder=encoders[0],
         tokenizer=tokenizer,
         scheduler=spec["scheduler"][1].from_config(gpu_speed.load_config(spec["scheduler"][0])),
@@ -266,7 +271,12 @@ def build(name: str, dtype: torch.dtype, tiny: bool) -> tuple[StableDiffusionBac
             **modules, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     backbone = spec["backbone"](pipe, model_id=f"random-{name}-size")
-    clip_space = ClipSpace(clip_with_text_tower_only(clip, encoders[-1], dtype), tokenizer)
+    if vae_only:
+        with torch.device("meta"):
+            clip_model = CLIPModel(CLIPConfig(**clip)).to(dtype)
+    else:
+        clip_model = clip_with_text_tower_only(clip, encoders[-1], dtype)
+    clip_space = ClipSpace(clip_model, tokenizer)
     clip_space.execution_device = torch.device("cpu")  # not the image tower's meta device
     return backbone, clip_space
 
@@ -341,7 +351,8 @@ def cap_memory(max_ram_gb: float) -> None:
 def bench(name: str, args, dtype: torch.dtype) -> dict:
     spec = MODELS[name]
     start = time.perf_counter()
-    backbone, clip = build(name, dtype, args.tiny)
+    vae_only = not {"fit_step", "sampling_step"} & set(args.stages)  # the UNet and encoders stay on meta
+    backbone, clip = build(name, dtype, args.tiny, vae_only)
     build_s = time.perf_counter() - start
     resolution = backbone.native_resolution
     assert args.tiny or resolution == spec["resolution"], (name, resolution)
@@ -366,7 +377,8 @@ def bench(name: str, args, dtype: torch.dtype) -> dict:
                 except (RuntimeError, MemoryError) as error:  # over --max-ram-gb: reported, not measured
                     if not isinstance(error, MemoryError) and "allocate" not in str(error):
                         raise
-                    row["not_measured"] = f"did not fit in {args.max_ram_gb} GB of RAM ({type(error).__name__})"
+                    first_line = (str(error).splitlines() or [""])[0][:120]
+                    row["not_measured"] = f"did not fit in {args.max_ram_gb} GB of RAM ({first_line})"
                     gc.collect()
                 row.setdefault("activations_gib", None)
             stages[stage] = row
