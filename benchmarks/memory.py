@@ -25,11 +25,13 @@ at batch 2, classifier-free guidance, no gradients) and the VAE decode of B′. 
 time on this CPU (`--threads`), indicative only: a GPU's ratio of low to default differs.
 
     python benchmarks/memory.py --models sd15,sd21,sdxl --threads 1 --json memory.json
+    python benchmarks/memory.py --models sdxl --stages vae_encode,vae_decode   # the VAE alone in RAM
     python benchmarks/memory.py --tiny          # a seconds-long smoke run of the code path, no figure
 
 Run one at a time and check free RAM first: a model is built once (SDXL: ~8 GB of bfloat16 weights with
 the CLIP's image tower left on the meta device) and `--max-ram-gb` (default 14) caps what the process may
-allocate: a stage that does not fit is reported as such, not measured.
+allocate: a stage that does not fit is reported as such, not measured. With only VAE stages asked for,
+every other model is built on the meta device (its weights still counted).
 """
 
 from __future__ import annotations
