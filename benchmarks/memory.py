@@ -29,9 +29,9 @@ time on this CPU (`--threads`), indicative only: a GPU's ratio of low to default
     python benchmarks/memory.py --tiny          # a seconds-long smoke run of the code path, no figure
 
 Run one at a time and check free RAM first: a model is built once (SDXL: ~8 GB of bfloat16 weights with
-the CLIP's image tower left on the meta device) and `--max-ram-gb` (default 14) caps what the process may
-allocate: a stage that does not fit is reported as such, not measured. With only VAE stages asked for,
-every other model is built on the meta device (its weights still counted).
+the CLIP's image tower left on the meta device) and `--max-ram-gb` (default 14) stops the process when its
+resident memory passes that many GB, saying which stage did it; the stages printed before it stand. With
+only VAE stages asked for, every other model is built on the meta device (its weights still counted).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ import argparse
 import gc
 import json
 import math
-import resource
+import os
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -340,14 +341,21 @@ def unit_bytes(backbone, clip, dtype: torch.dtype, tiny: bool) -> dict[str, int]
     }
 
 
-def cap_memory(max_ram_gb: float) -> None:
-    """Let this process allocate at most about `max_ram_gb` GB of RAM in all: a stage that needs more fails
-    (and is reported) instead of pushing the machine's other work out. The address-space limit is set
-    at what the process maps now plus what it may still allocate."""
-    status = Path("/proc/self/status").read_text()
-    fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if "kB" in line}
-    room = max_ram_gb * 1e9 - fields["VmRSS"]
-    resource.setrlimit(resource.RLIMIT_AS, (int(fields["VmSize"] + max(room, 0)), resource.RLIM_INFINITY))
+def watch_ram(max_ram_gb: float, stage: list[str]) -> None:
+    """Stop this process, saying so, once its resident memory passes `max_ram_gb` GB, so that a stage too
+    large for the machine does not push its other work out (polled every 0.2 s by a daemon thread).
+    `stage` holds the name of the stage running, for the message. The stages printed so far stand."""
+
+    def watch():
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            resident = int(Path("/proc/self/statm").read_text().split()[1]) * page
+            if resident > max_ram_gb * 1e9:
+                print(f"memory.py: {stage[0]} passed {max_ram_gb} GB of RAM; stopped, not measured", flush=True)
+                os._exit(3)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def bench(name: str, args, dtype: torch.dtype) -> dict:
@@ -359,8 +367,9 @@ def bench(name: str, args, dtype: torch.dtype) -> dict:
     resolution = backbone.native_resolution
     assert args.tiny or resolution == spec["resolution"], (name, resolution)
     units = unit_bytes(backbone, clip, dtype, args.tiny)
+    running = ["building"]
     if args.max_ram_gb:
-        cap_memory(args.max_ram_gb)
+        watch_ram(args.max_ram_gb, running)
     result = {"resolution": resolution, "build_s": build_s, "weights_gib": {k: v / GIB for k, v in units.items()}}
     for mode in args.modes:
         set_mode(backbone, clip, mode)
@@ -371,16 +380,17 @@ def bench(name: str, args, dtype: torch.dtype) -> dict:
                 resident.remove("blip2")  # freed after captioning in both modes
             row = {"resident": resident, "weights_gib": sum(units[u] for u in resident) / GIB}
             if stage in MEASURED and stage in args.stages:
+                running[0] = f"{name} {mode} {stage}"
                 try:
                     inputs = (backbone, clip) if stage == "fit_step" else (backbone,)
                     _, row["activations_gib"], row["seconds"], row["cpu_seconds"] = measured(
                         RUNS[stage], *inputs, resolution
                     )
-                except (RuntimeError, MemoryError) as error:  # over --max-ram-gb: reported, not measured
+                except (RuntimeError, MemoryError) as error:  # the allocator refused: reported, not measured
                     if not isinstance(error, MemoryError) and "allocate" not in str(error):
                         raise
                     first_line = (str(error).splitlines() or [""])[0][:120]
-                    row["not_measured"] = f"did not fit in {args.max_ram_gb} GB of RAM ({first_line})"
+                    row["not_measured"] = f"did not fit in RAM ({first_line})"
                     gc.collect()
                 row.setdefault("activations_gib", None)
             stages[stage] = row
@@ -451,7 +461,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(MEASURED), help=f"measured stages, of {','.join(MEASURED)}")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="default bfloat16 (CUDA's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch; default 1")
-    parser.add_argument("--max-ram-gb", type=float, default=14.0, help="RAM cap in GB, 0 for none; default 14")
+    parser.add_argument(
+        "--max-ram-gb", type=float, default=14.0, help="stop past this many GB of RAM, 0 never; default 14"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny configurations: a smoke run in seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
