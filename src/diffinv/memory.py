@@ -14,6 +14,8 @@ it first sends every other model to the CPU (`StageOffload.offload_all`).
 
 from __future__ import annotations
 
+from collections import deque
+
 import diffusers
 import torch
 import torch.nn.functional as F
@@ -62,14 +64,17 @@ def unet_checkpoints(unet) -> bool:
 def lean_attention(model) -> str:
     """Attention that never keeps an (L, L) score matrix: PyTorch's fused scaled-dot-product attention
     (diffusers' default processor where PyTorch has it; flash or memory-efficient kernels on CUDA),
-    else sliced attention (one head group at a time). Returns "sdpa" or "sliced"."""
+    else sliced attention (one head group at a time) in a model that offers it (a UNet; the VAE's single
+    attention layer stays as it is). Returns "sdpa", "sliced" or "unchanged"."""
     if hasattr(F, "scaled_dot_product_attention"):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         model.set_attn_processor(AttnProcessor2_0())
         return "sdpa"
-    model.set_attention_slice("auto")
-    return "sliced"
+    if hasattr(model, "set_attention_slice"):
+        model.set_attention_slice("auto")
+        return "sliced"
+    return "unchanged"
 
 
 # --- the VAE --------------------------------------------------------------------------------------------
@@ -136,7 +141,8 @@ class StageOffload:
     def __init__(self, units: dict[str, list[torch.nn.Module]], device: torch.device):
         self.units, self.device = units, torch.device(device)
         self.resident: set[str] = set()
-        self.stages: list[tuple[str, frozenset[str]]] = []  # (unit entered, units resident after)
+        # (unit entered, units resident after), the latest 1000 changes (a long bench run makes many)
+        self.stages: deque[tuple[str, frozenset[str]]] = deque(maxlen=1000)
         self._with_gradients: set[str] = set()  # units used with gradients since the last call without
         for modules in units.values():
             for module in modules:
