@@ -24,7 +24,11 @@ For each size (`bench`):
   - one analogy, phase by phase: PEZ on A and A′, the CLIP deltas and VAE latents, the fit,
     PEZ on B, drawing B′ (img2img at the default strength, classifier-free guidance), and the
     same analogy extrapolated to the paper's counts (PEZ, N and sampling steps of the defaults);
-  - peak GPU memory per phase (`torch.cuda.max_memory_allocated`).
+  - peak GPU memory per phase (`torch.cuda.max_memory_allocated`);
+  - the same analogy again in `--memory low` (UNet checkpointing, VAE slicing and tiling, model CPU
+    offload between stages on CUDA): peak GPU memory per phase, the fit's step against the default
+    mode's, the drawing's time (`--default-memory-only` skips it). benchmarks/memory.py measures
+    the same on a CPU, stage by stage.
 
     python benchmarks/gpu_speed.py --models sd21,sdxl --json gpu.json
     python benchmarks/gpu_speed.py --tiny --device cpu --dtype float32 --steps 2 --pez-steps 2 --sampling-steps 2
@@ -81,6 +85,7 @@ from diffinv.inversion import (
     prompt_pair,
 )
 from diffinv.loading import resolve_device_dtype
+from diffinv.memory import apply_low_memory
 from diffinv.pipeline import DifferenceInversion
 from diffinv.testing import WORDS, word_tokenizer
 from diffinv.tokens import DiffTokens
@@ -409,6 +414,7 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     _, phases["sampling"] = timed(device, draw, tokens, prompt_b, config)
     peak["sampling"] = peak_gib(device)
     known = [value for value in peak.values() if value is not None]
+    low_memory = low_memory_run(backbone, clip, device, args, prepare, fit, draw, step) if args.low_memory else None
 
     pez = phases["pez_a_a_prime"] + phases["pez_b"]
     paper = {
@@ -454,6 +460,42 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
         },
         "paper_defaults_estimate_s": paper,
         "memory_gib": {"weights": weights, "peak": peak, "peak_overall": max(known) if known else None},
+        "low_memory": low_memory,
+    }
+
+
+def low_memory_run(backbone, clip, device: torch.device, args, prepare, fit, draw, default_step_s: float) -> dict:
+    """The same analogy in `--memory low` (`diffinv.memory.apply_low_memory` on these models: UNet
+    checkpointing, VAE slicing and tiling, and on CUDA model CPU offload between stages, every model
+    first sent to the CPU): peak GPU memory per phase (`torch.cuda.max_memory_allocated`; None off
+    CUDA), the fit's seconds per step against the default mode's (`--steps` steps, once: the default's
+    figure is the median of `--repeats`) and the drawing's seconds. Run after the default mode's
+    figures, since it changes the models."""
+    apply_low_memory(backbone, clip, device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    config = InversionConfig(steps=args.steps, pez_steps=args.pez_steps, sampling_steps=args.sampling_steps)
+    resident = allocated_gib(device)  # with offload: nothing of the models until a stage needs it
+    reset_peak(device)
+    pair, _ = prepare(config)
+    peak = {"pez_deltas_latents": peak_gib(device)}
+    reset_peak(device)
+    tokens, fit_s = timed(device, fit, pair, config)
+    peak["fit"] = peak_gib(device)
+    reset_peak(device)
+    _, sampling_s = timed(device, draw, tokens, "a photo of a red square", config)
+    peak["sampling"] = peak_gib(device)
+    known = [value for value in peak.values() if value is not None]
+    step_s = fit_s / args.steps
+    return {
+        "offload": backbone.offload is not None,
+        "resident_after_loading": resident,
+        "peak": peak,
+        "peak_overall": max(known) if known else None,
+        "step_s": step_s,
+        "step_over_default": step_s / default_step_s,
+        "sampling_s": sampling_s,
     }
 
 
@@ -539,6 +581,24 @@ def analogy_rows(name: str, model: dict) -> list[tuple[str, str]]:
         ),
         ("memory: weights", _gib(memory["weights"])),
         *((f"peak memory: {part.replace('_', ' ')}", _gib(value)) for part, value in memory["peak"].items()),
+        *low_memory_rows(model.get("low_memory")),
+    ]
+
+
+def low_memory_rows(low: dict | None) -> list[tuple[str, str]]:
+    """The `--memory low` rows of a model size's table (none when it was not run)."""
+    if low is None:
+        return []
+    offload = "on" if low["offload"] else "off (not CUDA)"
+    return [
+        (f"**--memory low** (model CPU offload {offload}): step of `fit_diff_tokens`", _ms(low["step_s"])),
+        ("--memory low: step / default step", f"{low['step_over_default']:.3f}"),
+        ("--memory low: drawing B′", _s(low["sampling_s"])),
+        ("--memory low: memory resident after loading", _gib(low["resident_after_loading"])),
+        *(
+            (f"--memory low: peak memory: {part.replace('_', ' ')}", _gib(value))
+            for part, value in low["peak"].items()
+        ),
     ]
 
 
@@ -576,6 +636,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive, default=None, help="CPU threads for torch; default torch's")
     parser.add_argument("--tiny", action="store_true", help="tiny configurations: a CPU smoke run in seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument(
+        "--default-memory-only",
+        dest="low_memory",
+        action="store_false",
+        help="skip the second run of each analogy in --memory low (peak memory and step time of both modes)",
+    )
     args = parser.parse_args(argv)
     if int(args.sampling_steps * PAPER.strength) < 1:  # img2img runs int(steps × strength) UNet steps
         parser.error(

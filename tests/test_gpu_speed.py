@@ -52,6 +52,11 @@ def check_analogy_figures(model: dict) -> None:
     assert model["memory_gib"]["weights"] is None and model["memory_gib"]["peak_overall"] is None  # CPU
     assert set(model["memory_gib"]["peak"]) == {"pez_deltas_latents", "floor_and_fit", "pez_b", "sampling"}
     assert model["clip_text_tower_matches"] is True
+    low = model["low_memory"]  # the analogy again in --memory low: no offload and no GPU figures on the CPU
+    assert low["offload"] is False and low["peak_overall"] is None and low["resident_after_loading"] is None
+    assert set(low["peak"]) == {"pez_deltas_latents", "fit", "sampling"}
+    assert positive(low["step_s"]) and positive(low["sampling_s"])
+    assert low["step_over_default"] == pytest.approx(low["step_s"] / model["step_s"])
     assert all(isinstance(v, int) and v > 0 for v in model["parameters"].values())
 
 
@@ -93,6 +98,7 @@ def test_tiny_cpu_run_reports_every_figure(gpu_speed, tmp_path, capsys):
     assert "`StableDiffusionXLBackbone` (DIFF tokens 48 wide = 16 + 32)" in sdxl_table
     assert "text encoder 2" in sdxl_table and "awaits" not in printed
     assert "not a speed figure" in printed
+    assert printed.count("**--memory low** (model CPU offload off (not CUDA))") == 2  # both model sizes
 
 
 def test_tiny_sdxl_is_the_real_backbone_with_its_clip(gpu_speed):

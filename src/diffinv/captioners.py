@@ -6,7 +6,7 @@ captioners altogether (`DifferenceInversion.fit(..., captions=(cap_a, cap_a_prim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -39,10 +39,17 @@ class Blip2Captioner:
         max_new_tokens: int = 30,
         local_files_only: bool = False,
         keep_loaded: bool = False,
+        make_room: Callable[[], None] | None = None,
     ):
         self.model_name, self.device, self.dtype, self.max_new_tokens = model, device, dtype, max_new_tokens
         self.local_files_only, self.keep_loaded = local_files_only, keep_loaded
+        # Called before loading, to free the device for BLIP-2 (low memory: the other models to the CPU).
+        self.make_room = make_room
         self._model = self._processor = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     def _load(self) -> None:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
@@ -70,6 +77,8 @@ class Blip2Captioner:
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> list[str]:
         if self._model is None:
+            if self.make_room is not None:
+                self.make_room()
             self._load()
         inputs = self._processor(images=images, return_tensors="pt").to(self.device, self.dtype)
         generated = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens)

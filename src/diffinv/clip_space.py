@@ -48,6 +48,9 @@ class ClipSpace:
     def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer):
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
+        # Low memory on CUDA (`diffinv.memory.stage_offload`): the towers wait on the CPU until used.
+        self.offload = None
+        self.execution_device: torch.device | None = None
 
     @classmethod
     def from_pretrained(cls, name: str, device, dtype: torch.dtype, local_files_only: bool = False) -> ClipSpace:
@@ -57,7 +60,7 @@ class ClipSpace:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.execution_device or self.model.device
 
     @property
     def text_model(self):
@@ -70,6 +73,8 @@ class ClipSpace:
     @property
     def vocabulary(self) -> torch.Tensor:
         """(V, d) token-embedding matrix of the text tower."""
+        if self.offload is not None:  # read directly, not through a call: bring the weights
+            self.offload.enter("text")
         return self.text_model.get_input_embeddings().weight
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:

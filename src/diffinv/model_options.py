@@ -9,6 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import DiffinvError
+
+# --memory: "default" changes nothing; "low" fits a 10–16 GB GPU (`diffinv.memory`, docs/usage.md "Low memory")
+MEMORY_MODES = ("default", "low")
+
+
+def check_memory_mode(memory: str) -> None:
+    """Refuse, in one line, a memory mode other than `MEMORY_MODES`."""
+    if memory not in MEMORY_MODES:
+        raise DiffinvError(f"memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelOptions:
@@ -24,3 +35,4 @@ class ModelOptions:
     threads: int | None = None  # --threads: torch's CPU threads (None: torch's default)
     quiet: bool = False  # --quiet: no loading bars
     diff_encoder: str | os.PathLike | None = None  # --encoder: a DIFF-token encoder directory (None: the model's)
+    memory: str = "default"  # --memory: "low" for a 10–16 GB GPU (`diffinv.memory`)

@@ -39,6 +39,7 @@ from .inversion import (
     pez_prompts,
 )
 from .loading import backbone_class, load_or_explain, resolve_device_dtype
+from .memory import apply_low_memory, check_memory_mode
 from .model_card import model_card
 from .pez import harden
 from .tokens import DiffTokens
@@ -126,6 +127,7 @@ class DifferenceInversion:
         captioner: Captioner | None = None,
         offline: bool | None = None,
         diff_encoder: str | os.PathLike | None = None,
+        memory: str = "default",
         **pipeline_kwargs,
     ) -> DifferenceInversion:
         """Load a Stable Diffusion 1.x / 2.x, SDXL or InstructPix2Pix model (hub id or local directory) and its CLIP.
@@ -144,11 +146,17 @@ class DifferenceInversion:
             the `HF_HUB_OFFLINE` environment variable.
         diff_encoder: a DIFF-token encoder's directory (`diffinv encoder train -o DIR`), which
             init="encoder" starts from; default the model directory's `diff_encoder/` if it has one.
+        memory: "default", or "low" for a 10–16 GB GPU: UNet checkpointing in the fit, lean attention,
+            VAE slicing and tiling, and on CUDA model CPU offload between stages (`diffinv.memory`).
         pipeline_kwargs: passed to the pipeline's `from_pretrained` (e.g. `variant="fp16"`).
         """
+        check_memory_mode(memory)
         card = model_card(model)
         offline = hub_offline() if offline is None else offline
         device, dtype = resolve_device_dtype(device, dtype)
+        low = memory == "low"
+        # Offloaded models wait on the CPU until used: they are loaded there, not onto the GPU.
+        load_device = torch.device("cpu") if low and device.type == "cuda" else device
         if clip_model is None and card.clip is not None:
             clip_model = str(card.path(card.clip))
         elif clip_model is None and card.directory is not None and (card.directory / "clip").is_dir():
@@ -157,20 +165,22 @@ class DifferenceInversion:
             card.source,
             offline,
             lambda: backbone_class(card.source, offline).from_pretrained(
-                card.source, device, dtype, local_files_only=offline, **pipeline_kwargs
+                card.source, load_device, dtype, local_files_only=offline, **pipeline_kwargs
             ),
         )
         backbone.model_id = card.name
         clip_model = clip_model or default_clip_for(backbone.clip_vocabulary.shape[1])
         clip = load_or_explain(
-            clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, device, dtype, offline)
+            clip_model, offline, lambda: ClipSpace.from_pretrained(clip_model, load_device, dtype, offline)
         )
+        offload = apply_low_memory(backbone, clip, device) if low else None
         if captioner is None:
             candidates = card.caption_candidates()
             if candidates is not None:
                 captioner = ClipRetrievalCaptioner(clip, candidates)
             else:
-                captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline)
+                make_room = offload.offload_all if offload is not None else None
+                captioner = Blip2Captioner(device=device, dtype=dtype, local_files_only=offline, make_room=make_room)
         default_config = card.default_config(editor=backbone.takes_instructions)
         if diff_encoder is None and card.directory is not None and (card.directory / ENCODER_DIR).is_dir():
             diff_encoder = card.directory / ENCODER_DIR

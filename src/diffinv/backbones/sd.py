@@ -63,6 +63,10 @@ class StableDiffusionBackbone:
             module.requires_grad_(False)
             module.eval()
         self._img2img: StableDiffusionImg2ImgPipeline | None = None
+        # Low memory on CUDA (`diffinv.memory.stage_offload`): the models wait on the CPU until used,
+        # and what the backbone makes is made on `execution_device`.
+        self.offload = None
+        self.execution_device: torch.device | None = None
 
     @classmethod
     def from_pretrained(
@@ -78,7 +82,13 @@ class StableDiffusionBackbone:
     # --- facts about the model -------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """Where the backbone computes: the UNet's device, or the offload's device when offloaded."""
+        return self.execution_device or self.unet.device
+
+    def _text_weights_on_device(self) -> None:
+        """Under model CPU offload, the text encoders' weights are read directly (the vocabulary): bring them."""
+        if self.offload is not None:
+            self.offload.enter("text")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -92,6 +102,7 @@ class StableDiffusionBackbone:
     @property
     def vocabulary(self) -> torch.Tensor:
         """(V, d) token-embedding matrix of the text encoder."""
+        self._text_weights_on_device()
         return self.text_encoder.get_input_embeddings().weight
 
     @property

@@ -98,6 +98,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
     def vocabulary(self) -> torch.Tensor:
         """(V, d₁ + d₂): both encoders' token embeddings side by side (built on each call; used for
         hard tokens and random starts, where a vocabulary token means the same id in both)."""
+        self._text_weights_on_device()
         return torch.cat(
             [self.text_encoder.get_input_embeddings().weight, self.text_encoder_2.get_input_embeddings().weight],
             dim=1,
@@ -106,6 +107,7 @@ class StableDiffusionXLBackbone(StableDiffusionBackbone):
     @property
     def clip_vocabulary(self) -> torch.Tensor:
         """Encoder 2's (V, d₂) table: CLIP's text tower for the loss is ViT-bigG's, i.e. encoder 2."""
+        self._text_weights_on_device()
         return self.text_encoder_2.get_input_embeddings().weight
 
     @property

@@ -74,6 +74,7 @@ class RunOptions:
     threads: int | None = None  # --threads (read by the loader)
     seed: int = 0  # --seed: triplet i is prepared, fitted and drawn with seed + i
     quiet: bool = False  # --quiet: no progress or loading bars
+    memory: str = "default"  # --memory (read by the loader)
 
     def model_options(self, device: str | None) -> ModelOptions:
         """What the model loader is given: the model flags, on `device` (the one the run chose)."""
@@ -86,6 +87,7 @@ class RunOptions:
             offline=self.offline,
             threads=self.threads,
             quiet=self.quiet,
+            memory=self.memory,
         )
 
 
@@ -348,7 +350,8 @@ def captioner_kept_loaded(di):
     from ..captioners import Blip2Captioner
 
     captioner = getattr(di, "captioner", None)
-    if not isinstance(captioner, Blip2Captioner):
+    # In low memory mode (it makes room before loading) BLIP-2 must not stay beside the fit's models.
+    if not isinstance(captioner, Blip2Captioner) or captioner.make_room is not None:
         yield
         return
     previous, captioner.keep_loaded = captioner.keep_loaded, True

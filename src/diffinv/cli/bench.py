@@ -58,6 +58,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
+        memory=args.memory,
         seed=args.seed,
         quiet=args.quiet,
     )

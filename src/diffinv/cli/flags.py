@@ -15,6 +15,7 @@ import os
 from .. import checks
 from ..checks import TOKEN_SUFFIX
 from ..config import CLIP_LOSS_SPACES, INITS, PRESETS, PROMPT_SOURCES, SAMPLING_MODES, InversionConfig
+from ..model_options import MEMORY_MODES
 
 # The bundled offline world's instruction editor, with DIFF tokens fitted to the pair: its analogies come
 # out right about twice as often as those of the world's text-to-image model ("shapes"), on edits no
@@ -146,6 +147,13 @@ def add_common(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MOD
         "--dtype",
         choices=["float32", "float16", "bfloat16"],
         help="model precision (default: bfloat16 on GPU, float32 on CPU)",
+    )
+    group.add_argument(
+        "--memory",
+        choices=MEMORY_MODES,
+        default="default",
+        help="'low' for a 10-16 GB GPU: UNet checkpointing in the fit, VAE slicing and tiling, models offloaded "
+        "to the CPU between stages on CUDA (slower; docs/usage.md, \"Low memory\"); default 'default'",
     )
     group.add_argument(
         "--threads",

@@ -25,6 +25,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         threads=args.threads,
         quiet=args.quiet,
         diff_encoder=getattr(args, "encoder", None),
+        memory=getattr(args, "memory", "default"),
     )
 
 
@@ -62,6 +63,7 @@ def load_model(options: ModelOptions):
         clip_model=options.clip_model,
         offline=options.offline or None,
         diff_encoder=options.diff_encoder,
+        memory=options.memory,
     )
     if options.captions_from:
         di.captioner = ClipRetrievalCaptioner(di.clip, read_caption_lines(options.captions_from))
