@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -124,6 +124,18 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/heldout-split-s200 --n 200 --triplet-seed 200 --split all \
       --method on-editor:init=encoder --method on-editor:init=zeros,steps=200,weight_decay=1 \
       --method difference-inversion ;;
+  dev-examples)  # issue 25: several example pairs of one edit, development seed 1, unseen split, K = 1 and 3
+    for k in 1 3; do
+      "${BENCH[@]}" --out runs/examples-k$k-s1 --n 30 --triplet-seed 1 --split unseen --examples $k \
+        --method on-editor:init=zeros,steps=200,weight_decay=1 --method on-editor:init=encoder,steps=0
+    done ;;
+  heldout-unseen)  # issue 25: unseen edits once more on held-out seed 210 (200 triplets), K = 1 then K = 3
+    # (two shells at once); the K = 3 run's triplets are the K = 1 run's, each with two further pairs
+    "${BENCH[@]}" --out runs/heldout-unseen-s210 --n 200 --triplet-seed 210 --split unseen \
+      --method on-editor:init=encoder --method on-editor:init=zeros,steps=200,weight_decay=1 \
+      --method difference-inversion
+    "${BENCH[@]}" --out runs/heldout-unseen-k3-s210 --n 200 --triplet-seed 210 --split unseen --examples 3 \
+      --method on-editor:init=encoder,steps=0 --method on-editor:init=zeros,steps=200,weight_decay=1 ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;

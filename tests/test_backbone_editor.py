@@ -171,7 +171,8 @@ def test_on_an_editor_bs_description_serves_only_the_b_context_loss(editor_di, e
     monkeypatch.setattr(
         editor_di,
         "_fit_prepared",
-        lambda pairs, *a, **k: calls.setdefault("fit", pairs[0].prompt_b) and fit(pairs, *a, **k),
+        # analogy fits one group: the example pairs of its one edit
+        lambda groups, *a, **k: calls.setdefault("fit", groups[0][0].prompt_b) and fit(groups, *a, **k),
     )
     monkeypatch.setattr(
         editor_di, "_apply", lambda *a, **k: calls.setdefault("apply", k["prompt"]) == "" and apply(*a, **k)

@@ -203,7 +203,7 @@ def test_qwen_edit_is_registered_and_its_settings_come_from_the_spec():
     from diffinv.method import METHODS
 
     entry = METHODS["qwen-edit"]
-    assert entry.load() is QwenEdit and entry.kind == "baseline" and entry.model == "none"
+    assert entry.load() is QwenEdit and entry.kind == "baseline" and entry.model == "own"
     assert QwenEdit.needs_text is None and not QwenEdit.uses_text
     spec = parse_method("qwen-edit:steps=2,resolution=32")
     assert baseline_config(spec.base, {}, spec.changes) == QwenEditConfig(steps=2, resolution=32)

@@ -52,6 +52,10 @@ REPORT_BASELINE = {
     "v2-baselines-s110": "difference-inversion",
     "dev-split-s1": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-split-s200": "on-editor:init=zeros,steps=200,weight_decay=1",
+    "examples-k1-s1": "difference-inversion",  # not among its methods: no paired table
+    "examples-k3-s1": "difference-inversion",
+    "heldout-unseen-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
+    "heldout-unseen-k3-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
 }
 # Records whose configs the steps are not resolved against here, and why: their run.json records
 # every method's resolved config itself (`configs`), which a rerun of their step is checked against
@@ -60,6 +64,10 @@ CONFIGS_RECORDED = {
     "dev-split-s1": "dev-split, on runs/world-seen with the editor card of its time (the encoder's D̃ as "
     "'on-editor', now spelled on-editor:init=encoder)",
     "heldout-split-s200": "heldout-split, likewise",
+    "examples-k1-s1": "dev-examples (K = 1), every config spelled in its specs",
+    "examples-k3-s1": "dev-examples (K = 3), likewise",
+    "heldout-unseen-s210": "heldout-unseen (K = 1), likewise",
+    "heldout-unseen-k3-s210": "heldout-unseen (K = 3), likewise",
 }
 # Records that are not bench runs, and why they have no summary to rebuild.
 NOT_BENCH_RUNS = {

@@ -11,7 +11,7 @@ text-to-image model's loss; a pair without them is captioned by the model's capt
 without `before` or `after` images are refused by name; other files and folders are not read.
 
 InstructPix2Pix (the released `clip-filtered-dataset` / `random-sample-dataset`, as
-`bench.datasets.instructpix2pix_pairs` reads it)::
+`instructpix2pix_pairs` reads it; the bench's InstructPix2Pix triplets come from the same function)::
 
     DIR/<pair dir>/prompt.json   {"input": caption before, "edit": …, "output": caption after}
     DIR/<pair dir>/<seed>_0.jpg  before     <seed>_1.jpg  after   (one or more seeds)
@@ -70,7 +70,7 @@ def folder_pairs(root: Path) -> list[ImagePair]:
     """Every pair folder of `root` (any sub-directory with a `before` or `after` image), in name order."""
     pairs = []
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-        before, after = _find_image(directory, "before"), _find_image(directory, "after")
+        before, after = find_image(directory, "before"), find_image(directory, "after")
         if before is None and after is None:
             continue  # not a pair folder
         if before is None or after is None:
@@ -78,7 +78,7 @@ def folder_pairs(root: Path) -> list[ImagePair]:
             raise DiffinvError(
                 f"{directory}: a pair folder without its '{missing}' image ({', '.join(IMAGE_SUFFIXES)})"
             )
-        captions = _read_captions(directory / "captions.txt")
+        captions = read_captions(directory / "captions.txt")
         pairs.append(ImagePair(directory.name, before, after, captions.get("before"), captions.get("after")))
     if not pairs:
         raise DiffinvError(f"{root}: no pair folders with before and after images")
@@ -86,10 +86,8 @@ def folder_pairs(root: Path) -> list[ImagePair]:
 
 
 def instructpix2pix_image_pairs(root: Path) -> list[ImagePair]:
-    """The pairs of a local InstructPix2Pix copy (`bench.datasets.instructpix2pix_pairs`), captioned
+    """The pairs of a local InstructPix2Pix copy (`instructpix2pix_pairs`), captioned
     by their prompt.json's "input" and "output"; a before image without its after is refused."""
-    from .bench.datasets import instructpix2pix_pairs
-
     found = instructpix2pix_pairs(root)
     paired = {pair["before"] for pair in found}
     for before in sorted(root.glob("*/*_0.*")):
@@ -125,14 +123,16 @@ def _check_header(path: Path) -> None:
         raise DiffinvError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
-def _find_image(directory: Path, stem: str) -> Path | None:
+def find_image(directory: Path, stem: str) -> Path | None:
+    """`directory/stem` with the first of IMAGE_SUFFIXES that exists, or None."""
     for suffix in IMAGE_SUFFIXES:
         if (directory / f"{stem}{suffix}").is_file():
             return directory / f"{stem}{suffix}"
     return None
 
 
-def _read_captions(path: Path) -> dict[str, str]:
+def read_captions(path: Path) -> dict[str, str]:
+    """The `key: value` lines of a captions.txt ({} when there is none)."""
     if not path.is_file():
         return {}
     try:
@@ -141,3 +141,36 @@ def _read_captions(path: Path) -> dict[str, str]:
         raise DiffinvError(f"{path}: cannot be read as UTF-8 text ({error})") from None
     pairs = (line.split(":", 1) for line in lines if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def instructpix2pix_pairs(root: str | Path) -> list[dict]:
+    """Every (before, after, instruction) pair of a local InstructPix2Pix copy, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffinvError(f"{root}: no such directory (expected a local copy of the InstructPix2Pix data)")
+    pairs = []
+    for prompt_file in sorted(root.glob("*/prompt.json")):
+        directory = prompt_file.parent
+        try:
+            prompt = json.loads(prompt_file.read_text(encoding="utf-8"))
+            instruction, output = prompt["edit"], prompt.get("output")
+        except (ValueError, KeyError, TypeError):
+            raise DiffinvError(f'{prompt_file}: not an InstructPix2Pix prompt.json (needs an "edit" field)') from None
+        for before in sorted(directory.glob("*_0.*")):
+            seed = before.name[: -len("_0" + before.suffix)]
+            after = find_image(directory, f"{seed}_1")
+            if before.suffix.lower() in IMAGE_SUFFIXES and after:
+                pairs.append(
+                    {
+                        "id": f"{directory.name}-{seed}",
+                        "before": before,
+                        "after": after,
+                        "instruction": instruction,
+                        "output": output,
+                    }
+                )
+    if not pairs:
+        raise DiffinvError(
+            f"{root}: no InstructPix2Pix pairs found (<dir>/prompt.json with <seed>_0 / <seed>_1 images)"
+        )
+    return pairs

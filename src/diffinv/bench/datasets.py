@@ -18,7 +18,6 @@ InstructPix2Pix layout (the released `clip-filtered-dataset` / `random-sample-da
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from PIL import Image
 
 from ..errors import DiffinvError
 from ..images import load_image
+from ..pair_data import find_image, instructpix2pix_pairs, read_captions
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 ImageSource = Callable[[], Image.Image]
 
 
@@ -137,20 +136,6 @@ def shapes_dataset(
 
 
 # --- a folder of triplets ---------------------------------------------------------------------------
-def _find_image(directory: Path, stem: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        if (directory / f"{stem}{suffix}").is_file():
-            return directory / f"{stem}{suffix}"
-    return None
-
-
-def _read_captions(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    pairs = (line.split(":", 1) for line in path.read_text(encoding="utf-8").splitlines() if ":" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
 def folder_dataset(root: str | Path) -> list[BenchTriplet]:
     """Every sub-directory of `root` holding a, a_prime and b images, in name order."""
     root = Path(root)
@@ -158,11 +143,11 @@ def folder_dataset(root: str | Path) -> list[BenchTriplet]:
         raise DiffinvError(f"{root}: no such directory (a folder dataset is a directory of triplet folders)")
     out, incomplete = [], []
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-        found = {stem: _find_image(directory, stem) for stem in ("a", "a_prime", "b", "b_prime")}
+        found = {stem: find_image(directory, stem) for stem in ("a", "a_prime", "b", "b_prime")}
         if not all(found[stem] for stem in ("a", "a_prime", "b")):
             incomplete.append(directory.name)
             continue
-        captions = _read_captions(directory / "captions.txt")
+        captions = read_captions(directory / "captions.txt")
         out.append(
             BenchTriplet(
                 id=directory.name,
@@ -182,39 +167,6 @@ def folder_dataset(root: str | Path) -> list[BenchTriplet]:
 
 
 # --- InstructPix2Pix ----------------------------------------------------------------------------------
-def instructpix2pix_pairs(root: str | Path) -> list[dict]:
-    """Every (before, after, instruction) pair of a local InstructPix2Pix copy, in a stable order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DiffinvError(f"{root}: no such directory (expected a local copy of the InstructPix2Pix data)")
-    pairs = []
-    for prompt_file in sorted(root.glob("*/prompt.json")):
-        directory = prompt_file.parent
-        try:
-            prompt = json.loads(prompt_file.read_text(encoding="utf-8"))
-            instruction, output = prompt["edit"], prompt.get("output")
-        except (ValueError, KeyError, TypeError):
-            raise DiffinvError(f'{prompt_file}: not an InstructPix2Pix prompt.json (needs an "edit" field)') from None
-        for before in sorted(directory.glob("*_0.*")):
-            seed = before.name[: -len("_0" + before.suffix)]
-            after = _find_image(directory, f"{seed}_1")
-            if before.suffix.lower() in IMAGE_SUFFIXES and after:
-                pairs.append(
-                    {
-                        "id": f"{directory.name}-{seed}",
-                        "before": before,
-                        "after": after,
-                        "instruction": instruction,
-                        "output": output,
-                    }
-                )
-    if not pairs:
-        raise DiffinvError(
-            f"{root}: no InstructPix2Pix pairs found (<dir>/prompt.json with <seed>_0 / <seed>_1 images)"
-        )
-    return pairs
-
-
 def instructpix2pix_dataset(root: str | Path, n: int = 300, seed: int = 0) -> list[BenchTriplet]:
     """The paper's protocol: `n` seeded pairs (A = before, A′ = after); B = the before image of
     another pair with the same instruction. The instruction is kept in `info` for the report; only

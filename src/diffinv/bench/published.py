@@ -59,7 +59,8 @@ from PIL import Image
 
 from ..errors import DiffinvError
 from ..images import load_image
-from .datasets import IMAGE_SUFFIXES, BenchTriplet, ImageSource
+from ..pair_data import IMAGE_SUFFIXES
+from .datasets import BenchTriplet, ImageSource
 
 Box = Callable[[int, int], tuple[int, int, int, int]]  # (width, height) of the file → crop box
 
