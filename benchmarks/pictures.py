@@ -207,10 +207,24 @@ def main() -> int:
         "names", nargs="*", metavar="NAME", help=f"pictures among {', '.join(PICTURES)} (default: the README's)"
     )
     parser.add_argument("--check", action="store_true", help="compare with docs/ instead of writing there")
+    parser.add_argument(
+        "--drawn",
+        metavar="FILE",
+        help="with --check and one NAME: compare FILE, already drawn by NAME's command, instead of redrawing "
+        "(CI: the grid of the README's first command, which it runs anyway)",
+    )
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in PICTURES]
     if unknown:
         parser.error(f"no picture {', '.join(unknown)}; choose among {', '.join(PICTURES)}")
+    if args.drawn is not None:
+        if not args.check or len(args.names) != 1:
+            parser.error("--drawn needs --check and one picture NAME")
+        if not Path(args.drawn).is_file():
+            parser.error(f"--drawn {args.drawn}: no such file")
+        problem = difference(Path(args.drawn), DOCS / args.names[0])
+        print(problem or f"{args.names[0]}: same pixels as {args.drawn} (within {TOLERANCE} levels)")
+        return 1 if problem else 0
     failed = False
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.names or README_PICTURES:

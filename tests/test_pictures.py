@@ -33,10 +33,38 @@ def check(pictures, name: str, tmp_path: Path) -> None:
     )
 
 
-# The first picture costs one analogy (about 10 s); the five examples five (slow: run with -m slow).
-@pytest.mark.parametrize("name", ["analogy.png", pytest.param("examples-editor.png", marks=pytest.mark.slow)])
+# Each picture costs its command's analogies (about 8 s for the first, five times that for the
+# examples): slow, run with -m slow. The first is also checked on every CI run, which runs the
+# README's first command anyway and compares its grid with docs/analogy.png (.ci/run; the test below).
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["analogy.png", "examples-editor.png"])
 def test_a_readme_picture_is_what_its_command_draws(pictures, name, tmp_path):
     check(pictures, name, tmp_path)
+
+
+def test_ci_compares_the_readme_commands_grid_with_the_first_picture():
+    ci = (SCRIPT.parents[1] / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    command = next(i for i, line in enumerate(ci) if line.startswith("diffinv analogy examples/shape/a.png"))
+    assert ci[command].split(" -o ")[0] == "diffinv analogy " + " ".join(
+        f"examples/shape/{name}.png" for name in ("a", "a_prime", "b")
+    )
+    output = ci[command].split(" -o ")[1].split()[0]  # out/b_prime.png: its grid is out/b_prime-grid.png
+    grid = output.replace(".png", "-grid.png")
+    assert f"python benchmarks/pictures.py --check analogy.png --drawn {grid}" in ci[command + 1 :]
+
+
+def test_a_drawn_grid_is_compared_without_redrawing(pictures, tmp_path, monkeypatch):
+    import sys
+
+    from PIL import Image
+
+    same, other = tmp_path / "same.png", tmp_path / "other.png"
+    Image.open(pictures.DOCS / "analogy.png").save(same)
+    Image.new("RGB", Image.open(same).size, "black").save(other)
+    monkeypatch.setattr(pictures, "redraw", lambda *a: pytest.fail("--drawn must not redraw"))
+    for path, code in ((same, 0), (other, 1)):
+        monkeypatch.setattr(sys, "argv", ["pictures.py", "--check", "analogy.png", "--drawn", str(path)])
+        assert pictures.main() == code
 
 
 @pytest.mark.slow
