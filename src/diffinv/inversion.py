@@ -13,6 +13,8 @@
        several example pairs of one edit: one D̃, each loss the mean over the pairs, `PairGroups`)
 
 Everything else (UNet, VAE, text encoders, CLIP) is frozen; D̃ is the only leaf with a gradient.
+Longer than this project's usual 400 lines on purpose: Algorithm 1 reads in one file, each step
+beside the loop that calls it.
 """
 
 from __future__ import annotations

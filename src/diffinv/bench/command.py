@@ -10,7 +10,9 @@ real one. The model's defaults come from its card (`diffinv.json`, see `diffinv.
 config, and under "bench" the batch size, the embedders and the attribute classifier that scores
 shapes-world triplets.
 
-Importing this module, building the options, and `report_command` never load torch.
+Importing this module, building the options, and `report_command` never load torch. A little
+over this project's usual 400 lines: the checks before loading are most of it, and they belong
+beside the run they guard.
 """
 
 from __future__ import annotations
