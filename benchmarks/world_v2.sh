@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -136,6 +136,11 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
       --method difference-inversion
     "${BENCH[@]}" --out runs/heldout-unseen-k3-s210 --n 200 --triplet-seed 210 --split unseen --examples 3 \
       --method on-editor:init=encoder,steps=0 --method on-editor:init=zeros,steps=200,weight_decay=1 ;;
+  dev-unseen-variants)  # issue 25: the fit held nearer D_inter, shrunk harder, or shorter (seed 1, unseen), each
+    # paired with dev-examples' K = 1 fit (same triplets, same seeds)
+    "${BENCH[@]}" --out runs/dev-unseen-variants-s1 --n 30 --triplet-seed 1 --split unseen \
+      --method on-editor:init=zeros,steps=200,weight_decay=1,lambda_clip=20 \
+      --method on-editor:init=zeros,steps=200,weight_decay=3 --method on-editor:init=zeros,steps=100,weight_decay=1 ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;

@@ -54,6 +54,7 @@ REPORT_BASELINE = {
     "heldout-split-s200": "on-editor:init=zeros,steps=200,weight_decay=1",
     "examples-k1-s1": "difference-inversion",  # not among its methods: no paired table
     "examples-k3-s1": "difference-inversion",
+    "dev-unseen-variants-s1": "difference-inversion",
     "heldout-unseen-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-unseen-k3-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
 }
@@ -66,6 +67,7 @@ CONFIGS_RECORDED = {
     "heldout-split-s200": "heldout-split, likewise",
     "examples-k1-s1": "dev-examples (K = 1), every config spelled in its specs",
     "examples-k3-s1": "dev-examples (K = 3), likewise",
+    "dev-unseen-variants-s1": "dev-unseen-variants, likewise",
     "heldout-unseen-s210": "heldout-unseen (K = 1), likewise",
     "heldout-unseen-k3-s210": "heldout-unseen (K = 3), likewise",
 }
