@@ -164,15 +164,16 @@ def loads(monkeypatch, pipe) -> list[tuple]:
     return recorded
 
 
-def test_the_default_checkpoint_loads_in_the_projects_dtype(loads):
+def test_the_default_checkpoint_loads_in_the_projects_dtype(loads, tmp_path):
     qwen = QwenEdit.from_pretrained(device="cpu", offline=True, config=QwenEditConfig(steps=3))
     assert loads[0] == ("check", DEFAULT_MODEL) == ("check", "Qwen/Qwen-Image-Edit-2509")
     model, kwargs = loads[1]
     assert model == DEFAULT_MODEL and kwargs["torch_dtype"] == torch.float32 and kwargs["local_files_only"]
     assert qwen.config.steps == 3
-    QwenEdit.from_pretrained("some/other-qwen-edit", device="cpu", dtype="bfloat16", offline=False)
+    other = str(tmp_path / "other-qwen-edit")  # a model of the user's (loading is stubbed: nothing is read)
+    QwenEdit.from_pretrained(other, device="cpu", dtype="bfloat16", offline=False)
     model, kwargs = loads[-1]
-    assert model == "some/other-qwen-edit" and kwargs["torch_dtype"] == torch.bfloat16
+    assert model == other and kwargs["torch_dtype"] == torch.bfloat16
     assert not kwargs["local_files_only"]
 
 
@@ -208,7 +209,7 @@ def test_qwen_edit_is_registered_and_its_settings_come_from_the_spec():
     spec = parse_method("qwen-edit:steps=2,resolution=32")
     assert baseline_config(spec.base, {}, spec.changes) == QwenEditConfig(steps=2, resolution=32)
     assert baseline_model("qwen-edit", None, {}) is None  # its own published checkpoint
-    assert baseline_model("qwen-edit", None, parse_baseline_models(["qwen-edit=my/qwen"])) == "my/qwen"
+    assert baseline_model("qwen-edit", None, parse_baseline_models(["qwen-edit=models/qwen"])) == "models/qwen"
 
 
 def test_qwen_edit_runs_in_the_bench_on_shapes_triplets(tmp_path, capsys, loads):
@@ -220,10 +221,11 @@ def test_qwen_edit_runs_in_the_bench_on_shapes_triplets(tmp_path, capsys, loads)
 
     out, method = tmp_path / "run", "qwen-edit:steps=2,resolution=32"
     argv = ["bench", "run", "--out", out, "--n", "1", "--method", method, "--quiet", "--device", "cpu"]
-    argv += ["--baseline-model", "qwen-edit=my/qwen-edit", "--embedder", "clip"]
+    model = str(tmp_path / "qwen-edit-model")  # loading is stubbed (`loads`): nothing is read
+    argv += ["--baseline-model", f"qwen-edit={model}", "--embedder", "clip"]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
     # checked before the bench's model loads, checked again and loaded when first needed
-    assert [call[0] for call in loads] == ["check", "check", "my/qwen-edit"]
+    assert [call[0] for call in loads] == ["check", "check", model]
     rows = read_results(out)
     assert [row["method"] for row in rows] == [method]
     triplets = {t.id: t for t in build_dataset(RunOptions(out=out, n=1))[0]}
