@@ -82,7 +82,7 @@ from diffinv.inversion import (
     check_compatible,
     fit_diff_tokens,
     noised_pair,
-    prompt_pair,
+    prompt_pairs,
 )
 from diffinv.loading import resolve_device_dtype
 from diffinv.memory import apply_low_memory
@@ -354,8 +354,8 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     def prepare(cfg) -> tuple[PreparedPair, dict]:
         """Steps ①–③ with the captions given: PEZ on A and A′, then the CLIP deltas and VAE latents."""
         seconds = {}
-        prompts, seconds["pez_a_a_prime"] = timed(
-            device, prompt_pair, clip, a, a_prime, CAPTIONS, cfg, torch.Generator().manual_seed(0), False
+        (prompts,), seconds["pez_a_a_prime"] = timed(
+            device, prompt_pairs, clip, [(a, a_prime)], [CAPTIONS], cfg, torch.Generator().manual_seed(0), False
         )
         pair, seconds["clip_deltas_vae_latents"] = timed(
             device, di.prepare, a, a_prime, cfg, captions=CAPTIONS, prompts=prompts, progress=False

@@ -123,7 +123,7 @@ def test_the_groups_target_is_the_normalised_mean_of_the_pairs_deltas():
     )
     deltas = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
     pairs = [inversion.PreparedPair("", "", "", "", delta, None) for delta in deltas]
-    target = inversion.group_targets(inversion.PairGroups([0, 0], torch.device("cpu")), pairs)
+    target = inversion.PairGroups([0, 0], torch.device("cpu")).targets(pairs)
     torch.testing.assert_close(target, torch.tensor([[0.5**0.5, 0.5**0.5]]))
     with pytest.raises(DiffinvError, match="none empty"):
         inversion.PairGroups([0, 2], torch.device("cpu"))

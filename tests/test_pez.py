@@ -7,7 +7,7 @@ import torch
 
 import diffinv.inversion
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config
-from diffinv.inversion import pez_prompt, prompt_pair
+from diffinv.inversion import pez_prompt, prompt_pairs
 from diffinv.pez import (
     TokenTable,
     harden,
@@ -199,7 +199,9 @@ def test_prompt_pair_is_one_batched_inversion_equal_to_two_solo_ones(clip, image
         return original(clip_, targets, starts, *args, **kwargs)
 
     monkeypatch.setattr(diffinv.inversion, "invert_prompts", spy)
-    pair = prompt_pair(clip, images["a"], images["a_prime"], ("", ""), config, torch.Generator().manual_seed(3), False)
+    [pair] = prompt_pairs(
+        clip, [(images["a"], images["a_prime"])], [("", "")], config, torch.Generator().manual_seed(3), False
+    )
     assert len(calls) == 1 and calls[0].shape == (2, 4)
     # solo: A from the generator's first draw, A′ from its second
     generator = torch.Generator().manual_seed(3)

@@ -1,8 +1,8 @@
 """Algorithm 1 of Difference Inversion, one named function per step.
 
-    ① caption_pair           cap_A, cap_A′ from the captioner
+    ① caption_pairs          cap_A, cap_A′ from the captioner (of each example pair, in one call)
     ② interpolated_delta     D_inter = slerp(E_I(A′) − E_I(A), E_T(cap_A′) − E_T(cap_A); α)
-    ③ prompt_pair            prompt_A, prompt_A′ (PEZ or the captions);  latent_pair: z_A, z_A′
+    ③ prompt_pairs           prompt_A, prompt_A′ (PEZ or the captions);  latent_pair: z_A, z_A′
     ④ init_diff_tokens       D̃ ← 0
     ⑤ noised_pair            t, ε ~ U{0…T−1}, N(0, I) independently for A and A′; q(z, t, ε)
     ⑥ token_consistency_loss ε_θ(z_A,t, {prompt_A′, −D̃}) and ε_θ(z_A′,t, {prompt_A, +D̃}), one UNet call
@@ -55,9 +55,10 @@ class PreparedPair:
 
 
 # ① ---------------------------------------------------------------------------------------
-def caption_pair(captioner: Captioner, a: Image.Image, a_prime: Image.Image) -> tuple[str, str]:
-    caption_a, caption_a_prime = captioner([a, a_prime])
-    return caption_a, caption_a_prime
+def caption_pairs(captioner: Captioner, pairs: list[tuple[Image.Image, Image.Image]]) -> list[tuple[str, str]]:
+    """(cap_A, cap_A′) of each (A, A′) pair (one pair: the paper's step), in one captioner call."""
+    captions = captioner([image for pair in pairs for image in pair])
+    return [(captions[2 * k], captions[2 * k + 1]) for k in range(len(pairs))]
 
 
 # ② ---------------------------------------------------------------------------------------
@@ -113,21 +114,22 @@ def interpolated_delta(
 
 
 # ③ ---------------------------------------------------------------------------------------
-def prompt_pair(
+def prompt_pairs(
     clip: ClipSpace,
-    a: Image.Image,
-    a_prime: Image.Image,
-    captions: tuple[str, str],
+    pairs: list[tuple[Image.Image, Image.Image]],
+    captions: list[tuple[str, str]],
     config: InversionConfig,
     generator: torch.Generator | None = None,
     progress: bool = True,
-) -> tuple[str, str]:
-    """prompt_A, prompt_A′: PEZ hard prompts (the paper; one batched inversion of both, starts
-    drawn in that order from the CPU `generator`) or the captions (faster)."""
+) -> list[tuple[str, str]]:
+    """(prompt_A, prompt_A′) of each (A, A′) pair (one pair: the paper's step): PEZ hard prompts
+    (the paper; one batched inversion of every image, starts drawn in order from the CPU
+    `generator`: a pair alone takes its first two draws) or the pairs' `captions` (faster)."""
     if config.prompt_source == "caption":
-        return captions
-    prompt_a, prompt_a_prime = pez_prompts(clip, [a, a_prime], config, [generator, generator], progress)
-    return prompt_a, prompt_a_prime
+        return list(captions)
+    images = [image for pair in pairs for image in pair]
+    inverted = pez_prompts(clip, images, config, [generator] * len(images), progress)
+    return [(inverted[2 * k], inverted[2 * k + 1]) for k in range(len(pairs))]
 
 
 def pez_prompts(
@@ -371,10 +373,12 @@ def check_compatible(backbone: StableDiffusionBackbone, clip: ClipSpace, config:
 
 # Several example pairs of one edit ------------------------------------------------------------
 class PairGroups:
-    """Which D̃ each of K pairs trains, when several pairs show one edit: pair k trains D̃ of
-    group `groups[k]` (G groups, numbered 0 … G − 1 in order of first appearance, none empty).
+    """Which D̃ each of K pairs trains: pair k trains D̃ of group `groups[k]` (G groups, numbered
+    0 … G − 1 in order of first appearance, none empty).
 
-    One D̃ fitted to several pairs (beyond the paper, which fits one pair): each loss is taken on
+    Independent pairs (`fit_many`, or one pair) are K groups of one, and every method below is then
+    the identity, so that path computes exactly what it did before groups existed. Several example
+    pairs of one edit share a group (beyond the paper, which fits one pair): each loss is taken on
     every pair — its L_tc with its own latents and prompts, its in-context CLIP loss beside its own
     prompts — and a group's loss is the mean over its pairs, so the per-step scale (and the
     learning rate's meaning) is that of one pair whatever the number of pairs. D_inter of a group
@@ -387,50 +391,35 @@ class PairGroups:
         if sorted(set(groups)) != list(range(count)):
             raise DiffinvError(f"pair groups must number 0 … G − 1 with none empty, got {groups}")
         self.count = count
+        self.alone = count == len(groups)  # every pair its own D̃: nothing to gather or average
         self.index = torch.tensor(groups, device=device)  # (K,): each pair's group
         self.sizes = torch.bincount(self.index, minlength=count)  # (G,): pairs per group
 
     def per_pair(self, values: torch.Tensor) -> torch.Tensor:
         """(G, …) → (K, …): each pair gets its group's row."""
-        return values[self.index]
+        return values if self.alone else values[self.index]
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """(K, …) → (G, …): each group's mean over its pairs."""
+        if self.alone:
+            return values
         total = torch.zeros((self.count, *values.shape[1:]), device=values.device, dtype=values.dtype)
         total = total.index_add(0, self.index.to(values.device), values)
         return total / self.sizes.to(values.device).view(-1, *([1] * (values.dim() - 1)))
 
+    def targets(self, pairs: list[PreparedPair]) -> torch.Tensor:
+        """D_inter of each group (G, D): a pair's own, or the normalised mean of the group's pairs'."""
+        target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
+        return target_delta if self.alone else F.normalize(self.mean(target_delta.float()), dim=-1)
 
-class _Singletons:
-    """Every pair its own D̃ (`fit_many`'s independent pairs, and one pair): the identity, so
-    that this path computes exactly what it did before groups existed."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def per_pair(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-
-def group_targets(groups: PairGroups | _Singletons, pairs: list[PreparedPair]) -> torch.Tensor:
-    """D_inter of each group (G, D): a pair's own, or the normalised mean of the group's pairs'."""
-    target_delta = torch.stack([p.target_delta for p in pairs])  # (K, D)
-    if isinstance(groups, _Singletons):
-        return target_delta
-    return F.normalize(groups.mean(target_delta.float()), dim=-1)
-
-
-def group_encoded(groups: PairGroups | _Singletons, pairs: list[PreparedPair]) -> torch.Tensor:
-    """The DIFF-token encoder's D̃ of each group (G, n, d): a pair's own prediction, or the pooled
-    predictions of the group's pairs (`diff_encoder.pool_predictions`)."""
-    encoded = torch.stack([encoded_tokens(p) for p in pairs])  # (K, n, d)
-    if isinstance(groups, _Singletons):
-        return encoded
-    members = [groups.index.cpu() == g for g in range(groups.count)]
-    return torch.stack([pool_predictions(encoded[mask.to(encoded.device)]) for mask in members])
+    def encoded(self, pairs: list[PreparedPair]) -> torch.Tensor:
+        """The DIFF-token encoder's D̃ of each group (G, n, d): a pair's own prediction, or the
+        pooled predictions of the group's pairs (`diff_encoder.pool_predictions`)."""
+        encoded = torch.stack([encoded_tokens(p) for p in pairs])  # (K, n, d)
+        if self.alone:
+            return encoded
+        members = [(self.index == g).to(encoded.device) for g in range(self.count)]
+        return torch.stack([pool_predictions(encoded[mask]) for mask in members])
 
 
 # The loop ------------------------------------------------------------------------------------
@@ -472,15 +461,15 @@ def fit_diff_tokens(
     check_compatible(backbone, clip, config)
     if groups is not None and len(groups) != len(pairs):
         raise DiffinvError(f"{len(groups)} group numbers for {len(pairs)} pairs")
-    grouped = _Singletons(len(pairs)) if groups is None else PairGroups(groups, backbone.device)
+    grouped = PairGroups(list(range(len(pairs))) if groups is None else groups, backbone.device)
     if config.steps == 0:  # only with init="encoder" (`InversionConfig.validate`): nothing to fit
-        diff = group_encoded(grouped, pairs).to(backbone.device, torch.float32)
+        diff = grouped.encoded(pairs).to(backbone.device, torch.float32)
         curves = [{name: [] for name in ("loss", "loss_tc", "loss_clip")} for _ in range(grouped.count)]
         return (diff[0], curves[0]) if single else (diff, curves)
     if len({tuple(p.latents.shape) for p in pairs}) > 1:
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
-    target_delta = group_targets(grouped, pairs)  # (G, D)
+    target_delta = grouped.targets(pairs)  # (G, D)
     # An editor's instruction is the DIFF tokens alone; a text-to-image model's text is the paper's prompts.
     texts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
     ids, slot_mask = backbone.slot_ids([""] * len(texts) if backbone.takes_instructions else texts, config.n_tokens)
@@ -488,7 +477,7 @@ def fit_diff_tokens(
     diff = init_diff_tokens(config, backbone, generator, count=grouped.count)  # (G, n, d)
     encoded = None
     if config.init == "encoder":
-        encoded = group_encoded(grouped, pairs).to(diff.device, diff.dtype)
+        encoded = grouped.encoded(pairs).to(diff.device, diff.dtype)
     optimizer = torch.optim.AdamW([diff], lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     # hard DIFF tokens: whole words only, so that their words can be exported and pasted back

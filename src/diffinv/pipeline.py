@@ -32,11 +32,13 @@ from .errors import DiffinvError, DiffinvWarning
 from .images import ImageInput, WorkingPair, as_rgb, fit_to, working_size
 from .inversion import (
     PreparedPair,
+    caption_pairs,
     fit_diff_tokens,
     interpolated_delta,
     latent_pair,
     pez_prompt,
     pez_prompts,
+    prompt_pairs,
 )
 from .loading import backbone_class, load_or_explain, resolve_device_dtype
 from .memory import apply_low_memory, check_memory_mode
@@ -299,20 +301,22 @@ class DifferenceInversion:
                 prompts[k], captions[k] = prompts[k] or ("", ""), captions[k] or ("", "")
         uncaptioned = [k for k in range(len(pairs)) if captions[k] is None and needs_captions[k]]
         if uncaptioned:
-            described = self._caption([image for k in uncaptioned for image in pairs[k]])
-            for j, k in enumerate(uncaptioned):
-                captions[k] = (described[2 * j], described[2 * j + 1])
+            described = caption_pairs(self._caption, [pairs[k] for k in uncaptioned])
+            for k, found in zip(uncaptioned, described):
+                captions[k] = found
         captions = [given or ("", "") for given in captions]
         unprompted = [k for k in range(len(pairs)) if prompts[k] is None]
-        if unprompted and config.prompt_source == "caption":
-            for k in unprompted:
-                prompts[k] = captions[k]
-        elif unprompted:
-            generator = torch.Generator().manual_seed(seed)
-            images = [image for k in unprompted for image in pairs[k]]
-            inverted = pez_prompts(self.clip, images, config, [generator] * len(images), progress)
-            for j, k in enumerate(unprompted):
-                prompts[k] = (inverted[2 * j], inverted[2 * j + 1])
+        if unprompted:
+            made = prompt_pairs(
+                self.clip,
+                [pairs[k] for k in unprompted],
+                [captions[k] for k in unprompted],
+                config,
+                torch.Generator().manual_seed(seed),
+                progress,
+            )
+            for k, found in zip(unprompted, made):
+                prompts[k] = found
         alpha = config.alpha if config.use_clip_loss and config.steps > 0 else 0.0
         return [
             PreparedPair(
