@@ -11,7 +11,7 @@ B′ = method.analogy(A, A′, B, seed=…[, text=…]).
     dia.py              DIA: B's inverted conditioning shifted by A′'s minus A's, drawn from B's inverted noise
     kontext.py          FLUX.1 Kontext: the grid [A A′; B ·], its empty cell filled when asked to repeat the edit
     visualcloze.py      VisualCloze: B′ infilled into [A A′; B ?] by visual in-context learning, then upsampled
-    own_model.py        what the baselines on a model of their own kind share (Kontext, VisualCloze)
+    own_model.py        what the baselines on a model of their own kind share (Kontext, VisualCloze, Qwen)
     qwen_edit.py        Qwen-Image-Edit-2509 shown [A, A′, B] and told to apply the change (not in the paper)
 
 Each class loads with `from_pretrained(model, device, dtype, offline)` or wraps a built

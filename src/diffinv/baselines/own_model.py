@@ -1,4 +1,4 @@
-"""What the baselines that run on a model of their own share (FLUX.1 Kontext, VisualCloze): loading
+"""What the baselines that run on a model of their own share (FLUX.1 Kontext, VisualCloze, Qwen-Image-Edit): loading
 their published checkpoint, or another of the same kind, in the dtype its model card gives, and
 refusing a model of another kind in one line before any weights load.
 
@@ -16,7 +16,7 @@ from PIL import Image
 from ..checks import hub_offline
 from ..images import ImageInput, as_rgb
 from ..loading import load_or_explain
-from .base import PipelineBaseline, load_pipeline, require
+from .base import PipelineBaseline, require
 
 _Method = TypeVar("_Method", bound="OwnModelBaseline")
 
@@ -41,7 +41,7 @@ class OwnModelBaseline(PipelineBaseline):
     """
 
     model_kind: ClassVar[str]
-    model_card_dtype: ClassVar[torch.dtype] = torch.bfloat16
+    model_card_dtype: ClassVar[torch.dtype | None] = torch.bfloat16  # None: the project's default
 
     @classmethod
     def check_pipeline(cls, pipe) -> None:
@@ -87,7 +87,7 @@ class OwnModelBaseline(PipelineBaseline):
         offline = hub_offline() if offline is None else offline
         cls.check_model(model, offline)
         dtype = cls.model_card_dtype if dtype is None else dtype
-        return cls(load_pipeline(cls.pipeline_class, model, device, dtype, offline, **pipeline_kwargs), config)
+        return super().from_pretrained(model, device, dtype, offline, config, **pipeline_kwargs)
 
 
 def at_size_of(image: Image.Image, b: ImageInput) -> Image.Image:

@@ -51,7 +51,6 @@ from ..images import ImageInput, as_rgb, fit_to, working_size
 from ..loading import load_or_explain
 from .base import (
     Cost,
-    PipelineBaseline,
     check_non_negative,
     check_positive_ints,
     check_resolution_option,
@@ -59,6 +58,7 @@ from .base import (
     cpu_generator,
     require,
 )
+from .own_model import OwnModelBaseline
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit-2509"
 INSTRUCTION = "Apply the change from Picture 1 to Picture 2 to Picture 3."
@@ -133,7 +133,7 @@ def check_torchvision() -> None:
         )
 
 
-class QwenEdit(PipelineBaseline):
+class QwenEdit(OwnModelBaseline):
     """Qwen-Image-Edit-2509 shown [A, A′, B] and told to carry the change (module docstring).
 
     Args:
@@ -146,6 +146,8 @@ class QwenEdit(PipelineBaseline):
     pipeline_class = QwenImageEditPlusPipeline
     default_model = DEFAULT_MODEL
     config_class = QwenEditConfig
+    model_kind = "a Qwen-Image-Edit-Plus model"
+    model_card_dtype = None  # the project's default: bfloat16 on CUDA (as published), float32 on the CPU
 
     def __init__(self, pipe: QwenImageEditPlusPipeline, config: QwenEditConfig | None = None):
         require(
@@ -154,22 +156,6 @@ class QwenEdit(PipelineBaseline):
         )
         self.pipe = pipe
         self.config = config or QwenEditConfig()
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str | None = None,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        offline: bool | None = None,
-        config: QwenEditConfig | None = None,
-        **pipeline_kwargs,
-    ) -> QwenEdit:
-        """As `PipelineBaseline.from_pretrained` (None: Qwen/Qwen-Image-Edit-2509), after `check_model`."""
-        model = cls.default_model if model is None else model
-        offline = hub_offline() if offline is None else offline
-        cls.check_model(model, offline)
-        return super().from_pretrained(model, device, dtype, offline, config, **pipeline_kwargs)
 
     @classmethod
     def check_model(cls, model: str | None = None, offline: bool | None = None) -> None:

@@ -33,7 +33,6 @@ from .preflight import caption_lines, common_checks
 RECORD_NAME = "encoder_training.json"
 RECORD_FORMAT = "diffinv.encoder-training/1"
 CHECKPOINT_DIR = "checkpoint"
-ENCODER_FILES = ("diff_encoder.json", "diff_encoder.safetensors")  # `diff_encoder.CONFIG_NAME, WEIGHTS_NAME`
 CAPTION_BATCH = 16  # images per captioner call, for pairs of a text-to-image model given without captions
 
 
@@ -249,11 +248,12 @@ def _write_record(out: Path, record: dict) -> None:
 
 def _clear(out: Path) -> None:
     """Remove this command's files from OUT (an earlier run's), and nothing else."""
+    from ..diff_encoder import CONFIG_NAME, WEIGHTS_NAME
     from ..encoder_training import remove_checkpoint
 
     if (out / CHECKPOINT_DIR).is_dir():
         remove_checkpoint(out / CHECKPOINT_DIR)
-    for name in (*ENCODER_FILES, RECORD_NAME):
+    for name in (CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME):
         (out / name).unlink(missing_ok=True)
 
 
