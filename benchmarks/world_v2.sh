@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | dev-auto | heldout-auto | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -141,6 +141,15 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/dev-unseen-variants-s1 --n 30 --triplet-seed 1 --split unseen \
       --method on-editor:init=zeros,steps=200,weight_decay=1,lambda_clip=20 \
       --method on-editor:init=zeros,steps=200,weight_decay=3 --method on-editor:init=zeros,steps=100,weight_decay=1 ;;
+  dev-auto)  # issue 25: both routes on development seed 2 (30 per split), for init="auto"'s tolerance (with
+    # dev-split's seed 1: python benchmarks/encoder_check_dev.py)
+    "${BENCH[@]}" --out runs/dev-gate-s2 --n 30 --triplet-seed 2 --split all \
+      --method on-editor:init=encoder,steps=0 --method on-editor:init=zeros,steps=200,weight_decay=1 ;;
+  heldout-auto)  # issue 25: init="auto" (tolerance 0.3) once on held-out seed 220, never drawn, 200 per split
+    # (two shells at once), beside the per-pair fit, the encoder's D̃ and the text-to-image route
+    "${BENCH[@]}" --out runs/heldout-auto-s220 --n 200 --triplet-seed 220 --split all \
+      --method on-editor:init=auto --method on-editor:init=zeros,steps=200,weight_decay=1 \
+      --method on-editor:init=encoder,steps=0 --method difference-inversion ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;

@@ -66,6 +66,16 @@ def clip(backbone):
     return tiny_clip_for(backbone.pipe)
 
 
+@pytest.fixture(scope="module")
+def editor(backbone):
+    """A tiny InstructPix2Pix editor sharing the tiny text-to-image model's text encoder, VAE and
+    tokenizer (one per test module: some modules change its settings)."""
+    from diffinv.backbones.editor import InstructPix2PixBackbone
+    from diffinv.testing import tiny_instruct_pix2pix
+
+    return InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
+
+
 @pytest.fixture(scope="session")
 def di(backbone, clip):
     from diffinv.pipeline import DifferenceInversion

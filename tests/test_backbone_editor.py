@@ -21,12 +21,6 @@ CAPTIONS = (CAPTION_A, CAPTION_A_PRIME)
 
 
 @pytest.fixture(scope="module")
-def editor(backbone) -> InstructPix2PixBackbone:
-    """A tiny editor sharing the tiny text-to-image model's text encoder, VAE and tokenizer."""
-    return InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
-
-
-@pytest.fixture(scope="module")
 def editor_di(editor, clip) -> DifferenceInversion:
     return DifferenceInversion(editor, clip, captioner=None, default_config=fast_config(sampling_mode="editor"))
 

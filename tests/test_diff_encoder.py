@@ -6,19 +6,12 @@ import pytest
 import torch
 
 from conftest import CAPTION_A, CAPTION_A_PRIME, fast_config
-from diffinv.backbones.editor import InstructPix2PixBackbone
 from diffinv.config import InversionConfig
 from diffinv.diff_encoder import CONFIG_NAME, DiffEncoder, DiffEncoderConfig
 from diffinv.errors import DiffinvError
 from diffinv.pipeline import DifferenceInversion
-from diffinv.testing import tiny_instruct_pix2pix
 
 CAPTIONS = (CAPTION_A, CAPTION_A_PRIME)
-
-
-@pytest.fixture(scope="module")
-def editor(backbone) -> InstructPix2PixBackbone:
-    return InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
 
 
 def random_encoder(clip, editor, n_tokens: int = 5) -> DiffEncoder:

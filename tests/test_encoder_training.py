@@ -27,11 +27,6 @@ from diffinv.testing import tiny_instruct_pix2pix
 COLOURS = ("red", "blue", "green", "yellow")
 
 
-@pytest.fixture(scope="module")
-def editor(backbone) -> InstructPix2PixBackbone:
-    return InstructPix2PixBackbone(tiny_instruct_pix2pix(backbone.pipe), "tiny-editor")
-
-
 def tiny_pairs(n: int = 3):
     """n pairs of 32² pictures, a circle whose colour changes, with their captions as prompts."""
     colours = [(COLOURS[i % 4], COLOURS[(i + 1) % 4]) for i in range(n)]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import DiffinvError
 
-INITS = ("zeros", "random", "encoder")
+INITS = ("zeros", "random", "encoder", "auto")
 TC_REDUCTIONS = ("mean", "sum")
 CLIP_LOSS_SPACES = ("text-tower", "token-mean", "in-context")
 PROMPT_SOURCES = ("pez", "caption")
@@ -41,7 +41,14 @@ class InversionConfig:
             the vocabulary embeddings), or "encoder" (beyond the paper):
             the prediction of a DIFF-token encoder trained for the model (`diff_encoder`; the
             paper's Sec. 6 future work), to which the fit adds a correction that starts at zero
-            and decays towards zero.
+            and decays towards zero; or "auto" (beyond the paper): the encoder's prediction, with
+            no fit, where drawing each example's A with it reproduces that example's A′ (see
+            `encoder_tolerance`), and otherwise a fit of `steps` steps from zeros
+            (`encoder_check`; chosen by measurement for the shapes editor, docs/results.md §10).
+        encoder_tolerance: with init="auto", how much of the A → A′ difference the encoder's D̃
+            may leave between A′ and A drawn with it, as a fraction of the whole difference, in
+            pixels and in CLIP's image space alike, for it to be used. 0.3 by measurement
+            (development seeds 1–2, docs/results.md §10).
         steps: optimisation steps N. Not stated; VISII's 1000. 0 is allowed with init="encoder":
             D̃ is then the encoder's prediction as it is.
         learning_rate: AdamW learning rate. Not stated; VISII's 1e-3.
@@ -159,6 +166,7 @@ class InversionConfig:
     lambda_tc: float = 0.01
     lambda_clip: float = 6.0
     init: str = "zeros"
+    encoder_tolerance: float = 0.3
     steps: int = 1000
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
@@ -227,8 +235,12 @@ class InversionConfig:
             + ("" if fewest_steps == 0 else " (0 only with init='encoder')"),
         )
         need(
-            not (self.init == "encoder" and self.hard_tokens),
-            "init='encoder' predicts soft tokens; it does not combine with hard_tokens",
+            not (self.init in ("encoder", "auto") and self.hard_tokens),
+            f"init={self.init!r} predicts soft tokens; it does not combine with hard_tokens",
+        )
+        need(
+            number(self.encoder_tolerance) and 0 <= self.encoder_tolerance <= 1,
+            f"encoder_tolerance must lie in [0, 1], got {self.encoder_tolerance!r}",
         )
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay!r}")

@@ -35,6 +35,7 @@ from .clip_space import ClipSpace, delta, slerp
 from .config import InversionConfig
 from .diff_encoder import pool_predictions
 from .errors import DiffinvError, DiffinvWarning
+from .images import WorkingPair
 from .pez import TokenTable, invert_prompts, random_token_ids
 
 
@@ -51,7 +52,8 @@ class PreparedPair:
     text_delta_norm: float | None = None  # ‖D_T‖; None where the text delta was not computed (α = 0)
     effective_alpha: float | None = None  # the α D_inter was made with: 0 where D_T was degenerate
     prompt_b: str | None = None  # prompt_B, when the tokens are fitted for one B (`lambda_clip_b` > 0)
-    encoded: torch.Tensor | None = None  # (n, d): the DIFF-token encoder's D̃, with init="encoder"
+    encoded: torch.Tensor | None = None  # (n, d): the DIFF-token encoder's D̃, with init="encoder" or "auto"
+    images: WorkingPair | None = None  # A and A′ at their working size, with init="auto" (`encoder_check`)
 
 
 # ① ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .checks import check_resolution, hub_offline
 from .clip_space import ClipSpace, default_clip_for
 from .config import INVERSION_MODES, InversionConfig, check_sampling_mode, resolve_config
 from .diff_encoder import ENCODER_DIR, DiffEncoder, check_encoder_fits
+from .encoder_check import EncoderCheck, check_pairs
 from .errors import DiffinvError, DiffinvWarning
 from .images import ImageInput, WorkingPair, as_rgb, fit_to, working_size
 from .inversion import (
@@ -286,7 +287,7 @@ class DifferenceInversion:
         self._check_encoder(config)
         features = [self.clip.image_features([a, a_prime]) for a, a_prime in pairs]  # (2, D) each: step ②'s
         encoded = [None] * len(pairs)
-        if config.init == "encoder":  # the encoder's input is the same features
+        if config.init in ("encoder", "auto"):  # the encoder's input is the same features
             with torch.no_grad():
                 encoded = [self.diff_encoder(f[:1], f[1:])[0].float() for f in features]
         editor = self.backbone.takes_instructions
@@ -328,17 +329,18 @@ class DifferenceInversion:
                 latents=latent_pair(self.backbone, a, a_prime) if config.steps > 0 else None,
                 prompt_b=prompt_b,
                 encoded=encoded[k],
+                images=pairs[k] if config.init == "auto" else None,
             )
             for k, (a, a_prime) in enumerate(pairs)
         ]
 
     def _check_encoder(self, config: InversionConfig) -> None:
-        """init="encoder" needs an encoder made for the model, its CLIP and n_tokens."""
-        if config.init != "encoder":
+        """init="encoder" and "auto" need an encoder made for the model, its CLIP and n_tokens."""
+        if config.init not in ("encoder", "auto"):
             return
         if self.diff_encoder is None:
             raise DiffinvError(
-                f"init='encoder' needs a DIFF-token encoder, and {self.backbone.model_id} has none (a "
+                f"init={config.init!r} needs a DIFF-token encoder, and {self.backbone.model_id} has none (a "
                 f"'{ENCODER_DIR}' folder in its model directory, or --encoder DIR: `diffinv encoder train` makes "
                 "one); use init='zeros'"
             )
@@ -438,8 +440,57 @@ class DifferenceInversion:
         UNet call), seeded by the first seed of each group; tokens come back in task order. A task
         is one pair, or example pairs of one edit that share one D̃ (and one latent size). With no
         fit (steps = 0, no latents) all tasks are one group: nothing is optimised. A task may be
-        given as a bare `PreparedPair` (one pair)."""
+        given as a bare `PreparedPair` (one pair). With init="auto", each task's D̃ is the
+        encoder's where it passes `_encoder_check`; the other tasks are fitted from zeros together."""
         tasks = [[task] if isinstance(task, PreparedPair) else task for task in tasks]
+        if config.init == "auto":
+            return self._fit_or_encode(tasks, config, seeds, progress)
+        return self._fit_tasks(tasks, config, seeds, progress)
+
+    def _encoder_check(
+        self, task: list[PreparedPair], encoded: DiffTokens, config: InversionConfig, seed: int
+    ) -> EncoderCheck:
+        """Draw each example pair's A with the encoder's D̃ for the task (`encoded`: the mean of its
+        predictions, as init="encoder" takes it) and measure how much of A → A′ is left
+        (`encoder_check.check_pairs`). The task's pairs must have been prepared with init="auto"."""
+        redrawn = [
+            self._apply(
+                encoded,
+                pair.images.a,
+                seed,
+                "" if self.backbone.takes_instructions else pair.prompt_a,
+                config,
+                False,
+                pair.images,
+            )
+            for pair in task
+        ]
+        return check_pairs(self.clip, [pair.images for pair in task], redrawn, config.encoder_tolerance)
+
+    def _fit_or_encode(
+        self, tasks: list[list[PreparedPair]], config: InversionConfig, seeds: list[int], progress: bool
+    ) -> list[DiffTokens]:
+        """init="auto": the encoder's D̃ for the tasks whose pairs it reproduces, a fit from zeros
+        (`config.steps`) for the others, in one batched optimisation. The tokens record the
+        configuration as given (init "auto") and the check (`DiffTokens.encoder_check`)."""
+        tokens = self._fit_tasks(tasks, config.replace(init="encoder", steps=0), seeds, False)
+        checks = [self._encoder_check(*args, config, seed) for *args, seed in zip(tasks, tokens, seeds)]
+        refit = [i for i, check in enumerate(checks) if not check.accepted]
+        fitted = self._fit_tasks(
+            [tasks[i] for i in refit], config.replace(init="zeros"), [seeds[i] for i in refit], progress
+        )
+        for i, fitted_tokens in zip(refit, fitted):
+            tokens[i] = fitted_tokens
+        for token, check in zip(tokens, checks):
+            token.config, token.encoder_check = config, check.as_dict()
+        return tokens
+
+    def _fit_tasks(
+        self, tasks: list[list[PreparedPair]], config: InversionConfig, seeds: list[int], progress: bool
+    ) -> list[DiffTokens]:
+        """`_fit_prepared` for a start other than "auto": one batched optimisation per latent size."""
+        if not tasks:
+            return []
         by_size: dict[tuple | None, list[int]] = {}
         for index, task in enumerate(tasks):
             by_size.setdefault(None if task[0].latents is None else tuple(task[0].latents.shape), []).append(index)

@@ -48,6 +48,8 @@ class DiffTokens:
     encoder_widths: (d₁, d₂) for SDXL tokens, None for SD 1.x / 2.x.
     n_pairs: how many example pairs (A, A′) of the edit D̃ was fitted on; the prompts and captions
         are the first pair's.
+    encoder_check: with init="auto", whether D̃ is the DIFF-token encoder's or a fit, and why
+        (`encoder_check.EncoderCheck.as_dict`: "accepted", "pixel", "clip", "tolerance"); else None.
     """
 
     embeddings: torch.Tensor
@@ -66,6 +68,7 @@ class DiffTokens:
     family: str = "sd"
     encoder_widths: tuple[int, int] | None = None
     n_pairs: int = 1
+    encoder_check: dict | None = None
 
     def __post_init__(self):
         if self.family not in FAMILY_NAMES:
@@ -112,6 +115,7 @@ class DiffTokens:
             "family": self.family,
             "encoder_widths": json.dumps(list(self.encoder_widths)) if self.encoder_widths else "",
             "n_pairs": str(self.n_pairs),
+            "encoder_check": json.dumps(self.encoder_check) if self.encoder_check is not None else "",
             "diffinv_version": __version__,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ class DiffTokens:
                 family=metadata.get("family", "sd"),
                 encoder_widths=json.loads(metadata["encoder_widths"]) if metadata.get("encoder_widths") else None,
                 n_pairs=int(metadata.get("n_pairs") or 1),
+                encoder_check=json.loads(metadata["encoder_check"]) if metadata.get("encoder_check") else None,
             )
         except (KeyError, ValueError, DiffinvError) as error:
             raise DiffinvError(f"{path}: damaged DIFF-token metadata ({error})") from None

@@ -25,6 +25,7 @@ METRIC_ORDER = (
     "preserved",
     "layout",
     "preserved_attributes",
+    "encoder_used",
     "clip_directional",
     "dinov2_directional",
     "clip_to_truth",
@@ -33,8 +34,10 @@ METRIC_ORDER = (
     "final_loss_clip",
 )
 # peak memory: its own column (`memory_by_method`); examples: the pairs a method was shown (--examples)
-NOT_METRICS = {"index", "seconds", "peak_memory_mb", "examples"}
+# encoder_check_*: init="auto"'s check, averaged in no table; its verdict is encoder_used
+NOT_METRICS = {"index", "seconds", "peak_memory_mb", "examples", "encoder_check_pixel", "encoder_check_clip"}
 PERCENT = {"correct", "edit", "preserved", "layout", "preserved_attributes"}
+SHARES = {"encoder_used"}  # how often a method did something (init="auto": took the encoder's D̃), in %, not a score
 
 
 RECORD_KEYS = ("dataset", "model", "methods", "base_config")
@@ -176,7 +179,7 @@ def table_cells(
         "method",
         *([group] if group else []),
         "n",
-        *[f"{m} (%)" if m in PERCENT else m for m in metrics],
+        *[f"{m} (%)" if m in PERCENT | SHARES else m for m in metrics],
         *(["s/triplet (median)"] if timed else []),
         *(["peak MiB (kind)"] if measured else []),
     ]
@@ -185,7 +188,7 @@ def table_cells(
             entry["method"],
             *([entry[group]] if group else []),
             str(entry["n"]),
-            *[_cell(entry, m, m in PERCENT) for m in metrics],
+            *[_cell(entry, m, m in PERCENT | SHARES) for m in metrics],
             *([f"{entry['seconds_median']:.2f}"] if timed else []),
             *([_memory_cell(entry)] if measured else []),
         ]
