@@ -57,6 +57,7 @@ REPORT_BASELINE = {
     "dev-unseen-variants-s1": "difference-inversion",
     "heldout-unseen-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-unseen-k3-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
+    "dev-gate-s2": "on-editor:init=zeros,steps=200,weight_decay=1",
 }
 # Records whose configs the steps are not resolved against here, and why: their run.json records
 # every method's resolved config itself (`configs`), which a rerun of their step is checked against
@@ -70,6 +71,7 @@ CONFIGS_RECORDED = {
     "dev-unseen-variants-s1": "dev-unseen-variants, likewise",
     "heldout-unseen-s210": "heldout-unseen (K = 1), likewise",
     "heldout-unseen-k3-s210": "heldout-unseen (K = 3), likewise",
+    "dev-gate-s2": "dev-auto, likewise",
 }
 # Records that are not bench runs, and why they have no summary to rebuild.
 NOT_BENCH_RUNS = {
