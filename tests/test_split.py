@@ -117,6 +117,33 @@ def test_the_encoders_pairs_are_seen_edits_from_a_stream_no_triplet_uses(seeds):
         assert not {scene for t in drawn for scene in (t.a, t.a_prime, t.b, t.b_prime)} & scenes, seed
 
 
+@pytest.mark.parametrize("seeds", [pytest.param(range(1000), marks=pytest.mark.slow), range(40)])
+def test_no_scene_of_the_worlds_training_streams_is_a_triplet_of_a_split(seeds):
+    """The bundled plan's other data streams (renders, edit pairs, both kinds of grid; offsets
+    included) against the triplets every --split run draws, 200 per split of each triplet seed
+    0–999 (slow; the default run checks seeds 0–39). The unsplit triplets of the runs before the
+    split share the integer streams: they meet the training scenes at seeds 0–3 only."""
+    from diffinv.shapes.data import training_scenes
+    from diffinv.shapes.descriptor import TrainingPlan
+
+    streams = training_scenes(TrainingPlan())
+    assert min(len(scenes) for scenes in streams.values()) > 11_000
+    seen_in_training = set().union(*streams.values())
+    unsplit_meets = set()
+    for seed in seeds:
+        split_scenes = {
+            scene
+            for split in ("seen", "unseen", COMPOUND)
+            for t in triplets(200, seed, layout_range=LAYOUT_RANGE, split=split)
+            for scene in (t.a, t.a_prime, t.b, t.b_prime)
+        }
+        assert not split_scenes & seen_in_training, seed
+        unsplit = triplets(200, seed, layout_range=LAYOUT_RANGE)
+        if {scene for t in unsplit for scene in (t.a, t.a_prime, t.b, t.b_prime)} & seen_in_training:
+            unsplit_meets.add(seed)
+    assert unsplit_meets == {0, 1, 2, 3} & set(seeds)
+
+
 # --- the bench: --split -----------------------------------------------------------------------------------
 def test_the_bench_draws_each_split_side_by_side():
     from diffinv.bench.datasets import shapes_dataset

@@ -40,11 +40,38 @@ def scene_key(scene: Scene) -> tuple:
     return tuple(scene.attributes.values())
 
 
+def random_scenes(n: int, seed: int, layout_range: float = LAYOUT_RANGE) -> list[Scene]:
+    """The `n` random scenes `render_dataset` draws."""
+    rng = random.Random(seed)
+    return [random_scene(rng, layout_range) for _ in range(n)]
+
+
 def render_dataset(n: int, seed: int, layout_range: float = LAYOUT_RANGE) -> tuple[list[Scene], np.ndarray]:
     """`n` random scenes and their pictures, (n, 32, 32, 3) uint8."""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng, layout_range) for _ in range(n)]
+    scenes = random_scenes(n, seed, layout_range)
     return scenes, np.stack([np.asarray(render(s)) for s in scenes])
+
+
+def training_scenes(plan: TrainingPlan) -> dict[str, set[Scene]]:
+    """Every scene (offset included) each of the plan's integer-seeded data streams shows a stage,
+    by stream: the renders (VAE, CLIPs, classifier, UNet), the editor's edit pairs, the inpainting
+    grids and the VAE's grids. These streams are `random.Random(plan.seed + k)`, k = 0–3, the
+    streams `world.triplets` draws unsplit triplets of seeds plan.seed … plan.seed + 3 from; the
+    triplets of a split (`split=`) and the DIFF-token encoder's pairs come from string-keyed streams."""
+    return {
+        "renders": set(random_scenes(plan.n_images, plan.seed, plan.layout_range)),
+        "edit pairs": {
+            scene
+            for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+            for scene in (before, after)
+        },
+        "inpainting grids": {
+            scene for scenes, _ in inpainting_grids(plan.n_grids, plan.seed + 2, plan.layout_range) for scene in scenes
+        },
+        "VAE grids": {
+            scene for scenes, _ in inpainting_grids(plan.n_grids, plan.seed + 3, plan.layout_range) for scene in scenes
+        },
+    }
 
 
 @dataclass(frozen=True)
