@@ -360,6 +360,14 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     fitted = DiffTokens.load(tokens)
     assert fitted.config.init == "encoder" and fitted.embeddings.abs().sum() > 0  # the encoder's prediction
 
+    auto = [*fit[:-2], "--init", "auto", "--steps", "1", "--encoder", out, "--overwrite"]
+    auto += ["--caption-a", "a red circle", "--caption-a-prime", "a blue circle", *model_args]  # a fit needs them
+    code, stdout, err = run(capsys, auto)
+    assert code == 0, err
+    check = DiffTokens.load(tokens).encoder_check  # the route the check took is said, and kept in the file
+    said = "D̃ from the DIFF-token encoder" if check["accepted"] else "D̃ fitted to the pairs"
+    assert said in stdout and f"tolerance {check['tolerance']}" in stdout
+
 
 def test_the_command_refuses_bad_data_and_flags_before_loading(capsys, tmp_path, model_args):
     data = pair_folders(tmp_path / "data")

@@ -41,6 +41,11 @@ class EncoderCheck:
     def accepted(self) -> bool:
         return self.pixel <= self.tolerance and self.clip <= self.tolerance
 
+    @classmethod
+    def from_dict(cls, record: dict) -> EncoderCheck:
+        """The check as `as_dict` wrote it (a token file's `encoder_check`)."""
+        return cls(pixel=float(record["pixel"]), clip=float(record["clip"]), tolerance=float(record["tolerance"]))
+
     def as_dict(self) -> dict:
         return {"pixel": self.pixel, "clip": self.clip, "tolerance": self.tolerance, "accepted": self.accepted}
 

@@ -60,6 +60,15 @@ def run_fit(args: argparse.Namespace) -> None:
     print(f"wrote {tokens_path}  ({fitted_on}prompt_A: {tokens.prompt_a!r}; prompt_A′: {tokens.prompt_a_prime!r})")
     if tokens.hard_text:
         print(f"hard DIFF tokens: {tokens.hard_text!r}")
+    _say_route(tokens)
+
+
+def _say_route(tokens) -> None:
+    """With --init auto: whether D̃ is the encoder's or fitted, and the check that decided."""
+    if tokens.encoder_check is not None:
+        from ..encoder_check import EncoderCheck
+
+        print(EncoderCheck.from_dict(tokens.encoder_check).describe())
 
 
 def _apply_names(images: list[str]) -> list[str]:
@@ -172,6 +181,7 @@ def run_analogy(args: argparse.Namespace) -> None:
         write(grid_path, grid.save)
         write(tokens_path, tokens.save)
     print(f"wrote {b_prime_path}, {grid_path} and {tokens_path}")
+    _say_route(tokens)
 
 
 def run_export(args: argparse.Namespace) -> None:
