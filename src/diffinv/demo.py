@@ -149,8 +149,13 @@ def run_analogy(
     export_path = out / "diff_tokens-diffusers.safetensors"
     tokens.save(tokens_path)
     export(tokens, "diffusers", export_path, token=EXPORT_TOKEN)
+    route = f"{config.steps} steps"
+    if tokens.encoder_check is not None:  # init="auto": the encoder's D̃, or a fit, and why
+        from .encoder_check import EncoderCheck
+
+        route = EncoderCheck.from_dict(tokens.encoder_check).describe()
     message = (
-        f"Done: model {tokens.model_id or model}, {config.steps} steps, {_pairs_text(len(pairs))}seed {seed}, "
+        f"Done: model {tokens.model_id or model}, {route}, {_pairs_text(len(pairs))}seed {seed}, "
         f"edit strength {config.edit_strength:g}. prompt_A: {tokens.prompt_a!r}; "
         f"prompt_A′: {tokens.prompt_a_prime!r}. "
         f'diffusers: `pipe.load_textual_inversion(file, token="{EXPORT_TOKEN}")`'
