@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | dev-auto | heldout-auto | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | dev-auto | heldout-auto | heldout-auto-k3 | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -150,6 +150,10 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/heldout-auto-s220 --n 200 --triplet-seed 220 --split all \
       --method on-editor:init=auto --method on-editor:init=zeros,steps=200,weight_decay=1 \
       --method on-editor:init=encoder,steps=0 --method difference-inversion ;;
+  heldout-auto-k3)  # issue 25: the unseen triplets of heldout-auto shown three example pairs (two shells at once)
+    "${BENCH[@]}" --out runs/heldout-auto-k3-s220 --n 200 --triplet-seed 220 --split unseen --examples 3 \
+      --method on-editor:init=auto --method on-editor:init=zeros,steps=200,weight_decay=1 \
+      --method on-editor:init=encoder,steps=0 ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;
