@@ -21,6 +21,7 @@ from diffinv.bench.report import mean_interval, paired_differences, read_results
 from diffinv.bench.results import RESULTS, append_result, check_run_record, claim_path
 from diffinv.bench.run import BenchRunner, Shard
 from diffinv.cli import main
+from diffinv.config import InversionConfig
 from diffinv.errors import DiffinvError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -340,6 +341,21 @@ def test_a_different_run_in_the_same_directory_is_refused(tmp_path):
         check_run_record(tmp_path, {**record, "base_config": {"steps": 60}})
     with pytest.raises(DiffinvError, match="different run"):
         check_run_record(tmp_path, {**record, "seed": 1})
+
+
+def test_a_run_recorded_before_an_option_existed_is_the_same_run_at_its_default(tmp_path):
+    """A new InversionConfig option at its default changes nothing an older run did; set otherwise, it
+    makes another run (base config and a method's config alike)."""
+    record = {"dataset": {"name": "shapes"}, "model": "shapes", "methods": ["m"], "seed": 0}
+    record["base_config"] = {"steps": 50}
+    check_run_record(tmp_path, {**record, "configs": {"m": {"steps": 50}}})
+    newer = {"steps": 50, "encoder_tolerance": InversionConfig().encoder_tolerance}
+    check_run_record(tmp_path, {**record, "base_config": newer, "configs": {"m": newer}})
+    other = {**newer, "encoder_tolerance": 0.9}
+    with pytest.raises(DiffinvError, match="different run"):
+        check_run_record(tmp_path, {**record, "base_config": other})
+    with pytest.raises(DiffinvError, match="ran m with another config"):
+        check_run_record(tmp_path, {**record, "base_config": newer, "configs": {"m": other}})
 
 
 def test_run_records_written_at_once_by_several_processes_merge(tmp_path):

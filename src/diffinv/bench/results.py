@@ -17,6 +17,7 @@ delete `claims/` when no run is using the directory to release such leftovers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..config import InversionConfig
 from ..errors import DiffinvError
 
 RESULTS = "results.jsonl"
@@ -97,7 +99,8 @@ def check_run_record(run_dir: str | Path, record: dict) -> None:
         if path.exists():
             previous = json.loads(path.read_text(encoding="utf-8"))
             keys = ("dataset", "base_config", "model", "seed")
-            if {k: previous.get(k) for k in keys} != {k: record.get(k) for k in keys}:
+            today = {**record, "base_config": _as_recorded(record.get("base_config"), previous.get("base_config"))}
+            if {k: previous.get(k) for k in keys} != {k: today.get(k) for k in keys}:
                 raise DiffinvError(
                     f"{run_dir} holds a different run (dataset, model, base config or seed differ); give another --out"
                 )
@@ -111,10 +114,27 @@ def check_run_record(run_dir: str | Path, record: dict) -> None:
         os.replace(tmp, path)
 
 
+# An option added to InversionConfig after a run was recorded, at its default, changes nothing that
+# run did (a new option's default keeps the old behaviour), so such a run is resumed as the same run.
+_NEW_OPTION_DEFAULTS = dataclasses.asdict(InversionConfig())
+
+
+def _as_recorded(config: dict | None, recorded: dict | None) -> dict | None:
+    """`config` without the options `recorded` lacks that are at their defaults (see above)."""
+    if not config or not recorded:
+        return config
+    return {
+        name: value
+        for name, value in config.items()
+        if name in recorded or name not in _NEW_OPTION_DEFAULTS or value != _NEW_OPTION_DEFAULTS[name]
+    }
+
+
 def _check_configs(run_dir: Path, recorded: dict, today: dict) -> None:
     """A method recorded with another config than today's is refused in one line naming it and
     the settings that differ (its results would mix two methods under one name)."""
     for spec, config in today.items():
+        config = _as_recorded(config, recorded.get(spec))
         if spec not in recorded or recorded[spec] == config:
             continue
         before, now = recorded[spec] or {}, config or {}

@@ -299,7 +299,7 @@ class BenchRunner:
             row["examples"] = 1 + len(triplet.examples)
         if method.uses_text:
             row["uses_text"] = True  # told the edit in words: not an analogy from images alone
-        if tokens is not None and tokens.encoder_check is not None:  # init="auto": which D̃ was drawn with
+        if getattr(tokens, "encoder_check", None) is not None:  # init="auto": which D̃ was drawn with
             row["encoder_used"] = float(tokens.encoder_check["accepted"])
             row["encoder_check_pixel"] = round(tokens.encoder_check["pixel"], 4)
             row["encoder_check_clip"] = round(tokens.encoder_check["clip"], 4)
