@@ -365,7 +365,7 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     code, stdout, err = run(capsys, auto)
     assert code == 0, err
     check = DiffTokens.load(tokens).encoder_check  # the route the check took is said, and kept in the file
-    said = "D̃ from the DIFF-token encoder" if check["accepted"] else "D̃ fitted to the pairs"
+    said = "D̃ from the DIFF-token encoder" if check["accepted"] else "D̃ fitted: the DIFF-token encoder's"
     assert said in stdout and f"tolerance {check['tolerance']}" in stdout
 
 

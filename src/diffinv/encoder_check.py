@@ -50,12 +50,11 @@ class EncoderCheck:
         return {"pixel": self.pixel, "clip": self.clip, "tolerance": self.tolerance, "accepted": self.accepted}
 
     def describe(self) -> str:
-        left = (
-            f"pixels {self.pixel:.2f}, CLIP {self.clip:.2f} of the pairs' difference left; tolerance {self.tolerance}"
-        )
+        left = f"{self.pixel:.2f} of A → A′ left in pixels, {self.clip:.2f} in CLIP's image space"
+        left += f"; tolerance {self.tolerance}"
         if self.accepted:
-            return f"D̃ from the DIFF-token encoder, which reproduces the example pairs ({left})"
-        return f"D̃ fitted to the pairs: the DIFF-token encoder's tokens do not reproduce them ({left})"
+            return f"D̃ from the DIFF-token encoder, whose tokens redraw A as A′ ({left})"
+        return f"D̃ fitted: the DIFF-token encoder's tokens do not redraw A as A′ ({left})"
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
