@@ -150,10 +150,10 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     "${BENCH[@]}" --out runs/heldout-auto-s220 --n 200 --triplet-seed 220 --split all \
       --method on-editor:init=auto --method on-editor:init=zeros,steps=200,weight_decay=1 \
       --method on-editor:init=encoder,steps=0 --method difference-inversion ;;
-  heldout-auto-k3)  # issue 25: the unseen triplets of heldout-auto shown three example pairs (two shells at once)
+  heldout-auto-k3)  # issue 25: the unseen triplets of heldout-auto shown three example pairs (two shells at once);
+    # paired with heldout-auto's K = 1 rows of the same methods
     "${BENCH[@]}" --out runs/heldout-auto-k3-s220 --n 200 --triplet-seed 220 --split unseen --examples 3 \
-      --method on-editor:init=auto --method on-editor:init=zeros,steps=200,weight_decay=1 \
-      --method on-editor:init=encoder,steps=0 ;;
+      --method on-editor:init=auto --method on-editor:init=encoder,steps=0 ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;
