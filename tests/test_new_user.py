@@ -40,12 +40,16 @@ def test_every_start_and_preset_runs_on_every_bundled_model(model, start):
 
 
 def test_the_editors_starts_each_run_on_its_own_budget():
-    """The editor's default fits D̃ from zeros, 200 steps at weight decay 1; --init encoder takes the
-    encoder's D̃ with no fit (its budget: 0 steps); the user's own --steps wins over either."""
+    """The editor's default takes the encoder's D̃ where it redraws A as A′ and otherwise fits D̃ from
+    zeros, 200 steps at weight decay 1 (init "auto", tolerance 0.3); --init zeros always fits so;
+    --init encoder takes the encoder's D̃ with no fit (its budget: 0 steps); the user's own --steps
+    wins over either."""
     card = model_card("shapes-editor")
     assert card.init_budgets == {"encoder": {"steps": 0}}
     default = card.config_for()
-    assert (default.init, default.steps, default.weight_decay) == ("zeros", 200, 1.0)
+    assert (default.init, default.encoder_tolerance, default.steps, default.weight_decay) == ("auto", 0.3, 200, 1.0)
+    zeros = card.config_for(changes={"init": "zeros"})
+    assert (zeros.init, zeros.steps, zeros.weight_decay) == ("zeros", 200, 1.0)
     encoder = card.config_for(changes={"init": "encoder"})
     assert (encoder.init, encoder.steps) == ("encoder", 0)
     assert card.config_for(changes={"init": "encoder", "steps": 20}).steps == 20

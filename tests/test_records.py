@@ -58,6 +58,7 @@ REPORT_BASELINE = {
     "heldout-unseen-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-unseen-k3-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
     "dev-gate-s2": "on-editor:init=zeros,steps=200,weight_decay=1",
+    "heldout-auto-s220": "on-editor:init=zeros,steps=200,weight_decay=1",
 }
 # Records whose configs the steps are not resolved against here, and why: their run.json records
 # every method's resolved config itself (`configs`), which a rerun of their step is checked against
@@ -72,6 +73,7 @@ CONFIGS_RECORDED = {
     "heldout-unseen-s210": "heldout-unseen (K = 1), likewise",
     "heldout-unseen-k3-s210": "heldout-unseen (K = 3), likewise",
     "dev-gate-s2": "dev-auto, likewise",
+    "heldout-auto-s220": "heldout-auto, likewise",
 }
 # Records that are not bench runs, and why they have no summary to rebuild.
 NOT_BENCH_RUNS = {
