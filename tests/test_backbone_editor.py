@@ -207,8 +207,8 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
     config = card.default_config()
     for field in ("learning_rate", "clip_loss_space", "tc_reduction", "prompt_source", "n_tokens", "lambda_tc"):
         assert getattr(config, field) == getattr(world, field)  # the world's method at its learning rate
-    # D̃ fitted to the pair; the encoder (trained on the seen edit types) is --init encoder, no fit (§10)
-    assert (config.init, config.steps, config.weight_decay) == ("zeros", 200, 1.0)
+    # the encoder's D̃ (trained on the seen edit types) where it redraws A as A′, else the fit (§10)
+    assert (config.init, config.steps, config.weight_decay) == ("auto", 200, 1.0)
     assert card.config_for(changes={"init": "encoder"}).steps == 0 and card.learned_split == "seen"
     assert (card.directory / "diff_encoder" / "diff_encoder.safetensors").is_file()
     assert (config.sampling_mode, config.guidance_scale, config.image_guidance_scale) == ("editor", 4.0, 3.0)
@@ -216,7 +216,7 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
 
 def test_the_editor_uses_the_encoder_only_once_it_is_trained():
     """An encoder trained on every edit type is the default (results.md §7); one trained on the seen
-    edit types only is --init encoder beside the default fit (§10)."""
+    edit types only is used where it redraws A as A′, the fit elsewhere (init "auto", §10)."""
     from diffinv.shapes.descriptor import EDITOR_FIT, TrainingPlan, editor_descriptor
 
     before = editor_descriptor(TrainingPlan(), trained={"editor": 1.0})
@@ -226,7 +226,7 @@ def test_the_editor_uses_the_encoder_only_once_it_is_trained():
     every = editor_descriptor(TrainingPlan(diff_encoder_split="all"), trained=done)
     assert (every["config"]["init"], every["config"]["steps"], every["learned_split"]) == ("encoder", 0, "all")
     seen = editor_descriptor(TrainingPlan(), trained=done)
-    assert "init" not in seen["config"] and seen["config"]["steps"] == EDITOR_FIT["steps"]
+    assert seen["config"]["init"] == "auto" and seen["config"]["steps"] == EDITOR_FIT["steps"]
     assert (seen["init_budgets"], seen["learned_split"]) == ({"encoder": {"steps": 0}}, "seen")
 
 

@@ -248,8 +248,8 @@ def test_stages_train_alone_once_their_prerequisites_are_done(tmp_path):
     train_world(out, plan, stages=["diff_encoder"])
     assert (out / "editor" / "diff_encoder" / "diff_encoder.safetensors").is_file()
     assert not (out / "diff_encoder-partial").exists()  # its checkpoint directory, gone once it is saved
-    editor = model_card(str(out / "editor"))  # an encoder of the seen edit types: --init encoder, beside the fit
-    assert (editor.default_config().init, editor.learned_split) == ("zeros", "seen")
+    editor = model_card(str(out / "editor"))  # an encoder of the seen edit types: used where it redraws A as A′
+    assert (editor.default_config().init, editor.learned_split) == ("auto", "seen")
     assert editor.config_for(changes={"init": "encoder"}).steps == 0
 
 
