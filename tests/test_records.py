@@ -59,6 +59,7 @@ REPORT_BASELINE = {
     "heldout-unseen-k3-s210": "on-editor:init=zeros,steps=200,weight_decay=1",
     "dev-gate-s2": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-auto-s220": "on-editor:init=zeros,steps=200,weight_decay=1",
+    "heldout-auto-k3-s220": "on-editor:init=encoder,steps=0",
 }
 # Records whose configs the steps are not resolved against here, and why: their run.json records
 # every method's resolved config itself (`configs`), which a rerun of their step is checked against
@@ -74,6 +75,7 @@ CONFIGS_RECORDED = {
     "heldout-unseen-k3-s210": "heldout-unseen (K = 3), likewise",
     "dev-gate-s2": "dev-auto, likewise",
     "heldout-auto-s220": "heldout-auto, likewise",
+    "heldout-auto-k3-s220": "heldout-auto-k3, likewise",
 }
 # Records that are not bench runs, and why they have no summary to rebuild.
 NOT_BENCH_RUNS = {
