@@ -369,6 +369,27 @@ def test_run_records_written_at_once_by_several_processes_merge(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_rows_of_init_auto_say_whether_the_encoders_tokens_were_kept(backbone, clip, tmp_path):
+    """init="auto" (a tolerance of 0 here: every triplet fitted) records the check in each row, and the
+    report gives how often the encoder's D̃ was kept."""
+    from diffinv.bench.report import write_reports
+    from diffinv.captioners import ClipRetrievalCaptioner
+    from diffinv.pipeline import DifferenceInversion
+    from test_diff_encoder import random_encoder
+
+    captioner = ClipRetrievalCaptioner(clip, [CAPTION_A, CAPTION_A_PRIME, "a photo of a red square"])
+    di = DifferenceInversion(backbone, clip, captioner, diff_encoder=random_encoder(clip, backbone))
+    triplets = tiny_triplets(2)
+    methods = expand_methods(["difference-inversion:init=auto,encoder_tolerance=0"])
+    assert runner_for(di, clip, tmp_path).run(methods, triplets) == 2
+    rows = read_results(tmp_path)
+    assert [row["encoder_used"] for row in rows] == [0.0, 0.0]
+    assert all(row["encoder_check_pixel"] > 0 and row["encoder_check_clip"] > 0 for row in rows)
+    assert all(row["final_loss_tc"] > 0 for row in rows)  # fitted: a loss history
+    write_reports(tmp_path)
+    assert "| encoder_used (%) |" in (tmp_path / "summary.md").read_text()
+
+
 def test_the_b_context_loss_fits_each_triplet_for_its_own_bs_prompt(bench_di, clip, tmp_path, monkeypatch):
     seen = []
     fit_many = bench_di.fit_many
