@@ -200,7 +200,7 @@ def test_the_bundled_editor_is_described_as_training_describes_it():
     written = json.loads((card.directory / "diffinv.json").read_text(encoding="utf-8"))
     # the plan the bundled world was trained by, as its training.json records it
     recorded = json.loads((card.directory.parent / "training.json").read_text(encoding="utf-8"))["plan"]
-    assert {k: v for k, v in written.items() if k != "format"} == editor_descriptor(TrainingPlan(**recorded))
+    assert {k: v for k, v in written.items() if k != "format"} == editor_descriptor(TrainingPlan.from_record(recorded))
     assert card.pipeline_class() == "StableDiffusionInstructPix2PixPipeline"
     assert card.path(card.clip).is_dir() and card.caption_candidates()
     world = model_card("shapes").default_config()

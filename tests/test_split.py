@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from diffinv.errors import DiffinvError
 from diffinv.shapes.data import split_edit_pairs
 from diffinv.shapes.evaluate import score
 from diffinv.shapes.world import (
@@ -117,19 +118,31 @@ def test_the_encoders_pairs_are_seen_edits_from_a_stream_no_triplet_uses(seeds):
         assert not {scene for t in drawn for scene in (t.a, t.a_prime, t.b, t.b_prime)} & scenes, seed
 
 
+def bundled_plan():
+    """The plan the bundled world was trained by (its training.json)."""
+    import json
+
+    from diffinv.shapes import MODEL_DIR
+    from diffinv.shapes.descriptor import TrainingPlan
+
+    return TrainingPlan.from_record(json.loads((MODEL_DIR / "training.json").read_text())["plan"])
+
+
 @pytest.mark.parametrize("seeds", [pytest.param(range(1000), marks=pytest.mark.slow), range(40)])
-def test_no_scene_of_the_worlds_training_streams_is_a_triplet_of_a_split(seeds):
-    """The bundled plan's other data streams (renders, edit pairs, both kinds of grid; offsets
-    included) against the triplets every --split run draws, 200 per split of each triplet seed
-    0–999 (slow; the default run checks seeds 0–39). The unsplit triplets of the runs before the
-    split share the integer streams: they meet the training scenes at seeds 0–3 only."""
+def test_no_scene_of_the_worlds_training_streams_is_a_triplet(seeds):
+    """The data streams (renders, edit pairs, both kinds of grid; offsets included) of today's plan
+    and of the bundled world's against 200 triplets of every kind of each triplet seed 0–999 (slow;
+    the default run checks seeds 0–39). Today's plan draws from keyed streams: no triplet at all.
+    The bundled world was trained on integer streams (`data_streams` "integer"): no triplet of a
+    split, which every --split run draws, but the unsplit triplets of seeds 0–3 share its streams."""
     from diffinv.shapes.data import training_scenes
     from diffinv.shapes.descriptor import TrainingPlan
 
-    streams = training_scenes(TrainingPlan())
-    assert min(len(scenes) for scenes in streams.values()) > 11_000
-    seen_in_training = set().union(*streams.values())
-    unsplit_meets = set()
+    bundled = bundled_plan()
+    assert (bundled.data_streams, TrainingPlan().data_streams) == ("integer", "keyed")
+    old, new = (set().union(*training_scenes(plan).values()) for plan in (bundled, TrainingPlan()))
+    assert min(len(old), len(new)) > 60_000
+    old_meets = set()
     for seed in seeds:
         split_scenes = {
             scene
@@ -137,11 +150,22 @@ def test_no_scene_of_the_worlds_training_streams_is_a_triplet_of_a_split(seeds):
             for t in triplets(200, seed, layout_range=LAYOUT_RANGE, split=split)
             for scene in (t.a, t.a_prime, t.b, t.b_prime)
         }
-        assert not split_scenes & seen_in_training, seed
-        unsplit = triplets(200, seed, layout_range=LAYOUT_RANGE)
-        if {scene for t in unsplit for scene in (t.a, t.a_prime, t.b, t.b_prime)} & seen_in_training:
-            unsplit_meets.add(seed)
-    assert unsplit_meets == {0, 1, 2, 3} & set(seeds)
+        unsplit = {s for t in triplets(200, seed, layout_range=LAYOUT_RANGE) for s in (t.a, t.a_prime, t.b, t.b_prime)}
+        assert not (split_scenes | unsplit) & new, seed
+        assert not split_scenes & old, seed
+        if unsplit & old:
+            old_meets.add(seed)
+    assert old_meets == {0, 1, 2, 3} & set(seeds)
+
+
+def test_a_plan_recorded_before_keyed_streams_draws_as_it_did():
+    from diffinv.shapes.descriptor import TrainingPlan
+
+    assert TrainingPlan.from_record({"seed": 5}).stream("renders", 0) == 5
+    assert TrainingPlan.from_record({"seed": 5}).stream("edit pairs", 1) == 6
+    assert TrainingPlan(seed=5).stream("edit pairs", 1) == "edit pairs/5"
+    with pytest.raises(DiffinvError, match="data_streams must be one of"):
+        TrainingPlan(data_streams="mixed")
 
 
 # --- the bench: --split -----------------------------------------------------------------------------------

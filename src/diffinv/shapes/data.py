@@ -1,8 +1,9 @@
 """What the shapes world's stages train on: renders of random scenes, edit pairs, grids with one cell
 to repaint, and the batch makers of the three denoisers.
 
-Every draw is seeded from the plan (`random.Random(plan.seed + k)` for the data, torch's global
-generator for batch indices), so a stage trained again from the same plan sees the same data.
+Every draw is seeded from the plan (`TrainingPlan.stream` for the data: a string-keyed stream, or
+`random.Random(plan.seed + k)` in worlds trained before; torch's global generator for batch
+indices), so a stage trained again from the same plan sees the same data.
 """
 
 from __future__ import annotations
@@ -40,36 +41,41 @@ def scene_key(scene: Scene) -> tuple:
     return tuple(scene.attributes.values())
 
 
-def random_scenes(n: int, seed: int, layout_range: float = LAYOUT_RANGE) -> list[Scene]:
+def random_scenes(n: int, seed: int | str, layout_range: float = LAYOUT_RANGE) -> list[Scene]:
     """The `n` random scenes `render_dataset` draws."""
     rng = random.Random(seed)
     return [random_scene(rng, layout_range) for _ in range(n)]
 
 
-def render_dataset(n: int, seed: int, layout_range: float = LAYOUT_RANGE) -> tuple[list[Scene], np.ndarray]:
+def render_dataset(n: int, seed: int | str, layout_range: float = LAYOUT_RANGE) -> tuple[list[Scene], np.ndarray]:
     """`n` random scenes and their pictures, (n, 32, 32, 3) uint8."""
     scenes = random_scenes(n, seed, layout_range)
     return scenes, np.stack([np.asarray(render(s)) for s in scenes])
 
 
 def training_scenes(plan: TrainingPlan) -> dict[str, set[Scene]]:
-    """Every scene (offset included) each of the plan's integer-seeded data streams shows a stage,
-    by stream: the renders (VAE, CLIPs, classifier, UNet), the editor's edit pairs, the inpainting
-    grids and the VAE's grids. These streams are `random.Random(plan.seed + k)`, k = 0–3, the
-    streams `world.triplets` draws unsplit triplets of seeds plan.seed … plan.seed + 3 from; the
-    triplets of a split (`split=`) and the DIFF-token encoder's pairs come from string-keyed streams."""
+    """Every scene (offset included) each of the plan's data streams shows a stage, by stream: the
+    renders (VAE, CLIPs, classifier, UNet), the editor's edit pairs, the inpainting grids and the
+    VAE's grids (`TrainingPlan.stream`; the DIFF-token encoder's pairs, `split_edit_pairs`, come
+    from a keyed stream in every plan). In a plan with integer streams these are
+    `random.Random(plan.seed + k)`, k = 0–3: the streams `world.triplets` draws the unsplit
+    triplets of seeds plan.seed … plan.seed + 3 from."""
     return {
-        "renders": set(random_scenes(plan.n_images, plan.seed, plan.layout_range)),
+        "renders": set(random_scenes(plan.n_images, plan.stream("renders", 0), plan.layout_range)),
         "edit pairs": {
             scene
-            for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+            for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.stream("edit pairs", 1), plan.layout_range)
             for scene in (before, after)
         },
         "inpainting grids": {
-            scene for scenes, _ in inpainting_grids(plan.n_grids, plan.seed + 2, plan.layout_range) for scene in scenes
+            scene
+            for scenes, _ in inpainting_grids(plan.n_grids, plan.stream("inpainting grids", 2), plan.layout_range)
+            for scene in scenes
         },
         "VAE grids": {
-            scene for scenes, _ in inpainting_grids(plan.n_grids, plan.seed + 3, plan.layout_range) for scene in scenes
+            scene
+            for scenes, _ in inpainting_grids(plan.n_grids, plan.stream("VAE grids", 3), plan.layout_range)
+            for scene in scenes
         },
     }
 
@@ -84,7 +90,7 @@ class TrainingData:
 
     @classmethod
     def for_plan(cls, plan: TrainingPlan) -> TrainingData:
-        scenes, images = render_dataset(plan.n_images, plan.seed, plan.layout_range)
+        scenes, images = render_dataset(plan.n_images, plan.stream("renders", 0), plan.layout_range)
         return cls(scenes, images, world_tokenizer())
 
 
@@ -107,7 +113,7 @@ def caption_batches(scenes: list[Scene], latents: torch.Tensor, states_of, plan:
             texts.extend(variants)
     states = states_of(texts)
     options = [choices[k] for k in keys]
-    rng = random.Random(plan.seed)
+    rng = random.Random(plan.stream("text-to-image captions", 0))
 
     def next_batch(step: int) -> Batch:
         index = torch.randint(len(latents), (plan.batch,))
@@ -132,7 +138,7 @@ def split_edit_pairs(n: int, stream: str, layout_range: float, edit_types: froze
     return pairs
 
 
-def edit_pairs(n: int, seed: int, layout_range: float):
+def edit_pairs(n: int, seed: int | str, layout_range: float):
     """`n` random edits: (B, B′, the instruction variants), B′ = B with one attribute changed, same layout."""
     rng = random.Random(seed)
     pairs = []
@@ -154,7 +160,7 @@ def editor_batches(pairs, vae: AutoencoderKL, states_of, plan: TrainingPlan):
     row = {text: i for i, text in enumerate(texts)}
     states = states_of(texts)
     options = [[row[text] for text in variants] for _, _, variants in pairs]
-    rng = random.Random(plan.seed + 1)
+    rng = random.Random(plan.stream("editor instructions", 1))
 
     def next_batch(step: int) -> Batch:
         index = torch.randint(len(pairs), (plan.batch,))
@@ -167,7 +173,7 @@ def editor_batches(pairs, vae: AutoencoderKL, states_of, plan: TrainingPlan):
 
 
 # --- inpainting (stage inpainting; stage vae_grids decodes the same kind of grid) ----------------------
-def inpainting_grids(n: int, seed: int, layout_range: float):
+def inpainting_grids(n: int, seed: int | str, layout_range: float):
     """`n` grids of four independent random scenes, each with one random cell to repaint."""
     rng = random.Random(seed)
     return [([random_scene(rng, layout_range) for _ in CELLS], rng.randrange(len(CELLS))) for _ in range(n)]
@@ -201,7 +207,7 @@ def inpainting_batches(grids, vae: AutoencoderKL, states_of, plan: TrainingPlan)
         options.append(list(range(len(texts), len(texts) + len(variants))))
         texts.extend(variants)
     states = states_of(texts)
-    rng = random.Random(plan.seed + 2)
+    rng = random.Random(plan.stream("inpainting captions", 2))
 
     def next_batch(step: int) -> Batch:
         index = torch.randint(len(grids), (plan.inpainting_batch,))

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import DiffinvError
 from .world import LAYOUT_RANGES, RESOLUTION
+
+DATA_STREAMS = ("keyed", "integer")  # `TrainingPlan.data_streams`
 
 
 @dataclass
@@ -46,6 +49,27 @@ class TrainingPlan:
     classifier_batch: int = 128
     vae_batch: int = 32  # pictures per VAE step; the decoder's grid steps take a quarter as many grids
     layout_check_renders: int = 1000  # fresh renders the layout threshold is chosen on (world v2)
+    # How the scenes a stage trains on are drawn: "keyed", from random.Random(f"{name}/{seed}"), a
+    # stream no triplet of `world.triplets` is drawn from (those are integer-seeded, or keyed by a
+    # split: "seen/7"); or "integer", from random.Random(seed + k), as every world trained before this
+    # field was, the bundled one included, whose renders, edit pairs and grids are thus the scenes of
+    # the unsplit triplets of seeds 0-3 (`shapes.data.training_scenes`; the layout check's, seed 7's).
+    data_streams: str = "keyed"
+
+    def __post_init__(self) -> None:
+        if self.data_streams not in DATA_STREAMS:
+            raise DiffinvError(f"data_streams must be one of {DATA_STREAMS}, got {self.data_streams!r}")
+
+    @classmethod
+    def from_record(cls, values: dict) -> TrainingPlan:
+        """The plan a `training.json` records; one written before `data_streams` existed drew its
+        scenes from integer-seeded streams."""
+        return cls(**{"data_streams": "integer", **values})
+
+    def stream(self, name: str, offset: int) -> int | str:
+        """The seed of the data stream `name` for `random.Random`: f"{name}/{seed}" (keyed), or
+        seed + `offset`, the stream's place in the integer-seeded plans."""
+        return self.seed + offset if self.data_streams == "integer" else f"{name}/{self.seed}"
 
     @property
     def layout_range(self) -> float:

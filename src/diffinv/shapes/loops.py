@@ -51,7 +51,9 @@ def train_classifier(scenes, images: np.ndarray, plan: TrainingPlan) -> Attribut
         optimizer.step()
     model.eval()
     if model.centre is not None:
-        errors = centre_errors(model, plan.layout_range, n=plan.layout_check_renders, seed=plan.seed + 7)
+        errors = centre_errors(
+            model, plan.layout_range, n=plan.layout_check_renders, seed=plan.stream("layout check", 7)
+        )
         model.layout_threshold = layout_threshold(errors)
     return model
 
@@ -69,7 +71,9 @@ def _perturb(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.clamp(0, 1)
 
 
-def centre_errors(classifier: AttributeClassifier, layout_range: float, n: int = 1000, seed: int = 7) -> np.ndarray:
+def centre_errors(
+    classifier: AttributeClassifier, layout_range: float, n: int = 1000, seed: int | str = 7
+) -> np.ndarray:
     """(n,) pixels between the classifier's centre and the truth, on fresh renders (not trained on)."""
     rng = random.Random(seed)
     scenes = [random_scene(rng, layout_range) for _ in range(n)]
@@ -115,7 +119,7 @@ def _contrastive(model: CLIPModel, parameters, scenes, images, tokenizer, plan: 
     pixels = _clip_pixels(to_pixels(images))
     keys = [scene_key(s) for s in scenes]
     variants = {key: caption_variants(s) for key, s in zip(keys, scenes)}
-    rng = random.Random(plan.seed)
+    rng = random.Random(plan.stream("CLIP captions", 0))
     model.train()
     for step in tqdm(range(steps), desc=desc):
         cosine_lr(optimizer, step, steps, 1e-3)

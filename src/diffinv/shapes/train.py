@@ -122,7 +122,7 @@ def editor_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> None:
     """The instruction editor, started from unet/, into editor/ (an InstructPix2Pix pipeline)."""
 
     def batches(vae, states_of):
-        pairs = edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+        pairs = edit_pairs(plan.n_edit_pairs, plan.stream("edit pairs", 1), plan.layout_range)
         return editor_batches(pairs, vae, states_of, plan)
 
     def unet():
@@ -135,7 +135,7 @@ def inpainting_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> None:
     """The inpainting model, started from unet/, into inpainting/ (an SD inpainting pipeline)."""
 
     def batches(vae, states_of):
-        grids = inpainting_grids(plan.n_grids, plan.seed + 2, plan.layout_range)
+        grids = inpainting_grids(plan.n_grids, plan.stream("inpainting grids", 2), plan.layout_range)
         return inpainting_batches(grids, vae, states_of, plan)
 
     def unet():
@@ -152,7 +152,7 @@ def clip_vision_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> None
 
 def vae_grids_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> None:
     """vae/'s decoder refined on pictures and grids, into every pipeline directory there is."""
-    grids = grid_pictures(inpainting_grids(plan.n_grids, plan.seed + 3, plan.layout_range))
+    grids = grid_pictures(inpainting_grids(plan.n_grids, plan.stream("VAE grids", 3), plan.layout_range))
     vae = refine_vae_decoder(AutoencoderKL.from_pretrained(out / "vae"), data.images, plan, grids)
     # every pipeline directory of the world holds a copy of the VAE
     for directory in (out, out / EDITOR_DIR, out / INPAINTING_DIR):
@@ -171,7 +171,8 @@ def diff_encoder_stage(plan: TrainingPlan, out: Path, data: TrainingData) -> Non
     clip = ClipSpace.from_pretrained(str(out / "clip"), "cpu", torch.float32)
     if plan.diff_encoder_split == "all":  # the editor's own training pairs, each used both ways round
         pairs = [
-            (before, after) for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.seed + 1, plan.layout_range)
+            (before, after)
+            for before, after, _ in edit_pairs(plan.n_edit_pairs, plan.stream("edit pairs", 1), plan.layout_range)
         ]
         both_ways = True
     else:  # pairs of the split's edit types only, from a stream no triplet is drawn from
@@ -275,8 +276,10 @@ BESIDE_THE_WORLD = (*BENCH_MODELS, "diff_encoder")
 def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] | None = None) -> dict:
     """Train (or resume) every stage into `out` — or only `stages`, whose prerequisites must be
     done; returns the seconds each finished stage took. Several processes may train different
-    stages of one directory at once (`training.json` is updated under a lock)."""
-    plan = plan or TrainingPlan()
+    stages of one directory at once (`training.json` is updated under a lock). plan: None resumes
+    `out` by the plan its `training.json` records, or starts a new world by today's `TrainingPlan()`."""
+    if plan is None:
+        plan = recorded_plan(out) or TrainingPlan()
     known = tuple(name for name, stage in STAGES.items() if plan.world >= stage.world)
     unknown = [name for name in stages or () if name not in known]
     if unknown:
@@ -302,6 +305,13 @@ def train_world(out: Path, plan: TrainingPlan | None = None, stages: list[str] |
     timings = finished_stages(out)
     _describe(out, plan, known, timings)
     return timings
+
+
+def recorded_plan(out: Path) -> TrainingPlan | None:
+    """The plan the world in `out` was trained by, as its `training.json` records it (None: no record)."""
+    with _lock(out):
+        path = out / "training.json"
+        return TrainingPlan.from_record(json.loads(path.read_text())["plan"]) if path.exists() else None
 
 
 def finished_stages(out: Path) -> dict:
@@ -363,8 +373,8 @@ def extend_stage(out: Path, name: str, steps: int) -> TrainingPlan:
                 reached = int(handle.metadata()["step"]) + 1
             if not isinstance(steps, int) or steps <= reached:
                 raise DiffinvError(f"stage {name} is at step {reached}; extend it to more than that, not {steps!r}")
-            return replace(TrainingPlan(**record["plan"]), **{field: steps})  # an unfinished leg: resume it
-        plan = TrainingPlan(**record["plan"])
+            return replace(TrainingPlan.from_record(record["plan"]), **{field: steps})  # an unfinished leg: resume it
+        plan = TrainingPlan.from_record(record["plan"])
         reached = getattr(plan, field)
         if not isinstance(steps, int) or steps <= reached:
             raise DiffinvError(f"stage {name} has had {reached} steps; extend it to more than that, not {steps!r}")
