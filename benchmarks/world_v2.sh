@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The world-v2 runs behind docs/results.md (sections 7 and 8) and docs/shapes.md, by name.
 #
-#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | dev-auto | heldout-auto | heldout-auto-k3 | paper-hard | baselines | keep RUN
+#   bash benchmarks/world_v2.sh STEP        STEP: train-base | train-denoisers | check | bundle | heldout | heldout-mask | heldout-steps | heldout-editor | dev-editor | train-encoder | dev-encoder | heldout-encoder | heldout-encoder-baselines | train-encoder-seen | dev-split | heldout-split | dev-examples | heldout-unseen | dev-unseen-variants | dev-auto | heldout-auto | heldout-auto-k3 | dev-t2i-encoder | paper-hard | baselines | keep RUN
 #
 # Every step resumes where it stopped. A bench step may run in two shells at once (the two
 # processes share the run directory and take different triplets), one thread each.
@@ -154,6 +154,18 @@ print(' '.join(d for d in ('editor', 'inpainting') if d not in bench))" "$WORLD/
     # paired with heldout-auto's K = 1 rows of the same methods
     "${BENCH[@]}" --out runs/heldout-auto-k3-s220 --n 200 --triplet-seed 220 --split unseen --examples 3 \
       --method on-editor:init=auto --method on-editor:init=encoder,steps=0 ;;
+  dev-t2i-encoder)  # issue 25: a DIFF-token encoder for the text-to-image route (the paper's L_tc, both
+    # branches), on the editor's encoder's seen pairs, 3000 steps; then development seed 1, 30 per split
+    python benchmarks/t2i_encoder_pairs.py runs/t2i-encoder-pairs
+    diffinv encoder train --model "$MODEL" --data runs/t2i-encoder-pairs -o runs/t2i-encoder --steps 3000 --one-way \
+      --threads 2 --log-every 250
+    rm -rf runs/shapes-t2i-enc && cp -r src/diffinv/shapes/model runs/shapes-t2i-enc
+    cp -r runs/t2i-encoder runs/shapes-t2i-enc/diff_encoder
+    python -c "import json, pathlib; p = pathlib.Path('runs/shapes-t2i-enc/diffinv.json'); d = json.loads(p.read_text()); \
+      d['learned_split'] = 'seen'; p.write_text(json.dumps(d, indent=1))"
+    diffinv bench run --model runs/shapes-t2i-enc --threads 1 --quiet --out runs/dev-t2i-encoder-s1 --n 30 \
+      --triplet-seed 1 --split all --method difference-inversion --method difference-inversion:init=encoder,steps=0 \
+      --method difference-inversion:init=auto ;;
   paper-hard)  # the paper's hard-prompt manner (Sec. 2) against the paper preset's soft tokens, once, seed 170
     "${BENCH[@]}" --out runs/paper-hard-s170 --n 100 --triplet-seed 170 \
       --method paper --method paper:hard_tokens=true ;;
