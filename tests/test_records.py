@@ -60,6 +60,7 @@ REPORT_BASELINE = {
     "dev-gate-s2": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-auto-s220": "on-editor:init=zeros,steps=200,weight_decay=1",
     "heldout-auto-k3-s220": "on-editor:init=encoder,steps=0",
+    "dev-t2i-encoder-s1": "difference-inversion",
 }
 # Records whose configs the steps are not resolved against here, and why: their run.json records
 # every method's resolved config itself (`configs`), which a rerun of their step is checked against
@@ -76,6 +77,7 @@ CONFIGS_RECORDED = {
     "dev-gate-s2": "dev-auto, likewise",
     "heldout-auto-s220": "heldout-auto, likewise",
     "heldout-auto-k3-s220": "heldout-auto-k3, likewise",
+    "dev-t2i-encoder-s1": "dev-t2i-encoder, on a copy of the bundled world with the encoder that step trains",
 }
 # Records that are not bench runs, and why they have no summary to rebuild.
 NOT_BENCH_RUNS = {
