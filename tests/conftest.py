@@ -66,6 +66,22 @@ def clip(backbone):
     return tiny_clip_for(backbone.pipe)
 
 
+def run_cli(capsys, argv):
+    """(exit status, stdout, stderr) of the `diffinv` command line run in process on `argv`."""
+    from diffinv.cli import main
+
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model_args(tiny_model_dir):
+    """The flags that point a command at the tiny model directory and its CLIP, on the CPU, quietly."""
+    model_dir, clip_dir = tiny_model_dir
+    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def editor(backbone):
     """A tiny InstructPix2Pix editor sharing the tiny text-to-image model's text encoder, VAE and

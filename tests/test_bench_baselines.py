@@ -22,12 +22,6 @@ from diffinv.testing import tiny_instruct_pix2pix, tiny_pipeline
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-@pytest.fixture
-def model_args(tiny_model_dir):
-    model_dir, clip_dir = tiny_model_dir
-    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
-
-
 def one_line_error(capsys, argv) -> str:
     assert main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err

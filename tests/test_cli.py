@@ -13,18 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, run_cli
 from diffinv.cli import main
 from diffinv.images import working_size
 from diffinv.tokens import DiffTokens
 
 SIZE_MULTIPLE, NATIVE = 8, 32  # of the tiny model (see test_backbone.test_sizes)
-
-
-def run(capsys, argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, *fragments):
@@ -35,12 +29,6 @@ def assert_one_line_error(code, err, *fragments):
     assert lines[0].startswith("diffinv: error: ")
     for fragment in fragments:
         assert str(fragment) in lines[0]
-
-
-@pytest.fixture
-def model_args(tiny_model_dir):
-    model_dir, clip_dir = tiny_model_dir
-    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
 
 
 def truncated_png(path: Path) -> Path:
@@ -84,14 +72,14 @@ def test_bad_image_for_fit(capsys, tmp_path, image_files, model_args, make, reas
     bad = make(tmp_path / "bad.png")
     images = [image_files["a"], image_files["a_prime"]]
     images[position] = bad
-    code, out, err = run(capsys, ["fit", *images, "-o", tmp_path / "t.safetensors", *model_args])
+    code, out, err = run_cli(capsys, ["fit", *images, "-o", tmp_path / "t.safetensors", *model_args])
     assert_one_line_error(code, err, bad, reason)
     assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_bad_b_for_analogy(capsys, tmp_path, image_files, model_args):
     bad = truncated_png(tmp_path / "b.png")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["analogy", image_files["a"], image_files["a_prime"], bad, "-o", tmp_path / "out.png", *model_args]
     )
     assert_one_line_error(code, err, bad, "damaged or truncated")
@@ -99,7 +87,7 @@ def test_bad_b_for_analogy(capsys, tmp_path, image_files, model_args):
 
 def test_bad_b_for_apply(capsys, tmp_path, fitted_tokens, image_files, model_args):
     fitted_tokens.save(tmp_path / "t.safetensors")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         [
             "apply",
@@ -118,19 +106,19 @@ def test_bad_b_for_apply(capsys, tmp_path, fitted_tokens, image_files, model_arg
 def test_token_file_that_is_not_safetensors(capsys, tmp_path, image_files, model_args):
     tokens = tmp_path / "tokens.safetensors"
     tokens.write_text("hello")
-    code, _, err = run(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
+    code, _, err = run_cli(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
     assert_one_line_error(code, err, tokens, "not a safetensors DIFF-token file")
 
 
 def test_safetensors_that_is_not_diff_tokens(capsys, tmp_path, image_files, model_args):
     tokens = tmp_path / "weights.safetensors"
     save_file({"weight": torch.zeros(2, 2)}, str(tokens))
-    code, _, err = run(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
+    code, _, err = run_cli(capsys, ["apply", tokens, image_files["b"], "-o", tmp_path / "out", *model_args])
     assert_one_line_error(code, err, tokens, "not DIFF tokens")
 
 
 def test_missing_token_file(capsys, tmp_path, image_files, model_args):
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["apply", tmp_path / "nope.safetensors", image_files["b"], "-o", tmp_path / "out", *model_args]
     )
     assert_one_line_error(code, err, "no such token file")
@@ -147,7 +135,7 @@ def test_missing_token_file(capsys, tmp_path, image_files, model_args):
     ],
 )
 def test_invalid_hyperparameters(capsys, tmp_path, image_files, model_args, flags, fragment):
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         [
             "analogy",
@@ -164,7 +152,7 @@ def test_invalid_hyperparameters(capsys, tmp_path, image_files, model_args, flag
 
 
 def test_half_the_captions(capsys, tmp_path, image_files, model_args):
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         [
             "fit",
@@ -181,7 +169,7 @@ def test_half_the_captions(capsys, tmp_path, image_files, model_args):
 
 
 def test_output_that_is_a_directory(capsys, tmp_path, image_files, model_args):
-    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path, *model_args])
+    code, _, err = run_cli(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path, *model_args])
     assert_one_line_error(code, err, "is a directory")
 
 
@@ -196,7 +184,7 @@ def test_missing_caption_file(capsys, tmp_path, image_files, model_args):
         tmp_path / "captions.txt",
         *model_args,
     ]
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, "captions.txt", "no such caption file")
 
 
@@ -205,7 +193,7 @@ def test_tokens_of_another_width(capsys, tmp_path, image_files, model_args, fitt
 
     wide = dataclasses.replace(fitted_tokens, embeddings=torch.zeros(5, 48))
     wide.save(tmp_path / "wide.safetensors")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         [
             "apply",
@@ -236,7 +224,7 @@ def test_model_directory_that_does_not_exist(capsys, tmp_path, image_files):
         "cpu",
         "--quiet",
     ]
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, "no such model directory")
 
 
@@ -291,7 +279,7 @@ def test_analogy_end_to_end(capsys, tmp_path, image_files, model_args):
         "2",
         *model_args,
     ]
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert code == 0, err
     grid_path, tokens_path = output.with_name("b_prime-grid.png"), output.with_suffix(".safetensors")
     assert output.is_file() and grid_path.is_file() and tokens_path.is_file()
@@ -325,7 +313,7 @@ def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files,
     captions.write_text("\n".join([lines[0], "", *lines[1:], "   "]) + "\n", encoding="utf-8")
     tokens_path = tmp_path / "tokens" / "red-to-blue.safetensors"
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         [
             "fit",
@@ -354,7 +342,7 @@ def test_fit_then_apply_with_captions_from_a_file(capsys, tmp_path, image_files,
     other.parent.mkdir()
     Image.open(image_files["b"]).transpose(Image.Transpose.ROTATE_90).save(other)  # 30 × 60
     out_dir = tmp_path / "out"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         [
             "apply",
@@ -416,7 +404,7 @@ def test_analogy_refuses_to_overwrite_any_of_its_outputs(
 ):
     existing = tmp_path / companion
     existing.write_bytes(b"the user's file")
-    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / "out.png", *model_args))
+    code, _, err = run_cli(capsys, analogy_argv(image_files, tmp_path / "out.png", *model_args))
     assert_one_line_error(code, err, existing, "already exists", "--overwrite")
     assert existing.read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == [companion]
@@ -428,7 +416,7 @@ def test_an_input_is_never_written_over(capsys, tmp_path, image_files, model_arg
     b.write_bytes(Path(image_files["b"]).read_bytes())
     before = b.read_bytes()
     argv = ["analogy", image_files["a"], image_files["a_prime"], b, "-o", tmp_path / "." / "b.png", *flags]
-    code, _, err = run(capsys, argv + model_args)
+    code, _, err = run_cli(capsys, argv + model_args)
     assert_one_line_error(code, err, "is an input")
     assert b.read_bytes() == before
 
@@ -439,13 +427,15 @@ def test_apply_never_writes_over_a_b_in_the_output_directory(
     fitted_tokens.save(tmp_path / "t.safetensors")
     b = tmp_path / "b.png"
     b.write_bytes(Path(image_files["b"]).read_bytes())
-    code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", b, "-o", tmp_path, "--overwrite", *model_args])
+    code, _, err = run_cli(
+        capsys, ["apply", tmp_path / "t.safetensors", b, "-o", tmp_path, "--overwrite", *model_args]
+    )
     assert_one_line_error(code, err, "is an input")
 
 
 def test_fit_refuses_to_overwrite_a_token_file(capsys, tmp_path, image_files, model_args, no_model_loading):
     (tmp_path / "t.safetensors").write_bytes(b"earlier tokens")
-    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"])
+    code, _, err = run_cli(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"])
     assert_one_line_error(code, err, "already exists")
     assert (tmp_path / "t.safetensors").read_bytes() == b"earlier tokens"
 
@@ -457,12 +447,14 @@ def test_fit_refuses_to_overwrite_a_token_file(capsys, tmp_path, image_files, mo
 def test_bad_output_names_are_refused_before_loading(
     capsys, tmp_path, image_files, model_args, no_model_loading, name, fragment
 ):
-    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / name, *model_args))
+    code, _, err = run_cli(capsys, analogy_argv(image_files, tmp_path / name, *model_args))
     assert_one_line_error(code, err, fragment)
 
 
 def test_fit_output_must_be_safetensors(capsys, tmp_path, image_files, model_args, no_model_loading):
-    code, _, err = run(capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.pt", *model_args])
+    code, _, err = run_cli(
+        capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.pt", *model_args]
+    )
     assert_one_line_error(code, err, "must end in .safetensors")
 
 
@@ -479,14 +471,14 @@ def test_bad_arguments_are_reported_before_loading(
     capsys, tmp_path, image_files, model_args, no_model_loading, flags, fragment
 ):
     argv = analogy_argv(image_files, tmp_path / "out.png", *model_args, *flags)
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, fragment)
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("threads", ["0", "-1"])
 def test_shapes_train_refuses_a_thread_count_below_one_before_torch(capsys, tmp_path, threads):
-    code, _, err = run(capsys, ["shapes", "train", "--out", tmp_path / "world", "--threads", threads])
+    code, _, err = run_cli(capsys, ["shapes", "train", "--out", tmp_path / "world", "--threads", threads])
     assert_one_line_error(code, err, f"--threads must be at least 1, got {threads}")
     assert not any(tmp_path.iterdir())
 
@@ -504,7 +496,9 @@ def test_mps_on_a_machine_without_it_is_one_line(capsys, tmp_path, image_files, 
         pytest.skip("this machine has MPS")
     args = [a for a in model_args if a not in ("--device", "cpu")]
     captions = ["--caption-a", CAPTION_A, "--caption-a-prime", CAPTION_A_PRIME, "--prompt", PROMPT_B]
-    code, _, err = run(capsys, analogy_argv(image_files, tmp_path / "out.png", *args, *captions, "--device", "mps"))
+    code, _, err = run_cli(
+        capsys, analogy_argv(image_files, tmp_path / "out.png", *args, *captions, "--device", "mps")
+    )
     assert_one_line_error(code, err, "no MPS")
 
 
@@ -518,7 +512,7 @@ def test_an_interrupted_write_leaves_nothing(capsys, tmp_path, image_files, mode
 
     monkeypatch.setattr(DiffTokens, "save", interrupted)
     argv = fast_analogy_argv(image_files, tmp_path / "out.png", *model_args)
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -529,7 +523,7 @@ def test_overwrite_replaces_all_three_outputs(capsys, tmp_path, image_files, mod
     for path in companions:
         path.write_bytes(b"old")
     argv = fast_analogy_argv(image_files, output, *model_args, "--overwrite")
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     assert all(path.read_bytes() != b"old" for path in companions)
     assert DiffTokens.load(companions[2]).config.steps == 1
@@ -540,15 +534,15 @@ def test_overwrite_replaces_all_three_outputs(capsys, tmp_path, image_files, mod
 def test_a_missing_captioner_is_named_before_loading(capsys, tmp_path, image_files, model_args, no_model_loading):
     """A plain model directory captions with BLIP-2, which is not in the (empty) cache here."""
     argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors", "--offline"]
-    code, _, err = run(capsys, argv + model_args)
+    code, _, err = run_cli(capsys, argv + model_args)
     assert_one_line_error(code, err, "blip2", "--caption-a", "--captions-from")
 
 
 def test_a_hub_model_missing_from_the_cache_offline(capsys, tmp_path, image_files, no_model_loading):
     argv = ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"]
-    code, _, err = run(capsys, argv + ["--model", "nobody/no-such-model", "--offline", "--caption-a", "x"])
+    code, _, err = run_cli(capsys, argv + ["--model", "nobody/no-such-model", "--offline", "--caption-a", "x"])
     assert_one_line_error(code, err, "--caption-a-prime")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, argv + ["--model", "nobody/no-such-model", "--offline", "--caption-a", "x", "--caption-a-prime", "y"]
     )
     assert_one_line_error(code, err, "nobody/no-such-model", "not in the hub cache", "offline")
@@ -558,7 +552,7 @@ def test_an_examples_captions_file_works_with_captions_from(capsys, tmp_path, mo
     examples = Path(__file__).parents[1] / "examples" / "colour"
     argv = ["fit", examples / "a.png", examples / "a_prime.png", "-o", tmp_path / "t.safetensors", "--steps", "1"]
     argv += ["--captions-from", examples / "captions.txt", "--prompt-source", "caption", *model_args]
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     tokens = DiffTokens.load(tmp_path / "t.safetensors")
     lines = (examples / "captions.txt").read_text().splitlines()
@@ -568,7 +562,7 @@ def test_an_examples_captions_file_works_with_captions_from(capsys, tmp_path, mo
 
 # --- defaults that say what they are --------------------------------------------------------------------
 def test_defaults_lists_the_models_values_beside_the_papers(capsys):
-    code, out, err = run(capsys, ["defaults", "--model", "shapes"])
+    code, out, err = run_cli(capsys, ["defaults", "--model", "shapes"])
     assert code == 0, err
     steps = next(line for line in out.splitlines() if line.startswith("steps "))
     assert steps.split()[1:3] == ["100", "1000"] and "changed" in steps
@@ -608,7 +602,7 @@ def test_diffinvs_own_warnings_reach_the_user_and_library_noise_does_not(
     monkeypatch.setattr(DifferenceInversion, "from_pretrained", noisy)
     fitted_tokens.save(tmp_path / "t.safetensors")
     argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B]
-    code, _, err = run(capsys, argv + ["--sampling-steps", "2", *model_args])
+    code, _, err = run_cli(capsys, argv + ["--sampling-steps", "2", *model_args])
     assert code == 0, err
     assert err.splitlines() == [
         f"diffinv: warning: DIFF tokens were fitted on 'tiny-epsilon', applying them to {model_args[1]!r}"
@@ -631,7 +625,7 @@ def test_analogy_with_candidates_keeps_one_of_them(capsys, tmp_path, image_files
     argv = analogy_argv(image_files, tmp_path / "out.png", *model_args, *captions, "--prompt-source", "caption")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DifferenceInversion, "candidate_scores", spying)
-        code, _, err = run(capsys, argv + ["--steps", "1", "--sampling-steps", "2", "--candidates", "2"])
+        code, _, err = run_cli(capsys, argv + ["--steps", "1", "--sampling-steps", "2", "--candidates", "2"])
     assert code == 0, err
     assert seen == [2]
     assert (tmp_path / "out.png").is_file()
@@ -645,7 +639,7 @@ def test_analogy_reads_each_image_file_once(capsys, tmp_path, image_files, model
     monkeypatch.setattr(
         Image, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or real_open(fp, *args, **kwargs)
     )
-    code, _, err = run(capsys, fast_analogy_argv(image_files, tmp_path / "out.png", *model_args))
+    code, _, err = run_cli(capsys, fast_analogy_argv(image_files, tmp_path / "out.png", *model_args))
     assert code == 0, err
     assert sorted(path for path in opened if path in paths) == sorted(paths)
 
@@ -678,7 +672,7 @@ def test_an_unreachable_hub_is_reported_at_once_not_after_retries(
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(HfApi, "model_info", no_network)
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["fit", image_files["a"], image_files["a_prime"], "-o", tmp_path / "t.safetensors"] + model_args
     )
     assert_one_line_error(code, err, "blip2", "cannot be reached", "--caption-a")

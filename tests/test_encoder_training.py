@@ -14,9 +14,8 @@ import pytest
 import torch
 
 import diffinv
-from conftest import shape_image
+from conftest import run_cli, shape_image
 from diffinv.backbones.editor import InstructPix2PixBackbone
-from diffinv.cli import main
 from diffinv.diff_encoder import DiffEncoder, DiffEncoderConfig
 from diffinv.encoder_training import STATE_NAME, _encoded_pool, _text_to_image_loss, train_diff_encoder
 from diffinv.errors import DiffinvError, Interrupted
@@ -308,25 +307,13 @@ def test_a_partial_instructpix2pix_copy_or_no_data_is_refused(tmp_path):
 
 
 # --- the command -------------------------------------------------------------------------------------------
-def run(capsys, argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def model_args(tiny_model_dir):
-    model_dir, clip_dir = tiny_model_dir
-    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
-
-
 def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     capsys, tmp_path, model_args, image_files
 ):
     data = pair_folders(tmp_path / "data")
     out = tmp_path / "encoder"
     train = ["encoder", "train", "--data", data, "-o", out, "--steps", "2", "--batch", "2", *model_args]
-    code, stdout, err = run(capsys, train)
+    code, stdout, err = run_cli(capsys, train)
     assert code == 0, err
     record = json.loads((out / "encoder_training.json").read_text())
     assert record["finished"] and record["kind"] == "text-to-image" and record["run"]["pairs"] == 2
@@ -335,25 +322,25 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
     encoder = DiffEncoder.from_pretrained(out)
     assert encoder.config.n_tokens == 5 and any(p.abs().sum() > 0 for p in encoder.parameters())
 
-    code, stdout, err = run(capsys, train)  # the same command again: nothing to do
+    code, stdout, err = run_cli(capsys, train)  # the same command again: nothing to do
     assert code == 0 and "nothing to do" in stdout
-    code, _, err = run(capsys, [*train[: -len(model_args)], "--steps", "3", *model_args])
+    code, _, err = run_cli(capsys, [*train[: -len(model_args)], "--steps", "3", *model_args])
     assert code == 2 and "other settings (steps 2, not 3)" in err and len(err.splitlines()) == 1
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    code, _, err = run(capsys, [*train[:5], tmp_path / "other", *train[6:]])
+    code, _, err = run_cli(capsys, [*train[:5], tmp_path / "other", *train[6:]])
     assert code == 2 and "is not a DIFF-token encoder's training run" in err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
-    code, _, err = run(capsys, [*train[:5], tmp_path / "other", *train[6:], "--overwrite"])
+    code, _, err = run_cli(capsys, [*train[:5], tmp_path / "other", *train[6:], "--overwrite"])
     assert code == 0, err  # the encoder written beside the user's file, which stays
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     assert DiffEncoder.from_pretrained(tmp_path / "other").config == encoder.config
 
     tokens = tmp_path / "tokens.safetensors"
     fit = ["fit", image_files["a"], image_files["a_prime"], "-o", tokens, "--steps", "0"]  # --encoder: init encoder
-    code, _, err = run(capsys, [*fit, "--encoder", tmp_path / "data", *model_args])
+    code, _, err = run_cli(capsys, [*fit, "--encoder", tmp_path / "data", *model_args])
     assert code == 2 and "--encoder" in err and "no DIFF-token encoder there" in err
-    code, _, err = run(capsys, [*fit, "--encoder", out, *model_args])
+    code, _, err = run_cli(capsys, [*fit, "--encoder", out, *model_args])
     assert code == 0, err
     from diffinv.tokens import DiffTokens
 
@@ -362,7 +349,7 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
 
     auto = [*fit[:-2], "--init", "auto", "--steps", "1", "--encoder", out, "--overwrite"]
     auto += ["--caption-a", "a red circle", "--caption-a-prime", "a blue circle", *model_args]  # a fit needs them
-    code, stdout, err = run(capsys, auto)
+    code, stdout, err = run_cli(capsys, auto)
     assert code == 0, err
     check = DiffTokens.load(tokens).encoder_check  # the route the check took is said, and kept in the file
     said = "D̃ from the DIFF-token encoder" if check["accepted"] else "D̃ fitted: the DIFF-token encoder's"
@@ -372,9 +359,11 @@ def test_the_command_trains_resumes_refuses_and_the_fit_starts_from_its_encoder(
 def test_the_command_refuses_bad_data_and_flags_before_loading(capsys, tmp_path, model_args):
     data = pair_folders(tmp_path / "data")
     (data / "pair1" / "before.png").unlink()
-    code, _, err = run(capsys, ["encoder", "train", "--data", data, "-o", tmp_path / "out", *model_args])
+    code, _, err = run_cli(capsys, ["encoder", "train", "--data", data, "-o", tmp_path / "out", *model_args])
     assert code == 2 and "pair1: a pair folder without its 'before' image" in err
-    code, _, err = run(capsys, ["encoder", "train", "--data", data, "-o", tmp_path / "o", "--steps", "0", *model_args])
+    code, _, err = run_cli(
+        capsys, ["encoder", "train", "--data", data, "-o", tmp_path / "o", "--steps", "0", *model_args]
+    )
     assert code == 2 and "--steps must be at least 1" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
@@ -432,10 +421,10 @@ def test_the_command_interrupted_resumes_with_its_whole_loss_curve(capsys, tmp_p
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(encoder_command, "_write_record", write_then_ctrl_c)
-    code, _, err = run(capsys, [*train, "--checkpoint-every", "1", *model_args])
+    code, _, err = run_cli(capsys, [*train, "--checkpoint-every", "1", *model_args])
     assert code == 130 and "interrupted; stopped after step 2 of 3" in err
     monkeypatch.setattr(encoder_command, "_write_record", write)
-    code, _, err = run(capsys, [*train, "--checkpoint-every", "2", *model_args])  # not a setting of the result
+    code, _, err = run_cli(capsys, [*train, "--checkpoint-every", "2", *model_args])  # not a setting of the result
     assert code == 0, err
     record = json.loads((out / "encoder_training.json").read_text())
     assert record["finished"] and [step for step, _ in record["losses"]] == [1, 2, 3]

@@ -34,7 +34,7 @@ def test_the_triplets_are_drawn_as_before_the_examples_existed(layout_range, spl
 # --- fit over several pairs ---------------------------------------------------------------------------
 import torch  # noqa: E402
 
-from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image  # noqa: E402
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, run_cli, shape_image  # noqa: E402
 from diffinv import inversion  # noqa: E402
 from diffinv.errors import DiffinvError  # noqa: E402
 
@@ -208,20 +208,6 @@ def test_the_token_file_records_how_many_pairs(di, pairs, tmp_path):
 
 
 # --- the command line ----------------------------------------------------------------------------------
-def run_cli(capsys, argv):
-    from diffinv.cli import main
-
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def model_args(tiny_model_dir):
-    model_dir, clip_dir = tiny_model_dir
-    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
-
-
 @pytest.fixture
 def no_model_loading(monkeypatch):
     from diffinv.pipeline import DifferenceInversion

@@ -11,21 +11,14 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, run_cli
 from diffinv.backbones.sd import StableDiffusionBackbone
-from diffinv.cli import main
 from diffinv.cli.flags import weighted_file
 from diffinv.errors import DiffinvError
 from diffinv.export import A1111_KEY, combine, diffusers_state_dict, export, words_text
 from diffinv.testing import tiny_pipeline
 from test_checks import UMASKS, umask
 from test_tokens import made_up_tokens
-
-
-def run(capsys, argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, *fragments):
@@ -210,7 +203,7 @@ def token_files(tmp_path):
 )
 def test_export_command_writes_each_format(capsys, tmp_path, token_files, format, name):
     output = tmp_path / "out" / name
-    code, out, err = run(capsys, ["export", token_files[0], "--format", format, "-o", output])
+    code, out, err = run_cli(capsys, ["export", token_files[0], "--format", format, "-o", output])
     assert code == 0, err
     assert output.is_file() and str(output) in out
     assert not list(output.parent.glob(".*partial*"))
@@ -224,7 +217,7 @@ def test_export_command_refuses_words_with_pieces_of_characters(capsys, tmp_path
     broken = tmp_path / "broken.safetensors"
     made_up_tokens(hard_token_ids=[5, 17, 300, 301, 302], hard_text="re big _nto \ufffd").save(broken)
     output = tmp_path / "d.txt"
-    code, _, err = run(capsys, ["export", broken, "--format", "words", "-o", output])
+    code, _, err = run_cli(capsys, ["export", broken, "--format", "words", "-o", output])
     assert_one_line_error(code, err, "no text gives back these 5 hard tokens", "--format diffusers or a1111")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors"]
 
@@ -240,10 +233,10 @@ def test_exports_and_images_get_a_new_files_mode(capsys, tmp_path, token_files, 
     with umask(mask):
         for format, name in [("diffusers", "d.safetensors"), ("a1111", "a.safetensors"), ("words", "w.txt")]:
             written.append(tmp_path / "out" / name)
-            code, _, err = run(capsys, ["export", token_files[0], "--format", format, "-o", written[-1]])
+            code, _, err = run_cli(capsys, ["export", token_files[0], "--format", format, "-o", written[-1]])
             assert code == 0, err
         argv = ["apply", token_files[0], image_files["b"], "-o", tmp_path / "b", "--prompt", PROMPT_B]
-        code, _, err = run(capsys, [*argv, "--device", "cpu"])
+        code, _, err = run_cli(capsys, [*argv, "--device", "cpu"])
         assert code == 0, err
         written.extend((tmp_path / "b").iterdir())
         written.append(tmp_path / "saved.safetensors")
@@ -258,26 +251,26 @@ def test_export_command_refuses_before_writing(capsys, tmp_path, token_files):
     existing = tmp_path / "d.safetensors"
     existing.write_bytes(b"the user's file")
 
-    code, _, err = run(capsys, ["export", hard, "--format", "a1111", "-o", existing])
+    code, _, err = run_cli(capsys, ["export", hard, "--format", "a1111", "-o", existing])
     assert_one_line_error(code, err, existing, "already exists", "--overwrite")
     assert existing.read_bytes() == b"the user's file"
-    code, _, err = run(capsys, ["export", hard, "--format", "a1111", "-o", existing, "--overwrite"])
+    code, _, err = run_cli(capsys, ["export", hard, "--format", "a1111", "-o", existing, "--overwrite"])
     assert code == 0, err
     assert list(load_file(str(existing))) == ["emb_params"]
 
-    code, _, err = run(capsys, ["export", hard, "--format", "diffusers", "-o", hard, "--overwrite"])
+    code, _, err = run_cli(capsys, ["export", hard, "--format", "diffusers", "-o", hard, "--overwrite"])
     assert_one_line_error(code, err, "is an input")
-    code, _, err = run(capsys, ["export", hard, "--format", "words", "-o", tmp_path / "w.safetensors"])
+    code, _, err = run_cli(capsys, ["export", hard, "--format", "words", "-o", tmp_path / "w.safetensors"])
     assert_one_line_error(code, err, "must end in .txt")
-    code, _, err = run(capsys, ["export", hard, "--format", "diffusers", "-o", tmp_path / "d.txt"])
+    code, _, err = run_cli(capsys, ["export", hard, "--format", "diffusers", "-o", tmp_path / "d.txt"])
     assert_one_line_error(code, err, "must end in .safetensors")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["export", hard, "--format", "diffusers", "-o", tmp_path / "t.safetensors", "--token", ""]
     )
     assert_one_line_error(code, err, "--token")
-    code, _, err = run(capsys, ["export", soft, "--format", "words", "-o", tmp_path / "w.txt"])
+    code, _, err = run_cli(capsys, ["export", soft, "--format", "words", "-o", tmp_path / "w.txt"])
     assert_one_line_error(code, err, "soft", "--hard-tokens")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, ["export", tmp_path / "missing.safetensors", "--format", "a1111", "-o", tmp_path / "m.safetensors"]
     )
     assert_one_line_error(code, err, "no such token file")
@@ -302,7 +295,7 @@ def test_apply_also_combines_the_files(capsys, tmp_path, token_files, image_file
     monkeypatch.setattr(diffinv.cli.commands, "load_model", lambda args: model)
     hard, soft = token_files
     argv = ["apply", hard, image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B, "--device", "cpu"]
-    code, _, err = run(capsys, [*argv, "--weight", "2", "--also", f"{soft}:-0.5", "--also", soft])
+    code, _, err = run_cli(capsys, [*argv, "--weight", "2", "--also", f"{soft}:-0.5", "--also", soft])
     assert code == 0, err
     (combined,) = model.tokens
     expected = 2 * made_up_tokens().embeddings + 0.5 * soft_tokens().embeddings
@@ -311,6 +304,6 @@ def test_apply_also_combines_the_files(capsys, tmp_path, token_files, image_file
 
     other = tmp_path / "narrow.safetensors"
     made_up_tokens(embeddings=torch.zeros(2, 32)).save(other)
-    code, _, err = run(capsys, [*argv, "--overwrite", "--also", other])
+    code, _, err = run_cli(capsys, [*argv, "--overwrite", "--also", other])
     assert_one_line_error(code, err, "cannot combine", "(2, 32)")
     assert len(model.tokens) == 1  # refused before any B′ was drawn

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from diffinv.bench.methods import expand_methods
 from diffinv.bench.results import read_results
 from diffinv.cli import build_parser, main
@@ -21,12 +22,6 @@ from test_bench import ColourMean, FakeDI, bench_options, fake_runner, no_loadin
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shape"
 BUNDLED = ("shapes", "shapes-editor")
-
-
-def run(capsys, argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- budgets: every start of D̃ and every preset on every bundled model ---------------------------------
@@ -77,7 +72,7 @@ def test_a_bad_budget_in_a_descriptor_is_one_error(tmp_path, budgets, fragment):
 
 
 def test_init_zeros_runs_end_to_end_on_the_default_model(capsys, tmp_path):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         [
             "analogy",
@@ -146,7 +141,7 @@ def test_tokens_of_the_other_bundled_model_are_drawn_with_this_ones_settings(fit
 def test_captions_from_with_the_encoders_tokens_says_it_changes_nothing(capsys, tmp_path):
     argv = ["analogy", EXAMPLE / "a.png", EXAMPLE / "a_prime.png", EXAMPLE / "b.png", "-o", tmp_path / "b.png"]
     captions = ["--captions-from", EXAMPLE / "captions.txt"]
-    code, _, err = run(capsys, [*argv, *captions, "--init", "encoder", "--quiet", "--threads", "1"])
+    code, _, err = run_cli(capsys, [*argv, *captions, "--init", "encoder", "--quiet", "--threads", "1"])
     assert code == 0, err
     assert err.splitlines() == [
         "diffinv: warning: --captions-from changes nothing here: D̃ is taken from the model's encoder with no fit "
@@ -197,7 +192,9 @@ def test_an_interrupted_apply_says_which_images_were_written(capsys, tmp_path, m
 
     monkeypatch.setattr(commands, "load_model", lambda args: Interrupting())
     out = tmp_path / "out"
-    code, _, err = run(capsys, ["apply", tmp_path / "t.safetensors", *b, "-o", out, "--model", "shapes", "--quiet"])
+    code, _, err = run_cli(
+        capsys, ["apply", tmp_path / "t.safetensors", *b, "-o", out, "--model", "shapes", "--quiet"]
+    )
     assert code == 130
     assert err.splitlines() == [
         f"diffinv: interrupted; wrote 1 of 3 B′ (up to {out / 'b0.png'}); not written: {out / 'b1.png'}, "
@@ -256,7 +253,7 @@ def test_shapes_check_prints_each_gate_as_it_is_known(capsys, monkeypatch):
         raise RuntimeError("the next model is slow")
 
     monkeypatch.setattr(evaluate, "check", check)
-    code, out, err = run(capsys, ["shapes", "check", "--quiet"])
+    code, out, err = run_cli(capsys, ["shapes", "check", "--quiet"])
     assert code == 1 and out.startswith("PASS  vae")
     assert "measuring" not in err  # --quiet: the results only
     assert "four" not in build_parser()._subparsers._group_actions[0].choices["shapes"].format_help()
@@ -327,7 +324,7 @@ def test_config_for_on_the_pipeline_uses_the_models_budgets():
 
 
 def test_defaults_lists_the_budget_of_each_start(capsys):
-    code, out, err = run(capsys, ["defaults", "--model", "shapes-editor"])
+    code, out, err = run_cli(capsys, ["defaults", "--model", "shapes-editor"])
     assert code == 0, err
     assert "with init 'encoder' (--init encoder, or a preset that starts there): steps 0" in out.splitlines()
 

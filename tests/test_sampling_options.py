@@ -13,9 +13,8 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image
 
-from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, shape_image
+from conftest import CAPTION_A, CAPTION_A_PRIME, PROMPT_B, fast_config, run_cli, shape_image
 from diffinv.bench.methods import METHOD_SETS, expand_methods, parse_method
-from diffinv.cli import main
 from diffinv.config import SAMPLING_MODES, InversionConfig
 from diffinv.errors import DiffinvError
 from diffinv.pipeline import DifferenceInversion
@@ -525,18 +524,6 @@ def test_candidates_without_a_and_a_prime_is_a_clear_error(di, tokens, images):
 
 
 # --- flags and bench variants -------------------------------------------------------------------------------
-def run(capsys, argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def model_args(tiny_model_dir):
-    model_dir, clip_dir = tiny_model_dir
-    return ["--model", model_dir, "--clip-model", clip_dir, "--device", "cpu", "--quiet"]
-
-
 def test_analogy_flags_reach_the_config_that_draws(capsys, tmp_path, image_files, model_args, monkeypatch):
     drawn_with = []
     real_sample = DifferenceInversion._sample
@@ -551,7 +538,7 @@ def test_analogy_flags_reach_the_config_that_draws(capsys, tmp_path, image_files
     argv += ["--steps", "1", "--prompt-source", "caption", "--caption-a", CAPTION_A, "--caption-a-prime"]
     argv += [CAPTION_A_PRIME, "--prompt", PROMPT_B, "--sampling-steps", "4", "--strength", "0.5"]
     argv += ["--mode", "inversion", "--edit-strength", "0.5", "--negative-diff", *model_args]
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     assert len(drawn_with) == 1
     config = drawn_with[0]
@@ -562,11 +549,11 @@ def test_analogy_flags_reach_the_config_that_draws(capsys, tmp_path, image_files
 def test_apply_refuses_candidates_before_loading_a_model(capsys, tmp_path, fitted_tokens, image_files, model_args):
     fitted_tokens.save(tmp_path / "t.safetensors")
     argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--candidates", "2"]
-    code, _, err = run(capsys, [*argv, *model_args])
+    code, _, err = run_cli(capsys, [*argv, *model_args])
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "--candidates 2" in err and "analogy" in err
     assert not (tmp_path / "out").exists()
-    code, _, err = run(capsys, [*argv[:-2], "--candidates", "0", *model_args])
+    code, _, err = run_cli(capsys, [*argv[:-2], "--candidates", "0", *model_args])
     assert code == 2 and "candidates must be an integer ≥ 1" in err
 
 
@@ -578,7 +565,7 @@ def test_apply_draws_one_b_prime_when_the_token_file_asks_for_candidates(
     )
     tokens.save(tmp_path / "t.safetensors")
     argv = ["apply", tmp_path / "t.safetensors", image_files["b"], "-o", tmp_path / "out", "--prompt", PROMPT_B]
-    code, _, err = run(capsys, [*argv, "--sampling-steps", "2", *model_args])
+    code, _, err = run_cli(capsys, [*argv, "--sampling-steps", "2", *model_args])
     assert code == 0, err
     assert "candidates = 3" in err and "candidates = 1" in err
     assert Image.open(tmp_path / "out" / "b.png").mode == "RGB"
