@@ -472,6 +472,7 @@ def fit_diff_tokens(
         raise DiffinvError("pairs fitted together must have latents of one size; group them by size")
     latents = torch.cat([p.latents for p in pairs])  # (2K, C, h, w): z_A, z_A′ of each pair
     target_delta = grouped.targets(pairs)  # (G, D)
+    target_by_pair = grouped.per_pair(target_delta)  # (K, D): each pair's group's D_inter
     # An editor's instruction is the DIFF tokens alone; a text-to-image model's text is the paper's prompts.
     texts = [prompt for p in pairs for prompt in (p.prompt_a_prime, p.prompt_a)]
     ids, slot_mask = backbone.slot_ids([""] * len(texts) if backbone.takes_instructions else texts, config.n_tokens)
@@ -504,18 +505,14 @@ def fit_diff_tokens(
             )  # (K,): one per pair
             loss_tc = grouped.mean(each)
         if config.use_clip_loss and in_context:  # beside each pair's own prompts
-            moved = clip_loss(
-                clip, used_by_pair[..., backbone.clip_dims], grouped.per_pair(target_delta), "in-context", context
-            )
+            moved = clip_loss(clip, used_by_pair[..., backbone.clip_dims], target_by_pair, "in-context", context)
             loss_clip = grouped.mean(moved)
         elif config.use_clip_loss:  # D̃ alone: once per group
             # SDXL: the CLIP loss sees the columns of encoder 2 only (see backbones.sdxl).
             loss_clip = clip_loss(clip, used[..., backbone.clip_dims], target_delta, config.clip_loss_space, context)
         loss = config.lambda_tc * loss_tc + config.lambda_clip * loss_clip  # (G,): one per D̃
         if context_b is not None:
-            loss_b = clip_loss_on_b(
-                clip, used_by_pair[..., backbone.clip_dims], grouped.per_pair(target_delta), context_b
-            )
+            loss_b = clip_loss_on_b(clip, used_by_pair[..., backbone.clip_dims], target_by_pair, context_b)
             loss = loss + config.lambda_clip_b * grouped.mean(loss_b)
 
         optimizer.zero_grad(set_to_none=True)
