@@ -168,6 +168,20 @@ def test_a_plan_recorded_before_keyed_streams_draws_as_it_did():
         TrainingPlan(data_streams="mixed")
 
 
+def test_a_world_is_resumed_by_the_plan_it_recorded(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from diffinv.shapes.descriptor import TrainingPlan
+    from diffinv.shapes.train import recorded_plan
+
+    assert recorded_plan(tmp_path) is None  # a new world: today's plan
+    plan = asdict(TrainingPlan(seed=5, n_images=7))
+    del plan["data_streams"]  # written before the field existed
+    (tmp_path / "training.json").write_text(json.dumps({"plan": plan, "seconds": {}}))
+    assert recorded_plan(tmp_path) == TrainingPlan(seed=5, n_images=7, data_streams="integer")
+
+
 # --- the bench: --split -----------------------------------------------------------------------------------
 def test_the_bench_draws_each_split_side_by_side():
     from diffinv.bench.datasets import shapes_dataset
